@@ -1,0 +1,108 @@
+"""Dataset card (README.md inside every dataset): provenance, counts, statistics, how to load it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from factory import format as fmt
+
+
+def read_index(root: str, manifest: dict, columns: list[str] | None = None):
+    """The whole index as one Arrow table (shard fragments in shard order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for s in manifest["shards"]:
+        fs, path = fmt.get_fs(fmt.join(root, s["index"]))
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables) if tables else None
+
+
+def summary_stats(table) -> dict:
+    """Filter statistics of an index table: fg ratio quantiles and pass rate of each filter."""
+    if table is None or table.num_rows == 0:
+        return {"samples": 0}
+    out: dict = {"samples": table.num_rows}
+    fg = table.column("fg_ratio").to_numpy()
+    out["fg_ratio_quantiles"] = {q: round(float(np.quantile(fg, float(q))), 4) for q in ("0.05", "0.25", "0.5", "0.75", "0.95")}
+    area = table.column("pass_area").to_numpy()
+    hist_ref = table.column("pass_hist_reference").to_numpy()
+    out["pass_rate"] = {
+        "area": round(float(area.mean()), 4),
+        "hist_reference": round(float(hist_ref.mean()), 4),
+        "hist_paper": round(float(table.column("pass_hist_paper").to_numpy().mean()), 4),
+        "area_and_hist_reference": round(float((area & hist_ref).mean()), 4),
+    }
+    out["components_mean"] = {
+        "raw": round(float(table.column("n_components_raw").to_numpy().mean()), 3),
+        "clean": round(float(table.column("n_components").to_numpy().mean()), 3),
+    }
+    if "true_iou" in table.column_names:
+        iou = table.column("true_iou").to_numpy()
+        out["true_iou_mean"] = {
+            "all": round(float(iou.mean()), 4),
+            "area_and_hist_reference": round(float(iou[area & hist_ref].mean()), 4) if (area & hist_ref).any() else None,
+        }
+    return out
+
+
+def render(manifest: dict, stats: dict, preview: str | None = None, title: str | None = None) -> str:
+    spec = manifest.get("spec", {})
+    gen = spec.get("generator", {})
+    lines = [
+        f"# {title or 'Dataset ' + manifest['dataset_id']}",
+        "",
+        "Image/mask pairs for unsupervised object segmentation, made by `factory generate` "
+        "(Voynov, Morozov & Babenko, ICML 2021: mask = gray(G(z)) < gray(G(z + r·h))).",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| dataset id | `{manifest['dataset_id']}` |",
+        f"| samples | {manifest['samples']:,} |",
+        f"| shards | {len(manifest['shards'])} |",
+        f"| bytes | {manifest.get('bytes', 0):,} |",
+        f"| generator | {gen.get('name')} ({', '.join(f'{k}={v}' for k, v in sorted(gen.items()) if k not in ('name', 'config'))}) |",
+        f"| direction | {json.dumps(spec.get('direction'))} |",
+        f"| shift r | {spec.get('shift_r')} |",
+        f"| mask rule | {spec.get('mask_rule')} (CC cleanup ratio {spec.get('cc_ratio')}) |",
+        f"| latents | {json.dumps(spec.get('latents'))} |",
+        f"| recipe | {manifest.get('recipe') or '-'} |",
+        f"| format version | {manifest['format_version']} |",
+        f"| code version | {manifest.get('code_version')} |",
+        "",
+        "## Filter statistics (one index row per candidate, rejected or not)",
+        "",
+        "```json",
+        json.dumps(stats, indent=1),
+        "```",
+        "",
+    ]
+    if preview:
+        lines += [f"![preview]({preview})", ""]
+    lines += [
+        "## Load it",
+        "",
+        "With plain webdataset (no factory code needed):",
+        "",
+        "```python",
+        "import webdataset as wds",
+        f"ds = wds.WebDataset(\"{{root}}/shards/{{000000..{len(manifest['shards']) - 1:06d}}}.tar\").decode(\"pil\")",
+        "for s in ds:",
+        "    image, mask, latent = s[\"png\"], s[\"mask.png\"], s[\"latent.npy\"]",
+        "```",
+        "",
+        "Filter without touching pixels: `factory filter . --max-fg 0.5 --histogram reference --out view.json`;",
+        "check integrity: `factory verify .`; index: `index/*.parquet`; latents: `latents.zarr` [N, dim_z].",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(root: str, manifest: dict, preview: str | None = None) -> None:
+    from factory.shards import atomic_write
+
+    stats = summary_stats(read_index(root, manifest))
+    atomic_write(fmt.join(root, fmt.CARD), render(manifest, stats, preview).encode())

@@ -1,0 +1,160 @@
+"""`factory generate`, `factory bench`, `factory embeddings`."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from factory.cli import user_errors
+from factory.errors import FactoryError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _recipe_defaults(ctx: click.Context, recipe: str | None) -> dict:
+    """Values from a recipe TOML for every option the user did not set on the command line."""
+    if not recipe:
+        return {}
+    try:
+        with open(recipe, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise FactoryError(f"recipe not found: {recipe}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FactoryError(f"recipe {recipe} is not valid TOML: {e}") from None
+    table = data.get("generate", data)
+    known = {p.name: p for p in ctx.command.params}
+    out = {}
+    for k, v in table.items():
+        name = k.replace("-", "_")
+        if name in ("description", "paper", "notes"):
+            continue
+        if name not in known:
+            raise FactoryError(f"recipe {recipe}: unknown key {k!r}; keys are generate's option names")
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT:
+            out[name] = v
+    return out
+
+
+@click.command()
+@click.option("--n", "n", type=int, help="Number of candidates to generate (every one gets an index row).")
+@click.option("--out", help="Output folder or fsspec URL (s3://bucket/prefix, ...).")
+@click.option("--generator", default="shapes", show_default=True, help="Generator name: shapes | bigbigan.")
+@click.option("--weights", help="Generator weights file (bigbigan: BigBiGAN_x1.pth or .safetensors).")
+@click.option("--generator-config", help="Generator config JSON (default: the generator's full config).")
+@click.option("--random-weights", is_flag=True, help="bigbigan: deterministic random weights (benchmarks only).")
+@click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latent source.")
+@click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
+@click.option("--latents", default="gaussian", show_default=True, help="'gaussian' (z ~ N(0, I)) or FILE.npy (exactly these latents, in order).")
+@click.option("--embeddings", help="Sample near real-image embeddings: a stored NAME, a .npy or a zarr array (paper eq. 6).")
+@click.option("--z-noise", type=float, default=0.0, show_default=True, help="alpha of z = E_i + alpha * N(0, I) with --embeddings.")
+@click.option("--direction", help="Segmenting direction: a name known to the generator, or FILE (.npy / torch tensor file).")
+@click.option("--shift-r", type=float, default=5.0, show_default=True, help="Shift along the direction: G(z + r h).")
+@click.option("--mask-rule", type=click.Choice(["luminance", "mean-threshold"]), default="luminance", show_default=True)
+@click.option("--max-fg", type=float, default=0.5, show_default=True, help="Size filter threshold stored as pass_area (fg_ratio < max-fg).")
+@click.option("--keep-raw-mask", is_flag=True, help="Also store the mask before connected-components cleanup (KEY.rawmask.png).")
+@click.option("--png-level", type=int, default=1, show_default=True, help="zlib level of image PNGs (masks always 9).")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Candidates per generator batch (two forwards each).")
+@click.option("--device", help="Device for workers (default: one CUDA worker per GPU, else CPU).")
+@click.option("--workers", type=int, help="Local worker processes (default: GPUs, else min(4, CPUs)); 0 = run in this process.")
+@click.option("--scheduler", help="Address of an existing dask scheduler (tcp://host:8786).")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML (manifests/*.toml); flags override it.")
+@click.option("--overwrite", is_flag=True, help="Replace a dataset with another spec at --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@user_errors
+def generate(ctx, **kw):
+    """Generate a dataset of image/mask candidates into sharded WebDataset tars.
+
+    Writes shards/*.tar, index/*.parquet (one row of filter statistics per
+    candidate), latents.zarr, README.md and manifest.json (last). Rerunning the
+    same command resumes: committed shards are kept, missing ones are made.
+
+    \b
+    Examples:
+      factory generate --generator shapes --n 2000 --out data/demo
+      factory generate --recipe manifests/e-bigbigan-imagenet.toml --n 1000000 \\
+          --weights BigBiGAN_x1.pth --direction bg_direction.pth --out s3://team/bigbigan-imagenet-v1
+    """
+    from factory.engine import GenerateConfig, generate as run
+
+    kw.update(_recipe_defaults(ctx, kw.get("recipe")))
+    if kw["n"] is None:
+        raise FactoryError("--n is required: how many candidates to generate (e.g. --n 2000)")
+    if not kw["out"]:
+        raise FactoryError("--out is required: a folder or URL for the dataset (e.g. --out data/demo)")
+    options = {}
+    if kw["weights"]:
+        options["weights"] = kw["weights"]
+    if kw["generator_config"]:
+        options["config"] = kw["generator_config"]
+    if kw["random_weights"]:
+        options["random_weights"] = True
+    if kw["resolution"]:
+        options["resolution"] = kw["resolution"]
+    cfg = GenerateConfig(
+        n=kw["n"], out=kw["out"], generator=kw["generator"], generator_options=options, seed=kw["seed"],
+        shard_size=kw["shard_size"], latents=kw["latents"], embeddings=kw["embeddings"], z_noise=kw["z_noise"],
+        direction=kw["direction"], shift_r=kw["shift_r"], mask_rule=kw["mask_rule"], max_fg=kw["max_fg"],
+        png_level=kw["png_level"], keep_raw_mask=kw["keep_raw_mask"], batch_size=kw["batch_size"],
+        device=kw["device"], workers=kw["workers"], scheduler=kw["scheduler"], overwrite=kw["overwrite"],
+        recipe=kw["recipe"], progress=not kw["quiet"],
+    )
+    manifest = run(cfg)
+    click.echo(f"{cfg.out}: {manifest['samples']} samples in {len(manifest['shards'])} shards, id {manifest['dataset_id']}")
+
+
+@click.group()
+def embeddings():
+    """Named sets of real-image embeddings for `generate --embeddings NAME`.
+
+    \b
+    Example:
+      factory embeddings import BigBiGAN_ImageNet_z.npy --name imagenet
+      factory embeddings list
+    """
+
+
+@embeddings.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--name", required=True, help="Name to use with --embeddings.")
+@click.option("--overwrite", is_flag=True, help="Replace a stored set of that name with other content.")
+@user_errors
+def embeddings_import(file, name, overwrite):
+    """Store FILE.npy [N, dim_z] as a compressed zarr array under $FACTORY_HOME.
+
+    \b
+    Example:
+      factory embeddings import BigBiGAN_ImageNet_z.npy --name imagenet
+    """
+    from factory import embeddings as emb
+
+    ref = emb.import_npy(file, name, overwrite=overwrite)
+    click.echo(f"{ref.name}: {ref.shape[0]} x {ref.shape[1]} float32, sha256 {ref.sha256} -> {ref.path}")
+
+
+@embeddings.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@user_errors
+def embeddings_list(as_json):
+    """List stored embedding sets.
+
+    \b
+    Example:
+      factory embeddings list
+    """
+    from factory import embeddings as emb
+
+    refs = emb.list_embeddings()
+    if not refs:
+        click.echo(f"no embeddings stored in {emb.store_dir()}; {emb.HOW_TO_IMPORT}")
+    for r in refs:
+        if as_json:
+            click.echo(json.dumps({"name": r.name, "rows": r.shape[0], "dim": r.shape[1], "sha256": r.sha256, "path": r.path}))
+        else:
+            click.echo(f"{r.name}\t{r.shape[0]} x {r.shape[1]}\t{r.sha256[:16]}\t{r.path}")

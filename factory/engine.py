@@ -1,0 +1,585 @@
+"""Shard planning, execution on a dask cluster (or in-process), resume, progress, manifest.
+
+The shard is the unit of work: shard k holds samples [k*S, min((k+1)*S, N)) and
+is a pure function of (spec, k). Workers keep their generator between shards
+and return a small status row; the client never receives pixels.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from factory import __version__
+from factory import format as fmt
+from factory import shards as sh
+from factory.errors import FactoryError
+
+DEFAULT_SHARD_SIZE = 1000
+DEFAULT_BATCH = 64
+CC_RATIO = 0.2
+
+
+# ---------------------------------------------------------------- spec
+
+@dataclass
+class GenerateConfig:
+    """Everything `factory generate` was asked for; `spec()` is the part that determines the bytes."""
+
+    n: int
+    out: str
+    generator: str = "shapes"
+    generator_options: dict = field(default_factory=dict)
+    seed: int = 0
+    shard_size: int = DEFAULT_SHARD_SIZE
+    latents: str = "gaussian"  # gaussian | path to .npy
+    embeddings: str | None = None
+    z_noise: float = 0.0
+    direction: str | None = None  # name known to the generator, or a file
+    shift_r: float = 5.0
+    mask_rule: str = "luminance"
+    max_fg: float = 0.5
+    png_level: int = 1
+    keep_raw_mask: bool = False
+    batch_size: int = DEFAULT_BATCH
+    device: str | None = None
+    workers: int | None = None
+    scheduler: str | None = None
+    overwrite: bool = False
+    recipe: str | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.n is None or self.n <= 0:
+            raise FactoryError(f"--n must be a positive number of candidates, got {self.n}")
+        if self.shard_size <= 0:
+            raise FactoryError(f"--shard-size must be positive, got {self.shard_size}")
+        if self.batch_size <= 0:
+            raise FactoryError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.mask_rule not in ("luminance", "mean-threshold"):
+            raise FactoryError(f"--mask-rule must be 'luminance' or 'mean-threshold', got {self.mask_rule!r}")
+        if not np.isfinite(self.shift_r):
+            raise FactoryError(f"--shift-r must be finite, got {self.shift_r}")
+        if not 0 <= self.png_level <= 9:
+            raise FactoryError(f"--png-level must be 0..9, got {self.png_level}")
+        if self.workers is not None and self.workers < 0:
+            raise FactoryError(f"--workers must be >= 0, got {self.workers}")
+        if self.embeddings and self.latents != "gaussian":
+            raise FactoryError("--embeddings and --latents FILE are exclusive; pass one of them")
+
+
+@dataclass
+class Plan:
+    """A resolved, validated job: spec (hashable content) plus what workers need to run it."""
+
+    spec: dict
+    spec_hash: str
+    n_shards: int
+    dim_z: int
+    resolution: int
+    direction: np.ndarray
+    latent_source: object
+    generator_name: str
+    generator_options: dict
+
+
+def resolve_direction(gen, direction: str | None, generator_name: str) -> tuple[np.ndarray, dict]:
+    named = gen.named_directions() if hasattr(gen, "named_directions") else {}
+    if direction is None:
+        if "background" in named:
+            direction = "background"
+        else:
+            raise FactoryError(
+                f"generator {generator_name!r} has no built-in segmenting direction; pass --direction FILE "
+                "(.npy or the authors' bg_direction.pth)"
+            )
+    if direction in named:
+        vec = np.asarray(named[direction], np.float32)
+        return vec, {"name": direction, "sha256": fmt.sha256_bytes(vec.tobytes())}
+    looks_like_file = os.sep in direction or direction.endswith((".npy", ".pth", ".pt"))
+    if not looks_like_file and not os.path.exists(direction):
+        known = ", ".join(sorted(named)) or "none"
+        raise FactoryError(
+            f"unknown direction {direction!r} for generator {generator_name!r} (known: {known}); "
+            "or pass a direction file (.npy / .pth)"
+        )
+    from factory.directions_io import load_direction_file
+
+    vec = np.asarray(load_direction_file(direction, gen.dim_z), np.float32)
+    return vec, {"file": os.path.basename(direction), "sha256": fmt.sha256_bytes(vec.tobytes())}
+
+
+def resolve_latents(cfg: GenerateConfig, dim_z: int):
+    from factory import latents
+
+    if cfg.embeddings:
+        return latents.from_embeddings(cfg.embeddings, dim_z, cfg.seed, cfg.z_noise)
+    if cfg.latents == "gaussian":
+        return latents.gaussian(dim_z, cfg.seed)
+    src = latents.from_file(cfg.latents, dim_z)
+    if cfg.n > src.rows_available:
+        raise FactoryError(
+            f"--n {cfg.n} exceeds the {src.rows_available} rows of latents file {cfg.latents}; lower --n"
+        )
+    return src
+
+
+def make_plan(cfg: GenerateConfig) -> Plan:
+    from factory.generators import load_generator
+
+    cfg.validate()
+    gen = load_generator(cfg.generator, device="cpu", **cfg.generator_options)
+    direction, dir_desc = resolve_direction(gen, cfg.direction, cfg.generator)
+    src = resolve_latents(cfg, gen.dim_z)
+    spec = {
+        "format_version": fmt.FORMAT_VERSION,
+        "generator": gen.identity(),
+        "n": cfg.n,
+        "shard_size": cfg.shard_size,
+        "latents": src.describe(),
+        "direction": dir_desc,
+        "shift_r": float(cfg.shift_r),
+        "mask_rule": cfg.mask_rule,
+        "cc_ratio": CC_RATIO,
+        "max_fg": float(cfg.max_fg),
+        "image_codec": {"image": "png", "mask": "png", "png_level": cfg.png_level},
+        "keep_raw_mask": bool(cfg.keep_raw_mask),
+    }
+    spec_hash = fmt.sha256_bytes(fmt.canonical_json(spec))
+    n_shards = (cfg.n + cfg.shard_size - 1) // cfg.shard_size
+    return Plan(spec, spec_hash, n_shards, gen.dim_z, gen.resolution, direction, src, cfg.generator,
+                dict(cfg.generator_options))
+
+
+# ---------------------------------------------------------------- worker side
+
+_WORKER_CACHE: dict = {}
+
+
+def _cached_generator(name: str, options: dict, device: str):
+    key = (name, json.dumps(options, sort_keys=True, default=str), device)
+    if key not in _WORKER_CACHE:
+        from factory.generators import load_generator
+
+        _WORKER_CACHE.clear()  # one generator per worker process
+        _WORKER_CACHE[key] = load_generator(name, device=device, **options)
+    return _WORKER_CACHE[key]
+
+
+def pick_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        return device
+    if torch.cuda.is_available():
+        try:
+            from distributed import get_worker
+
+            idx = int(str(get_worker().name).rsplit("-", 1)[-1]) % torch.cuda.device_count()
+        except (ImportError, ValueError):
+            idx = 0
+        return f"cuda:{idx}"
+    return "cpu"
+
+
+class Timers(dict):
+    def add(self, name: str, seconds: float) -> None:
+        self[name] = self.get(name, 0.0) + seconds
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def to_uint8(img):
+    """[-1, 1] float [B,3,H,W] -> uint8 [B,H,W,3] (round half to even, clamped)."""
+    import torch
+
+    return ((img.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def compute_batch(gen, z, direction, shift_r: float, mask_rule: str, max_fg: float, timers: Timers | None = None):
+    """Both forwards in one batch, masks and statistics on the generator's device.
+
+    Returns (image uint8 [B,H,W,3], clean mask bool, raw mask bool, stats dict of tensors), all on device.
+    """
+    import torch
+
+    from factory.stats import process_batch
+
+    dev = str(z.device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        both = gen(torch.cat([z, z + shift_r * direction[None, :]], 0))
+    img, shifted = both[: z.shape[0]], both[z.shape[0]:]
+    if timers is not None:
+        _sync(dev)
+        t1 = time.perf_counter()
+        timers.add("generator", t1 - t0)
+    raw, clean, stats = process_batch(img, shifted, rule=mask_rule, max_fg=max_fg)
+    if hasattr(gen, "true_mask"):
+        truth = gen.true_mask(z).to(clean.device)
+        inter = (truth & clean).flatten(1).sum(1).float()
+        union = (truth | clean).flatten(1).sum(1).float()
+        stats["true_iou"] = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        inter_r = (truth & raw).flatten(1).sum(1).float()
+        union_r = (truth | raw).flatten(1).sum(1).float()
+        stats["true_iou_raw"] = torch.where(union_r > 0, inter_r / union_r.clamp(min=1), torch.ones_like(union_r))
+    img8 = to_uint8(img)
+    if timers is not None:
+        _sync(dev)
+        timers.add("masks_stats", time.perf_counter() - t1)
+    return img8, clean, raw, stats
+
+
+def _encode_sample(args):
+    key, img, mask, raw, latent, meta, level = args
+    out = [
+        (f"{key}.{fmt.EXT_IMAGE}", sh.encode_png(img, level)),
+        (f"{key}.{fmt.EXT_META}", fmt.canonical_json(meta)),
+        (f"{key}.{fmt.EXT_LATENT}", sh.encode_npy(latent)),
+        (f"{key}.{fmt.EXT_MASK}", sh.encode_png(mask, 9)),
+    ]
+    if raw is not None:
+        out.append((f"{key}.{fmt.EXT_RAW_MASK}", sh.encode_png(raw, 9)))
+    return sorted(out)
+
+
+_POOL: list = []
+
+
+def _encode_pool(threads: int) -> ThreadPoolExecutor:
+    # PIL's zlib encoder releases the GIL, so threads overlap encoding with the next batch.
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="encode"))
+    return _POOL[0]
+
+
+def make_shard(plan_spec: dict, spec_hash: str, shard: int, root: str, gen_name: str, gen_options: dict,
+               direction: np.ndarray, latent_source, batch_size: int = DEFAULT_BATCH, device: str | None = None,
+               threads: int | None = None, timers: Timers | None = None) -> dict:
+    """Generate and commit one shard. Returns a status row (never raises for a data error)."""
+    try:
+        return _make_shard(plan_spec, spec_hash, shard, root, gen_name, gen_options, direction, latent_source,
+                           batch_size, device, threads, timers)
+    except FactoryError as e:
+        return {"shard": shard, "ok": False, "error": f"shard {shard}: {e}"}
+    except OSError as e:
+        return {"shard": shard, "ok": False, "error": f"shard {shard} ({fmt.shard_name(shard)}): {e}"}
+
+
+def _make_shard(spec, spec_hash, shard, root, gen_name, gen_options, direction, latent_source,
+                batch_size, device, threads, timers):
+    import torch
+
+    t_start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(device)
+    gen = _cached_generator(gen_name, gen_options, device)
+    S, N = spec["shard_size"], spec["n"]
+    first = shard * S
+    n = min(S, N - first)
+    z_all = latent_source.rows(first, first + n)
+    h = torch.as_tensor(direction, dtype=torch.float32, device=gen.device)
+    keep_raw = spec["keep_raw_mask"]
+    level = spec["image_codec"]["png_level"]
+    pool = _encode_pool(max(2, (threads or 1)))
+    columns: dict[str, list] = {}
+    futures = []
+    for b0 in range(0, n, batch_size):
+        z = torch.from_numpy(z_all[b0 : b0 + batch_size]).to(gen.device)
+        img8, clean, raw, stats = compute_batch(gen, z, h, spec["shift_r"], spec["mask_rule"], spec["max_fg"], timers)
+        t0 = time.perf_counter()
+        img_np = img8.cpu().numpy()
+        clean_np = clean.cpu().numpy()
+        raw_np = raw.cpu().numpy() if keep_raw else None
+        stats_np = {k: v.cpu().numpy() for k, v in stats.items()}
+        if timers is not None:
+            timers.add("transfer", time.perf_counter() - t0)
+        for k, v in stats_np.items():
+            columns.setdefault(k, []).append(v)
+        for j in range(img_np.shape[0]):
+            row = first + b0 + j
+            meta = {
+                "key": fmt.sample_key(row), "row": row, "shard": shard,
+                "fg_ratio": float(stats_np["fg_ratio"][j]),
+                "pass_area": bool(stats_np["pass_area"][j]),
+                "pass_hist_reference": bool(stats_np["pass_hist_reference"][j]),
+            }
+            futures.append(pool.submit(_encode_sample, (
+                fmt.sample_key(row), img_np[j], clean_np[j], None if raw_np is None else raw_np[j],
+                z_all[b0 + j], meta, level)))
+    t0 = time.perf_counter()
+    members = [m for f in futures for m in f.result()]
+    if timers is not None:
+        timers.add("encoding_wait", time.perf_counter() - t0)
+    rows = {k: np.concatenate(v) for k, v in columns.items()}
+    rows["key"] = np.array([fmt.sample_key(first + i) for i in range(n)], dtype=object)
+    rows["shard"] = np.full(n, shard, np.int32)
+    rows["row"] = np.arange(first, first + n, dtype=np.int64)
+    t0 = time.perf_counter()
+    res = sh.commit_shard(root, shard, first, members, rows, z_all, spec_hash)
+    if timers is not None:
+        timers.add("write", time.perf_counter() - t0)
+    return {"shard": shard, "ok": True, "samples": n, "seconds": time.perf_counter() - t_start,
+            "result": res.to_json()}
+
+
+# ---------------------------------------------------------------- client side
+
+class DatasetLock:
+    """An exclusive lock on a local output folder (O_EXCL file; stale locks of dead processes are taken over)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        fs, path = fmt.get_fs(root)
+        self.path = os.path.join(path, fmt.LOCK) if sh.is_local(fs) else None
+        self.held = False
+
+    def __enter__(self):
+        if self.path is None:
+            return self
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    host, pid = open(self.path).read().split()
+                except (OSError, ValueError):
+                    host, pid = "", "0"
+                if host == socket.gethostname() and not _alive(int(pid)):
+                    os.unlink(self.path)  # stale: its writer died
+                    continue
+                raise FactoryError(
+                    f"{self.root} is being written by another factory process ({host} pid {pid}); "
+                    f"wait for it to finish, or delete {self.path} if that process is gone"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise FactoryError(f"cannot take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        if self.held and self.path:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_writable(root: str) -> None:
+    fs, path = fmt.get_fs(root)
+    try:
+        fs.makedirs(path, exist_ok=True)
+        if sh.is_local(fs):
+            probe = os.path.join(path, f".write-probe-{os.getpid()}")
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+            os.unlink(probe)
+    except OSError as e:
+        raise FactoryError(f"--out {root} is not writable ({e.strerror or e}); choose a folder you can write") from None
+
+
+def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += spec_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _wipe(root: str) -> None:
+    fs, path = fmt.get_fs(root)
+    for name in (fmt.MANIFEST, fmt.SPEC, fmt.CARD, fmt.SHARD_DIR, fmt.INDEX_DIR, fmt.DONE_DIR, fmt.LATENTS, "preview.png"):
+        p = path.rstrip("/") + "/" + name
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+
+
+def prepare_output(cfg: GenerateConfig, plan: Plan) -> None:
+    """Write spec.json and latents.zarr, or check that an existing dataset has the same spec."""
+    root = cfg.out
+    spec_url = fmt.join(root, fmt.SPEC)
+    if sh.exists(spec_url):
+        old = json.loads(fmt.read_bytes(spec_url))
+        if old.get("spec_hash") != plan.spec_hash:
+            if not cfg.overwrite:
+                diff = spec_diff(old.get("spec", {}), plan.spec)
+                raise FactoryError(
+                    f"{root} holds a dataset with another spec ({'; '.join(diff[:6]) or 'spec hash differs'}); "
+                    "use another --out, rerun the original command to resume, or pass --overwrite"
+                )
+            _wipe(root)
+    spec_doc = {"spec_hash": plan.spec_hash, "spec": plan.spec}
+    if not sh.exists(spec_url):
+        sh.atomic_write(spec_url, json.dumps(spec_doc, indent=1, sort_keys=True).encode())
+    if not sh.exists(fmt.join(root, fmt.LATENTS)):
+        sh.create_latents(root, cfg.n, plan.dim_z, cfg.shard_size)
+
+
+def _default_workers() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _start_client(cfg: GenerateConfig, workers: int):
+    import dask
+    from distributed import Client, LocalCluster
+
+    if cfg.scheduler:
+        return Client(cfg.scheduler), None
+    import torch
+
+    gpus = torch.cuda.device_count() if (cfg.device is None or str(cfg.device).startswith("cuda")) else 0
+    dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error"})
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        resources={"GPU": 1} if gpus else None, silence_logs=40,
+    )
+    return Client(cluster), cluster
+
+
+def generate(cfg: GenerateConfig, log=None) -> dict:
+    """Run (or resume) a generation job; returns the manifest."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    plan = make_plan(cfg)
+    root = cfg.out.rstrip("/")
+    cfg.out = root
+    _check_writable(root)
+    with DatasetLock(root):
+        sh.remove_temp_files(root)
+        manifest_url = fmt.join(root, fmt.MANIFEST)
+        prepare_output(cfg, plan)
+        done = {k: v for k, v in sh.read_sidecars(root).items() if v.get("spec_hash") == plan.spec_hash}
+        todo = [k for k in range(plan.n_shards) if k not in done]
+        if not todo and sh.exists(manifest_url):
+            log(f"{root}: complete ({cfg.n} samples in {plan.n_shards} shards); nothing to do")
+            return json.loads(fmt.read_bytes(manifest_url))
+        if done:
+            log(f"{root}: resuming, {len(done)} of {plan.n_shards} shards already committed")
+        failures = _run_shards(cfg, plan, todo, done)
+        if failures:
+            raise FactoryError(
+                f"{len(failures)} shard(s) failed: " + "; ".join(f["error"] for f in failures[:5])
+                + " — rerun the same command to retry them"
+            )
+        manifest = build_manifest(cfg, plan, done)
+        from factory import card
+
+        card.write_card(root, manifest)
+        sh.atomic_write(manifest_url, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return manifest
+
+
+def _run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> list[dict]:
+    from tqdm import tqdm
+
+    S = cfg.shard_size
+    total = sum(min(S, cfg.n - k * S) for k in todo)
+    workers = cfg.workers if cfg.workers is not None else _default_workers()
+    bar = tqdm(total=total, unit="cand", desc="generate", disable=not cfg.progress, dynamic_ncols=True,
+               smoothing=0.1)
+    failures = []
+
+    def record(status):
+        if status.get("ok"):
+            done[status["shard"]] = status["result"]
+            bar.update(status["samples"])
+        else:
+            failures.append(status)
+        bar.set_postfix_str(f"shards {len(done)}/{plan.n_shards}" + (f", failed {len(failures)}" if failures else ""))
+
+    args = (plan.spec, plan.spec_hash)
+    common = dict(gen_name=plan.generator_name, gen_options=plan.generator_options, direction=plan.direction,
+                  latent_source=plan.latent_source, batch_size=cfg.batch_size, device=cfg.device)
+    try:
+        if workers == 0 and not cfg.scheduler:
+            for k in todo:
+                record(make_shard(*args, k, cfg.out, **common))
+            return failures
+        client, cluster = _start_client(cfg, workers)
+        try:
+            from distributed import as_completed
+
+            ncpu = os.cpu_count() or 1
+            threads = None if cfg.scheduler else max(1, ncpu // max(1, workers))
+            resources = None
+            if not cfg.scheduler and cluster is not None and any(
+                w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()
+            ):
+                resources = {"GPU": 1}
+            sc = client.scatter(plan.latent_source, broadcast=True)
+            futures = [
+                client.submit(make_shard, *args, k, cfg.out, **dict(common, latent_source=sc), threads=threads,
+                              key=f"shard-{plan.spec_hash[:12]}-{k:06d}", resources=resources, pure=False)
+                for k in todo
+            ]
+            for fut in as_completed(futures):
+                try:
+                    record(fut.result())
+                except Exception as e:  # a worker died too often (KilledWorker) or similar
+                    failures.append({"shard": -1, "ok": False, "error": f"{type(e).__name__}: {e}"})
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    finally:
+        bar.close()
+    return failures
+
+
+def build_manifest(cfg: GenerateConfig, plan: Plan, done: dict) -> dict:
+    shards = [done[k] for k in range(plan.n_shards)]
+    for s in shards:
+        s.pop("spec_hash", None)
+    latents_sha = fmt.sha256_bytes("".join(s["latents_sha256"] for s in shards).encode())
+    ds_id = fmt.dataset_id(shards, latents_sha)
+    return {
+        "kind": fmt.DATASET_KIND,
+        "format_version": fmt.FORMAT_VERSION,
+        "dataset_id": ds_id,
+        "samples": sum(s["samples"] for s in shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "dim_z": plan.dim_z,
+        "resolution": plan.resolution,
+        "spec_hash": plan.spec_hash,
+        "spec": plan.spec,
+        "recipe": cfg.recipe,
+        "code_version": __version__,
+        "latents": {"path": fmt.LATENTS, "sha256_of_shard_hashes": latents_sha},
+        "members": {
+            "image": fmt.EXT_IMAGE, "mask": fmt.EXT_MASK, "latent": fmt.EXT_LATENT, "meta": fmt.EXT_META,
+            **({"raw_mask": fmt.EXT_RAW_MASK} if plan.spec["keep_raw_mask"] else {}),
+        },
+        "shards": shards,
+    }

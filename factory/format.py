@@ -1,0 +1,317 @@
+"""The data contract shared by `factory` (writer) and `trainers` (reader).
+
+Everything a consumer needs to read a dataset lives here and imports nothing
+else of `factory`: names of files and tar members, the index schema, manifest
+validation, dataset ids, and the fsspec helpers to open a dataset anywhere.
+The prose version of this contract is docs/format.md; bump FORMAT_VERSION on
+any incompatible change.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+FORMAT_VERSION = 1
+DATASET_KIND = "factory-dataset"
+VIEW_KIND = "factory-view"
+
+MANIFEST = "manifest.json"
+SPEC = "spec.json"
+CARD = "README.md"
+LATENTS = "latents.zarr"
+SHARD_DIR = "shards"
+INDEX_DIR = "index"
+DONE_DIR = "done"
+LOCK = ".lock"
+
+# Tar members of one sample: KEY.<ext>. Stock webdataset splits the key at the
+# first dot, so keys never contain dots.
+EXT_IMAGE = "png"
+EXT_MASK = "mask.png"
+EXT_RAW_MASK = "rawmask.png"
+EXT_LATENT = "latent.npy"
+EXT_META = "json"
+TAR_MTIME = 0  # fixed so shards are byte-reproducible
+
+HIST_BINS = 12
+
+# Index columns every dataset carries (more may follow, e.g. true_iou for
+# generators with ground truth). Types are Arrow type names.
+INDEX_COLUMNS: dict[str, str] = {
+    "key": "string",
+    "shard": "int32",
+    "row": "int64",
+    "fg_ratio_raw": "float32",
+    "fg_ratio": "float32",
+    "n_components_raw": "int32",
+    "n_components": "int32",
+    "hist": "list<float32>[12]",
+    "hist_maxima": "int32",
+    "hist_gray_maxima_inner": "int32",
+    "pass_area": "bool",
+    "pass_hist_reference": "bool",
+    "pass_hist_paper": "bool",
+}
+
+
+class FormatError(ValueError):
+    """A dataset, view or manifest does not follow the contract (message names the file)."""
+
+
+def shard_name(shard: int) -> str:
+    return f"{SHARD_DIR}/{shard:06d}.tar"
+
+
+def index_name(shard: int) -> str:
+    return f"{INDEX_DIR}/{shard:06d}.parquet"
+
+
+def done_name(shard: int) -> str:
+    return f"{DONE_DIR}/{shard:06d}.json"
+
+
+def sample_key(row: int) -> str:
+    """Key of the sample at global row `row` (its row in latents.zarr)."""
+    return f"{row:010d}"
+
+
+def key_row(key: str) -> int:
+    return int(key)
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def dataset_id(shards: Iterable[dict], latents_sha256: str | None = None) -> str:
+    """Content hash of a dataset: its shards' (path, sha256, samples, index_sha256)."""
+    body = {
+        "format_version": FORMAT_VERSION,
+        "shards": [
+            {k: s[k] for k in ("path", "sha256", "samples", "index_sha256")} for s in shards
+        ],
+        "latents_sha256": latents_sha256,
+    }
+    return "ds-" + sha256_bytes(canonical_json(body))[:32]
+
+
+def view_id(parent_id: str, predicate: str, accepted_sha256: str) -> str:
+    body = {"parent": parent_id, "predicate": predicate, "accepted": accepted_sha256}
+    return "view-" + sha256_bytes(canonical_json(body))[:32]
+
+
+# ---------------------------------------------------------------- paths / storage
+
+_REMOTE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_remote_url(path: str) -> bool:
+    return bool(_REMOTE.match(path))
+
+
+def check_relative_path(path: str, where: str, allow_remote: bool = False) -> str:
+    """A shard path from a manifest must stay inside the dataset folder."""
+    if not isinstance(path, str) or not path:
+        raise FormatError(f"{where}: shard path must be a non-empty string, got {path!r}")
+    if is_remote_url(path):
+        if allow_remote:
+            return path
+        raise FormatError(
+            f"{where}: shard path {path!r} is a remote URL; pass --allow-remote-shards to trust it"
+        )
+    if path.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", path):
+        raise FormatError(f"{where}: shard path {path!r} is absolute; it must be relative to the dataset")
+    parts = re.split(r"[\\/]", path)
+    if ".." in parts:
+        raise FormatError(f"{where}: shard path {path!r} leaves the dataset folder ('..')")
+    if "\x00" in path:
+        raise FormatError(f"{where}: shard path {path!r} contains a NUL byte")
+    return posixpath.normpath(path)
+
+
+def join(base: str, rel: str) -> str:
+    """Join a dataset URL or folder with a relative path (or return a trusted remote URL)."""
+    if is_remote_url(rel):
+        return rel
+    return base.rstrip("/") + "/" + rel
+
+
+def get_fs(url: str):
+    """fsspec filesystem and path for a URL or local folder."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_json(url: str, what: str = "file") -> dict:
+    try:
+        data = read_bytes(url)
+    except FileNotFoundError:
+        raise FormatError(f"{what} not found: {url}") from None
+    except OSError as e:
+        raise FormatError(f"cannot read {what} {url}: {e}") from None
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{what} {url} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what} {url} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+# ---------------------------------------------------------------- manifests
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _require(obj: dict, key: str, types, where: str):
+    if key not in obj:
+        raise FormatError(f"{where}: missing field {key!r}")
+    val = obj[key]
+    if not isinstance(val, types) or (isinstance(val, bool) and bool not in _as_tuple(types)):
+        raise FormatError(f"{where}: field {key!r} has type {type(val).__name__}")
+    return val
+
+
+def _as_tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
+def validate_manifest(obj: Any, where: str = "manifest", allow_remote_shards: bool = False) -> dict:
+    """Check a dataset manifest from an untrusted source; return it unchanged or raise FormatError."""
+    if not isinstance(obj, dict):
+        raise FormatError(f"{where}: manifest must be a JSON object")
+    kind = obj.get("kind")
+    if kind != DATASET_KIND:
+        raise FormatError(f"{where}: kind is {kind!r}, expected {DATASET_KIND!r}")
+    version = obj.get("format_version")
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"{where}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION})"
+        )
+    _require(obj, "dataset_id", str, where)
+    _require(obj, "samples", int, where)
+    _require(obj, "dim_z", int, where)
+    shards = _require(obj, "shards", list, where)
+    total = 0
+    seen = set()
+    for i, s in enumerate(shards):
+        w = f"{where}: shards[{i}]"
+        if not isinstance(s, dict):
+            raise FormatError(f"{w} must be an object")
+        sid = _require(s, "shard", int, w)
+        if sid in seen:
+            raise FormatError(f"{w}: shard id {sid} listed twice")
+        seen.add(sid)
+        check_relative_path(_require(s, "path", str, w), w, allow_remote_shards)
+        check_relative_path(_require(s, "index", str, w), w, allow_remote_shards)
+        for h in ("sha256", "index_sha256"):
+            if not _HEX64.match(str(_require(s, h, str, w))):
+                raise FormatError(f"{w}: {h} is not a 64-digit lowercase hex digest")
+        n = _require(s, "samples", int, w)
+        b = _require(s, "bytes", int, w)
+        first = _require(s, "first_row", int, w)
+        if n < 0 or b < 0 or first < 0:
+            raise FormatError(f"{w}: samples, bytes and first_row must be >= 0")
+        total += n
+    if total != obj["samples"]:
+        raise FormatError(f"{where}: samples is {obj['samples']} but the shards hold {total}")
+    return obj
+
+
+def validate_view(obj: Any, where: str = "view") -> dict:
+    if not isinstance(obj, dict):
+        raise FormatError(f"{where}: view must be a JSON object")
+    if obj.get("kind") != VIEW_KIND:
+        raise FormatError(f"{where}: kind is {obj.get('kind')!r}, expected {VIEW_KIND!r}")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise FormatError(
+            f"{where}: format_version {obj.get('format_version')!r} is not supported (this code reads {FORMAT_VERSION})"
+        )
+    _require(obj, "view_id", str, where)
+    parent = _require(obj, "parent", dict, where)
+    _require(parent, "dataset_id", str, f"{where}: parent")
+    _require(parent, "url", str, f"{where}: parent")
+    _require(obj, "samples", int, where)
+    acc = _require(obj, "accepted", dict, where)
+    total = 0
+    for shard, rows in acc.items():
+        if not re.match(r"^\d+$", shard) or not isinstance(rows, list):
+            raise FormatError(f"{where}: accepted must map shard ids to lists of rows")
+        if not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
+            raise FormatError(f"{where}: accepted rows of shard {shard} must be integers")
+        total += len(rows)
+    if total != obj["samples"]:
+        raise FormatError(f"{where}: samples is {obj['samples']} but accepted holds {total}")
+    return obj
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A dataset or view opened by URL: the dataset root, its manifest, and the accepted rows."""
+
+    root: str
+    manifest: dict
+    view: dict | None
+    accepted: dict[int, set[int]] | None  # shard -> accepted global rows; None = all
+
+    @property
+    def samples(self) -> int:
+        if self.view is not None:
+            return self.view["samples"]
+        return self.manifest["samples"]
+
+    def shard_urls(self) -> list[tuple[int, str]]:
+        return [(s["shard"], join(self.root, s["path"])) for s in self.manifest["shards"]]
+
+
+def manifest_url(url: str) -> str:
+    url = url.rstrip("/")
+    if url.endswith(".json"):
+        return url
+    return url + "/" + MANIFEST
+
+
+def open_dataset(url: str, allow_remote_shards: bool = False) -> Resolved:
+    """Open a dataset folder/URL, its manifest.json, or a view JSON; views resolve to their parent."""
+    murl = manifest_url(url)
+    obj = read_json(murl, "manifest")
+    if obj.get("kind") == VIEW_KIND:
+        view = validate_view(obj, murl)
+        parent_url = view["parent"]["url"]
+        if not is_remote_url(parent_url) and not parent_url.startswith("/"):
+            parent_url = join(posixpath.dirname(murl) if is_remote_url(murl) else _dirname(murl), parent_url)
+        parent = open_dataset(parent_url, allow_remote_shards)
+        if parent.view is not None:
+            raise FormatError(f"{murl}: parent of a view must be a dataset (views of views are flattened)")
+        if parent.manifest["dataset_id"] != view["parent"]["dataset_id"]:
+            raise FormatError(
+                f"{murl}: parent dataset at {parent_url} has id {parent.manifest['dataset_id']}, "
+                f"the view was made from {view['parent']['dataset_id']} (parent changed)"
+            )
+        accepted = {int(k): set(v) for k, v in view["accepted"].items()}
+        return Resolved(parent.root, parent.manifest, view, accepted)
+    manifest = validate_manifest(obj, murl, allow_remote_shards)
+    root = murl[: -len(MANIFEST) - 1] if murl.endswith("/" + MANIFEST) else _dirname(murl)
+    return Resolved(root, manifest, None, None)
+
+
+def _dirname(path: str) -> str:
+    import os
+
+    return os.path.dirname(os.path.abspath(path)) if not is_remote_url(path) else posixpath.dirname(path)
