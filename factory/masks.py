@@ -107,12 +107,11 @@ def mean_threshold_mask(img_shifted: torch.Tensor) -> torch.Tensor:
     return g > g.mean(dim=(1, 2), keepdim=True)
 
 
-def _pool_min_pointer(L: torch.Tensor, fg: torch.Tensor, n: int, shape) -> torch.Tensor:
-    """Smallest pointer in the 3x3 foreground neighbourhood (pixels must be foreground)."""
-    B, H, W = shape
-    v = torch.where(fg, (n - L).to(torch.float32), 0.0).view(B, 1, H, W)
-    v = F.max_pool2d(v, kernel_size=3, stride=1, padding=1)
-    return n - v.view(B, n).to(torch.int64)
+def _min_pool3x3(P: torch.Tensor, n: int) -> torch.Tensor:
+    """3x3 minimum of an int32 ``[B,H,W]`` grid, out-of-image counted as ``n`` (separable, any device)."""
+    Pp = F.pad(P, (1, 1, 1, 1), value=n)
+    h = torch.minimum(torch.minimum(Pp[:, :, :-2], Pp[:, :, 1:-1]), Pp[:, :, 2:])
+    return torch.minimum(torch.minimum(h[:, :-2], h[:, 1:-1]), h[:, 2:])
 
 
 def component_roots(
@@ -120,35 +119,40 @@ def component_roots(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Core 8-connected labelling.
 
-    Returns ``(fg [B,H*W] bool, root [B,H*W] int64, iterations)``: ``root[b, p]``
-    is the flat index of the first (raster order) pixel of ``p``'s component
-    (``p`` itself for background pixels).
+    Returns ``(fg [B,H*W] bool, root [B,H*W+1] int32, iterations)``:
+    ``root[b, p]`` is the flat index of the first (raster order) pixel of
+    ``p``'s component for foreground pixels and ``H*W`` (a sink slot, itself
+    ``H*W``) for background pixels.
     """
     fg3 = _check_mask(mask)
     B, H, W = fg3.shape
     n = H * W
     dev = fg3.device
     if B == 0 or n == 0:
-        return fg3.reshape(B, n), torch.zeros(B, n, dtype=torch.int64, device=dev), 0
-    own = torch.arange(n, device=dev, dtype=torch.int64).expand(B, n)
-    # Initial pointer: first pixel of the horizontal run (bg columns mark run breaks).
-    cols = torch.arange(W, device=dev, dtype=torch.int64).expand(B, H, W)
-    last_bg = torch.where(fg3, -1, cols).cummax(dim=2).values
-    rows = torch.arange(H, device=dev, dtype=torch.int64).view(1, H, 1) * W
+        return fg3.reshape(B, n), torch.full((B, n + 1), n, dtype=torch.int32, device=dev), 0
+    i32 = torch.int32
+    # Pointers live in [B, n+1]; slot n is a sink that background pixels point to
+    # (value n, larger than every pointer, so min-pooling ignores background).
+    cols = torch.arange(W, device=dev, dtype=i32).expand(B, H, W)
+    last_bg = torch.where(fg3, -1, cols).cummax(dim=2).values  # run start - 1
+    rows = torch.arange(H, device=dev, dtype=i32).view(1, H, 1) * W
     fg = fg3.reshape(B, n)
-    L = torch.where(fg, (rows + last_bg + 1).reshape(B, n), own)
+    L = torch.full((B, n + 1), n, dtype=i32, device=dev)
+    L[:, :n] = torch.where(fg3, rows + last_bg + 1, n).view(B, n)
+    floor = torch.where(fg, 0, n).to(i32)  # n on background, 0 on foreground
     if max_iterations is None:
         max_iterations = 4 * n + 8  # unreachable bound: each productive iteration lowers some pointer
     it = 0
-    shape = (B, H, W)
     while True:
         for _ in range(check_every):
             prev = L
-            m = _pool_min_pointer(L, fg, n, shape)
-            m = torch.where(fg, m, own)
-            L = L.scatter_reduce(1, L, m, reduce="amin", include_self=True)
-            L = torch.minimum(L, m)
-            L = L.gather(1, L)
+            body = L[:, :n]
+            m = _min_pool3x3(body.view(B, H, W), n).view(B, n)
+            m = torch.maximum(m, floor)  # background sees n only
+            L = L.scatter_reduce(1, body, m, reduce="amin", include_self=True)  # hook representatives
+            body = L[:, :n]
+            torch.minimum(body, m, out=body)
+            L = L.gather(1, L)  # pointer jumping (the sink maps to itself)
             L = L.gather(1, L)
             it += 1
         if torch.equal(prev, L):
@@ -171,10 +175,10 @@ def connected_components(
     fg, L, it = component_roots(mask, check_every=check_every)
     B, H, W = mask.shape
     n = H * W
-    own = torch.arange(n, device=fg.device, dtype=torch.int64)
-    is_root = fg & (L == own)
-    rank = is_root.to(torch.int32).cumsum(dim=1, dtype=torch.int32)
-    labels = torch.where(fg, rank.gather(1, L), 0).view(B, H, W).to(torch.int32)
+    own = torch.arange(n, device=fg.device, dtype=torch.int32)
+    is_root = fg & (L[:, :n] == own)
+    rank = F.pad(is_root.to(torch.int32).cumsum(dim=1, dtype=torch.int32), (0, 1))  # sink -> 0
+    labels = rank.gather(1, L[:, :n]).view(B, H, W)
     return (labels, it) if return_iterations else labels
 
 
@@ -193,13 +197,15 @@ def cc_cleanup(
         raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
     fg, L, it = component_roots(mask)
     B, H, W = mask.shape
-    area = torch.zeros(fg.shape, dtype=torch.int32, device=fg.device)
-    area.scatter_add_(1, L, fg.to(torch.int32))
-    largest = area.amax(dim=1) if area.numel() else torch.zeros(B, dtype=torch.int32, device=fg.device)
+    n = H * W
+    area = torch.zeros(L.shape, dtype=torch.int32, device=fg.device)
+    area.scatter_add_(1, L[:, :n], torch.ones_like(L[:, :n]))
+    area[:, n] = 0  # the sink collected the background
+    largest = area.amax(dim=1)
     # area > ratio*largest  <=>  area > floor(ratio*largest) for integer areas.
     thr = torch.floor(float(ratio) * largest.to(torch.float64)).to(torch.int32)
     keep_root = area > thr.unsqueeze(1)
-    clean = (fg & keep_root.gather(1, L)).view(B, H, W)
+    clean = keep_root.gather(1, L[:, :n]).view(B, H, W)
     n_raw = (area > 0).sum(dim=1, dtype=torch.int32)
     n_clean = keep_root.sum(dim=1, dtype=torch.int32)
     out = (clean, n_raw, n_clean)

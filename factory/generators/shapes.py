@@ -72,7 +72,7 @@ N_COORDS = len(_NAMES)
 LAMBDA = 0.35  # response of the pre-activation to the background coordinate
 EDGE = 0.02  # soft edge width of the object (normalised units; image spans [-1, 1])
 RESP_EDGE = 0.03  # soft edge of the response field
-JITTER = 0.45  # boundary jitter of the response field (in units of the response)
+JITTER = 0.07  # boundary displacement of the response field, in object radii (per unit of texture)
 CONTRAST_T = -1.0  # contrast coordinate below this -> low contrast
 SIZE_R0 = 0.42  # median object radius
 SIZE_SIGMA = 0.32
@@ -217,7 +217,7 @@ class ShapesWorld:
         theta = torch.atan2(v, u)
         star = 1.0
         for k, ca_, cp_ in ((3, "star_a3", "star_p3"), (5, "star_a5", "star_p5"), (6, "star_a6", "star_p6")):
-            a_k = 0.32 * torch.sigmoid(2.5 * (g(ca_) - 1.0))  # mostly off; "star-ish" when on
+            a_k = 0.32 * torch.sigmoid(2.5 * (g(ca_) - 1.4))  # mostly off; "star-ish" when on
             star = star + a_k[:, None, None] * torch.cos(k * theta + math.pi * g(cp_)[:, None, None])
         d = (rho - star) * r[:, None, None]  # ~ signed distance (scene units), < 0 inside
         inside = torch.sigmoid(-d / (EDGE / zoom)[:, None, None])
@@ -232,7 +232,9 @@ class ShapesWorld:
 
         # response field R: the object (+ bleeding halo), spots, texture for washed-out samples
         tex3 = self._waves_field(X, Y, self._k3, math.pi * c[:, COORD["tex3_p0"] : COORD["tex3_p0"] + N_TEX3]) / math.sqrt(N_TEX3 / 2)
-        resp_obj = torch.tanh(-(d - spill[:, None, None]) / RESP_EDGE) + JITTER * tex3
+        # the response boundary follows the object's, displaced by a smooth texture (imperfect masks)
+        shift = spill[:, None, None] + JITTER * r[:, None, None] * tex3
+        resp_obj = torch.tanh(-(d - shift) / RESP_EDGE)
         sxk = 0.85 * torch.tanh(c[:, COORD["spot_x0"] : COORD["spot_x0"] + N_SPOTS] / 1.2)
         syk = 0.85 * torch.tanh(c[:, COORD["spot_y0"] : COORD["spot_y0"] + N_SPOTS] / 1.2)
         wk = torch.sigmoid(2.0 * c[:, COORD["spot_w0"] : COORD["spot_w0"] + N_SPOTS] + 1.0)
@@ -242,10 +244,12 @@ class ShapesWorld:
         spots = torch.bmm(gy.transpose(1, 2), gx)  # [B, H, W]
         tex2 = self._waves_field(X, Y, self._k2, math.pi * c[:, COORD["tex2_p0"] : COORD["tex2_p0"] + N_TEX2]) / math.sqrt(N_TEX2 / 2)
         gcb = gc[:, None, None]
-        R = gcb * (resp_obj + 3.0 * spot_on[:, None, None] * spots) + (1 - gcb) * (0.8 * tex2 + 0.15)
+        R = gcb * (resp_obj + 3.0 * spot_on[:, None, None] * spots) + (1 - gcb) * (0.2 * tex2)
 
         # background: mix of smooth noise, stripes and a gradient, tinted
         wmix = torch.softmax(1.2 * c[:, [COORD["mix_noise"], COORD["mix_stripes"], COORD["mix_gradient"]]], 1)
+        onehot_noise = torch.tensor([1.0, 0.0, 0.0], device=self.device)
+        wmix = gc[:, None] * wmix + (1 - gc[:, None]) * onehot_noise  # washed-out images: noise only
         noise = self._waves_field(X, Y, self._kn, math.pi * c[:, COORD["noise_p0"] : COORD["noise_p0"] + N_NOISE], self._an[None, :].expand(B, -1))
         sa_ = math.pi * torch.tanh(0.6 * g("stripe_angle"))
         kf = 4.0 + 3.0 * torch.tanh(g("stripe_freq")) + 3.0
@@ -254,7 +258,7 @@ class ShapesWorld:
         ga = math.pi * torch.tanh(0.6 * g("grad_angle"))
         grad = 1.1 * (torch.cos(ga)[:, None, None] * X[:, None, :] + torch.sin(ga)[:, None, None] * Y[:, :, None])
         tex = wmix[:, 0, None, None] * noise + wmix[:, 1, None, None] * stripes + wmix[:, 2, None, None] * grad
-        tex_amp = (0.35 + 0.25 * torch.tanh(g("bg_tex_amp"))) * (0.35 + 0.65 * gc) + 0.45 * (1 - gc)
+        tex_amp = (0.35 + 0.25 * torch.tanh(g("bg_tex_amp"))) * (0.35 + 0.65 * gc) + 0.3 * (1 - gc)
         vis = (0.3 + 0.2 * torch.tanh(g("spot_vis"))) * spot_on
 
         def chroma(names):
@@ -262,7 +266,7 @@ class ShapesWorld:
             return ch - ch.mean(1, keepdim=True)
 
         sat = 0.12 + 0.5 * gc  # washed-out images are nearly grey
-        bg_lum = 0.45 * torch.tanh(g("bg_lum") / 1.5)
+        bg_lum = 0.45 * torch.tanh(g("bg_lum") / 1.5) * (0.3 + 0.7 * gc)
         bg_col = bg_lum[:, None] + sat[:, None] * 0.55 * chroma(("bg_ch0", "bg_ch1", "bg_ch2"))  # [B, 3]
         tint = 1.0 + 0.35 * torch.tanh(torch.stack([g("tint0"), g("tint1"), g("tint2")], 1)) * gc[:, None]
         bg = bg_col[:, :, None, None] + (tex_amp[:, None] * tint)[:, :, None, None] * tex[:, None] + vis[:, None, None, None] * spots[:, None]

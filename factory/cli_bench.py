@@ -1,0 +1,59 @@
+"""`factory bench`: end-to-end candidates/s with per-stage times."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from factory.cli import user_errors
+
+
+@click.command()
+@click.option("--generator", default="shapes", show_default=True, help="shapes | bigbigan")
+@click.option("--random-weights", is_flag=True, help="bigbigan: full-size model with random weights (speed does not depend on values).")
+@click.option("--weights", help="bigbigan: a weights file instead of random weights.")
+@click.option("--resolution", type=int, help="shapes: 128 (default) or 64.")
+@click.option("--n", type=int, default=512, show_default=True, help="Candidates to process in the timed run.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Candidates per batch (two forwards each).")
+@click.option("--shard-size", type=int, help="Samples per shard (default: n).")
+@click.option("--dtype", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32", show_default=True)
+@click.option("--channels-last", is_flag=True, help="bigbigan: channels_last memory format.")
+@click.option("--compile", "compile_", is_flag=True, help="bigbigan: torch.compile the generator.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present).")
+@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def bench(generator, random_weights, weights, resolution, n, batch_size, shard_size, dtype, channels_last, compile_,
+          device, threads, as_json):
+    """Measure end-to-end candidates/s (G(z), G(z + r h), masks, statistics, encoding, shards).
+
+    \b
+    Examples:
+      factory bench --generator shapes --n 512 --json
+      factory bench --generator bigbigan --random-weights --n 20000 --batch-size 256 --dtype bf16 --compile --json
+    """
+    from factory import bench as b
+
+    options = {}
+    if generator == "bigbigan":
+        if random_weights:
+            options["random_weights"] = True
+        if weights:
+            options["weights"] = weights
+        if dtype != "fp32":
+            options["autocast"] = dtype
+        if channels_last:
+            options["channels_last"] = True
+        if compile_:
+            options["compile"] = True
+    if resolution:
+        options["resolution"] = resolution
+    res = b.run(generator, n=n, batch_size=batch_size, shard_size=shard_size, device=device,
+                generator_options=options, threads=threads)
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    click.echo(f"{res['generator']} @ {res['resolution']}px on {res['device_name']}, batch {res['batch_size']}, {res['dtype']}")
+    click.echo(f"end to end: {res['candidates_per_s']:.1f} candidates/s; generator alone: {res['generator_images_per_s']:.1f} img/s")
+    for k, v in res["stage_seconds"].items():
+        click.echo(f"  {k:28s} {v:8.3f} s  {100 * res['stage_share'][k]:5.1f}%")
