@@ -101,8 +101,45 @@ def render(manifest: dict, stats: dict, preview: str | None = None, title: str |
     return "\n".join(lines)
 
 
-def write_card(root: str, manifest: dict, preview: str | None = None) -> None:
+PREVIEW = "preview.png"
+
+
+def write_card(root: str, manifest: dict, preview: str | None = None, preview_samples: int = 16) -> None:
+    """Write README.md (and a small preview.png of the first shard's samples, linked from it)."""
+    import sys
+
     from factory.shards import atomic_write
 
-    stats = summary_stats(read_index(root, manifest))
-    atomic_write(fmt.join(root, fmt.CARD), render(manifest, stats, preview).encode())
+    table = read_index(root, manifest)
+    stats = summary_stats(table)
+    if preview is None and manifest.get("shards") and preview_samples > 0:
+        try:
+            from factory.preview import card_preview
+
+            atomic_write(fmt.join(root, PREVIEW), card_preview(root, manifest, preview_samples))
+            preview = PREVIEW
+        except Exception as e:  # noqa: BLE001 - the card must not fail a finished job over a picture
+            print(f"warning: no {PREVIEW} for the card of {root}: {type(e).__name__}: {e}", file=sys.stderr)
+    prov = manifest.get("provenance")
+    title = None
+    text = render(manifest, stats, preview, title)
+    if prov:
+        title = f"Dataset {manifest['dataset_id']} (materialized view of {prov['parent']['dataset_id']})"
+        text = render(manifest, stats, preview, title)
+        extra = "\n".join([
+            "## Provenance",
+            "",
+            f"Materialized by `factory filter --materialize` from dataset `{prov['parent']['dataset_id']}` "
+            f"(at `{prov['parent']['url']}`), view `{prov['view_id']}`.",
+            "",
+            f"Predicate: `{prov['predicate']}`",
+            "",
+            "Lineage: " + " → ".join(f"`{s.get('predicate')}` ({s.get('samples')})" for s in prov.get("lineage", [])),
+            "",
+            "Keys and rows are renumbered; the index column `parent_row` (and `parent_key` in each KEY.json) "
+            "names the sample in the parent.",
+            "",
+        ])
+        marker = "## Filter statistics"
+        text = text.replace(marker, extra + "\n" + marker, 1)
+    atomic_write(fmt.join(root, fmt.CARD), text.encode())

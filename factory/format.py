@@ -315,3 +315,47 @@ def _dirname(path: str) -> str:
     import os
 
     return os.path.dirname(os.path.abspath(path)) if not is_remote_url(path) else posixpath.dirname(path)
+
+
+# ---------------------------------------------------------------- safe tar reading
+
+def safe_tar_members(data: bytes, where: str = "tar") -> list[tuple[str, bytes]]:
+    """(name, bytes) of every member of an in-memory tar, in tar order; raises FormatError on anything unsafe.
+
+    Refused: member names that are absolute or contain '..', links, devices,
+    directories and any other non-regular member; a truncated or corrupt tar.
+    """
+    import io
+    import tarfile
+
+    out = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+            for m in tf:
+                name = m.name
+                if not name or name.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", name):
+                    raise FormatError(f"{where}: member {name!r} has an absolute path")
+                if ".." in re.split(r"[\\/]", name) or "\x00" in name:
+                    raise FormatError(f"{where}: member {name!r} leaves the archive folder ('..')")
+                if m.issym() or m.islnk():
+                    raise FormatError(f"{where}: member {name!r} is a link; shards hold regular files only")
+                if not m.isreg():
+                    raise FormatError(f"{where}: member {name!r} is not a regular file")
+                f = tf.extractfile(m)
+                body = f.read() if f is not None else b""
+                if len(body) != m.size:
+                    raise FormatError(f"{where}: member {name!r} is truncated")
+                out.append((name, body))
+    except tarfile.TarError as e:
+        raise FormatError(f"{where}: not a readable tar ({e})") from None
+    except EOFError:
+        raise FormatError(f"{where}: tar is truncated") from None
+    return out
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """KEY.EXT -> (KEY, EXT), splitting at the first dot like stock webdataset."""
+    base = name.rsplit("/", 1)[-1]
+    key, _, ext = base.partition(".")
+    prefix = name[: len(name) - len(base)]
+    return prefix + key, ext

@@ -117,7 +117,7 @@ class LatentSource:
             m = self._matrix()
             if stop > m.shape[0]:
                 raise FactoryError(f"latents file has {m.shape[0]} rows; sample {stop - 1} was asked for")
-            return np.ascontiguousarray(m[start:stop], dtype=np.float32)
+            return np.array(m[start:stop], dtype=np.float32, copy=True)
         out = np.empty((stop - start, self.dim_z), np.float32)
         b0, b1 = start // BLOCK, (stop - 1) // BLOCK
         for b in range(b0, b1 + 1):

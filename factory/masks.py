@@ -28,7 +28,8 @@ are merged before the first iteration. One iteration is
    (one ``max_pool2d`` over ``H*W - L``; background pools as 0);
 2. hooking: ``L[L[p]] = min(L[L[p]], m[p])`` (``scatter_reduce`` amin): the
    representative of ``p`` learns what ``p`` saw, so a whole tree moves at once;
-3. ``L[p] = min(L[p], m[p])`` and two pointer-jumping steps ``L = L[L]``.
+3. two pointer-jumping steps ``L = L[L]`` (the first one already hands ``p``
+   the hooked value of its representative).
 
 Every update keeps ``L[p]`` inside ``p``'s component and never increases it,
 so the process terminates; it is stopped at the first iteration that changes
@@ -114,6 +115,46 @@ def _min_pool3x3(P: torch.Tensor, n: int) -> torch.Tensor:
     return torch.minimum(torch.minimum(h[:, :-2], h[:, 1:-1]), h[:, 2:])
 
 
+def _label(fg3: torch.Tensor, check_every: int, max_iterations: int | None):
+    """(fg [B,n], L [B,n+1] int32, iterations, last_bg [B,H,W] int32 = run start - 1)."""
+    B, H, W = fg3.shape
+    n = H * W
+    dev = fg3.device
+    i32 = torch.int32
+    # Pointers live in [B, n+1]; slot n is a sink that background pixels point to
+    # (value n, larger than every pointer, so min-pooling ignores background).
+    cols = torch.arange(W, device=dev, dtype=i32).expand(B, H, W)
+    last_bg = torch.where(fg3, -1, cols).cummax(dim=2).values  # run start - 1
+    fg = fg3.reshape(B, n)
+    if B == 0 or n == 0:
+        return fg, torch.full((B, n + 1), n, dtype=i32, device=dev), 0, last_bg
+    rows = torch.arange(H, device=dev, dtype=i32).view(1, H, 1) * W
+    own = torch.arange(n, device=dev, dtype=i32)
+    L = torch.full((B, n + 1), n, dtype=i32, device=dev)
+    L[:, :n] = torch.where(fg3, rows + last_bg + 1, n).view(B, n)
+    floor = torch.where(fg, 0, n).to(i32)  # n on background, 0 on foreground
+    if max_iterations is None:
+        max_iterations = 4 * n + 8  # unreachable bound: each productive iteration lowers some pointer
+    it = 0
+    while True:
+        it += 1
+        body = L[:, :n]
+        m = _min_pool3x3(body.view(B, H, W), n).view(B, n)
+        m = torch.maximum(m, floor)  # background sees n only
+        learned = m < body
+        # m >= L everywhere: every pixel's pointer equals its neighbours' -> fixed point.
+        if it % check_every == 0 and not bool(learned.any()):
+            break
+        if it > max_iterations:  # pragma: no cover - defensive
+            raise RuntimeError(f"connected components did not converge in {it} iterations")
+        # Hook: the representative of each pixel that saw a smaller pointer takes it.
+        # Pixels with nothing to say target themselves (a no-op without atomic contention).
+        L.scatter_reduce_(1, torch.where(learned, body, own), m, reduce="amin", include_self=True)
+        L = L.gather(1, L)  # pointer jumping; the first one hands p its representative's new value
+        L = L.gather(1, L)
+    return fg, L, it, last_bg
+
+
 def component_roots(
     mask: torch.Tensor, *, check_every: int = 2, max_iterations: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -122,43 +163,10 @@ def component_roots(
     Returns ``(fg [B,H*W] bool, root [B,H*W+1] int32, iterations)``:
     ``root[b, p]`` is the flat index of the first (raster order) pixel of
     ``p``'s component for foreground pixels and ``H*W`` (a sink slot, itself
-    ``H*W``) for background pixels.
+    ``H*W``) for background pixels. ``iterations`` counts propagation steps,
+    including the last one that found nothing to change.
     """
-    fg3 = _check_mask(mask)
-    B, H, W = fg3.shape
-    n = H * W
-    dev = fg3.device
-    if B == 0 or n == 0:
-        return fg3.reshape(B, n), torch.full((B, n + 1), n, dtype=torch.int32, device=dev), 0
-    i32 = torch.int32
-    # Pointers live in [B, n+1]; slot n is a sink that background pixels point to
-    # (value n, larger than every pointer, so min-pooling ignores background).
-    cols = torch.arange(W, device=dev, dtype=i32).expand(B, H, W)
-    last_bg = torch.where(fg3, -1, cols).cummax(dim=2).values  # run start - 1
-    rows = torch.arange(H, device=dev, dtype=i32).view(1, H, 1) * W
-    fg = fg3.reshape(B, n)
-    L = torch.full((B, n + 1), n, dtype=i32, device=dev)
-    L[:, :n] = torch.where(fg3, rows + last_bg + 1, n).view(B, n)
-    floor = torch.where(fg, 0, n).to(i32)  # n on background, 0 on foreground
-    if max_iterations is None:
-        max_iterations = 4 * n + 8  # unreachable bound: each productive iteration lowers some pointer
-    it = 0
-    while True:
-        for _ in range(check_every):
-            prev = L
-            body = L[:, :n]
-            m = _min_pool3x3(body.view(B, H, W), n).view(B, n)
-            m = torch.maximum(m, floor)  # background sees n only
-            L = L.scatter_reduce(1, body, m, reduce="amin", include_self=True)  # hook representatives
-            body = L[:, :n]
-            torch.minimum(body, m, out=body)
-            L = L.gather(1, L)  # pointer jumping (the sink maps to itself)
-            L = L.gather(1, L)
-            it += 1
-        if torch.equal(prev, L):
-            break
-        if it >= max_iterations:  # pragma: no cover - defensive
-            raise RuntimeError(f"connected components did not converge in {it} iterations")
+    fg, L, it, _ = _label(_check_mask(mask), check_every, max_iterations)
     return fg, L, it
 
 
@@ -195,17 +203,27 @@ def cc_cleanup(
     """
     if not 0.0 <= float(ratio) <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
-    fg, L, it = component_roots(mask)
-    B, H, W = mask.shape
+    fg3 = _check_mask(mask)
+    fg, L, it, last_bg = _label(fg3, 2, None)
+    B, H, W = fg3.shape
     n = H * W
+    # Areas: each horizontal run adds its length at its last pixel, so the scatter
+    # touches one element per run (few atomics on the same root).
+    cols = torch.arange(W, device=fg.device, dtype=torch.int32)
+    run_end = fg3 & ~F.pad(fg3[:, :, 1:], (0, 1), value=False)
+    own = torch.arange(n, device=fg.device, dtype=torch.int32)
+    body = L[:, :n]
     area = torch.zeros(L.shape, dtype=torch.int32, device=fg.device)
-    area.scatter_add_(1, L[:, :n], torch.ones_like(L[:, :n]))
-    area[:, n] = 0  # the sink collected the background
+    area.scatter_add_(
+        1,
+        torch.where(run_end.view(B, n), body, own),
+        torch.where(run_end, cols - last_bg, 0).view(B, n).to(torch.int32),
+    )
     largest = area.amax(dim=1)
     # area > ratio*largest  <=>  area > floor(ratio*largest) for integer areas.
     thr = torch.floor(float(ratio) * largest.to(torch.float64)).to(torch.int32)
     keep_root = area > thr.unsqueeze(1)
-    clean = keep_root.gather(1, L[:, :n]).view(B, H, W)
+    clean = keep_root.gather(1, body).view(B, H, W)
     n_raw = (area > 0).sum(dim=1, dtype=torch.int32)
     n_clean = keep_root.sum(dim=1, dtype=torch.int32)
     out = (clean, n_raw, n_clean)

@@ -132,7 +132,8 @@ def index_table(rows: dict[str, np.ndarray]):
         elif typ == "string":
             cols[name] = pa.array(list(v), pa.string())
         else:
-            cols[name] = pa.array(np.asarray(v), getattr(pa, typ)())
+            arrow_type = pa.bool_() if typ == "bool" else getattr(pa, typ)()
+            cols[name] = pa.array(np.asarray(v), arrow_type)
     for name in sorted(set(rows) - set(fmt.INDEX_COLUMNS)):
         cols[name] = pa.array(np.asarray(rows[name]))
     return pa.table(cols)

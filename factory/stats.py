@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 HIST_BINS = 12
+_LANES = 32
 STAT_COLUMNS = (
     "fg_ratio_raw",
     "fg_ratio",
@@ -72,9 +73,12 @@ def histogram_batched(x: torch.Tensor, bins: int = HIST_BINS, lo: float = -1.0, 
     pos = pos.clamp_(max=bins - 1)
     inside = (x >= lo) & (x <= hi)  # False for NaN
     pos = torch.where(inside, pos, bins)  # bin `bins` collects what histc ignores
-    counts = torch.zeros(B, bins + 1, dtype=torch.float32, device=x.device)
-    counts.scatter_add_(1, pos, torch.ones_like(x))
-    return counts[:, :bins].contiguous()
+    # Spread each bin over _LANES counters (pixel index mod _LANES) so that the
+    # scatter's atomic adds do not all hit the same 13 addresses of an image.
+    lane = torch.arange(x.shape[1], device=x.device, dtype=torch.int64) % _LANES
+    counts = torch.zeros(B, (bins + 1) * _LANES, dtype=torch.int32, device=x.device)
+    counts.scatter_add_(1, pos * _LANES + lane, torch.ones_like(pos, dtype=torch.int32))
+    return counts.view(B, bins + 1, _LANES).sum(dim=2)[:, :bins].to(torch.float32)
 
 
 def smooth_and_count_maxima(hist: torch.Tensor, *, inner_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -127,7 +127,7 @@ class Benchmark:
 
 def _files_by_stem(folder: Path, what: str) -> dict[str, Path]:
     if not folder.is_dir():
-        raise BenchmarkError(f"{what} folder {str(folder)!r} does not exist")
+        raise BenchmarkError(f"{what}: folder {str(folder)!r} does not exist")
     out: dict[str, Path] = {}
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.is_file() or entry.name.startswith("."):
@@ -136,7 +136,7 @@ def _files_by_stem(folder: Path, what: str) -> dict[str, Path]:
         if p.suffix.lower() not in IMAGE_EXTS:
             continue
         if p.stem in out:
-            raise BenchmarkError(f"{what} folder {str(folder)!r} holds two files with stem {p.stem!r}: "
+            raise BenchmarkError(f"{what}: folder {str(folder)!r} holds two files with stem {p.stem!r}: "
                                  f"{out[p.stem].name} and {p.name}")
         out[p.stem] = p
     return out
@@ -144,8 +144,8 @@ def _files_by_stem(folder: Path, what: str) -> dict[str, Path]:
 
 def match_by_stem(images_dir: Path, masks_dir: Path, kind: str) -> list[Pair]:
     """Pair every image with the mask of the same stem; error on an image lacking its mask."""
-    images = _files_by_stem(images_dir, f"{kind} image")
-    masks = _files_by_stem(masks_dir, f"{kind} mask")
+    images = _files_by_stem(images_dir, f"{kind} images")
+    masks = _files_by_stem(masks_dir, f"{kind} masks")
     if not images:
         raise BenchmarkError(f"{kind}: no images in {str(images_dir)!r}")
     missing = [s for s in images if s not in masks]

@@ -177,5 +177,9 @@ def benchmark_cmd(run, root, json_out, label, device, batch_size, pysod):
         click.echo(f"wrote {json_out}")
 
 
+from trainers.cli_train import train  # noqa: E402  (issue 5: `trainers train`)
+main.add_command(train)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -256,8 +256,8 @@ def evaluate_predictions(pred_dir: str | os.PathLike, mask_dir: str | os.PathLik
     Every mask needs a prediction of the same stem and size; masks are
     binarised at >= 128 (pysodmetrics receives the raw mask and applies its own > 128).
     """
-    masks = _files_by_stem(Path(mask_dir), "mask")
-    preds = _files_by_stem(Path(pred_dir), "prediction")
+    masks = _files_by_stem(Path(mask_dir), "masks")
+    preds = _files_by_stem(Path(pred_dir), "predictions")
     if not masks:
         raise BenchmarkError(f"no masks in {str(mask_dir)!r}")
     missing = [s for s in masks if s not in preds]

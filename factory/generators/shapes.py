@@ -73,7 +73,7 @@ LAMBDA = 0.35  # response of the pre-activation to the background coordinate
 EDGE = 0.02  # soft edge width of the object (normalised units; image spans [-1, 1])
 RESP_EDGE = 0.03  # soft edge of the response field
 JITTER = 0.07  # boundary displacement of the response field, in object radii (per unit of texture)
-CONTRAST_T = -1.0  # contrast coordinate below this -> low contrast
+CONTRAST_T = -0.95  # contrast coordinate below this -> low contrast
 SIZE_R0 = 0.42  # median object radius
 SIZE_SIGMA = 0.32
 SPILL_R0 = 0.52  # objects with radius above this start to bleed
@@ -187,8 +187,20 @@ class ShapesWorld:
         return torch.bmm(left, right)
 
     def render(self, z: torch.Tensor, image: bool = True):
-        """Return (image [B,3,H,W] float32 in [-1,1] or None, true mask [B,H,W] bool)."""
+        """Return (image [B,3,H,W] float32 in [-1,1] or None, true mask [B,H,W] bool).
+
+        Works on chunks of a few images so that the per-pixel fields stay in cache
+        (2-3x faster on CPU than one big batch); every sample is independent.
+        """
         c = self.coords(z)
+        step = max(1, min(16, 2**17 // (self.resolution * self.resolution)))
+        if c.shape[0] <= step:
+            return self._render(c, image)
+        parts = [self._render(c[i : i + step], image) for i in range(0, c.shape[0], step)]
+        imgs = torch.cat([p[0] for p in parts]) if image else None
+        return imgs, torch.cat([p[1] for p in parts])
+
+    def _render(self, c: torch.Tensor, image: bool):
         g = lambda n: c[:, COORD[n]]  # noqa: E731
         B = c.shape[0]
         x = self._grid
@@ -226,7 +238,7 @@ class ShapesWorld:
             return None, mask
 
         # failure controls
-        gc = torch.sigmoid(3.0 * (g("contrast") - CONTRAST_T))  # 1 = normal, 0 = washed out
+        gc = torch.sigmoid(4.0 * (g("contrast") - CONTRAST_T))  # 1 = normal, 0 = washed out
         spill = SPILL_GAIN * torch.nn.functional.softplus((r - SPILL_R0) / 0.05) * 0.05
         spot_on = torch.sigmoid(4.0 * (g("spots") - SPOTS_T))
 
@@ -238,7 +250,7 @@ class ShapesWorld:
         sxk = 0.85 * torch.tanh(c[:, COORD["spot_x0"] : COORD["spot_x0"] + N_SPOTS] / 1.2)
         syk = 0.85 * torch.tanh(c[:, COORD["spot_y0"] : COORD["spot_y0"] + N_SPOTS] / 1.2)
         wk = torch.sigmoid(2.0 * c[:, COORD["spot_w0"] : COORD["spot_w0"] + N_SPOTS] + 1.0)
-        sig = (0.16 * r).clamp(max=0.07)[:, None, None]  # spot width, small next to the object
+        sig = (0.2 * r).clamp(max=0.08)[:, None, None]  # spot width, small next to the object
         gx = torch.exp(-0.5 * ((X[:, None, :] - sxk[:, :, None]) / sig) ** 2)  # [B, K, W]
         gy = torch.exp(-0.5 * ((Y[:, None, :] - syk[:, :, None]) / sig) ** 2) * wk[:, :, None]  # [B, K, H]
         spots = torch.bmm(gy.transpose(1, 2), gx)  # [B, H, W]

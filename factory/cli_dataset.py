@@ -1,0 +1,141 @@
+"""`factory filter`, `factory info`, `factory verify`, `factory preview`: thin commands over filters/verify/preview."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from factory.cli import user_errors
+
+_REMOTE_HELP = "Trust shard paths in the manifest that are absolute remote URLs (off: only paths inside the dataset)."
+
+
+@click.command("filter")
+@click.argument("dataset")
+@click.option("--max-fg", type=float, help="Keep fg_ratio < MAX_FG (strict, like the paper; 0.5 there).")
+@click.option("--min-fg", type=float, help="Keep fg_ratio >= MIN_FG.")
+@click.option("--histogram", type=click.Choice(["reference", "paper", "off"]), default="off", show_default=True,
+              help="Histogram filter: reference = authors' code (hist_maxima >= 2), paper = paper text.")
+@click.option("--min-components", type=int, help="Keep n_components >= N (after CC cleanup).")
+@click.option("--max-components", type=int, help="Keep n_components <= N.")
+@click.option("--where", help="Extra predicate over index columns, e.g. \"fg_ratio < 0.4 and n_components <= 2\".")
+@click.option("--out", required=True, help="VIEW.json to write (a folder/URL with --materialize).")
+@click.option("--materialize", is_flag=True, help="Write a compact new dataset with only the accepted samples.")
+@click.option("--shard-size", type=int, help="With --materialize: samples per new shard (default: the parent's).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing view/dataset with other content at --out.")
+@click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@user_errors
+def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_components, where, out, materialize,
+               shard_size, overwrite, allow_remote_shards, as_json):
+    """Select candidates by their index statistics; writes a view (no pixel is read).
+
+    DATASET is a dataset folder/URL or a view JSON (its accepted rows are
+    filtered further; the new view's parent stays the root dataset).
+
+    \b
+    Examples:
+      factory filter data/demo --max-fg 0.5 --histogram reference --out data/paper.json
+      factory filter data/paper.json --where "n_components <= 2 and not (fg_ratio < 0.05)" --out data/strict.json
+      factory filter data/demo --max-fg 0.5 --histogram reference --materialize --out data/demo-paper
+    """
+    from factory.filters import FilterSpec, run_filter
+
+    spec = FilterSpec(max_fg=max_fg, min_fg=min_fg, histogram=histogram, min_components=min_components,
+                      max_components=max_components, where=where)
+    r = run_filter(dataset, spec, out, overwrite=overwrite, allow_remote_shards=allow_remote_shards,
+                   materialize=materialize, shard_size=shard_size)
+    v = r.view
+    c = v["counts"]
+    if as_json:
+        d = {"view_id": v["view_id"], "dataset_id": v["parent"]["dataset_id"], "samples": v["samples"],
+             "predicate": v["predicate"], "counts": c, "rejected": v["rejected"], "out": out}
+        if r.materialized:
+            d["materialized_dataset_id"] = r.materialized["dataset_id"]
+        click.echo(json.dumps(d))
+        return
+    rej = ", ".join(f"{k} {n:,}" for k, n in v["rejected"].items()) or "none"
+    msg = (f"{v['samples']:,} of {c['input']:,} accepted ({v['samples'] / max(1, c['input']):.1%}) "
+           f"where {v['predicate']}; rejected by {rej}")
+    if r.materialized:
+        m = r.materialized
+        click.echo(f"{out}: dataset {m['dataset_id']}, {m['samples']:,} samples in {len(m['shards'])} shards; {msg}")
+    else:
+        click.echo(f"{out}: {v['view_id']}{'' if r.written else ' (unchanged)'}; {msg}")
+
+
+@click.command()
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--no-stats", is_flag=True, help="Skip the index statistics (reads only the manifest/view).")
+@click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
+@user_errors
+def info(dataset, as_json, no_stats, allow_remote_shards):
+    """Describe a dataset or view: counts, provenance, filter statistics, lineage.
+
+    \b
+    Examples:
+      factory info data/demo
+      factory info data/paper.json --json
+    """
+    from factory.filters import describe, format_info
+
+    d = describe(dataset, allow_remote_shards=allow_remote_shards, stats=not no_stats)
+    click.echo(json.dumps(d, sort_keys=True) if as_json else format_info(d))
+
+
+@click.command()
+@click.argument("dataset")
+@click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
+@click.option("--workers", type=int, help="Shards checked in parallel (threads; default 2 x CPUs, at most 8).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@user_errors
+def verify(dataset, allow_remote_shards, workers, as_json):
+    """Recompute every shard's sha256, bytes and samples; cross-check tars, index and latents.
+
+    Exits 1 naming every bad shard (one line each) and what is wrong.
+
+    \b
+    Examples:
+      factory verify data/demo
+      AWS_ENDPOINT_URL=http://minio:9000 factory verify s3://team/bigbigan-imagenet-v1
+    """
+    from factory.verify import verify as run
+
+    rep = run(dataset, allow_remote_shards=allow_remote_shards, workers=workers)
+    if as_json:
+        click.echo(json.dumps({"ok": rep.ok, "dataset_id": rep.dataset_id, "view_id": rep.view_id,
+                               "samples": rep.samples, "shards": rep.shards, "bytes": rep.bytes,
+                               "bad_shards": rep.bad_shards, "problems": rep.problems}))
+        if not rep.ok:
+            sys.exit(1)
+        return
+    if rep.ok:
+        click.echo(rep.summary())
+        return
+    for p in rep.problems:
+        click.echo(p, err=True)
+    raise click.ClickException(rep.summary())
+
+
+@click.command()
+@click.argument("dataset")
+@click.option("--out", required=True, help="PNG file to write (path or URL).")
+@click.option("--n", "n", type=int, default=64, show_default=True, help="Samples on the contact sheet.")
+@click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
+@user_errors
+def preview(dataset, out, n, allow_remote_shards):
+    """Contact sheet of images with masks overlaid, fg-ratio histogram and filter pass rates.
+
+    For a view, the sheet shows accepted samples and the histogram splits accepted/rejected.
+
+    \b
+    Examples:
+      factory preview data/demo --out demo.png
+      factory preview data/paper.json --out paper.png --n 36
+    """
+    from factory.preview import write_preview
+
+    r = write_preview(dataset, out, n=n, allow_remote_shards=allow_remote_shards)
+    click.echo(f"{out}: {r['samples_shown']} samples, {r['bytes']:,} bytes")

@@ -1,0 +1,239 @@
+"""`factory verify`: recompute every shard's sha256/bytes/samples and cross-check tar, index and latents.
+
+Per shard (in a thread pool; I/O-bound on object stores): the tar is read
+whole, hashed and counted, then parsed with `format.safe_tar_members` (no
+links, no absolute or '..' names, regular members only). Its keys must be
+exactly the rows [first_row, first_row + samples), each with every member the
+manifest lists; the index fragment must hash to its recorded sha256 and hold
+the same keys/rows/shard; the latent rows of latents.zarr must equal the
+`KEY.latent.npy` members bit for bit (and hash to the recorded latents_sha256).
+Dataset level: shard ids 0..K-1 complete, first rows contiguous, dataset id and
+latents hash recomputed from the shard records. Views: view id recomputed,
+accepted rows inside their shards. Every problem is collected (one line per
+bad shard); nothing stops at the first.
+"""
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from factory import format as fmt
+
+
+@dataclass
+class VerifyReport:
+    url: str
+    dataset_id: str
+    view_id: str | None
+    shards: int
+    samples: int
+    bytes: int
+    problems: list[str] = field(default_factory=list)  # one line each, naming the shard or file
+    bad_shards: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        what = f"view {self.view_id} of {self.dataset_id}" if self.view_id else self.dataset_id
+        if self.ok:
+            return (f"OK {self.url}: {what}, {self.samples:,} samples in {self.shards} shards, "
+                    f"{self.bytes:,} bytes (sha256, members, index, latents all match)")
+        return (f"FAILED {self.url}: {len(self.bad_shards)} of {self.shards} shards bad, "
+                f"{len(self.problems)} problem(s) in {what}")
+
+
+def _read(url: str) -> bytes:
+    fs, path = fmt.get_fs(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def _open_latents(root: str):
+    from factory.shards import open_latents
+
+    return open_latents(root, "r")
+
+
+def check_shard(root: str, entry: dict, members: dict, z, dim_z: int) -> list[str]:
+    """Problems of one shard (empty = good)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    k = entry["shard"]
+    url = fmt.join(root, entry["path"])
+    n, first = entry["samples"], entry["first_row"]
+    expected_keys = [fmt.sample_key(r) for r in range(first, first + n)]
+    problems: list[str] = []
+    # ---- tar
+    latents_tar: dict[str, np.ndarray] = {}
+    try:
+        data = _read(url)
+    except FileNotFoundError:
+        problems.append(f"shard file missing ({url})")
+        data = None
+    except OSError as e:
+        problems.append(f"cannot read {url}: {e}")
+        data = None
+    if data is not None:
+        if len(data) != entry["bytes"]:
+            problems.append(f"{len(data)} bytes, manifest says {entry['bytes']}")
+        if fmt.sha256_bytes(data) != entry["sha256"]:
+            problems.append("sha256 differs from the manifest")
+        try:
+            parsed = fmt.safe_tar_members(data, entry["path"])
+        except fmt.FormatError as e:
+            problems.append(str(e).replace(f"{entry['path']}: ", ""))
+            parsed = None
+        if parsed is not None:
+            samples: dict[str, dict[str, bytes]] = {}
+            for name, body in parsed:
+                key, ext = fmt.split_member(name)
+                samples.setdefault(key, {})[ext] = body
+            if len(samples) != n:
+                problems.append(f"{len(samples)} samples in the tar, manifest says {n}")
+            keys = set(samples)
+            if keys != set(expected_keys):
+                extra = sorted(keys - set(expected_keys))
+                missing = sorted(set(expected_keys) - keys)
+                problems.append(
+                    "tar keys differ from rows "
+                    f"{first}..{first + n - 1}" + (f"; unexpected {extra[:3]}" if extra else "")
+                    + (f"; missing {missing[:3]}" if missing else "")
+                )
+            need = set(members.values())
+            incomplete = [kk for kk, parts in sorted(samples.items()) if need - set(parts)]
+            if incomplete:
+                kk = incomplete[0]
+                problems.append(f"{len(incomplete)} sample(s) lack members, e.g. {kk} lacks "
+                                f"{sorted(need - set(samples[kk]))}")
+            lat_ext = members.get("latent", fmt.EXT_LATENT)
+            for kk, parts in samples.items():
+                if lat_ext in parts:
+                    try:
+                        latents_tar[kk] = np.load(io.BytesIO(parts[lat_ext]), allow_pickle=False)
+                    except (ValueError, OSError):
+                        problems.append(f"{kk}.{lat_ext} is not a readable .npy")
+                        break
+    # ---- index fragment
+    iurl = fmt.join(root, entry["index"])
+    try:
+        idata = _read(iurl)
+    except FileNotFoundError:
+        problems.append(f"index fragment missing ({iurl})")
+        idata = None
+    except OSError as e:
+        problems.append(f"cannot read {iurl}: {e}")
+        idata = None
+    if idata is not None:
+        if fmt.sha256_bytes(idata) != entry["index_sha256"]:
+            problems.append(f"index fragment {entry['index']} sha256 differs from the manifest")
+        try:
+            t = pq.read_table(pa.BufferReader(idata), columns=["key", "shard", "row"])
+        except Exception as e:  # noqa: BLE001 - any unreadable fragment is reported, not raised
+            problems.append(f"index fragment {entry['index']} unreadable: {e}")
+            t = None
+        if t is not None:
+            if t.num_rows != n:
+                problems.append(f"index has {t.num_rows} rows, manifest says {n}")
+            else:
+                if t.column("key").to_pylist() != expected_keys:
+                    problems.append(f"index keys differ from rows {first}..{first + n - 1}")
+                if not np.array_equal(t.column("row").to_numpy(), np.arange(first, first + n)):
+                    problems.append("index 'row' column differs from the shard's rows")
+                if not (t.column("shard").to_numpy() == k).all():
+                    problems.append(f"index 'shard' column is not {k} everywhere")
+    # ---- latents
+    if z is not None and n:
+        try:
+            rows = np.asarray(z[first : first + n], np.float32)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"latents.zarr rows {first}..{first + n - 1} unreadable: {e}")
+            rows = None
+        if rows is not None:
+            if rows.shape != (n, dim_z):
+                problems.append(f"latents.zarr rows {first}..{first + n - 1} have shape {rows.shape}")
+            else:
+                sha = fmt.sha256_bytes(np.ascontiguousarray(rows).tobytes())
+                if entry.get("latents_sha256") and sha != entry["latents_sha256"]:
+                    problems.append("latents.zarr rows differ from the manifest's latents_sha256")
+                bad = [kk for kk, v in latents_tar.items()
+                       if not (v.shape == (dim_z,) and np.array_equal(v.astype(np.float32), rows[fmt.key_row(kk) - first]))
+                       if first <= fmt.key_row(kk) < first + n]
+                if bad:
+                    problems.append(f"{len(bad)} latent(s) in the tar differ from latents.zarr, e.g. {sorted(bad)[0]}")
+    return problems
+
+
+def verify(url: str, allow_remote_shards: bool = False, workers: int | None = None) -> VerifyReport:
+    """Verify a dataset or view; FormatError only for an unreadable/invalid manifest, else a report."""
+    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    m = res.manifest
+    entries = sorted(m["shards"], key=lambda s: s["shard"])
+    rep = VerifyReport(url=url, dataset_id=m["dataset_id"], view_id=res.view["view_id"] if res.view else None,
+                       shards=len(entries), samples=m["samples"], bytes=sum(s["bytes"] for s in entries))
+    # ---- dataset level
+    ids = [s["shard"] for s in entries]
+    missing = sorted(set(range(len(ids))) - set(ids))
+    if missing or ids != list(range(len(ids))):
+        rep.problems.append(
+            f"shard ids are not 0..{len(ids) - 1}: missing {missing[:10]}, listed {ids[:10]}{'...' if len(ids) > 10 else ''}"
+        )
+    row = 0
+    for s in entries:
+        if s["first_row"] != row:
+            rep.problems.append(f"shard {s['shard']} ({s['path']}): first_row {s['first_row']}, expected {row}")
+            rep.bad_shards.append(s["shard"])
+        row += s["samples"]
+    lat = m.get("latents") or {}
+    latents_sha = fmt.sha256_bytes("".join(s.get("latents_sha256", "") for s in entries).encode())
+    if lat.get("sha256_of_shard_hashes") not in (None, latents_sha):
+        rep.problems.append("manifest: latents.sha256_of_shard_hashes does not match the shards' latents_sha256")
+    if fmt.dataset_id(entries, lat.get("sha256_of_shard_hashes")) != m["dataset_id"]:
+        rep.problems.append(f"manifest: dataset_id {m['dataset_id']} is not the content hash of its shards")
+    z = None
+    dim_z = int(m["dim_z"])
+    try:
+        z = _open_latents(res.root)
+        if tuple(z.shape) != (m["samples"], dim_z):
+            rep.problems.append(f"{fmt.join(res.root, fmt.LATENTS)}: shape {tuple(z.shape)}, expected {(m['samples'], dim_z)}")
+            z = None
+    except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing/corrupt array
+        rep.problems.append(f"{fmt.join(res.root, fmt.LATENTS)} missing or unreadable ({type(e).__name__})")
+    members = m.get("members") or {"image": fmt.EXT_IMAGE, "mask": fmt.EXT_MASK, "latent": fmt.EXT_LATENT,
+                                   "meta": fmt.EXT_META}
+    # ---- shards
+    nthreads = workers or min(8, max(2, (os.cpu_count() or 1) * 2))
+    with ThreadPoolExecutor(nthreads) as ex:
+        results = list(ex.map(lambda s: check_shard(res.root, s, members, z, dim_z), entries))
+    for s, probs in zip(entries, results):
+        if probs:
+            rep.problems.append(f"shard {s['shard']} ({fmt.join(res.root, s['path'])}): " + "; ".join(probs))
+            if s["shard"] not in rep.bad_shards:
+                rep.bad_shards.append(s["shard"])
+    # ---- view level
+    if res.view is not None:
+        from factory.filters import accepted_sha256
+
+        v = res.view
+        acc = {str(k): sorted(rows) for k, rows in res.accepted.items()}
+        if v.get("predicate") is not None:
+            vid = fmt.view_id(m["dataset_id"], v["predicate"], accepted_sha256(v["accepted"]))
+            if vid != v["view_id"]:
+                rep.problems.append(f"{url}: view_id {v['view_id']} is not the hash of its parent, predicate and rows")
+        by_id = {s["shard"]: s for s in entries}
+        for k, rows in acc.items():
+            s = by_id.get(int(k))
+            if s is None:
+                rep.problems.append(f"{url}: accepts rows of shard {k}, which the parent does not have")
+                continue
+            if rows and (rows[0] < s["first_row"] or rows[-1] >= s["first_row"] + s["samples"]):
+                rep.problems.append(f"{url}: accepted rows of shard {k} lie outside its rows")
+        rep.samples = v["samples"]
+    rep.bad_shards.sort()
+    return rep

@@ -1,0 +1,302 @@
+"""End-to-end `factory generate` on the shapes world: contract, reproducibility, resume, bad input."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from factory import format as fmt
+from factory.cli import main
+
+GEN = ["generate", "--generator", "shapes", "--quiet"]
+
+
+def run(args, expect=0):
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == expect, res.output
+    return res
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def shard_hashes(root: Path) -> dict[str, str]:
+    return {p.name: sha(p) for p in sorted((root / "shards").glob("*.tar"))}
+
+
+@pytest.fixture(scope="module")
+def ds600(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gen") / "d600"
+    run(GEN + ["--n", "600", "--shard-size", "200", "--seed", "7", "--workers", "0", "--out", str(out)])
+    return out
+
+
+def test_contract_600(ds600):
+    import webdataset as wds
+    import zarr
+
+    man = json.loads((ds600 / "manifest.json").read_text())
+    fmt.validate_manifest(man)
+    assert man["samples"] == 600 and len(man["shards"]) == 3
+    for s in man["shards"]:
+        assert sha(ds600 / s["path"]) == s["sha256"]
+        assert (ds600 / s["path"]).stat().st_size == s["bytes"]
+        assert sha(ds600 / s["index"]) == s["index_sha256"]
+    urls = [str(ds600 / s["path"]) for s in man["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+    assert len(samples) == 600
+    keys = [s["__key__"] for s in samples]
+    assert keys == [fmt.sample_key(i) for i in range(600)]
+    s0 = samples[0]
+    assert s0["png"].size == (128, 128) and s0["png"].mode == "RGB"
+    m = np.asarray(s0["mask.png"])
+    assert set(np.unique(m)) <= {0, 255}
+    assert s0["latent.npy"].shape == (120,) and s0["latent.npy"].dtype == np.float32
+
+    index = pq.read_table([str(ds600 / s["index"]) for s in man["shards"]]) if False else None
+    import pyarrow as pa
+
+    index = pa.concat_tables([pq.read_table(ds600 / s["index"]) for s in man["shards"]])
+    assert index.num_rows == 600
+    for col in fmt.INDEX_COLUMNS:
+        assert col in index.column_names
+    assert index.column("key").to_pylist() == keys
+    assert index.column("row").to_pylist() == list(range(600))
+    # fg_ratio matches the stored masks
+    fg = np.array([(np.asarray(s["mask.png"]) > 0).mean() for s in samples], np.float32)
+    np.testing.assert_allclose(index.column("fg_ratio").to_numpy(), fg, atol=1e-6)
+    # latents.zarr equals tar latents
+    z = zarr.open_array(str(ds600 / "latents.zarr"), mode="r")
+    assert z.shape == (600, 120)
+    np.testing.assert_array_equal(z[:], np.stack([s["latent.npy"] for s in samples]))
+    # the json member agrees with the index
+    assert samples[5]["json"]["fg_ratio"] == pytest.approx(float(index.column("fg_ratio")[5].as_py()))
+    assert (ds600 / "README.md").exists()
+    assert not list(ds600.rglob(".*.tmp-*")) and not (ds600 / ".lock").exists()
+
+
+def test_tar_is_deterministic_metadata(ds600):
+    with tarfile.open(ds600 / "shards" / "000000.tar") as tf:
+        members = tf.getmembers()
+    assert all(m.mtime == 0 and m.uid == 0 and m.isreg() for m in members)
+    names = [m.name for m in members]
+    assert names == sorted(names)
+
+
+def test_rerun_rewrites_nothing_and_copies_are_identical(ds600, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in ds600.rglob("*") if p.is_file()}
+    res = run(GEN + ["--n", "600", "--shard-size", "200", "--seed", "7", "--workers", "0", "--out", str(ds600)])
+    after = {p: p.stat().st_mtime_ns for p in ds600.rglob("*") if p.is_file()}
+    assert before == after
+    other = tmp_path / "other"
+    run(GEN + ["--n", "600", "--shard-size", "200", "--seed", "7", "--workers", "0", "--out", str(other)])
+    assert shard_hashes(other) == shard_hashes(ds600)
+    assert json.loads((other / "manifest.json").read_text())["dataset_id"] == json.loads(
+        (ds600 / "manifest.json").read_text())["dataset_id"]
+
+
+@pytest.mark.slow
+def test_two_dask_workers_identical(ds600, tmp_path):
+    out = tmp_path / "w2"
+    run(GEN + ["--n", "600", "--shard-size", "200", "--seed", "7", "--workers", "2", "--out", str(out)])
+    assert shard_hashes(out) == shard_hashes(ds600)
+
+
+def test_dask_cluster_small(tmp_path):
+    """A real LocalCluster with 2 worker processes gives the same bytes as in-process generation."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["--n", "40", "--shard-size", "10", "--seed", "3", "--resolution", "64"]
+    run(GEN + args + ["--workers", "0", "--out", str(a)])
+    run(GEN + args + ["--workers", "2", "--out", str(b)])
+    assert shard_hashes(a) == shard_hashes(b) and len(shard_hashes(a)) == 4
+
+
+def test_resume_after_lost_shard(tmp_path):
+    out = tmp_path / "r"
+    args = GEN + ["--n", "30", "--shard-size", "10", "--resolution", "64", "--workers", "0", "--out", str(out)]
+    run(args)
+    ref = shard_hashes(out)
+    # simulate a crash: one shard never committed, manifest not written
+    (out / "done" / "000001.json").unlink()
+    (out / "shards" / "000001.tar").unlink()
+    (out / "manifest.json").unlink()
+    keep = (out / "shards" / "000000.tar").stat().st_mtime_ns
+    res = run(args)
+    assert "resuming, 2 of 3" in res.output
+    assert shard_hashes(out) == ref
+    assert (out / "shards" / "000000.tar").stat().st_mtime_ns == keep
+
+
+def test_other_spec_refused_then_overwrite(tmp_path):
+    out = tmp_path / "s"
+    base = GEN + ["--n", "10", "--shard-size", "10", "--resolution", "64", "--workers", "0", "--out", str(out)]
+    run(base)
+    res = run(base[:-2] + ["--seed", "9", "--out", str(out)], expect=1)
+    assert "another spec" in res.output and "latents.seed: 0 -> 9" in res.output
+    run(base[:-2] + ["--seed", "9", "--overwrite", "--out", str(out)])
+    assert json.loads((out / "spec.json").read_text())["spec"]["latents"]["seed"] == 9
+
+
+def test_latent_sources_are_per_sample():
+    from factory.latents import gaussian
+
+    src = gaussian(16, seed=5)
+    full = src.rows(0, 3000)
+    np.testing.assert_array_equal(full[1500:1700], src.rows(1500, 1700))
+    np.testing.assert_array_equal(full[1023:1025], src.rows(1023, 1025))
+    assert not np.array_equal(full, gaussian(16, seed=6).rows(0, 3000))
+
+
+def test_embeddings_source(tmp_path, monkeypatch):
+    from factory.latents import from_embeddings
+
+    monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "home"))
+    E = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    np.save(tmp_path / "e.npy", E)
+    run(["embeddings", "import", str(tmp_path / "e.npy"), "--name", "toy"])
+    res = run(["embeddings", "list"])
+    assert "toy" in res.output and "50 x 8" in res.output
+    src = from_embeddings("toy", 8, seed=1, z_noise=0.0)
+    rows = src.rows(0, 200)
+    # every row is one of the embeddings (alpha = 0)
+    d = ((rows[:, None, :] - E[None]) ** 2).sum(-1).min(1)
+    assert d.max() < 1e-10
+    noisy = from_embeddings("toy", 8, seed=1, z_noise=0.2).rows(0, 200)
+    assert 0.01 < np.abs(noisy - rows).mean() < 0.5
+    np.testing.assert_array_equal(from_embeddings(str(tmp_path / "e.npy"), 8, 1, 0.0).rows(0, 200), rows)
+
+
+def test_embeddings_generate_and_latents_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "home"))
+    E = np.random.default_rng(0).standard_normal((20, 120)).astype(np.float32)
+    np.save(tmp_path / "e.npy", E)
+    out = tmp_path / "emb"
+    run(GEN + ["--n", "12", "--resolution", "64", "--workers", "0", "--embeddings", str(tmp_path / "e.npy"),
+               "--z-noise", "0.1", "--out", str(out)])
+    import zarr
+
+    z = zarr.open_array(str(out / "latents.zarr"), mode="r")[:]
+    # regenerate exactly these latents from a file: identical shards
+    np.save(tmp_path / "z.npy", z)
+    out2 = tmp_path / "fromfile"
+    run(GEN + ["--n", "12", "--resolution", "64", "--workers", "0", "--latents", str(tmp_path / "z.npy"),
+               "--out", str(out2)])
+    a = list(tarfile.open(out / "shards" / "000000.tar").getmembers())
+    b = list(tarfile.open(out2 / "shards" / "000000.tar").getmembers())
+    assert [m.name for m in a] == [m.name for m in b]
+    ta, tb = tarfile.open(out / "shards" / "000000.tar"), tarfile.open(out2 / "shards" / "000000.tar")
+    for m in a:
+        if m.name.endswith(".png"):
+            assert ta.extractfile(m).read() == tb.extractfile(m.name).read()
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--n", "0"], "--n must be a positive"),
+        (["--n", "-3"], "--n must be a positive"),
+        (["--generator", "nope"], "unknown generator 'nope'"),
+        (["--direction", "sideways"], "unknown direction 'sideways'"),
+    ],
+)
+def test_bad_input_one_line(tmp_path, extra, needle):
+    out = tmp_path / "bad"
+    args = GEN + ["--n", "5", "--resolution", "64", "--workers", "0", "--out", str(out)] + extra
+    if "--generator" in extra:
+        args = [a for a in args if a != "shapes"]
+        args.remove("--generator")
+    res = run(args, expect=1)
+    assert needle in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (out / "manifest.json").exists() and not (out / "shards").exists()
+
+
+def test_bad_latent_files(tmp_path):
+    out = tmp_path / "bad"
+    cases = {
+        "wide.npy": (np.zeros((4, 7), np.float32), "width 7 but the generator's dim_z is 120"),
+        "nan.npy": (np.full((4, 120), np.nan, np.float32), "NaN or inf"),
+        "int.npy": (np.zeros((4, 120), np.int64), "dtype int64"),
+        "obj.npy": (np.array([{"a": 1}] * 4, dtype=object), "object"),
+    }
+    for name, (arr, needle) in cases.items():
+        np.save(tmp_path / name, arr, allow_pickle=True)
+        res = run(GEN + ["--n", "4", "--resolution", "64", "--workers", "0", "--latents", str(tmp_path / name),
+                         "--out", str(out)], expect=1)
+        assert needle in res.output, (name, res.output)
+    good = np.zeros((4, 120), np.float32)
+    np.save(tmp_path / "trunc.npy", good)
+    data = (tmp_path / "trunc.npy").read_bytes()
+    (tmp_path / "trunc.npy").write_bytes(data[: len(data) // 2])
+    res = run(GEN + ["--n", "4", "--resolution", "64", "--workers", "0", "--latents", str(tmp_path / "trunc.npy"),
+                     "--out", str(out)], expect=1)
+    assert "truncated" in res.output or "not a valid" in res.output
+    res = run(GEN + ["--n", "4", "--resolution", "64", "--workers", "0", "--latents", str(tmp_path / "missing.npy"),
+                     "--out", str(out)], expect=1)
+    assert "not found" in res.output
+    res = run(GEN + ["--n", "5", "--resolution", "64", "--workers", "0", "--latents", str(tmp_path / "wide.npy"),
+                     "--out", str(out)], expect=1)
+    assert not out.exists() or not (out / "shards").exists()
+
+
+def test_unwritable_out(tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/factory-cannot-write-here"
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = str(ro / "x")
+    res = run(GEN + ["--n", "4", "--resolution", "64", "--workers", "0", "--out", target], expect=1)
+    assert "not writable" in res.output
+
+
+def test_unknown_embeddings_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "home"))
+    res = run(GEN + ["--n", "4", "--resolution", "64", "--workers", "0", "--embeddings", "imagenet",
+                     "--out", str(tmp_path / "x")], expect=1)
+    assert "unknown embeddings 'imagenet'" in res.output and "BigBiGAN_ImageNet_z.npy" in res.output
+
+
+def test_lock_refuses_second_writer(tmp_path):
+    from factory.engine import DatasetLock
+    from factory.errors import FactoryError
+
+    out = tmp_path / "l"
+    out.mkdir()
+    with DatasetLock(str(out)):
+        with pytest.raises(FactoryError, match="being written by another factory process"):
+            with DatasetLock(str(out)):
+                pass
+    # a stale lock of a dead process is taken over
+    (out / ".lock").write_text(f"{os.uname().nodename} 999999999")
+    with DatasetLock(str(out)):
+        pass
+
+
+def test_recipe_with_override(tmp_path):
+    out = tmp_path / "rec"
+    recipe = Path(__file__).resolve().parent.parent / "manifests" / "shapes-demo.toml"
+    run(GEN + ["--recipe", str(recipe), "--n", "8", "--resolution", "64", "--workers", "0", "--out", str(out)])
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["samples"] == 8 and man["recipe"].endswith("shapes-demo.toml")
+    assert man["spec"]["shard_size"] == 500  # from the recipe
+
+
+def test_bench_cpu_json():
+    res = run(["bench", "--generator", "shapes", "--resolution", "64", "--n", "32", "--batch-size", "16", "--json"])
+    obj = json.loads(res.output)
+    assert obj["candidates_per_s"] > 0 and obj["generator_images_per_s"] > 0
+    for k in ("generator", "masks_stats", "transfer", "write"):
+        assert k in obj["stage_seconds"]
+    assert obj["batch_size"] == 16 and obj["device"] == "cpu"

@@ -1,0 +1,477 @@
+"""Stream a factory dataset or view into training batches: view-aware, seeded, exact under DDP.
+
+Architecture (reader / planner / worker):
+
+* **index** (`SampleIndex`): the accepted sample list, known from the manifest
+  and the view alone (no tar is opened): global rows, their shard, the shard
+  URLs. A key-hash hold-out (``holdout_bucket(key) < holdout_permille``, with
+  ``holdout_bucket(key) = int(sha256(key).hexdigest(), 16) % 1000``) splits it
+  into ``train`` and ``val``.
+* **planner** (`epoch_order`, `rank_steps`, `plan_epoch`): pure functions of
+  (seed, epoch, consumed, world size, rank, batch size). Each epoch has one
+  seeded order of the training samples, independent of ranks and workers. It
+  has locality: shards are visited in a seeded random order, and samples are
+  shuffled inside windows of consecutive shards holding at least
+  ``shuffle_window`` samples (the "shuffle buffer", computed on row numbers, so
+  it is exact and reproducible). Global step ``j`` of an epoch consumes the
+  next ``W * B`` samples of that order, ``order[c + j*W*B : c + (j+1)*W*B]``
+  (``c`` = samples consumed before this iterator started); rank ``r`` takes the
+  ``r``-th slice of ``B``. Loader worker ``k`` of ``K`` produces the rank's
+  steps ``j`` with ``j % K == k``, which is the order in which a torch
+  DataLoader collects them (round robin), so batches come out in step order.
+  The samples left after the last full global batch (fewer than ``W * B``) are
+  DROPPED for this epoch (they get their turn in other epochs, whose order
+  differs): every rank gets the same number of full batches, no sample is seen
+  twice in an epoch, and no rank waits for another.
+* **loader state** = ``(seed, epoch, consumed)``. Because the consumed samples
+  are always a prefix of the epoch's order, a run resumed with another number
+  of ranks or workers continues exactly where the epoch stood: the rest of the
+  order is cut for the new world size (again dropping the new remainder).
+  With the same world size the resumed batches are the very same batches, in
+  the same order, whatever the number of loader workers.
+* **worker** (`ShardReader`): reads the shards its rows live in, each at most
+  once per epoch, sequentially, through fsspec (local folders or any URL).
+  Tar headers are checked (regular files only, flat names, no ``..``, no
+  absolute paths, keys that are rows of that shard); members of rows the worker
+  does not need (rejected by the view, held out, or owned by another rank or
+  worker) and members it does not use (``.json``, ``.latent.npy``) are skipped
+  without reading their data, so nothing rejected is ever decoded. Kept samples
+  wait, still PNG-encoded, until their step; decoding happens when a batch is
+  assembled. Images become float32 CHW in [-1, 1], masks float32 ``[1, H, W]``
+  in {0, 1}; an optional horizontal flip is a pure function of
+  (seed, epoch, row). Errors name the shard URL and the member.
+
+Reading all members of a shard once per worker costs one pass over the tar
+headers plus the data of the worker's own samples (tar data are skipped by
+seeking; fsspec files of object stores seek with range reads).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from factory import format as fmt
+from trainers import TrainersError
+
+DEFAULT_SHUFFLE_WINDOW = 2000
+_KEY = re.compile(r"^[0-9]+$")
+
+
+class DataError(TrainersError, ValueError):
+    """A dataset, view or shard that cannot be read as asked (message names the file)."""
+
+
+# ----------------------------------------------------------------------------- hold-out
+
+
+def holdout_bucket(key: str) -> int:
+    """Bucket 0..999 of a sample key: ``int(sha256(key).hexdigest(), 16) % 1000``."""
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16) % 1000
+
+
+def holdout_rule(permille: int) -> str:
+    return f"int(sha256(key).hexdigest(), 16) % 1000 < {permille}"
+
+
+# ----------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard: int
+    url: str
+    first_row: int
+    samples: int
+
+
+@dataclass(frozen=True)
+class SampleIndex:
+    """The samples a split may use: global rows (sorted) and their shard ids."""
+
+    rows: np.ndarray  # int64 [n], sorted
+    shards: np.ndarray  # int64 [n], shard of each row
+    shard_info: dict  # shard id -> ShardInfo
+    dataset_id: str
+    view_id: str | None
+    split: str
+    holdout_permille: int
+    mask_member: str
+    resolution: int | None
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permille: int = 0,
+                mask: str = "clean") -> SampleIndex:
+    """Accepted samples of a dataset/view for ``split`` in {"train", "val", "all"}.
+
+    ``train`` excludes the hold-out (keys whose bucket < holdout_permille),
+    ``val`` is the hold-out only, ``all`` ignores it.
+    """
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+    if not isinstance(holdout_permille, int) or not 0 <= holdout_permille < 1000:
+        raise DataError(f"holdout_permille must be an integer in 0..999, got {holdout_permille!r}")
+    if mask not in ("clean", "raw"):
+        raise DataError(f"mask must be 'clean' or 'raw', got {mask!r}")
+    manifest = resolved.manifest
+    if mask == "raw" and not manifest.get("spec", {}).get("keep_raw_mask", False):
+        raise DataError(f"dataset {manifest['dataset_id']} has no raw masks (it was generated without "
+                        f"--keep-raw-mask); train with --mask clean")
+    urls = dict(resolved.shard_urls())
+    info = {}
+    rows_l, shards_l = [], []
+    for s in manifest["shards"]:
+        sid = s["shard"]
+        si = ShardInfo(sid, urls[sid], s["first_row"], s["samples"])
+        info[sid] = si
+        if resolved.accepted is None:
+            r = np.arange(si.first_row, si.first_row + si.samples, dtype=np.int64)
+        else:
+            acc = resolved.accepted.get(sid, ())
+            r = np.array(sorted(acc), dtype=np.int64)
+            bad = r[(r < si.first_row) | (r >= si.first_row + si.samples)]
+            if bad.size:
+                raise DataError(f"view {resolved.view['view_id']}: row {int(bad[0])} is listed under shard "
+                                f"{sid}, which holds rows {si.first_row}..{si.first_row + si.samples - 1}")
+        rows_l.append(r)
+        shards_l.append(np.full(r.shape, sid, np.int64))
+    if resolved.accepted is not None:
+        unknown = sorted(set(resolved.accepted) - set(info))
+        if unknown:
+            raise DataError(f"view {resolved.view['view_id']} accepts rows of shard(s) {unknown[:5]} that the "
+                            f"parent dataset {manifest['dataset_id']} does not have")
+    rows = np.concatenate(rows_l) if rows_l else np.zeros(0, np.int64)
+    shards = np.concatenate(shards_l) if shards_l else np.zeros(0, np.int64)
+    order = np.argsort(rows, kind="stable")
+    rows, shards = rows[order], shards[order]
+    if holdout_permille and split != "all":
+        held = np.fromiter((holdout_bucket(fmt.sample_key(int(r))) < holdout_permille for r in rows),
+                           dtype=bool, count=rows.shape[0])
+        keep = held if split == "val" else ~held
+        rows, shards = rows[keep], shards[keep]
+    elif split == "val":
+        rows, shards = rows[:0], shards[:0]
+    return SampleIndex(
+        rows=rows, shards=shards, shard_info=info, dataset_id=manifest["dataset_id"],
+        view_id=resolved.view["view_id"] if resolved.view is not None else None, split=split,
+        holdout_permille=holdout_permille,
+        mask_member=fmt.EXT_MASK if mask == "clean" else fmt.EXT_RAW_MASK,
+        resolution=manifest.get("resolution"),
+    )
+
+
+def open_index(url: str, *, split: str = "train", holdout_permille: int = 0, mask: str = "clean",
+               allow_remote_shards: bool = False) -> SampleIndex:
+    """Open a dataset folder/URL or a view JSON and build the sample index of ``split``."""
+    try:
+        resolved = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    return build_index(resolved, split=split, holdout_permille=holdout_permille, mask=mask)
+
+
+# ----------------------------------------------------------------------------- planner
+
+
+@dataclass(frozen=True)
+class LoaderState:
+    """Where training stands in the data: independent of ranks and loader workers."""
+
+    seed: int = 0
+    epoch: int = 0
+    consumed: int = 0  # samples of this epoch's order consumed, by all ranks together
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "consumed": self.consumed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoaderState":
+        return cls(int(d["seed"]), int(d["epoch"]), int(d["consumed"]))
+
+
+def _rng(*words: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(w) & 0xFFFFFFFF for w in words])))
+
+
+def epoch_order(index: SampleIndex, seed: int, epoch: int,
+                shuffle_window: int = DEFAULT_SHUFFLE_WINDOW) -> np.ndarray:
+    """The epoch's order of positions into ``index.rows`` (a permutation with shard locality).
+
+    Shards are visited in a seeded order; consecutive shards are grouped into
+    windows of at least ``shuffle_window`` samples, and each window is shuffled.
+    ``shuffle_window >= len(index)`` gives a uniform permutation.
+    """
+    n = len(index)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    rng = _rng(seed, epoch, 0x5EED)
+    uniq, starts = np.unique(index.shards, return_index=True)  # rows sorted -> shards contiguous
+    ends = np.append(starts[1:], n)
+    perm = rng.permutation(uniq.shape[0])
+    out = []
+    window: list[np.ndarray] = []
+    size = 0
+    for i in perm:
+        window.append(np.arange(starts[i], ends[i], dtype=np.int64))
+        size += int(ends[i] - starts[i])
+        if size >= max(1, shuffle_window):
+            out.append(rng.permutation(np.concatenate(window)))
+            window, size = [], 0
+    if window:
+        out.append(rng.permutation(np.concatenate(window)))
+    return np.concatenate(out)
+
+
+def steps_in_epoch(n: int, consumed: int, world_size: int, batch_size: int) -> int:
+    """Full global batches left in an epoch of ``n`` samples after ``consumed``."""
+    return max(0, n - consumed) // (world_size * batch_size)
+
+
+def rank_steps(order: np.ndarray, consumed: int, world_size: int, rank: int, batch_size: int) -> list[np.ndarray]:
+    """Positions (into the index) of each of this rank's batches for the rest of the epoch."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    g = world_size * batch_size
+    steps = steps_in_epoch(order.shape[0], consumed, world_size, batch_size)
+    return [order[consumed + j * g + rank * batch_size: consumed + j * g + (rank + 1) * batch_size]
+            for j in range(steps)]
+
+
+def plan_epoch(index: SampleIndex, state: LoaderState, *, world_size: int, batch_size: int, workers: int,
+               shuffle_window: int = DEFAULT_SHUFFLE_WINDOW) -> list[list[list[np.ndarray]]]:
+    """For tests and audits: ``plan[rank][worker]`` = that worker's batches (global rows), in step order."""
+    order = epoch_order(index, state.seed, state.epoch, shuffle_window)
+    k = max(1, workers)
+    plan = []
+    for r in range(world_size):
+        steps = rank_steps(order, state.consumed, world_size, r, batch_size)
+        plan.append([[index.rows[p] for p in steps[w::k]] for w in range(k)])
+    return plan
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _check_member(ti: tarfile.TarInfo, shard: ShardInfo) -> tuple[int, str]:
+    """Validate one tar header; return (row, extension)."""
+    name = ti.name
+    where = f"shard {shard.url}: member {name!r}"
+    if not ti.isreg():
+        kind = "link" if (ti.issym() or ti.islnk()) else "directory" if ti.isdir() else "special file"
+        raise DataError(f"{where} is a {kind}; shards hold regular files only (corrupt or hostile shard)")
+    if not name or "\x00" in name or name.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", name):
+        raise DataError(f"{where} has an absolute or empty name")
+    parts = re.split(r"[\\/]", name)
+    if ".." in parts:
+        raise DataError(f"{where} leaves the shard ('..')")
+    if len(parts) != 1:
+        raise DataError(f"{where} is inside a folder; shard members are flat KEY.EXT names")
+    key, dot, ext = name.partition(".")
+    if not dot or not _KEY.match(key):
+        raise DataError(f"{where} is not KEY.EXT with a numeric key")
+    row = fmt.key_row(key)
+    if not shard.first_row <= row < shard.first_row + shard.samples:
+        raise DataError(f"{where}: row {row} does not belong to shard {shard.shard} "
+                        f"(rows {shard.first_row}..{shard.first_row + shard.samples - 1})")
+    return row, ext
+
+
+def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...]) -> dict[int, dict[str, bytes]]:
+    """Encoded members ``exts`` of the ``wanted`` rows of one shard, read in one sequential pass.
+
+    Data of other members is skipped (seek), never read nor decoded.
+    """
+    out: dict[int, dict[str, bytes]] = {}
+    if not wanted:
+        return out
+    fs, path = fmt.get_fs(shard.url)
+    name = "?"
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
+            while True:
+                ti = tf.next()
+                if ti is None:
+                    break
+                name = ti.name
+                row, ext = _check_member(ti, shard)
+                if row not in wanted or ext not in exts:
+                    continue
+                fh = tf.extractfile(ti)
+                data = fh.read()
+                if len(data) != ti.size:
+                    raise DataError(f"shard {shard.url}: member {name!r} is truncated")
+                out.setdefault(row, {})[ext] = data
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"shard {shard.url} not found (dataset incomplete or moved?)") from None
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"shard {shard.url}: cannot read after member {name!r}: {e}") from None
+    missing = [r for r in sorted(wanted) if set(exts) - set(out.get(r, {}))]
+    if missing:
+        r = missing[0]
+        lacks = sorted(set(exts) - set(out.get(r, {})))
+        raise DataError(f"shard {shard.url}: key {fmt.sample_key(r)} lacks member(s) {lacks} "
+                        f"({len(missing)} sample(s) incomplete)")
+    return out
+
+
+def _decode_png(data: bytes, mode: str, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "PNG":
+                raise DataError(f"{where} is {im.format}, expected PNG")
+            return np.asarray(im.convert(mode))
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise DataError(f"{where}: cannot decode PNG: {e}") from None
+
+
+def flip_bit(seed: int, epoch: int, row: int) -> bool:
+    """Whether sample ``row`` is flipped horizontally in ``epoch`` (a pure function)."""
+    return bool(hashlib.blake2b(f"{seed}:{epoch}:{row}".encode(), digest_size=1).digest()[0] & 1)
+
+
+def decode_sample(members: dict[str, bytes], mask_member: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32 [3,H,W] in [-1,1], mask float32 [1,H,W] in {0,1}) from encoded members."""
+    img = _decode_png(members[fmt.EXT_IMAGE], "RGB", f"{where}.{fmt.EXT_IMAGE}")
+    mask = _decode_png(members[mask_member], "L", f"{where}.{mask_member}")
+    if img.shape[:2] != mask.shape:
+        raise DataError(f"{where}: image {img.shape[:2]} and mask {mask.shape} differ in size")
+    image = img.transpose(2, 0, 1).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    m = (mask > 127).astype(np.float32)[None]
+    return image, m
+
+
+class ShardReader:
+    """Serves encoded samples of a fixed set of rows, reading each shard once, when first needed."""
+
+    def __init__(self, index: SampleIndex, rows_needed: np.ndarray):
+        self.index = index
+        self.exts = (fmt.EXT_IMAGE, index.mask_member)
+        pos = np.searchsorted(index.rows, rows_needed)
+        self._shard_of = dict(zip(rows_needed.tolist(), index.shards[pos].tolist()))
+        self._by_shard: dict[int, set[int]] = {}
+        for r, s in self._shard_of.items():
+            self._by_shard.setdefault(s, set()).add(r)
+        self._cache: dict[int, dict[str, bytes]] = {}
+        self.shards_read: list[int] = []
+
+    def take(self, row: int) -> dict[str, bytes]:
+        if row not in self._cache:
+            s = self._shard_of[row]
+            wanted = self._by_shard.pop(s, None)
+            if wanted is None:
+                raise RuntimeError(f"row {row} of shard {s} requested twice in one epoch")
+            self._cache.update(read_shard(self.index.shard_info[s], wanted, self.exts))
+            self.shards_read.append(s)
+        return self._cache.pop(row)
+
+
+def make_batch(index: SampleIndex, reader: ShardReader, rows: np.ndarray, *, seed: int, epoch: int,
+               flip: bool) -> dict:
+    images, masks = [], []
+    for r in rows.tolist():
+        s = reader._shard_of[r]
+        where = f"shard {index.shard_info[s].url}: key {fmt.sample_key(r)}"
+        image, mask = decode_sample(reader.take(r), index.mask_member, where)
+        if flip and flip_bit(seed, epoch, r):
+            image, mask = image[:, :, ::-1], mask[:, :, ::-1]
+        images.append(image)
+        masks.append(mask)
+    try:
+        image_b = np.stack(images)
+        mask_b = np.stack(masks)
+    except ValueError:
+        shapes = sorted({im.shape for im in images})
+        raise DataError(f"samples of one batch differ in size {shapes[:3]}; a dataset holds one resolution") \
+            from None
+    return {"image": torch.from_numpy(image_b), "mask": torch.from_numpy(mask_b),
+            "row": torch.from_numpy(rows.astype(np.int64))}
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """One epoch (from the current state) of this rank's batches; use with ``DataLoader(batch_size=None)``.
+
+    Each yielded batch is a dict: image [B,3,H,W] float32 in [-1,1], mask [B,1,H,W]
+    float32 in {0,1}, row [B] int64 (global rows), step (index of the batch
+    within this iterator, for order checks), epoch.
+    """
+
+    def __init__(self, index: SampleIndex, *, batch_size: int, seed: int = 0, world_size: int = 1, rank: int = 0,
+                 shuffle_window: int = DEFAULT_SHUFFLE_WINDOW, flip: bool = True,
+                 state: LoaderState | None = None):
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"batch size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.index = index
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.rank = rank
+        self.shuffle_window = shuffle_window
+        self.flip = flip
+        self.state = state if state is not None else LoaderState(seed, 0, 0)
+        if self.state.seed != seed:
+            raise DataError(f"loader state seed {self.state.seed} differs from seed {seed}")
+        if len(index) < world_size * batch_size:
+            raise DataError(f"{len(index)} {index.split} samples cannot fill one global batch of "
+                            f"{world_size} rank(s) x {batch_size}; lower --batch-size or use more data")
+
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.batch_size
+
+    def set_state(self, state: LoaderState) -> None:
+        self.state = state
+
+    def steps(self) -> int:
+        """Batches this rank (every rank) gets from the current state to the end of the epoch."""
+        return steps_in_epoch(len(self.index), self.state.consumed, self.world_size, self.batch_size)
+
+    def __len__(self) -> int:
+        return self.steps()
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
+        st = self.state
+        order = epoch_order(self.index, st.seed, st.epoch, self.shuffle_window)
+        steps = rank_steps(order, st.consumed, self.world_size, self.rank, self.batch_size)
+        mine = list(range(wid, len(steps), nw))
+        if not mine:
+            return
+        rows_needed = self.index.rows[np.concatenate([steps[j] for j in mine])]
+        reader = ShardReader(self.index, rows_needed)
+        for j in mine:
+            batch = make_batch(self.index, reader, self.index.rows[steps[j]], seed=st.seed, epoch=st.epoch,
+                               flip=self.flip)
+            batch["step"] = j
+            batch["epoch"] = st.epoch
+            yield batch
+
+
+def iter_batches(index: SampleIndex, batch_size: int, limit: int | None = None) -> Iterator[dict]:
+    """Every sample of ``index`` (first ``limit`` rows), in row order, read shard by shard; no flip.
+
+    Used for validation on the hold-out; the last batch may be short.
+    """
+    rows = index.rows if limit is None else index.rows[:limit]
+    if rows.shape[0] == 0:
+        return
+    reader = ShardReader(index, rows)
+    for b0 in range(0, rows.shape[0], batch_size):
+        yield make_batch(index, reader, rows[b0:b0 + batch_size], seed=0, epoch=0, flip=False)
