@@ -146,6 +146,7 @@ def test_manifest_naming_a_shard_outside_is_refused(ds, tmp_path, path, message,
 def test_remote_shard_url_needs_the_flag(ds):
     m = manifest(ds)
     m["shards"][0]["path"] = "file://" + os.path.join(ds, "shards", "000000.tar")
+    m["dataset_id"] = fmt.dataset_id(m["shards"], m["latents"]["sha256_of_shard_hashes"])  # the id hashes paths
     write_manifest(ds, m)
     assert cli("verify", ds).exit_code == 1
     r = cli("verify", ds, "--allow-remote-shards")

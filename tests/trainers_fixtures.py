@@ -4,15 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-N_SAMPLES = 96
-SHARD_SIZE = 32
+N_SAMPLES = 60
+SHARD_SIZE = 20
 RESOLUTION = 64
 
 _CACHE: dict[str, Path] = {}
 
 
 def small_dataset(tmp_path_factory) -> Path:
-    """A 96-sample, 3-shard, 64 px shapes dataset (the factory's engine API, in-process)."""
+    """A 60-sample, 3-shard, 64 px shapes dataset (the factory's engine API, in-process)."""
     if "ds" not in _CACHE:
         from factory.engine import GenerateConfig, generate
 
