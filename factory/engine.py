@@ -268,17 +268,44 @@ def make_shard(plan_spec: dict, spec_hash: str, shard: int, root: str, gen_name:
                direction: np.ndarray, latent_source, batch_size: int = DEFAULT_BATCH, device: str | None = None,
                threads: int | None = None, timers: Timers | None = None) -> dict:
     """Generate and commit one shard. Returns a status row (never raises for a data error)."""
+    return make_shards(plan_spec, spec_hash, [shard], root, gen_name, gen_options, direction, latent_source,
+                       batch_size, device, threads, timers)[0]
+
+
+def make_shards(plan_spec: dict, spec_hash: str, shard_ids: list[int], root: str, gen_name: str,
+                gen_options: dict, direction: np.ndarray, latent_source, batch_size: int = DEFAULT_BATCH,
+                device: str | None = None, threads: int | None = None, timers: Timers | None = None) -> list[dict]:
+    """Generate several shards; shard k's tar/index/latents commit overlaps with shard k+1's generation."""
+    committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+    pending = []
+    out = []
     try:
-        return _make_shard(plan_spec, spec_hash, shard, root, gen_name, gen_options, direction, latent_source,
-                           batch_size, device, threads, timers)
-    except FactoryError as e:
-        return {"shard": shard, "ok": False, "error": f"shard {shard}: {e}"}
-    except OSError as e:
-        return {"shard": shard, "ok": False, "error": f"shard {shard} ({fmt.shard_name(shard)}): {e}"}
+        for k in shard_ids:
+            try:
+                commit = _generate_shard(plan_spec, spec_hash, k, root, gen_name, gen_options, direction,
+                                         latent_source, batch_size, device, threads, timers)
+            except (FactoryError, OSError) as e:
+                out.append(_failed(k, e))
+                continue
+            pending.append((k, committer.submit(commit)))
+        for k, fut in pending:
+            try:
+                out.append(fut.result())
+            except (FactoryError, OSError) as e:
+                out.append(_failed(k, e))
+    finally:
+        committer.shutdown(wait=True)
+    return sorted(out, key=lambda r: r["shard"])
 
 
-def _make_shard(spec, spec_hash, shard, root, gen_name, gen_options, direction, latent_source,
-                batch_size, device, threads, timers):
+def _failed(shard: int, e: Exception) -> dict:
+    where = fmt.shard_name(shard)
+    return {"shard": shard, "ok": False, "error": f"shard {shard} ({where}): {e}"}
+
+
+def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, direction, latent_source,
+                    batch_size, device, threads, timers):
+    """Run the generator and masks for one shard; returns the commit step (encoding runs in a pool meanwhile)."""
     import torch
 
     t_start = time.perf_counter()
@@ -293,11 +320,11 @@ def _make_shard(spec, spec_hash, shard, root, gen_name, gen_options, direction, 
     h = torch.as_tensor(direction, dtype=torch.float32, device=gen.device)
     keep_raw = spec["keep_raw_mask"]
     level = spec["image_codec"]["png_level"]
-    pool = _encode_pool(max(2, (threads or 1)))
+    pool = _encode_pool((os.cpu_count() or 2) if device.startswith("cuda") else max(2, threads or 1))
     columns: dict[str, list] = {}
     futures = []
     for b0 in range(0, n, batch_size):
-        z = torch.from_numpy(z_all[b0 : b0 + batch_size]).to(gen.device)
+        z = torch.from_numpy(z_all[b0 : b0 + batch_size]).to(gen.device, non_blocking=True)
         img8, clean, raw, stats = compute_batch(gen, z, h, spec["shift_r"], spec["mask_rule"], spec["max_fg"], timers)
         t0 = time.perf_counter()
         img_np = img8.cpu().numpy()
@@ -319,20 +346,23 @@ def _make_shard(spec, spec_hash, shard, root, gen_name, gen_options, direction, 
             futures.append(pool.submit(_encode_sample, (
                 fmt.sample_key(row), img_np[j], clean_np[j], None if raw_np is None else raw_np[j],
                 z_all[b0 + j], meta, level)))
-    t0 = time.perf_counter()
-    members = [m for f in futures for m in f.result()]
-    if timers is not None:
-        timers.add("encoding_wait", time.perf_counter() - t0)
     rows = {k: np.concatenate(v) for k, v in columns.items()}
     rows["key"] = np.array([fmt.sample_key(first + i) for i in range(n)], dtype=object)
     rows["shard"] = np.full(n, shard, np.int32)
     rows["row"] = np.arange(first, first + n, dtype=np.int64)
-    t0 = time.perf_counter()
-    res = sh.commit_shard(root, shard, first, members, rows, z_all, spec_hash)
-    if timers is not None:
-        timers.add("write", time.perf_counter() - t0)
-    return {"shard": shard, "ok": True, "samples": n, "seconds": time.perf_counter() - t_start,
-            "result": res.to_json()}
+
+    def commit() -> dict:
+        t0 = time.perf_counter()
+        members = [m for f in futures for m in f.result()]
+        t1 = time.perf_counter()
+        res = sh.commit_shard(root, shard, first, members, rows, z_all, spec_hash)
+        if timers is not None:
+            timers.add("encoding_wait", t1 - t0)
+            timers.add("write", time.perf_counter() - t1)
+        return {"shard": shard, "ok": True, "samples": n, "seconds": time.perf_counter() - t_start,
+                "result": res.to_json()}
+
+    return commit
 
 
 # ---------------------------------------------------------------- client side

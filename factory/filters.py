@@ -470,19 +470,23 @@ def load_index(root: str, manifest: dict, columns: list[str] | None = None, chec
     entries = [s for s in manifest["shards"] if shards is None or s["shard"] in shards]
     entries.sort(key=lambda s: s["shard"])
 
-    def one(s):
+    def fetch(s):
         url = fmt.join(root, s["index"])
         try:
-            data = _fetch(url)
+            return _fetch(url)
         except FileNotFoundError:
             raise fmt.FormatError(f"index fragment missing: {url} (shard {s['shard']})") from None
         except OSError as e:
             raise fmt.FormatError(f"cannot read index fragment {url}: {e}") from None
+
+    def parse(s, data):
+        url = fmt.join(root, s["index"])
         if check_sha and fmt.sha256_bytes(data) != s["index_sha256"]:
             raise fmt.FormatError(f"index fragment {url} does not match the manifest's sha256 (changed or corrupt)")
         try:
-            t = pq.read_table(pa.BufferReader(data), columns=columns, use_threads=False)
-        except (pa.ArrowInvalid, pa.ArrowException, KeyError) as e:
+            # ParquetFile.read is ~2x cheaper per small file than pq.read_table (no dataset layer)
+            t = pq.ParquetFile(pa.BufferReader(data)).read(columns=columns, use_threads=False)
+        except (pa.ArrowException, KeyError, ValueError, OSError) as e:
             raise fmt.FormatError(f"index fragment {url} is not a readable index: {e}") from None
         if t.num_rows != s["samples"]:
             raise fmt.FormatError(f"index fragment {url} has {t.num_rows} rows, the manifest says {s['samples']}")
@@ -490,9 +494,13 @@ def load_index(root: str, manifest: dict, columns: list[str] | None = None, chec
 
     if not entries:
         return None
-    workers = min(16, max(2, (os.cpu_count() or 1) * 2), len(entries))
-    with ThreadPoolExecutor(workers) as ex:
-        tables = list(ex.map(one, entries))
+    if fmt.is_remote_url(fmt.join(root, entries[0]["index"])):
+        # object stores: latency-bound, fetch many fragments at once
+        with ThreadPoolExecutor(min(32, len(entries))) as ex:
+            blobs = list(ex.map(fetch, entries))
+    else:
+        blobs = [fetch(s) for s in entries]  # local disk: threads only add GIL contention
+    tables = [parse(s, d) for s, d in zip(entries, blobs)]
     try:
         return pa.concat_tables(tables, promote_options="default")
     except pa.ArrowInvalid as e:

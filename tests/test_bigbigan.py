@@ -15,7 +15,7 @@ import torch
 from factory.directions_io import load_direction_file
 from factory.errors import FactoryError
 from factory.generators import Generator, known_generators, load_generator
-from factory.generators.bigbigan import BigBiGAN, BigBiGANConfig, polyphase_weight, interleave_phases
+from factory.generators.bigbigan import BigBiGANConfig, interleave_phases, polyphase_weight
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"G_ch": 8, "dim_z": 24, "shared_dim": 16}

@@ -19,6 +19,15 @@ from trainers.train import TrainConfig, TrainError, train
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: tiny convolutions on a busy 2-core machine are faster without OpenMP contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def ds(tmp_path_factory) -> Path:
     return small_dataset(tmp_path_factory)

@@ -67,7 +67,7 @@ def train(data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers, s
         card = run_training(cfg)
     except TrainersError as e:
         raise click.ClickException(str(e)) from None
-    if card:
+    if card.get("validation"):  # rank 0 only
         v = card["validation"]["metrics"]
         vals = "  ".join(f"{k}={v[k]:.4f}" for k in ("bce", "IoU", "accuracy") if k in v)
         click.echo(f"{out}: step {card['training']['steps']}, loss {card['training']['final_train_loss']:.4f}"

@@ -363,9 +363,6 @@ class BigBiGAN(nn.Module):
             m.fold_sn(self.cfg.SN_eps)
         self.folded = True
 
-    def state_dict(self, *args, **kwargs):  # original keys only (weight_sn is not persistent)
-        return super().state_dict(*args, **kwargs)
-
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if not self.folded:
             raise RuntimeError("call fold_spectral_norm() after loading weights")
@@ -709,13 +706,15 @@ _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 @contextlib.contextmanager
-def _tf32(enabled: bool):
-    if not enabled:
+def _tf32(enabled: bool | None):
+    """Scope CUDA's TF32 switches to one call: True (autocast="tf32"), False (the exact fp32 path:
+    cuDNN convolutions default to TF32 otherwise), None (leave them, e.g. under bf16 autocast)."""
+    if enabled is None:
         yield
         return
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
     try:
         yield
     finally:
@@ -759,7 +758,8 @@ class BigBiGANGenerator:
             shape = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise FactoryError(f"bigbigan expects z of shape [B, {self.dim_z}], got {shape}")
         z = z.to(device=self.device, dtype=self.dtype)
-        with torch.no_grad(), _tf32(self.autocast == "tf32"), self._autocast_ctx():
+        tf32 = {None: False, "tf32": True}.get(self.autocast)
+        with torch.no_grad(), _tf32(tf32), self._autocast_ctx():
             out = self._fn(z)
         return out.float().contiguous()
 
@@ -802,7 +802,7 @@ class BigBiGANGenerator:
                 hooks.append(blk.register_forward_hook(
                     lambda m, inp, o, key=f"blocks.{i}.{j}_out": acts.__setitem__(key, o)))
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _tf32(False):
                 acts["image"] = self.module(z.to(device=self.device, dtype=self.dtype))
         finally:
             for h in hooks:
