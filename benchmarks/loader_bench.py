@@ -52,15 +52,19 @@ def ensure_dataset(path: Path, n: int, resolution: int) -> Path:
     return path
 
 
-def time_loader(index, batch_size: int, workers: int, batches: int, seed: int) -> float:
-    """Samples/s of `batches` batches after a 1-batch warm-up."""
+def time_loader(index, batch_size: int, workers: int, batches: int, seed: int) -> float | None:
+    """Steady-state samples/s: skip the batches the workers prefetch while starting, time the next ones."""
+    prefetch = 2
+    warm = max(1, prefetch * workers)  # the queue filled during start-up would be counted as free batches
     stream = td.TrainStream(index, batch_size=batch_size, seed=seed, shuffle_window=len(index))
-    if stream.steps() < batches + 1:
-        raise SystemExit(f"dataset too small: {stream.steps()} batches of {batch_size}, need {batches + 1}")
+    batches = min(batches, stream.steps() - warm)
+    if batches < 3:
+        return None
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
+                                         prefetch_factor=prefetch if workers else None)
     it = iter(loader)
-    next(it)
+    for _ in range(warm):
+        next(it)
     t0 = time.perf_counter()
     n = 0
     for _ in range(batches):
@@ -154,6 +158,9 @@ def main(argv=None) -> dict:
     }
     for k in [int(x) for x in a.workers.split(",")]:
         runs = [time_loader(index, a.batch_size, k, a.batches, seed) for seed in range(a.repeats)]
+        if None in runs:
+            print(f"K={k}: skipped, the dataset has too few batches to time {k} workers past their prefetch")
+            continue
         med = statistics.median(runs)
         res["workers"][k] = {"samples_per_s": med, "per_worker": med / max(k, 1), "runs": runs}
         print(f"K={k}: {med:8.1f} samples/s total, {med / max(k, 1):8.1f} per worker "

@@ -48,6 +48,10 @@ def _recipe_defaults(ctx: click.Context, recipe: str | None) -> dict:
 @click.option("--generator-config", help="Generator config JSON (default: the generator's full config).")
 @click.option("--random-weights", is_flag=True, help="bigbigan: deterministic random weights (benchmarks only).")
 @click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
+@click.option("--dtype", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32", show_default=True,
+              help="bigbigan: precision (fp32 is the exact path; bf16 is ~20x faster on a GPU).")
+@click.option("--channels-last", is_flag=True, help="bigbigan: channels_last memory format (GPU).")
+@click.option("--compile", "compile_", is_flag=True, help="bigbigan: torch.compile the generator (GPU, ~15 s once per worker).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latent source.")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
 @click.option("--latents", default="gaussian", show_default=True, help="'gaussian' (z ~ N(0, I)) or FILE.npy (exactly these latents, in order).")
@@ -97,6 +101,12 @@ def generate(ctx, **kw):
         options["random_weights"] = True
     if kw["resolution"]:
         options["resolution"] = kw["resolution"]
+    if kw["dtype"] != "fp32":
+        options["autocast"] = kw["dtype"]
+    if kw["channels_last"]:
+        options["channels_last"] = True
+    if kw["compile_"]:
+        options["compile"] = True
     cfg = GenerateConfig(
         n=kw["n"], out=kw["out"], generator=kw["generator"], generator_options=options, seed=kw["seed"],
         shard_size=kw["shard_size"], latents=kw["latents"], embeddings=kw["embeddings"], z_noise=kw["z_noise"],

@@ -207,38 +207,63 @@ def to_uint8(img):
     return ((img.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def compute_batch(gen, z, direction, shift_r: float, mask_rule: str, max_fg: float, timers: Timers | None = None):
-    """Both forwards in one batch, masks and statistics on the generator's device.
+def generate_pair(gen, z, direction, shift_r: float):
+    """G(z) and G(z + r h) in one forward of 2B (asynchronous on CUDA)."""
+    import torch
 
-    Returns (image uint8 [B,H,W,3], clean mask bool, raw mask bool, stats dict of tensors), all on device.
-    """
+    with torch.no_grad():
+        both = gen(torch.cat([z, z + shift_r * direction[None, :]], 0))
+    return both[: z.shape[0]], both[z.shape[0]:]
+
+
+def masks_and_stats(gen, z, img, shifted, mask_rule: str, max_fg: float):
+    """Masks, CC cleanup and statistics on the generator's device; image quantised to uint8 HWC."""
     import torch
 
     from factory.stats import process_batch
 
+    raw, clean, stats = process_batch(img, shifted, rule=mask_rule, max_fg=max_fg)
+    if hasattr(gen, "true_mask"):
+        truth = gen.true_mask(z).to(clean.device)
+        for name, m in (("true_iou", clean), ("true_iou_raw", raw)):
+            inter = (truth & m).flatten(1).sum(1).float()
+            union = (truth | m).flatten(1).sum(1).float()
+            stats[name] = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return to_uint8(img), clean, raw, stats
+
+
+def compute_batch(gen, z, direction, shift_r: float, mask_rule: str, max_fg: float, timers: Timers | None = None):
+    """Both forwards, masks and statistics for one batch, all on the generator's device.
+
+    Returns (image uint8 [B,H,W,3], clean mask bool, raw mask bool, stats dict of tensors).
+    """
     dev = str(z.device)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        both = gen(torch.cat([z, z + shift_r * direction[None, :]], 0))
-    img, shifted = both[: z.shape[0]], both[z.shape[0]:]
+    img, shifted = generate_pair(gen, z, direction, shift_r)
     if timers is not None:
         _sync(dev)
         t1 = time.perf_counter()
         timers.add("generator", t1 - t0)
-    raw, clean, stats = process_batch(img, shifted, rule=mask_rule, max_fg=max_fg)
-    if hasattr(gen, "true_mask"):
-        truth = gen.true_mask(z).to(clean.device)
-        inter = (truth & clean).flatten(1).sum(1).float()
-        union = (truth | clean).flatten(1).sum(1).float()
-        stats["true_iou"] = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-        inter_r = (truth & raw).flatten(1).sum(1).float()
-        union_r = (truth | raw).flatten(1).sum(1).float()
-        stats["true_iou_raw"] = torch.where(union_r > 0, inter_r / union_r.clamp(min=1), torch.ones_like(union_r))
-    img8 = to_uint8(img)
+    out = masks_and_stats(gen, z, img, shifted, mask_rule, max_fg)
     if timers is not None:
         _sync(dev)
         timers.add("masks_stats", time.perf_counter() - t1)
-    return img8, clean, raw, stats
+    return out
+
+
+def _to_host(tensors: dict, pinned: bool) -> dict:
+    """Queue device->host copies (into pinned memory on CUDA) and return the host tensors."""
+    import torch
+
+    out = {}
+    for k, t in tensors.items():
+        if pinned:
+            h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            h.copy_(t, non_blocking=True)
+            out[k] = h
+        else:
+            out[k] = t.cpu()
+    return out
 
 
 def _encode_sample(args):
@@ -323,26 +348,51 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
     pool = _encode_pool((os.cpu_count() or 2) if device.startswith("cuda") else max(2, threads or 1))
     columns: dict[str, list] = {}
     futures = []
-    for b0 in range(0, n, batch_size):
+    cuda = gen.device.type == "cuda"
+    starts = list(range(0, n, batch_size))
+
+    def launch(b0):
         z = torch.from_numpy(z_all[b0 : b0 + batch_size]).to(gen.device, non_blocking=True)
-        img8, clean, raw, stats = compute_batch(gen, z, h, spec["shift_r"], spec["mask_rule"], spec["max_fg"], timers)
         t0 = time.perf_counter()
-        img_np = img8.cpu().numpy()
-        clean_np = clean.cpu().numpy()
-        raw_np = raw.cpu().numpy() if keep_raw else None
-        stats_np = {k: v.cpu().numpy() for k, v in stats.items()}
+        pair = generate_pair(gen, z, h, spec["shift_r"])
+        if timers is not None:
+            _sync(device)
+            timers.add("generator", time.perf_counter() - t0)
+        return z, pair
+
+    # Software pipeline: batch i+1's forwards are queued on the GPU before the CPU
+    # waits for batch i's results and hands them to the encoder pool.
+    nxt = launch(starts[0]) if starts else None
+    for i, b0 in enumerate(starts):
+        z, (img, shifted) = nxt
+        t0 = time.perf_counter()
+        img8, clean, raw, stats = masks_and_stats(gen, z, img, shifted, spec["mask_rule"], spec["max_fg"])
+        if timers is not None:
+            _sync(device)
+            timers.add("masks_stats", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        host = _to_host({"img": img8, "clean": clean, **({"raw": raw} if keep_raw else {}),
+                         **{f"s_{k}": v for k, v in stats.items()}}, pinned=cuda)
+        done_evt = None
+        if cuda:
+            done_evt = torch.cuda.Event()
+            done_evt.record()
+        nxt = launch(starts[i + 1]) if i + 1 < len(starts) else None
+        if done_evt is not None:
+            done_evt.synchronize()
+        img_np = host["img"].numpy()
+        clean_np = host["clean"].numpy()
+        raw_np = host["raw"].numpy() if keep_raw else None
+        stats_np = {k[2:]: v.numpy() for k, v in host.items() if k.startswith("s_")}
         if timers is not None:
             timers.add("transfer", time.perf_counter() - t0)
         for k, v in stats_np.items():
             columns.setdefault(k, []).append(v)
+        fg, pa, ph = stats_np["fg_ratio"], stats_np["pass_area"], stats_np["pass_hist_reference"]
         for j in range(img_np.shape[0]):
             row = first + b0 + j
-            meta = {
-                "key": fmt.sample_key(row), "row": row, "shard": shard,
-                "fg_ratio": float(stats_np["fg_ratio"][j]),
-                "pass_area": bool(stats_np["pass_area"][j]),
-                "pass_hist_reference": bool(stats_np["pass_hist_reference"][j]),
-            }
+            meta = {"key": fmt.sample_key(row), "row": row, "shard": shard, "fg_ratio": float(fg[j]),
+                    "pass_area": bool(pa[j]), "pass_hist_reference": bool(ph[j])}
             futures.append(pool.submit(_encode_sample, (
                 fmt.sample_key(row), img_np[j], clean_np[j], None if raw_np is None else raw_np[j],
                 z_all[b0 + j], meta, level)))

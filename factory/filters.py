@@ -25,7 +25,7 @@ import os
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -702,6 +702,8 @@ def run_filter(url: str, spec: FilterSpec, out: str, overwrite: bool = False, al
                materialize: bool = False, shard_size: int | None = None, log=None) -> FilterResult:
     if not out:
         raise FactoryError("--out is required: a VIEW.json path (or a folder with --materialize)")
+    if shard_size is not None and not materialize:
+        raise FactoryError("--shard-size only applies with --materialize")
     if materialize:
         view = compute_view(url, spec, allow_remote_shards)
         man = materialize_view(url, view, out, shard_size=shard_size, overwrite=overwrite,

@@ -5,10 +5,8 @@ The dataset is generated once per test session (`build_dataset`, shared with tes
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
-import shutil
 
 import numpy as np
 import pyarrow as pa

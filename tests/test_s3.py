@@ -10,7 +10,6 @@ import io
 import json
 import socket
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

@@ -7,7 +7,6 @@ import os
 import shutil
 import tarfile
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from test_filter import build_dataset

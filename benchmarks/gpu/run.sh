@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU benchmark in one command: installs its Python dependencies offline from the
-# wheels beside it (benchmarks/gpu/wheels/, made by fetch_wheels.sh), runs the GPU tests,
-# the generator benchmark, the parity check and the end-to-end benchmark, and writes
-# everything under $OUT (default gpu-results/).
+# wheels beside it (benchmarks/gpu/wheels/, made by fetch_wheels.sh), then runs the
+# end-to-end benchmark, the parity check and a real `factory generate` on the GPU, and
+# writes everything under $OUT (default gpu-results/). About 5 minutes on one H100.
 #
-#   bash benchmarks/gpu/run.sh            # full run (about 6 minutes on one H100)
-#   QUICK=1 bash benchmarks/gpu/run.sh    # shorter end-to-end runs
+#   bash benchmarks/gpu/run.sh
+#   GENERATOR_BENCH=1 bash benchmarks/gpu/run.sh   # also generator-only rates per precision (+3 min)
+#   FACTORY_SHARED=/path/to/shared bash benchmarks/gpu/run.sh   # also parity on the golden model
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-gpu-results}"; mkdir -p "$OUT"
@@ -17,23 +18,34 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH="$PWD"
 fi
-N="${N:-30000}"; [ -n "${QUICK:-}" ] && N=8000
+N="${N:-30000}"
+FAST="--dtype bf16 --channels-last --compile"
 step() { echo "== $*"; }
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; nproc; python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$OUT/machine.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "cpus $(nproc)"; python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$OUT/machine.txt"
 
-step "GPU tests"
-timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_bigbigan.py tests/test_masks.py 2>&1 | tail -5 | tee "$OUT/pytest_gpu.txt"
-
-step "generator images/s per precision (batch 256; fastest again at 512)"
-timeout 200 python3 benchmarks/gpu_generator.py --json "$OUT/generator.json" 2>&1 | tail -20 | tee "$OUT/generator.txt"
-
-step "parity of the fast paths with fp32 (masks, filter decisions)"
-timeout 150 python3 benchmarks/gpu_parity.py --n 1024 --paths "bf16,bf16+cl+compile" --json "$OUT/parity.json" 2>&1 | tail -8 | tee "$OUT/parity.txt"
-
-step "end to end: BigBiGAN-128 random weights -> masks, stats, PNG, shards, index, latents"
-for B in 256 512; do
-  timeout 200 python3 -m factory.cli bench --generator bigbigan --random-weights --n "$N" --batch-size "$B" \
-    --shard-size 1000 --dtype bf16 --channels-last --compile --json > "$OUT/e2e_bf16_compile_b$B.json" 2> "$OUT/e2e_b$B.err"
-  tail -c 1500 "$OUT/e2e_bf16_compile_b$B.json"; echo; tail -3 "$OUT/e2e_b$B.err"
+for B in 512 256; do
+  step "end to end, batch $B: BigBiGAN-128 random weights, $FAST -> masks, stats, PNG, shards, index, latents"
+  timeout 150 python3 -m factory.cli bench --generator bigbigan --random-weights --n "$N" --batch-size "$B" \
+    --shard-size 1000 $FAST --json > "$OUT/e2e_b$B.json" 2> "$OUT/e2e_b$B.err"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('candidates_per_s','generator_images_per_s','batch_size','peak_memory_bytes','staged_run','stage_share')})" "$OUT/e2e_b$B.json" || tail -5 "$OUT/e2e_b$B.err"
 done
+
+step "parity of the fast path with fp32 (random weights, 1024 candidates)"
+timeout 120 python3 benchmarks/gpu_parity.py --n 1024 --paths "bf16,bf16+cl+compile" --json "$OUT/parity_random.json" 2>&1 | tail -4
+if [ -n "${FACTORY_SHARED:-}" ]; then
+  step "parity on the golden model"
+  timeout 60 python3 benchmarks/gpu_parity.py --golden "$FACTORY_SHARED/reference/bigbigan/golden_small" \
+    --paths "tf32,bf16,bf16+cl" --json "$OUT/parity_golden.json" 2>&1 | tail -5
+fi
+
+step "factory generate on a dask LocalCluster (one worker per GPU), 10,000 candidates"
+python3 -c "import numpy as np; v=np.random.default_rng(0).standard_normal(120).astype('float32'); np.save('/tmp/h.npy', v/np.linalg.norm(v))"
+rm -rf /tmp/gpu-ds
+( time timeout 150 python3 -m factory.cli generate --generator bigbigan --random-weights $FAST --direction /tmp/h.npy \
+    --n 10000 --shard-size 1000 --batch-size 500 --out /tmp/gpu-ds --quiet ) > "$OUT/generate.txt" 2>&1
+tail -5 "$OUT/generate.txt"
+if [ -n "${GENERATOR_BENCH:-}" ]; then
+  step "generator images/s per precision"
+  timeout 300 python3 benchmarks/gpu_generator.py --json "$OUT/generator.json" 2>&1 | tail -14
+fi
 echo "done: results in $OUT"
