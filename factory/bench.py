@@ -47,8 +47,6 @@ def run(generator: str = "shapes", n: int = 512, batch_size: int = 64, shard_siz
     import torch
 
     device = engine.pick_device(device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(device)
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="factory-bench-")
@@ -74,6 +72,8 @@ def run(generator: str = "shapes", n: int = 512, batch_size: int = 64, shard_siz
                                 torch.as_tensor(plan.direction, device=gen.device), plan.spec["shift_r"],
                                 plan.spec["mask_rule"], plan.spec["max_fg"])
     del warm
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
     shard_ids = list(range(plan.n_shards))
     common = dict(batch_size=batch_size, device=device, threads=threads)
     # 1) end-to-end rate, uninstrumented so the GPU/CPU overlap is what production gets
