@@ -70,6 +70,13 @@ class GenerateConfig:
             raise FactoryError(f"--png-level must be 0..9, got {self.png_level}")
         if self.workers is not None and self.workers < 0:
             raise FactoryError(f"--workers must be >= 0, got {self.workers}")
+        if self.generator_options.get("compile") and self.shard_size % self.batch_size:
+            import warnings
+
+            warnings.warn(
+                f"--shard-size {self.shard_size} is not a multiple of --batch-size {self.batch_size}: the compiled "
+                "generator recompiles for each shard's tail batch; use e.g. --shard-size "
+                f"{max(1, self.shard_size // self.batch_size) * self.batch_size}", stacklevel=2)
         if self.embeddings and self.latents != "gaussian":
             raise FactoryError("--embeddings and --latents FILE are exclusive; pass one of them")
 

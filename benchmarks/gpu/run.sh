@@ -26,7 +26,7 @@ step() { echo "== $*"; }
 for B in 512 256; do
   step "end to end, batch $B: BigBiGAN-128 random weights, $FAST -> masks, stats, PNG, shards, index, latents"
   timeout 150 python3 -m factory.cli bench --generator bigbigan --random-weights --n "$N" --batch-size "$B" \
-    --shard-size 1000 $FAST --json > "$OUT/e2e_b$B.json" 2> "$OUT/e2e_b$B.err"
+    --shard-size 1024 $FAST --json > "$OUT/e2e_b$B.json" 2> "$OUT/e2e_b$B.err"
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('candidates_per_s','generator_images_per_s','batch_size','peak_memory_bytes','staged_run','stage_share')})" "$OUT/e2e_b$B.json" || tail -5 "$OUT/e2e_b$B.err"
 done
 
@@ -42,7 +42,7 @@ step "factory generate on a dask LocalCluster (one worker per GPU), 10,000 candi
 python3 -c "import numpy as np; v=np.random.default_rng(0).standard_normal(120).astype('float32'); np.save('/tmp/h.npy', v/np.linalg.norm(v))"
 rm -rf /tmp/gpu-ds
 ( time timeout 150 python3 -m factory.cli generate --generator bigbigan --random-weights $FAST --direction /tmp/h.npy \
-    --n 10000 --shard-size 1000 --batch-size 500 --out /tmp/gpu-ds --quiet ) > "$OUT/generate.txt" 2>&1
+    --n 10240 --shard-size 1024 --batch-size 512 --out /tmp/gpu-ds --quiet ) > "$OUT/generate.txt" 2>&1
 tail -5 "$OUT/generate.txt"
 if [ -n "${GENERATOR_BENCH:-}" ]; then
   step "generator images/s per precision"
