@@ -59,7 +59,10 @@ def _recipe_defaults(ctx: click.Context, recipe: str | None) -> dict:
 @click.option("--z-noise", type=float, default=0.0, show_default=True, help="alpha of z = E_i + alpha * N(0, I) with --embeddings.")
 @click.option("--direction", help="Segmenting direction: a name known to the generator, or FILE (.npy / torch tensor file).")
 @click.option("--shift-r", type=float, default=5.0, show_default=True, help="Shift along the direction: G(z + r h).")
-@click.option("--mask-rule", type=click.Choice(["luminance", "mean-threshold"]), default="luminance", show_default=True)
+@click.option("--mask-rule", type=click.Choice(["luminance", "mean-threshold", "operators"]), default="luminance",
+              show_default=True, help="Foreground rule; 'operators' (paper eq. 5) needs --operators.")
+@click.option("--operators", type=click.Path(dir_okay=False),
+              help="Fitted colour operators [2,3,4] .npy for --mask-rule operators (operators_selected.npy of `factory directions score`).")
 @click.option("--max-fg", type=float, default=0.5, show_default=True, help="Size filter threshold stored as pass_area (fg_ratio < max-fg).")
 @click.option("--keep-raw-mask", is_flag=True, help="Also store the mask before connected-components cleanup (KEY.rawmask.png).")
 @click.option("--png-level", type=int, default=1, show_default=True, help="zlib level of image PNGs (masks always 9).")
@@ -84,6 +87,8 @@ def generate(ctx, **kw):
       factory generate --generator shapes --n 2000 --out data/demo
       factory generate --recipe manifests/e-bigbigan-imagenet.toml --n 1000000 \\
           --weights BigBiGAN_x1.pth --direction bg_direction.pth --out s3://team/bigbigan-imagenet-v1
+      factory generate --n 2000 --direction scores/direction.npy --mask-rule operators \\
+          --operators scores/operators_selected.npy --out data/ops
     """
     from factory.engine import GenerateConfig, generate as run
 
@@ -113,7 +118,7 @@ def generate(ctx, **kw):
         direction=kw["direction"], shift_r=kw["shift_r"], mask_rule=kw["mask_rule"], max_fg=kw["max_fg"],
         png_level=kw["png_level"], keep_raw_mask=kw["keep_raw_mask"], batch_size=kw["batch_size"],
         device=kw["device"], workers=kw["workers"], scheduler=kw["scheduler"], overwrite=kw["overwrite"],
-        recipe=kw["recipe"], progress=not kw["quiet"],
+        recipe=kw["recipe"], progress=not kw["quiet"], operators=kw["operators"],
     )
     manifest = run(cfg)
     click.echo(f"{cfg.out}: {manifest['samples']} samples in {len(manifest['shards'])} shards, id {manifest['dataset_id']}")

@@ -54,6 +54,7 @@ class GenerateConfig:
     overwrite: bool = False
     recipe: str | None = None
     progress: bool = True
+    operators: str | None = None  # .npy [2,3,4] for mask_rule="operators" (factory directions score)
 
     def validate(self) -> None:
         if self.n is None or self.n <= 0:
@@ -62,8 +63,16 @@ class GenerateConfig:
             raise FactoryError(f"--shard-size must be positive, got {self.shard_size}")
         if self.batch_size <= 0:
             raise FactoryError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.mask_rule not in ("luminance", "mean-threshold"):
-            raise FactoryError(f"--mask-rule must be 'luminance' or 'mean-threshold', got {self.mask_rule!r}")
+        if self.mask_rule not in ("luminance", "mean-threshold", "operators"):
+            raise FactoryError(
+                f"--mask-rule must be 'luminance', 'mean-threshold' or 'operators', got {self.mask_rule!r}"
+            )
+        if self.mask_rule == "operators" and not self.operators:
+            raise FactoryError(
+                "--mask-rule operators needs --operators FILE (operators_selected.npy of `factory directions score`)"
+            )
+        if self.operators and self.mask_rule != "operators":
+            raise FactoryError(f"--operators is only used with --mask-rule operators (got --mask-rule {self.mask_rule})")
         if not np.isfinite(self.shift_r):
             raise FactoryError(f"--shift-r must be finite, got {self.shift_r}")
         if not 0 <= self.png_level <= 9:
@@ -158,6 +167,12 @@ def make_plan(cfg: GenerateConfig) -> Plan:
         "image_codec": {"image": "png", "mask": "png", "png_level": cfg.png_level},
         "keep_raw_mask": bool(cfg.keep_raw_mask),
     }
+    if cfg.mask_rule == "operators":  # only then, so that other specs (and their hashes) are unchanged
+        from factory.directions import load_operators
+
+        ops = load_operators(cfg.operators)
+        spec["operators"] = {"file": os.path.basename(cfg.operators), "sha256": fmt.sha256_bytes(ops.tobytes()),
+                             "values": ops.tolist()}
     spec_hash = fmt.sha256_bytes(fmt.canonical_json(spec))
     n_shards = (cfg.n + cfg.shard_size - 1) // cfg.shard_size
     return Plan(spec, spec_hash, n_shards, gen.dim_z, gen.resolution, direction, src, cfg.generator,
@@ -223,13 +238,26 @@ def generate_pair(gen, z, direction, shift_r: float):
     return both[: z.shape[0]], both[z.shape[0]:]
 
 
-def masks_and_stats(gen, z, img, shifted, mask_rule: str, max_fg: float):
-    """Masks, CC cleanup and statistics on the generator's device; image quantised to uint8 HWC."""
+def masks_and_stats(gen, z, img, shifted, mask_rule: str, max_fg: float, operators=None):
+    """Masks, CC cleanup and statistics on the generator's device; image quantised to uint8 HWC.
+
+    ``operators``: the spec's ``operators`` entry (or a [2,3,4] array) for ``mask_rule="operators"``.
+    """
     import torch
 
     from factory.stats import process_batch
 
-    raw, clean, stats = process_batch(img, shifted, rule=mask_rule, max_fg=max_fg)
+    if mask_rule == "operators":
+        from factory.masks import make_masks
+        from factory.stats import candidate_stats
+
+        if isinstance(operators, dict):
+            operators = operators["values"]
+        ops = torch.as_tensor(operators, dtype=torch.float32, device=img.device)
+        raw, clean, n_raw, n_clean = make_masks(img, shifted, rule="operators", ratio=CC_RATIO, operators=ops)
+        stats = candidate_stats(img, shifted, raw, clean, n_raw, n_clean, max_fg=max_fg)
+    else:
+        raw, clean, stats = process_batch(img, shifted, rule=mask_rule, max_fg=max_fg)
     if hasattr(gen, "true_mask"):
         truth = gen.true_mask(z).to(clean.device)
         for name, m in (("true_iou", clean), ("true_iou_raw", raw)):
@@ -239,7 +267,8 @@ def masks_and_stats(gen, z, img, shifted, mask_rule: str, max_fg: float):
     return to_uint8(img), clean, raw, stats
 
 
-def compute_batch(gen, z, direction, shift_r: float, mask_rule: str, max_fg: float, timers: Timers | None = None):
+def compute_batch(gen, z, direction, shift_r: float, mask_rule: str, max_fg: float, timers: Timers | None = None,
+                  operators=None):
     """Both forwards, masks and statistics for one batch, all on the generator's device.
 
     Returns (image uint8 [B,H,W,3], clean mask bool, raw mask bool, stats dict of tensors).
@@ -251,7 +280,7 @@ def compute_batch(gen, z, direction, shift_r: float, mask_rule: str, max_fg: flo
         _sync(dev)
         t1 = time.perf_counter()
         timers.add("generator", t1 - t0)
-    out = masks_and_stats(gen, z, img, shifted, mask_rule, max_fg)
+    out = masks_and_stats(gen, z, img, shifted, mask_rule, max_fg, operators)
     if timers is not None:
         _sync(dev)
         timers.add("masks_stats", time.perf_counter() - t1)
@@ -373,7 +402,8 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
     for i, b0 in enumerate(starts):
         z, (img, shifted) = nxt
         t0 = time.perf_counter()
-        img8, clean, raw, stats = masks_and_stats(gen, z, img, shifted, spec["mask_rule"], spec["max_fg"])
+        img8, clean, raw, stats = masks_and_stats(gen, z, img, shifted, spec["mask_rule"], spec["max_fg"],
+                                                  spec.get("operators"))
         if timers is not None:
             _sync(device)
             timers.add("masks_stats", time.perf_counter() - t0)
@@ -539,6 +569,30 @@ def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+class _ParentWatch:
+    """Worker plugin for clusters we start: a worker exits when the client process dies,
+    so a killed `factory generate` leaves no orphan writers behind."""
+
+    name = "factory-parent-watch"
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def setup(self, worker=None):
+        import threading
+
+        def watch():
+            # The nannies live in the client process, so nothing restarts us once it is gone.
+            while _alive(self.pid):
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="factory-parent-watch").start()
+
+    def teardown(self, worker=None):
+        pass
+
+
 def _start_client(cfg: GenerateConfig, workers: int):
     import dask
     from distributed import Client, LocalCluster
@@ -553,7 +607,12 @@ def _start_client(cfg: GenerateConfig, workers: int):
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
         resources={"GPU": 1} if gpus else None, silence_logs=40,
     )
-    return Client(cluster), cluster
+    client = Client(cluster)
+    from distributed import WorkerPlugin
+
+    plugin = type("ParentWatch", (_ParentWatch, WorkerPlugin), {})(os.getpid())
+    client.register_plugin(plugin)
+    return client, cluster
 
 
 def generate(cfg: GenerateConfig, log=None) -> dict:
@@ -636,6 +695,9 @@ def _run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) ->
                     record(fut.result())
                 except Exception as e:  # a worker died too often (KilledWorker) or similar
                     failures.append({"shard": -1, "ok": False, "error": f"{type(e).__name__}: {e}"})
+            retried = _lost_attempts(client, [f.key for f in futures])
+            if retried:
+                tqdm.write(f"{retried} shard attempt(s) were lost with a worker and retried", file=sys.stderr)
         finally:
             client.close()
             if cluster is not None:
@@ -643,6 +705,18 @@ def _run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) ->
     finally:
         bar.close()
     return failures
+
+
+def _lost_attempts(client, keys) -> int:
+    """How many task attempts died with their worker (the scheduler's `suspicious` counts)."""
+
+    def count(dask_scheduler, keys=tuple(keys)):
+        return sum(dask_scheduler.tasks[k].suspicious for k in keys if k in dask_scheduler.tasks)
+
+    try:
+        return int(client.run_on_scheduler(count))
+    except Exception:  # an external scheduler may refuse run_on_scheduler
+        return 0
 
 
 def build_manifest(cfg: GenerateConfig, plan: Plan, done: dict) -> dict:

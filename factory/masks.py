@@ -61,8 +61,8 @@ __all__ = [
 ]
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
-MASK_RULES = ("luminance", "mean-threshold")
-MaskRule = Literal["luminance", "mean-threshold"]
+MASK_RULES = ("luminance", "mean-threshold", "operators")
+MaskRule = Literal["luminance", "mean-threshold", "operators"]
 
 # float32 pooling of pointers is exact while H*W <= 2**24.
 _MAX_PIXELS = 1 << 24
@@ -235,17 +235,33 @@ def make_masks(
     img_shifted: torch.Tensor,
     rule: MaskRule = "luminance",
     ratio: float = 0.2,
+    operators: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw mask by ``rule`` then CC cleanup: ``(raw, clean, n_raw, n_clean)``.
 
     ``rule="luminance"`` is the authors' default; ``"mean-threshold"`` is their
-    Flowers variant and only looks at ``img_shifted``.
+    Flowers variant and only looks at ``img_shifted``; ``"operators"`` is the
+    paper's eq. 5 with two fitted colour operators ``operators [2,3,4]``
+    (``factory directions score``; see ``factory.directions.operator_mask``).
     """
+    if rule != "operators" and operators is not None:
+        raise ValueError(f"operators are only used by rule='operators', not {rule!r}")
     if rule == "luminance":
         raw = luminance_mask(img, img_shifted)
     elif rule == "mean-threshold":
         _check_images(img, "img")
         raw = mean_threshold_mask(img_shifted)
+    elif rule == "operators":
+        if operators is None:
+            raise ValueError("rule='operators' needs operators [2,3,4] (operators_selected.npy of `factory directions score`)")
+        operators = torch.as_tensor(operators)
+        if tuple(operators.shape) != (2, 3, 4):
+            raise ValueError(f"operators must have shape [2,3,4], got {list(operators.shape)}")
+        if img.shape != img_shifted.shape:
+            raise ValueError(f"img {list(img.shape)} and img_shifted {list(img_shifted.shape)} must have the same shape")
+        from factory.directions import operator_mask
+
+        raw = operator_mask(_check_images(img, "img"), _check_images(img_shifted, "img_shifted"), operators)
     else:
         raise ValueError(f"unknown mask rule {rule!r}; choose one of {', '.join(MASK_RULES)}")
     clean, n_raw, n_clean = cc_cleanup(raw, ratio)

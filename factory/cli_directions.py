@@ -1,0 +1,127 @@
+"""`factory directions ...`: candidate directions (random, discovered) and their scoring (paper §3.2)."""
+from __future__ import annotations
+
+import click
+
+from factory.cli import user_errors
+from factory.errors import FactoryError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def directions():
+    """Find a segmenting latent direction: make candidates, score them, use the winner.
+
+    \b
+    Example:
+      factory directions discover --generator shapes --resolution 64 --n-directions 32 --out dirs/found.npy
+      factory directions score --generator shapes --resolution 64 --candidates dirs/found.npy --out dirs/scores
+      factory generate --n 2000 --direction dirs/scores/direction.npy --out data/found
+    """
+
+
+@directions.command("random")
+@click.option("--n", "n", type=int, required=True, help="Number of directions (> 0).")
+@click.option("--dim", type=int, default=120, show_default=True, help="Latent width (dim_z).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of numpy's default_rng.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npy [N, DIM] float32.")
+@user_errors
+def random_cmd(n, dim, seed, out):
+    """Write N unit Gaussian directions (a baseline set of candidates).
+
+    \b
+    Example:
+      factory directions random --n 120 --dim 120 --seed 0 --out dirs/random.npy
+    """
+    from pathlib import Path
+
+    from factory import directions as d
+
+    if not out.endswith(".npy"):
+        raise FactoryError(f"--out must end with .npy, got {out!r}")
+    arr = d.random_directions(n, dim, seed)
+    d._atomic_save_npy(Path(out), arr)
+    click.echo(f"wrote {arr.shape[0]} unit directions of width {arr.shape[1]} to {out}")
+
+
+@directions.command("score")
+@click.option("--generator", default="shapes", show_default=True, help="Generator name: shapes | bigbigan.")
+@click.option("--weights", help="Generator weights file (bigbigan).")
+@click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
+@click.option("--candidates", type=click.Path(dir_okay=False), required=True, help="Candidate directions .npy [K, dim_z] (rows are normalised).")
+@click.option("--names", type=click.Path(dir_okay=False), help="JSON list of K names (null = unknown); default: the generator's named directions are recognised.")
+@click.option("--scale", type=float, default=5.0, show_default=True, help="Shift s of G(z + s h).")
+@click.option("--steps", type=int, default=200, show_default=True, help="Adam steps of the operator fit (fresh latents each).")
+@click.option("--batch", type=int, default=4, show_default=True, help="Latents per step.")
+@click.option("--lr", type=float, default=0.005, show_default=True, help="Adam learning rate of the operators.")
+@click.option("--keep-best", type=float, default=0.7, show_default=True, help="Select among this fraction with the lowest loss.")
+@click.option("--eval-n", type=int, default=32, show_default=True, help="Held-out latents for loss and distance.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latents.")
+@click.option("--device", help="Device (default: cuda when present, else cpu).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def score_cmd(generator, weights, resolution, candidates, names, scale, steps, batch, lr, keep_best, eval_n,
+              seed, device, out, quiet):
+    """Score candidate directions by two fitted colour operators and select the segmenting one.
+
+    Writes OUT/scores.parquet and OUT/scores.json (index, name, loss, distance,
+    kept, selected), OUT/operators.npy [K,2,3,4], OUT/operators_selected.npy
+    [2,3,4], OUT/direction.npy (the selected unit direction, oriented so that the
+    object gets lighter), OUT/figure1.png (loss vs distance) and OUT/figure2.png.
+
+    \b
+    Example:
+      factory directions score --generator shapes --resolution 64 \\
+          --candidates dirs/random.npy --out dirs/scores
+      factory generate --n 2000 --direction dirs/scores/direction.npy --mask-rule operators \\
+          --operators dirs/scores/operators_selected.npy --out data/ops
+    """
+    from factory import directions as d
+
+    cfg = d.ScoreConfig(generator=generator, candidates=candidates, out=out, weights=weights,
+                        resolution=resolution, names=names, scale=scale, steps=steps, batch=batch, lr=lr,
+                        keep_best=keep_best, eval_n=eval_n, seed=seed, device=device, progress=not quiet)
+    s = d.score(cfg)
+    name = f" ({s['selected_name']})" if s["selected_name"] else ""
+    row = s["rows"][s["selected"]]
+    click.echo(f"selected candidate {s['selected']}{name} of {s['candidates']}: loss {row['loss']:.4f}, "
+               f"distance {row['distance']:.4f}{', sign flipped' if s['flipped'] else ''}; "
+               f"{s['seconds_total']:.1f} s -> {out}/direction.npy")
+
+
+@directions.command("discover")
+@click.option("--generator", default="shapes", show_default=True, help="Generator name: shapes | bigbigan.")
+@click.option("--weights", help="Generator weights file (bigbigan).")
+@click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
+@click.option("--n-directions", type=int, required=True, help="K, the number of directions to learn.")
+@click.option("--steps", type=int, default=2000, show_default=True, help="Training steps (reference: 100000).")
+@click.option("--batch", type=int, default=32, show_default=True, help="Latents per step (reference: 32).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of both modules (reference: 1e-4 for 1e5 steps).")
+@click.option("--seed", type=int, default=2, show_default=True, help="Seed (reference: 2).")
+@click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between atomic checkpoints in OUT-stem.ckpt/.")
+@click.option("--device", help="Device (default: cuda when present, else cpu).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npy [K, dim_z]; a .json goes beside it.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def discover_cmd(generator, weights, resolution, n_directions, steps, batch, lr, seed, checkpoint_every, device,
+                 out, quiet):
+    """Learn K interpretable latent directions (Voynov & Babenko 2020) to use as candidates.
+
+    A matrix of K unit directions and a CNN that, from (G(z), G(z + eps d_k)),
+    predicts k and eps are trained together. Rerunning the same command resumes
+    from the last checkpoint.
+
+    \b
+    Example:
+      factory directions discover --generator shapes --resolution 64 --n-directions 32 \\
+          --steps 1500 --out dirs/found.npy
+    """
+    from factory import directions as d
+
+    cfg = d.DiscoverConfig(generator=generator, out=out, n_directions=n_directions, weights=weights,
+                           resolution=resolution, steps=steps, batch=batch, lr=lr, seed=seed,
+                           checkpoint_every=checkpoint_every, device=device, progress=not quiet)
+    s = d.discover(cfg, log=lambda m: click.echo(m, err=True))
+    v = s["validation"]
+    click.echo(f"wrote {s['shape'][0]} unit directions to {out} (validation accuracy {v['accuracy']:.2f}, "
+               f"shift L1 {v['shift_l1']:.2f})")
