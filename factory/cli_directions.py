@@ -54,13 +54,15 @@ def random_cmd(n, dim, seed, out):
 @click.option("--batch", type=int, default=4, show_default=True, help="Latents per step.")
 @click.option("--lr", type=float, default=0.005, show_default=True, help="Adam learning rate of the operators.")
 @click.option("--keep-best", type=float, default=0.7, show_default=True, help="Select among this fraction with the lowest loss.")
+@click.option("--loss", "loss_kind", type=click.Choice(["relative", "absolute"]), default="relative", show_default=True,
+              help="Loss that ranks candidates for --keep-best: relative = restoration loss / loss of no operator.")
 @click.option("--eval-n", type=int, default=32, show_default=True, help="Held-out latents for loss and distance.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latents.")
 @click.option("--device", help="Device (default: cuda when present, else cpu).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def score_cmd(generator, weights, resolution, candidates, names, scale, steps, batch, lr, keep_best, eval_n,
+def score_cmd(generator, weights, resolution, candidates, names, scale, steps, batch, lr, keep_best, loss_kind, eval_n,
               seed, device, out, quiet):
     """Score candidate directions by two fitted colour operators and select the segmenting one.
 
@@ -80,11 +82,12 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
 
     cfg = d.ScoreConfig(generator=generator, candidates=candidates, out=out, weights=weights,
                         resolution=resolution, names=names, scale=scale, steps=steps, batch=batch, lr=lr,
-                        keep_best=keep_best, eval_n=eval_n, seed=seed, device=device, progress=not quiet)
+                        keep_best=keep_best, loss=loss_kind, eval_n=eval_n, seed=seed, device=device, progress=not quiet)
     s = d.score(cfg)
     name = f" ({s['selected_name']})" if s["selected_name"] else ""
     row = s["rows"][s["selected"]]
-    click.echo(f"selected candidate {s['selected']}{name} of {s['candidates']}: loss {row['loss']:.4f}, "
+    click.echo(f"selected candidate {s['selected']}{name} of {s['candidates']}: loss {row['loss']:.4f} "
+               f"(relative {row['loss_relative']:.3f}), "
                f"distance {row['distance']:.4f}{', sign flipped' if s['flipped'] else ''}; "
                f"{s['seconds_total']:.1f} s -> {out}/direction.npy")
 

@@ -369,14 +369,19 @@ def fit_operators(gen, dirs: torch.Tensor, *, scale: float = 5.0, steps: int = 2
 
 @torch.no_grad()
 def evaluate_operators(gen, dirs: torch.Tensor, ops: torch.Tensor, *, scale: float = 5.0, n: int = 32,
-                       batch: int = 8, seed: int = 0, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out restoration loss and operator distance per candidate -> ``(loss [K], distance [K])`` float64."""
+                       batch: int = 8, seed: int = 0, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out restoration loss, relative loss and operator distance per candidate -> three ``[K]`` float64.
+
+    relative loss = restoration loss / mean over pixels of ``||G(z + s h) - G(z)||^2`` (the loss of doing
+    nothing): the fraction of the direction's colour change that the two operators do not explain.
+    """
     dev = gen.device
     K, D = dirs.shape
     g = torch.Generator().manual_seed(_seed_of(seed, 2))
     z_all = torch.randn(n, D, generator=g)
     chunk = chunk or _chunk_size(K, batch, gen.resolution)
     loss = torch.zeros(K, dtype=torch.float64)
+    change = torch.zeros(K, dtype=torch.float64)
     dist = torch.zeros(K, dtype=torch.float64)
     for b0 in range(0, n, batch):
         z = z_all[b0 : b0 + batch].to(dev)
@@ -386,8 +391,10 @@ def evaluate_operators(gen, dirs: torch.Tensor, ops: torch.Tensor, *, scale: flo
             y = _render_shifted(gen, z, dirs[k0 : k0 + chunk], scale).float()
             err, _ = restoration_error(ops[k0 : k0 + chunk], x, y)
             loss[k0 : k0 + chunk] += w * err.mean(dim=(1, 2, 3)).double().cpu()
+            change[k0 : k0 + chunk] += w * (y - x[None]).square().sum(dim=2).mean(dim=(1, 2, 3)).double().cpu()
             dist[k0 : k0 + chunk] += w * operator_distance(ops[k0 : k0 + chunk], x).double().cpu()
-    return loss.numpy(), dist.numpy()
+    rel = loss / change.clamp(min=1e-12)
+    return loss.numpy(), rel.numpy(), dist.numpy()
 
 
 def select(loss: np.ndarray, distance: np.ndarray, keep_best: float) -> int:
@@ -424,6 +431,7 @@ class ScoreConfig:
     batch: int = 4
     lr: float = 0.005
     keep_best: float = 0.7
+    loss: str = "relative"  # which loss ranks candidates for keep_best: relative | absolute
     eval_n: int = 32
     seed: int = 0
     device: str | None = None
@@ -441,6 +449,8 @@ class ScoreConfig:
             raise FactoryError(f"--keep-best must be a fraction in (0, 1], got {self.keep_best!r}")
         if not (math.isfinite(self.scale) and self.scale != 0):
             raise FactoryError(f"--scale must be a finite non-zero shift, got {self.scale!r}")
+        if self.loss not in ("relative", "absolute"):
+            raise FactoryError(f"--loss must be 'relative' or 'absolute', got {self.loss!r}")
         if not (isinstance(self.eval_n, int) and self.eval_n > 0):
             raise FactoryError(f"--eval-n must be a positive number of held-out latents, got {self.eval_n!r}")
 
@@ -468,7 +478,8 @@ def score(cfg: ScoreConfig, log=None) -> dict:
     ops = fit_operators(gen, dirs, scale=cfg.scale, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, seed=cfg.seed,
                         progress=cfg.progress, desc=f"score {K} directions")
     t_fit = time.perf_counter() - t0
-    loss, dist = evaluate_operators(gen, dirs, ops, scale=cfg.scale, n=cfg.eval_n, seed=cfg.seed)
+    loss_abs, loss_rel, dist = evaluate_operators(gen, dirs, ops, scale=cfg.scale, n=cfg.eval_n, seed=cfg.seed)
+    loss = loss_rel if cfg.loss == "relative" else loss_abs
     sel = select(loss, dist, cfg.keep_best)
 
     # Orientation: objects are the minority of pixels under the luminance rule.
@@ -484,8 +495,8 @@ def score(cfg: ScoreConfig, log=None) -> dict:
     n_keep = max(1, int(math.ceil(cfg.keep_best * K - 1e-9)))
     kept = set(np.argsort(loss, kind="stable")[:n_keep].tolist())
     rows = [
-        {"index": i, "name": names[i], "loss": float(loss[i]), "distance": float(dist[i]),
-         "kept": i in kept, "selected": i == sel}
+        {"index": i, "name": names[i], "loss": float(loss_abs[i]), "loss_relative": float(loss_rel[i]),
+         "distance": float(dist[i]), "kept": i in kept, "selected": i == sel}
         for i in range(K)
     ]
     ops_np = ops.cpu().numpy().astype(np.float32)
@@ -494,7 +505,7 @@ def score(cfg: ScoreConfig, log=None) -> dict:
     _atomic_save_npy(out / "direction.npy", h.cpu().numpy().astype(np.float32))
     _write_table(out / "scores.parquet", rows)
     if cfg.figures:
-        figure1(out / "figure1.png", rows, cfg.keep_best)
+        figure1(out / "figure1.png", rows, cfg.keep_best, cfg.loss)
         figure2(out / "figure2.png", gen, h, ops_sel, cfg.scale, seed=cfg.seed)
     summary = {
         "selected": sel,
@@ -526,6 +537,7 @@ def _write_table(path: Path, rows: list[dict]) -> None:
         "index": pa.array([r["index"] for r in rows], pa.int32()),
         "name": pa.array([r["name"] for r in rows], pa.string()),
         "loss": pa.array([r["loss"] for r in rows], pa.float64()),
+        "loss_relative": pa.array([r["loss_relative"] for r in rows], pa.float64()),
         "distance": pa.array([r["distance"] for r in rows], pa.float64()),
         "kept": pa.array([r["kept"] for r in rows], pa.bool_()),
         "selected": pa.array([r["selected"] for r in rows], pa.bool_()),
@@ -546,14 +558,14 @@ def _savefig(fig, path: Path) -> None:
     _atomic_write_bytes(path, buf.getvalue())
 
 
-def figure1(path: Path, rows: list[dict], keep_best: float) -> None:
+def figure1(path: Path, rows: list[dict], keep_best: float, loss_kind: str = "relative") -> None:
     """Paper Figure 1: restoration loss vs operator distance; the kept fraction, the selected one, names."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    loss = np.array([r["loss"] for r in rows])
+    loss = np.array([r["loss_relative" if loss_kind == "relative" else "loss"] for r in rows])
     dist = np.array([r["distance"] for r in rows])
     kept = np.array([r["kept"] for r in rows])
     sel = next(r["index"] for r in rows if r["selected"])
@@ -561,10 +573,10 @@ def figure1(path: Path, rows: list[dict], keep_best: float) -> None:
     ax.scatter(loss[~kept], dist[~kept], s=14, c="0.7", label="not kept (high loss)")
     ax.scatter(loss[kept], dist[kept], s=14, c="tab:blue", label=f"kept (best {keep_best:.0%} by loss)")
     ax.scatter([loss[sel]], [dist[sel]], s=90, facecolors="none", edgecolors="red", linewidths=2, label="selected")
-    for r in rows:
+    for r, lx in zip(rows, loss):
         if r["name"]:
-            ax.annotate(r["name"], (r["loss"], r["distance"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel("restoration loss (held out)")
+            ax.annotate(r["name"], (lx, r["distance"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel(f"{loss_kind} restoration loss (held out)")
     ax.set_ylabel("operator distance  mean ||A1 c - A2 c||")
     ax.set_title(f"{len(rows)} candidate directions")
     ax.legend(fontsize=8, loc="best")
@@ -825,7 +837,7 @@ def discover(cfg: DiscoverConfig, log=None) -> dict:
         for o in opts.values():
             o.step()
         acc = float((logits.argmax(1) == idx).float().mean())
-        for k, v in (("loss", float(loss)), ("ce", float(ce)), ("l1", float(l1)), ("acc", acc)):
+        for k, v in (("loss", float(loss.detach())), ("ce", float(ce.detach())), ("l1", float(l1.detach())), ("acc", acc)):
             ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
         if cfg.progress:
             bar.set_postfix_str(f"acc {ema['acc']:.2f} loss {ema['loss']:.3f}")

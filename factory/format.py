@@ -39,6 +39,11 @@ TAR_MTIME = 0  # fixed so shards are byte-reproducible
 
 HIST_BINS = 12
 
+# Limits for data from elsewhere: a tar member or a decoded image larger than these is refused
+# before it is read or decoded (a 128 px sample is ~50 KB; a 4096 x 4096 image is 48 MB of RGB).
+MAX_MEMBER_BYTES = 64 << 20
+MAX_IMAGE_PIXELS = 4096 * 4096
+
 # Index columns every dataset carries (more may follow, e.g. true_iou for
 # generators with ground truth). Types are Arrow type names.
 INDEX_COLUMNS: dict[str, str] = {
@@ -341,6 +346,7 @@ def safe_tar_members(data: bytes, where: str = "tar") -> list[tuple[str, bytes]]
                     raise FormatError(f"{where}: member {name!r} is a link; shards hold regular files only")
                 if not m.isreg():
                     raise FormatError(f"{where}: member {name!r} is not a regular file")
+                check_member_size(name, m.size, where)
                 f = tf.extractfile(m)
                 body = f.read() if f is not None else b""
                 if len(body) != m.size:
@@ -351,6 +357,33 @@ def safe_tar_members(data: bytes, where: str = "tar") -> list[tuple[str, bytes]]
     except EOFError:
         raise FormatError(f"{where}: tar is truncated") from None
     return out
+
+
+def check_member_size(name: str, size: int, where: str) -> None:
+    if size > MAX_MEMBER_BYTES:
+        raise FormatError(
+            f"{where}: member {name!r} declares {size} bytes, over the {MAX_MEMBER_BYTES} byte limit for a sample member"
+        )
+
+
+def open_image_checked(data: bytes, where: str):
+    """PIL image of encoded bytes whose header was checked (size limit) before any pixel is decoded."""
+    import io
+
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise FormatError(f"{where}: not a readable image ({e})") from None
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        im.close()
+        raise FormatError(
+            f"{where}: image header declares {w}x{h} pixels, over the {MAX_IMAGE_PIXELS} pixel limit "
+            "(decompression bomb?)"
+        )
+    return im
 
 
 def split_member(name: str) -> tuple[str, str]:

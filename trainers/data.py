@@ -270,6 +270,8 @@ def _check_member(ti: tarfile.TarInfo, shard: ShardInfo) -> tuple[int, str]:
         raise DataError(f"{where} is a {kind}; shards hold regular files only (corrupt or hostile shard)")
     if not name or "\x00" in name or name.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", name):
         raise DataError(f"{where} has an absolute or empty name")
+    if ti.size > fmt.MAX_MEMBER_BYTES:
+        raise DataError(f"{where} declares {ti.size} bytes, over the {fmt.MAX_MEMBER_BYTES} byte limit")
     parts = re.split(r"[\\/]", name)
     if ".." in parts:
         raise DataError(f"{where} leaves the shard ('..')")
@@ -329,12 +331,14 @@ def _decode_png(data: bytes, mode: str, where: str) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with fmt.open_image_checked(data, where) as im:
             if im.format != "PNG":
                 raise DataError(f"{where} is {im.format}, expected PNG")
             return np.asarray(im.convert(mode))
     except DataError:
         raise
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
     except Exception as e:  # PIL raises many types for corrupt files
         raise DataError(f"{where}: cannot decode PNG: {e}") from None
 
