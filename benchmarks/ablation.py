@@ -189,6 +189,41 @@ def training_mask_iou(view: Path, mask: str, column: str) -> tuple[int, float]:
     return len(index), float(v.mean()) if v.size else float("nan")
 
 
+def native_eval(run_dir: Path, test_dir: Path, device: str) -> dict:
+    """Diagnostic, NOT the paper's protocol: score with the test image fed at its own size (no resize to 128).
+
+    `trainers eval` feeds every image at shorter side 128; a U-Net trained on 64 px
+    samples then sees objects twice as large as in training. This isolates that
+    scale gap. Same metrics (trainers.metrics), same model, same images.
+    """
+    import torch
+
+    from trainers.benchmarks import open_benchmark
+    from trainers.evaluate import _resolve_device, image_to_input, predict_batch
+    from trainers.metrics import SegmentationMetrics
+    from trainers.unet import load_model
+
+    dev = _resolve_device(device)
+    model = load_model(run_dir, dev)
+    metrics = SegmentationMetrics(pysod=False)
+    batch: list = []
+
+    def flush():
+        xs = torch.stack([x for _, x in batch])
+        for (gt, _), p in zip(batch, predict_batch(model, xs, [gt.shape for gt, _ in batch], dev)):
+            metrics.update(p, gt)
+        batch.clear()
+
+    for s in open_benchmark("ecssd", test_dir):
+        x = image_to_input(s.image, short=min(s.image.size))
+        if batch and (x.shape != batch[0][1].shape or len(batch) >= 32):
+            flush()
+        batch.append((s.gt, x))
+    if batch:
+        flush()
+    return metrics.compute()
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -236,6 +271,13 @@ def markdown(result: dict) -> str:
             f"{r['view_samples']} / {r['candidates']} | {r['train_samples']} | {fmt3(r['train_mask_iou'])} | "
             f"{fmt3(r['maxF'])} | {fmt3(r['IoU'])} | {fmt3(r['accuracy'])} | "
             f"{p['maxF']:.3f} / {p['IoU']:.3f} / {p['accuracy']:.3f} |")
+    if all("maxF_native" in r for r in result["rows"]):
+        lines += ["", f"Diagnostic (not the paper's protocol): test images fed at their own {cfg['resolution']} px "
+                  "instead of shorter side 128.", "",
+                  "| # | row | maxFβ | IoU | acc |", "|---|---|---|---|---|"]
+        for i, r in enumerate(result["rows"], 1):
+            lines.append(f"| {i} | {r['name']} | {fmt3(r['maxF_native'])} | {fmt3(r['IoU_native'])} | "
+                         f"{fmt3(r['accuracy_native'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -264,6 +306,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json", default=None, help="also write the results JSON here (always OUT/ablation.json)")
     ap.add_argument("--md", default=None, help="also write the markdown table here (always OUT/ablation.md)")
     ap.add_argument("--subprocess", action="store_true", help="run each command as a separate process")
+    ap.add_argument("--native-eval", action="store_true",
+                    help="also score each model with test images at their own size (diagnostic, not the paper's "
+                         "protocol; columns *_native)")
     a = ap.parse_args(argv)
     for name in ("n", "steps", "width", "batch", "test_n", "train_emb_n"):
         if getattr(a, name) < 1:
@@ -328,6 +373,7 @@ def main(argv=None) -> dict:
         if card["data"]["train_samples"] != n_train:
             raise SystemExit(f"ablation: {run_dir} trained on {card['data']['train_samples']} samples, "
                              f"expected {n_train}")
+        native = native_eval(run_dir, out / "test", a.device) if a.native_eval else None
         p = PAPER[spec["name"]]
         rows.append({
             "name": spec["name"], "dataset": spec["dataset"], "view": str(view), "view_id": v["view_id"],
@@ -339,6 +385,8 @@ def main(argv=None) -> dict:
             "run": str(run_dir), "train_seconds": round(t_train, 1), "eval_seconds": round(t_eval, 1),
             "paper": {"maxF": p[0], "IoU": p[1], "accuracy": p[2]},
         })
+        if native is not None:
+            rows[-1].update({f"{k}_native": native[k] for k in ("maxF", "IoU", "accuracy")})
         print(f"# row {i} {spec['name']}: train samples {n_train}, train-mask IoU {mask_iou:.3f}, "
               f"maxF {ev['maxF']:.3f} IoU {ev['IoU']:.3f} acc {ev['accuracy']:.3f}", flush=True)
 
