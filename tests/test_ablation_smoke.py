@@ -1,13 +1,15 @@
 """Smoke test of benchmarks/ablation.py (the paper's Table 4 on the shapes world) at a tiny size.
 
 Runs the whole chain once (2 exports, 2 generates, 5 filters, 5 trainings of 3
-steps, 5 evaluations on 10 images) in a subprocess, about 20 s on a quiet
-2-core CPU, and checks the shape of the JSON, not the numbers.
+steps, 5 evaluations on 10 images) in a subprocess with one torch thread
+(about 8 s of CPU time; 37 s wall at load average 6.6 on the shared 2-core
+box), and checks the shape of the JSON, not the numbers.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,10 @@ def test_ablation_smoke(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--resolution", "64", "--n", "60", "--steps", "3", "--width", "4",
            "--batch", "8", "--test-n", "10", "--train-emb-n", "50", "--workers", "0", "--device", "cpu",
            "--out", str(tmp_path / "abl"), "--json", str(out_json)]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    # one intra-op thread: the tensors are tiny, and on a busy shared CPU a second spinning thread
+    # made this test 4x slower (2 min 16 s vs 37 s wall at load average 6.6 on 2 cores)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     res = json.loads(out_json.read_text())
