@@ -36,8 +36,6 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
 
 
 def _decode(data: bytes, mode: str) -> np.ndarray:
-    from PIL import Image
-
     with fmt.open_image_checked(data, "preview sample") as im:
         return np.asarray(im.convert(mode))
 

@@ -48,7 +48,6 @@ seeking; fsspec files of object stores seek with range reads).
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import tarfile
 from dataclasses import dataclass
@@ -328,8 +327,6 @@ def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...]) -> dic
 
 
 def _decode_png(data: bytes, mode: str, where: str) -> np.ndarray:
-    from PIL import Image
-
     try:
         with fmt.open_image_checked(data, where) as im:
             if im.format != "PNG":

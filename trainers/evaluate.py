@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from trainers._io import atomic_write as _atomic_write
 from trainers import TrainersError
 from trainers.benchmarks import (DISPLAY, Benchmark, BenchmarkError, Sample, _files_by_stem, discover,
                                  open_benchmark)
@@ -155,18 +155,6 @@ def evaluate_model(model: torch.nn.Module, dataset: Benchmark | Iterable[Sample]
     return metrics.compute()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

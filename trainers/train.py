@@ -27,7 +27,6 @@ environment), DDP with gloo on CPU and nccl on GPU. Rank 0 writes every file.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -40,10 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainers._io import atomic_write as _atomic_write
 from trainers import TrainersError, __version__
 from trainers.data import (DEFAULT_SHUFFLE_WINDOW, DataError, LoaderState, SampleIndex, TrainStream,
                            holdout_rule, iter_batches, open_index)
@@ -188,21 +187,6 @@ def code_version() -> dict:
 # ----------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _json_bytes(obj) -> bytes:
