@@ -35,6 +35,11 @@ The table also gives, per row, the number of training samples (view minus the
 trainer's 1 % hold-out) and the mean IoU of those training masks with the true
 object mask (index columns true_iou_raw for raw masks, true_iou for clean).
 
+--native-eval adds a diagnostic that is NOT the paper's protocol: the same
+models scored with the test images fed at their own size (a 64 px model under
+`trainers eval` sees 128 px inputs, objects twice as large as in training; see
+docs/ablation.md). On a busy shared CPU run with OMP_NUM_THREADS=1.
+
 By default the commands run in this process through their click entry points
 (same parsing and code as the shell commands, without paying the torch import
 ten times on a small CPU); --subprocess runs each as ``python -m factory.cli``

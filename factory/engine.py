@@ -302,27 +302,44 @@ def _to_host(tensors: dict, pinned: bool) -> dict:
     return out
 
 
-def _encode_sample(args):
-    key, img, mask, raw, latent, meta, level = args
-    out = [
-        (f"{key}.{fmt.EXT_IMAGE}", sh.encode_png(img, level)),
-        (f"{key}.{fmt.EXT_META}", fmt.canonical_json(meta)),
-        (f"{key}.{fmt.EXT_LATENT}", sh.encode_npy(latent)),
-        (f"{key}.{fmt.EXT_MASK}", sh.encode_png(mask, 9)),
-    ]
-    if raw is not None:
-        out.append((f"{key}.{fmt.EXT_RAW_MASK}", sh.encode_png(raw, 9)))
-    return sorted(out)
+def _encode_chunk(args) -> bytes:
+    """Tar records of a chunk of samples: PNG image, meta JSON, latent .npy, PNG mask(s), sorted per sample."""
+    keys, imgs, masks, raws, latents, metas, level = args
+    members = []
+    for j, key in enumerate(keys):
+        sample = [
+            (f"{key}.{fmt.EXT_IMAGE}", sh.encode_png(imgs[j], level)),
+            (f"{key}.{fmt.EXT_META}", fmt.canonical_json(metas[j])),
+            (f"{key}.{fmt.EXT_LATENT}", sh.encode_npy(latents[j])),
+            (f"{key}.{fmt.EXT_MASK}", sh.encode_png(masks[j], 9)),
+        ]
+        if raws is not None:
+            sample.append((f"{key}.{fmt.EXT_RAW_MASK}", sh.encode_png(raws[j], 9)))
+        members += sorted(sample)
+    return sh.tar_records(members)
 
 
-_POOL: list = []
+ENCODE_CHUNK = 32
+_POOL: dict = {}
 
 
-def _encode_pool(threads: int) -> ThreadPoolExecutor:
-    # PIL's zlib encoder releases the GIL, so threads overlap encoding with the next batch.
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="encode"))
-    return _POOL[0]
+def _encode_pool(workers: int, processes: bool):
+    """Encoder pool, kept for the life of the process.
+
+    Threads on CPU workers (PIL's zlib releases the GIL). Processes when a GPU is
+    driven from this process: the GPU thread must get the GIL back at once after each
+    synchronisation, which encoder threads doing Python work would delay.
+    """
+    key = (workers, processes)
+    if key not in _POOL:
+        if processes:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            _POOL[key] = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("forkserver"))
+        else:
+            _POOL[key] = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="encode")
+    return _POOL[key]
 
 
 def make_shard(plan_spec: dict, spec_hash: str, shard: int, root: str, gen_name: str, gen_options: dict,
@@ -381,7 +398,11 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
     h = torch.as_tensor(direction, dtype=torch.float32, device=gen.device)
     keep_raw = spec["keep_raw_mask"]
     level = spec["image_codec"]["png_level"]
-    pool = _encode_pool((os.cpu_count() or 2) if device.startswith("cuda") else max(2, threads or 1))
+    if device.startswith("cuda"):
+        sys.setswitchinterval(0.0005)  # hand the GIL back to the GPU thread quickly
+        pool = _encode_pool(max(2, (os.cpu_count() or 4) - 2), processes=True)
+    else:
+        pool = _encode_pool(max(2, threads or 1), processes=False)
     columns: dict[str, list] = {}
     futures = []
     cuda = gen.device.type == "cuda"
@@ -426,13 +447,15 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
         for k, v in stats_np.items():
             columns.setdefault(k, []).append(v)
         fg, pa, ph = stats_np["fg_ratio"], stats_np["pass_area"], stats_np["pass_hist_reference"]
-        for j in range(img_np.shape[0]):
-            row = first + b0 + j
-            meta = {"key": fmt.sample_key(row), "row": row, "shard": shard, "fg_ratio": float(fg[j]),
-                    "pass_area": bool(pa[j]), "pass_hist_reference": bool(ph[j])}
-            futures.append(pool.submit(_encode_sample, (
-                fmt.sample_key(row), img_np[j], clean_np[j], None if raw_np is None else raw_np[j],
-                z_all[b0 + j], meta, level)))
+        for c0 in range(0, img_np.shape[0], ENCODE_CHUNK):
+            c1 = min(c0 + ENCODE_CHUNK, img_np.shape[0])
+            rws = range(first + b0 + c0, first + b0 + c1)
+            metas = [{"key": fmt.sample_key(r), "row": r, "shard": shard, "fg_ratio": float(fg[r - first - b0]),
+                      "pass_area": bool(pa[r - first - b0]), "pass_hist_reference": bool(ph[r - first - b0])}
+                     for r in rws]
+            futures.append(pool.submit(_encode_chunk, (
+                [fmt.sample_key(r) for r in rws], img_np[c0:c1], clean_np[c0:c1],
+                None if raw_np is None else raw_np[c0:c1], z_all[b0 + c0 : b0 + c1], metas, level)))
     rows = {k: np.concatenate(v) for k, v in columns.items()}
     rows["key"] = np.array([fmt.sample_key(first + i) for i in range(n)], dtype=object)
     rows["shard"] = np.full(n, shard, np.int32)
@@ -440,9 +463,9 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
 
     def commit() -> dict:
         t0 = time.perf_counter()
-        members = [m for f in futures for m in f.result()]
+        tar = sh.tar_join([f.result() for f in futures])
         t1 = time.perf_counter()
-        res = sh.commit_shard(root, shard, first, members, rows, z_all, spec_hash)
+        res = sh.commit_shard(root, shard, first, tar, rows, z_all, spec_hash)
         if timers is not None:
             timers.add("encoding_wait", t1 - t0)
             timers.add("write", time.perf_counter() - t1)

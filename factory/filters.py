@@ -881,7 +881,7 @@ def materialize_view(url: str, view: dict, out: str, shard_size: int | None = No
             rows["key"] = np.array([fmt.sample_key(int(r)) for r in new_rows], dtype=object)
             rows["shard"] = np.full(len(new_rows), k, np.int32)
             rows["row"] = new_rows
-            res = sh.commit_shard(root, k, k * S, members, rows, latents, mhash)
+            res = sh.commit_shard(root, k, k * S, sh.tar_bytes(members), rows, latents, mhash)
             done[k] = res.to_json()
         manifest = _materialized_manifest(parent, view, mspec, mhash, done, n_shards, url, root)
         from factory import card

@@ -101,20 +101,38 @@ def encode_npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def tar_records(members: list[tuple[str, bytes]]) -> bytes:
+    """The tar records (ustar header + data + padding) of members, with fixed metadata.
+
+    Shards are concatenations of such records plus `tar_end`, so records can be built in
+    parallel (per chunk of samples) and joined in order.
+    """
+    parts = []
+    for name, data in members:
+        ti = tarfile.TarInfo(name)
+        ti.size = len(data)
+        ti.mtime = fmt.TAR_MTIME
+        ti.mode = 0o644
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = ""
+        ti.type = tarfile.REGTYPE
+        parts.append(ti.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
+        parts.append(data)
+        pad = (-len(data)) % tarfile.BLOCKSIZE
+        if pad:
+            parts.append(b"\0" * pad)
+    return b"".join(parts)
+
+
+def tar_join(records: list[bytes]) -> bytes:
+    """A complete tar from member records: two zero blocks, then padding to the 10 KiB record size."""
+    body = b"".join(records) + b"\0" * (2 * tarfile.BLOCKSIZE)
+    return body + b"\0" * ((-len(body)) % tarfile.RECORDSIZE)
+
+
 def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     """A tar with fixed metadata; members in the given (sorted-by-key) order."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            ti.mtime = fmt.TAR_MTIME
-            ti.mode = 0o644
-            ti.uid = ti.gid = 0
-            ti.uname = ti.gname = ""
-            ti.type = tarfile.REGTYPE
-            tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_join([tar_records(members)])
 
 
 # ---------------------------------------------------------------- index
@@ -195,13 +213,12 @@ def commit_shard(
     root: str,
     shard: int,
     first_row: int,
-    members: list[tuple[str, bytes]],
+    tar: bytes,
     index_rows: dict[str, np.ndarray],
     latents: np.ndarray,
     spec_hash: str,
 ) -> ShardResult:
-    """Write one shard's tar, index fragment, latent rows, then its sidecar (last)."""
-    tar = tar_bytes(members)
+    """Write one shard's tar (bytes, see tar_join), index fragment, latent rows, then its sidecar (last)."""
     idx = parquet_bytes(index_table(index_rows))
     atomic_write(fmt.join(root, fmt.shard_name(shard)), tar)
     atomic_write(fmt.join(root, fmt.index_name(shard)), idx)

@@ -2,8 +2,8 @@
 
 Runs the whole chain once (2 exports, 2 generates, 5 filters, 5 trainings of 3
 steps, 5 evaluations on 10 images) in a subprocess with one torch thread
-(about 8 s of CPU time; 37 s wall at load average 6.6 on the shared 2-core
-box), and checks the shape of the JSON, not the numbers.
+(9 s at load average ~3 and 37 s at 6.6 on the shared 2-core box; about
+8 s of CPU time), and checks the shape of the JSON, not the numbers.
 """
 from __future__ import annotations
 

@@ -300,3 +300,24 @@ def test_bench_cpu_json():
     for k in ("generator", "masks_stats", "transfer", "write"):
         assert k in obj["stage_seconds"]
     assert obj["batch_size"] == 16 and obj["device"] == "cpu"
+
+
+def test_encoder_process_pool_gives_the_same_records():
+    """The GPU path encodes in processes (GIL stays with the GPU thread); bytes equal the thread path."""
+    from factory import engine
+
+    rng = np.random.default_rng(0)
+    args = ([fmt.sample_key(i) for i in range(3)], rng.integers(0, 255, (3, 16, 16, 3), dtype=np.uint8),
+            rng.random((3, 16, 16)) > 0.5, None, rng.standard_normal((3, 120)).astype(np.float32),
+            [{"key": fmt.sample_key(i), "row": i} for i in range(3)], 1)
+    direct = engine._encode_chunk(args)
+    assert engine._encode_pool(2, processes=True).submit(engine._encode_chunk, args).result() == direct
+    assert engine._encode_pool(2, processes=False).submit(engine._encode_chunk, args).result() == direct
+    names = [m.name for m in tarfile.open(fileobj=io.BytesIO(fmt_tar(direct))).getmembers()]
+    assert names[:4] == sorted(names[:4]) and len(names) == 12
+
+
+def fmt_tar(records: bytes) -> bytes:
+    from factory.shards import tar_join
+
+    return tar_join([records])
