@@ -435,6 +435,10 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
         if cuda:
             done_evt = torch.cuda.Event()
             done_evt.record()
+        if timers is not None:
+            if done_evt is not None:
+                done_evt.synchronize()
+            timers.add("transfer", time.perf_counter() - t0)
         nxt = launch(starts[i + 1]) if i + 1 < len(starts) else None
         if done_evt is not None:
             done_evt.synchronize()
@@ -442,8 +446,6 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
         clean_np = host["clean"].numpy()
         raw_np = host["raw"].numpy() if keep_raw else None
         stats_np = {k[2:]: v.numpy() for k, v in host.items() if k.startswith("s_")}
-        if timers is not None:
-            timers.add("transfer", time.perf_counter() - t0)
         for k, v in stats_np.items():
             columns.setdefault(k, []).append(v)
         fg, pa, ph = stats_np["fg_ratio"], stats_np["pass_area"], stats_np["pass_hist_reference"]
