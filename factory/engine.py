@@ -339,6 +339,9 @@ def _encode_pool(workers: int, processes: bool):
             _POOL[key] = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("forkserver"))
         else:
             _POOL[key] = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="encode")
+        import atexit
+
+        atexit.register(_POOL[key].shutdown, wait=True)  # before interpreter teardown
     return _POOL[key]
 
 
