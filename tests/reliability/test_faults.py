@@ -90,13 +90,15 @@ def test_sigkill_dask_worker_mid_shard(reference, tmp_path):
     assert shard_hashes(out) == shard_hashes(reference)
 
 
-def test_sigkill_client_then_rerun(reference, tmp_path):
+def test_sigkill_worker_then_client_then_rerun(reference, tmp_path):
     out = tmp_path / "ds"
     p = subprocess.Popen(cli(*GEN, *SPEC, "--workers", "2", "--out", str(out)), cwd=REPO,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: n_done(out) >= 2, 120, "two shards")
+    wait_for(lambda: n_done(out) >= 1, 120, "a first shard")
+    dask_workers(p)[0].send_signal(signal.SIGKILL)  # first a worker ...
+    wait_for(lambda: n_done(out) >= 3, 120, "more shards")
     kids = psutil.Process(p.pid).children(recursive=True)
-    p.send_signal(signal.SIGKILL)
+    p.send_signal(signal.SIGKILL)  # ... then the client itself
     p.wait()
     # the cluster we started must not outlive us (no orphan writers)
     gone, alive = psutil.wait_procs(kids, timeout=20)
