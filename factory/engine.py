@@ -401,8 +401,12 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
     h = torch.as_tensor(direction, dtype=torch.float32, device=gen.device)
     keep_raw = spec["keep_raw_mask"]
     level = spec["image_codec"]["png_level"]
-    if device.startswith("cuda"):
-        sys.setswitchinterval(0.0005)  # hand the GIL back to the GPU thread quickly
+    encoder = os.environ.get("FACTORY_ENCODER", "auto")  # auto | processes | threads
+    if encoder not in ("auto", "processes", "threads"):
+        raise FactoryError(f"FACTORY_ENCODER={encoder!r}; use auto, processes or threads")
+    if encoder == "processes" or (encoder == "auto" and device.startswith("cuda")):
+        if device.startswith("cuda"):
+            sys.setswitchinterval(0.0005)  # hand the GIL back to the GPU thread quickly
         pool = _encode_pool(max(2, (os.cpu_count() or 4) - 2), processes=True)
     else:
         pool = _encode_pool(max(2, threads or 1), processes=False)

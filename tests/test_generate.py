@@ -321,3 +321,13 @@ def fmt_tar(records: bytes) -> bytes:
     from factory.shards import tar_join
 
     return tar_join([records])
+
+
+def test_process_encoder_inside_dask_workers(tmp_path, monkeypatch):
+    """The GPU workers' encoder (a process pool inside each dask worker) gives the same bytes."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["--n", "40", "--shard-size", "10", "--seed", "3", "--resolution", "64"]
+    run(GEN + args + ["--workers", "0", "--out", str(a)])
+    monkeypatch.setenv("FACTORY_ENCODER", "processes")
+    run(GEN + args + ["--workers", "2", "--out", str(b)])
+    assert shard_hashes(a) == shard_hashes(b) and len(shard_hashes(a)) == 4
