@@ -646,11 +646,13 @@ def mask_iou(gen, direction, *, scale: float = 5.0, n: int = 256, seed: int = 0,
 # ----------------------------------------------------------------- discover
 
 class Reconstructor(nn.Module):
-    """Small CNN on ``cat[G(z), G(z + eps d_k)]`` (6 channels): logits over K directions and eps."""
+    """Small CNN on ``cat[G(z), G(z + eps d_k)]`` (6 channels; with ``diff`` also ``G(z + eps d_k) - G(z)``,
+    9 channels): logits over K directions and eps."""
 
-    def __init__(self, k: int, width: int = 32):
+    def __init__(self, k: int, width: int = 32, diff: bool = False):
         super().__init__()
-        chans = [6, width, 2 * width, 4 * width, 4 * width]
+        self.diff = diff
+        chans = [9 if diff else 6, width, 2 * width, 4 * width, 4 * width]
         layers: list[nn.Module] = []
         for a, b in zip(chans[:-1], chans[1:]):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
@@ -659,7 +661,8 @@ class Reconstructor(nn.Module):
         self.shift = nn.Linear(chans[-1], 1)
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(torch.cat([x0, x1], dim=1)).mean(dim=(2, 3))
+        parts = [x0, x1, x1 - x0] if self.diff else [x0, x1]
+        f = self.features(torch.cat(parts, dim=1)).mean(dim=(2, 3))
         return self.logits(f), self.shift(f).squeeze(1)
 
 
@@ -679,6 +682,11 @@ class DiscoverConfig:
     label_weight: float = 1.0
     shift_weight: float = 0.25
     width: int = 32
+    deformator: str = "proj"  # "proj": unit columns of a free [D, K] matrix; "ortho": first K columns of expm(S - S^T)
+    random_init: bool = True  # ortho: S ~ N(0, 1) (random rotation); False: S ~ 0.001 N(0, 1) (start at the axes)
+    rec_diff: bool = False  # reconstructor also sees G(z + eps d) - G(z)
+    lr_warmup_boost: float = 1.0  # lr multiplier at step 0, decaying linearly to 1 at warmup_steps
+    boost_steps: int = 0
     seed: int = 2
     checkpoint_every: int = 200
     device: str | None = None
@@ -696,6 +704,8 @@ class DiscoverConfig:
             raise FactoryError(f"--lr must be a positive learning rate, got {self.lr!r}")
         if not (isinstance(self.checkpoint_every, int) and self.checkpoint_every > 0):
             raise FactoryError(f"--checkpoint-every must be positive, got {self.checkpoint_every!r}")
+        if self.deformator not in ("proj", "ortho"):
+            raise FactoryError(f"--deformator must be 'proj' or 'ortho', got {self.deformator!r}")
         if not str(self.out).endswith(".npy"):
             raise FactoryError(f"--out must be a .npy file name (the JSON goes beside it), got {self.out!r}")
 
@@ -717,6 +727,21 @@ def _sample_shifts(k: int, batch: int, cfg: DiscoverConfig, g: torch.Generator) 
 
 def _unit_columns(W: torch.Tensor) -> torch.Tensor:
     return W / W.norm(dim=0, keepdim=True).clamp(min=1e-12)
+
+
+def _directions_of(W: torch.Tensor, cfg: DiscoverConfig) -> torch.Tensor:
+    """The ``[D, K]`` unit directions of the deformator parameter ``W``."""
+    if cfg.deformator == "ortho":  # W is [D, D]; A = expm(W - W^T) is orthogonal
+        return torch.linalg.matrix_exp(W - W.T)[:, : cfg.n_directions]
+    return _unit_columns(W)
+
+
+def _init_deformator(cfg: DiscoverConfig, D: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(_seed_of(cfg.seed, 11))
+    if cfg.deformator == "ortho":
+        S = torch.randn(D, D, generator=g)
+        return S if cfg.random_init else 0.001 * S
+    return _unit_columns(torch.randn(D, cfg.n_directions, generator=g))
 
 
 def _ckpt_paths(out: Path) -> tuple[Path, Path]:
@@ -801,9 +826,10 @@ def discover(cfg: DiscoverConfig, log=None) -> dict:
         p.requires_grad_(False)
     K, D = cfg.n_directions, gen.dim_z
     torch.manual_seed(_seed_of(cfg.seed, 10))  # reconstructor init only
-    rec = Reconstructor(K, cfg.width).to(device)
-    W0 = torch.randn(D, K, generator=torch.Generator().manual_seed(_seed_of(cfg.seed, 11)))
-    W = _unit_columns(W0).to(device).requires_grad_(True)
+    if cfg.deformator == "ortho" and K > D:
+        raise FactoryError(f"--deformator ortho gives at most dim_z = {D} directions, got --n-directions {K}")
+    rec = Reconstructor(K, cfg.width, diff=cfg.rec_diff).to(device)
+    W = _init_deformator(cfg, D).to(device).requires_grad_(True)
     opts = {
         "directions": torch.optim.Adam([W], lr=cfg.lr_directions or cfg.lr),
         "reconstructor": torch.optim.Adam(rec.parameters(), lr=cfg.lr),
@@ -818,14 +844,20 @@ def discover(cfg: DiscoverConfig, log=None) -> dict:
     ema = {}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"discover {K} directions",
                unit="step", disable=not cfg.progress, dynamic_ncols=True)
+    base_lrs = {n: [pg["lr"] for pg in o.param_groups] for n, o in opts.items()}
     for step in bar:
+        if cfg.boost_steps > 0:
+            f = 1.0 + (cfg.lr_warmup_boost - 1.0) * max(0.0, 1.0 - step / cfg.boost_steps)
+            for n, o in opts.items():
+                for pg, b in zip(o.param_groups, base_lrs[n]):
+                    pg["lr"] = b * f
         g = torch.Generator().manual_seed(_seed_of(cfg.seed, 12, step))
         z = torch.randn(cfg.batch, D, generator=g).to(device)
         idx, eps = _sample_shifts(K, cfg.batch, cfg, g)
         idx, eps = idx.to(device), eps.to(device)
         with torch.no_grad():
             x0 = gen(z).float()
-        dirs = _unit_columns(W)  # [D, K]
+        dirs = _directions_of(W, cfg)  # [D, K]
         x1 = gen(z + eps[:, None] * dirs[:, idx].T).float()
         logits, eps_hat = rec(x0, x1)
         ce = F.cross_entropy(logits, idx)
@@ -845,11 +877,11 @@ def discover(cfg: DiscoverConfig, log=None) -> dict:
             _save_checkpoint(out, step + 1, W, rec, opts, cfg, dict(ema))
     bar.close()
     val = _validate(gen, W, rec, cfg, K, D, device)
-    dirs_np = _unit_columns(W.detach()).T.cpu().numpy().astype(np.float32)  # [K, D] rows
+    dirs_np = _unit_columns(_directions_of(W.detach(), cfg)).T.cpu().numpy().astype(np.float32)  # [K, D] rows
     _save_checkpoint(out, cfg.steps, W, rec, opts, cfg, dict(ema))
     summary = {
         "kind": "factory.directions.discover",
-        "method": "Voynov & Babenko 2020 (unit-column deformator, CNN reconstructor)",
+        "method": f"Voynov & Babenko 2020 ({cfg.deformator} deformator, CNN reconstructor)",
         "shape": list(dirs_np.shape),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "extra")},
         "generator": gen.identity(),
@@ -868,7 +900,7 @@ def discover(cfg: DiscoverConfig, log=None) -> dict:
 @torch.no_grad()
 def _validate(gen, W, rec, cfg: DiscoverConfig, K: int, D: int, device, batches: int = 4) -> dict:
     rec.eval()
-    dirs = _unit_columns(W)
+    dirs = _directions_of(W, cfg)
     correct, l1, n = 0, 0.0, 0
     for b in range(batches):
         g = torch.Generator().manual_seed(_seed_of(cfg.seed, 13, b))

@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from factory import format as fmt
 from factory.cli import main
@@ -63,7 +62,6 @@ def test_contract_600(ds600):
     assert set(np.unique(m)) <= {0, 255}
     assert s0["latent.npy"].shape == (120,) and s0["latent.npy"].dtype == np.float32
 
-    index = pq.read_table([str(ds600 / s["index"]) for s in man["shards"]]) if False else None
     import pyarrow as pa
 
     index = pa.concat_tables([pq.read_table(ds600 / s["index"]) for s in man["shards"]])
@@ -95,7 +93,7 @@ def test_tar_is_deterministic_metadata(ds600):
 
 def test_rerun_rewrites_nothing_and_copies_are_identical(ds600, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in ds600.rglob("*") if p.is_file()}
-    res = run(GEN + ["--n", "600", "--shard-size", "200", "--seed", "7", "--workers", "0", "--out", str(ds600)])
+    run(GEN + ["--n", "600", "--shard-size", "200", "--seed", "7", "--workers", "0", "--out", str(ds600)])
     after = {p: p.stat().st_mtime_ns for p in ds600.rglob("*") if p.is_file()}
     assert before == after
     other = tmp_path / "other"

@@ -60,7 +60,6 @@ def cli(*args):
 
 
 def test_generate_filter_verify_read_on_s3(s3, tmp_path):
-    import webdataset as wds
     from PIL import Image
 
     root = f"s3://{BUCKET}/shapes-v1"
@@ -98,6 +97,13 @@ def test_generate_filter_verify_read_on_s3(s3, tmp_path):
             got += [x for x in _iter_wds(f) if x["__key__"] in accepted]
     assert sorted(x["__key__"] for x in got) == sorted(accepted)
     assert all(x["png"].shape == (64, 64, 3) for x in got)
+
+    # training data read through the S3 view by trainers holds exactly those keys
+    from trainers.data import iter_batches, open_index
+
+    idx = open_index(view_url, split="all")
+    rows = [r for b in iter_batches(idx, batch_size=16) for r in b["row"].tolist()]
+    assert sorted(f"{r:010d}" for r in rows) == sorted(accepted)
 
     # a damaged object on S3 is named by verify
     key = f"{BUCKET}/shapes-v1/shards/000001.tar"
