@@ -695,7 +695,14 @@ def _run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) ->
             bar.update(status["samples"])
         else:
             failures.append(status)
-        bar.set_postfix_str(f"shards {len(done)}/{plan.n_shards}" + (f", failed {len(failures)}" if failures else ""))
+        failed = {f["shard"] for f in failures}
+        waiting = [k for k in todo if k not in done and k not in failed]
+        bar.set_postfix_str(
+            f"shards {len(done)}/{plan.n_shards}"
+            + (f", failed {len(failures)}" if failures else "")
+            # at the tail of a job, say what it is still waiting for (no silent hang)
+            + (f", waiting on {', '.join(map(str, waiting))}" if 0 < len(waiting) <= 4 else "")
+        )
 
     args = (plan.spec, plan.spec_hash)
     common = dict(gen_name=plan.generator_name, gen_options=plan.generator_options, direction=plan.direction,
