@@ -101,13 +101,17 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
 @click.option("--batch", type=int, default=32, show_default=True, help="Latents per step (reference: 32).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of both modules (reference: 1e-4 for 1e5 steps).")
 @click.option("--seed", type=int, default=2, show_default=True, help="Seed (reference: 2).")
+@click.option("--deformator", type=click.Choice(["proj", "ortho"]), default="proj", show_default=True,
+              help="proj: K free unit columns; ortho: first K columns of expm(S - S^T) (reference default, K <= dim_z).")
+@click.option("--axes-init", is_flag=True, help="ortho: start at the latent axes (S ~ 0.001 N(0,1)) instead of a random rotation.")
+@click.option("--diff-input", is_flag=True, help="The reconstructor also sees G(z + eps d) - G(z).")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between atomic checkpoints in OUT-stem.ckpt/.")
 @click.option("--device", help="Device (default: cuda when present, else cpu).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npy [K, dim_z]; a .json goes beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def discover_cmd(generator, weights, resolution, n_directions, steps, batch, lr, seed, checkpoint_every, device,
-                 out, quiet):
+def discover_cmd(generator, weights, resolution, n_directions, steps, batch, lr, seed, deformator, axes_init,
+                 diff_input, checkpoint_every, device, out, quiet):
     """Learn K interpretable latent directions (Voynov & Babenko 2020) to use as candidates.
 
     A matrix of K unit directions and a CNN that, from (G(z), G(z + eps d_k)),
@@ -123,6 +127,7 @@ def discover_cmd(generator, weights, resolution, n_directions, steps, batch, lr,
 
     cfg = d.DiscoverConfig(generator=generator, out=out, n_directions=n_directions, weights=weights,
                            resolution=resolution, steps=steps, batch=batch, lr=lr, seed=seed,
+                           deformator=deformator, random_init=not axes_init, rec_diff=diff_input,
                            checkpoint_every=checkpoint_every, device=device, progress=not quiet)
     s = d.discover(cfg, log=lambda m: click.echo(m, err=True))
     v = s["validation"]

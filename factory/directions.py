@@ -685,7 +685,7 @@ class DiscoverConfig:
     deformator: str = "proj"  # "proj": unit columns of a free [D, K] matrix; "ortho": first K columns of expm(S - S^T)
     random_init: bool = True  # ortho: S ~ N(0, 1) (random rotation); False: S ~ 0.001 N(0, 1) (start at the axes)
     rec_diff: bool = False  # reconstructor also sees G(z + eps d) - G(z)
-    lr_warmup_boost: float = 1.0  # lr multiplier at step 0, decaying linearly to 1 at warmup_steps
+    lr_warmup_boost: float = 1.0  # lr multiplier at step 0, decaying linearly to 1 at boost_steps (0: off)
     boost_steps: int = 0
     seed: int = 2
     checkpoint_every: int = 200

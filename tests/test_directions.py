@@ -167,6 +167,20 @@ def test_discover_writes_unit_directions_and_resumes(tmp_path):
                    "another training config")
 
 
+def test_discover_ortho_deformator_gives_orthonormal_directions(tmp_path):
+    base = ["directions", "discover", "--generator", "shapes", "--resolution", "16", "--batch", "4", "--quiet",
+            "--deformator", "ortho", "--axes-init", "--diff-input"]
+    a = tmp_path / "o.npy"
+    run(base + ["--n-directions", "120", "--steps", "3", "--out", str(a)])
+    dirs = np.load(a).astype(np.float64)
+    assert dirs.shape == (120, 120)
+    np.testing.assert_allclose(dirs @ dirs.T, np.eye(120), atol=1e-4)
+    meta = json.loads(a.with_suffix(".json").read_text())
+    assert meta["config"]["deformator"] == "ortho" and meta["config"]["rec_diff"] is True
+    one_line_error(CliRunner().invoke(main, base + ["--n-directions", "121", "--steps", "1", "--out", str(tmp_path / "x.npy")]),
+                   "at most dim_z")
+
+
 def test_operators_rule_through_generate(scored, tmp_path):
     out, _, _ = scored
     ds = tmp_path / "ops"
