@@ -27,13 +27,7 @@ TOL_FP32 = 2e-5
 TOL_BF16 = 0.08
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CI box has 2 cores shared with other jobs; one intra-op thread is ~10x faster there.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

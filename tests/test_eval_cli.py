@@ -20,12 +20,7 @@ from trainers.unet import ModelConfig, UNet, save_model
 PAPER = ("maxF", "IoU", "accuracy", "MAE")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ GRAY = torch.tensor([0.2989, 0.5870, 0.1140])
 R_SHIFT = 5.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Small element-wise kernels: one thread is fastest, and immune to a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

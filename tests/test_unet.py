@@ -12,13 +12,7 @@ from trainers.unet import (INFO_FILE, WEIGHTS_FILE, ModelConfig, ModelFileError,
                            normalize_images, save_model)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
