@@ -62,6 +62,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from factory.bench import cpu_name  # noqa: E402
 
 # Paper, Table 4 (ECSSD): maxFβ, IoU, accuracy.
 PAPER = {
@@ -230,16 +231,6 @@ def native_eval(run_dir: Path, test_dir: Path, device: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine() -> dict:

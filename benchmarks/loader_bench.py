@@ -24,21 +24,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from factory.bench import cpu_name  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from trainers import data as td  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ensure_dataset(path: Path, n: int, resolution: int) -> Path:

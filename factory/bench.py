@@ -16,6 +16,18 @@ import numpy as np
 from factory import engine
 
 
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where present)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def _device_name(device: str) -> str:
     import torch
 

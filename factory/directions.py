@@ -55,6 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from factory.errors import FactoryError
+from factory.directions_io import read_numeric_npy
 
 __all__ = [
     "random_directions",
@@ -130,25 +131,6 @@ def _load_generator(name: str, device: torch.device, resolution: int | None, wei
     return load_generator(name, **opts)
 
 
-def _read_npy(path: str | Path, what: str) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise FactoryError(f"{what} file not found: {path}")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        first = (str(e).strip().splitlines() or [""])[0][:120]
-        raise FactoryError(f"{path}: not a plain numeric .npy array ({first}); save it with np.save(float32 array)") from None
-    except (OSError, EOFError) as e:
-        raise FactoryError(f"{path}: unreadable .npy file ({type(e).__name__}: {e})") from None
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        arr.close()
-        raise FactoryError(f"{path}: is an .npz archive; save the {what} array alone with np.save")
-    if arr.dtype.kind not in "fiu":
-        raise FactoryError(f"{path}: expected a numeric {what} array, got dtype {arr.dtype}")
-    return np.asarray(arr, dtype=np.float64)
-
-
 # ----------------------------------------------------------------- candidates
 
 def random_directions(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -163,7 +145,7 @@ def random_directions(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 def load_candidates(path: str | Path, dim_z: int) -> np.ndarray:
     """Read candidate directions ``[K, dim_z]`` (or one ``[dim_z]``) from .npy; returns unit rows, float32."""
-    arr = _read_npy(path, "candidates")
+    arr = read_numeric_npy(path, "candidates")
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2:
@@ -225,7 +207,7 @@ def _auto_names(gen, dirs: np.ndarray) -> list[str | None]:
 
 def load_operators(path: str | Path) -> np.ndarray:
     """Two fitted operators ``[2,3,4]`` (``[1,2,3,4]`` accepted) from .npy -> float32."""
-    arr = _read_npy(path, "operators")
+    arr = read_numeric_npy(path, "operators")
     if arr.shape == (1, 2, 3, 4):
         arr = arr[0]
     if arr.shape != (2, 3, 4):

@@ -38,19 +38,23 @@ def _from_torch(path: Path):
     return obj.detach().to(dtype=torch.float64).numpy()
 
 
-def _from_npy(path: Path) -> np.ndarray:
+def read_numeric_npy(path: str | Path, what: str = "direction") -> np.ndarray:
+    """A plain numeric .npy (never pickle) as float64, or a one-line FactoryError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FactoryError(f"{what} file not found: {path}")
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as e:  # object arrays need pickle
         first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise FactoryError(f"{path}: not a plain numeric .npy array ({first})") from None
+        raise FactoryError(f"{path}: not a plain numeric .npy array ({first}); save a float32 array with np.save") from None
     except (OSError, EOFError) as e:
         raise FactoryError(f"{path}: unreadable .npy file ({type(e).__name__}: {e})") from None
     if isinstance(arr, np.lib.npyio.NpzFile):
         arr.close()
-        raise FactoryError(f"{path}: is an .npz archive; save the direction alone with np.save")
+        raise FactoryError(f"{path}: is an .npz archive; save the {what} array alone with np.save")
     if arr.dtype.kind not in "fiu":
-        raise FactoryError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
+        raise FactoryError(f"{path}: expected a numeric {what} array, got dtype {arr.dtype}")
     return np.asarray(arr, dtype=np.float64)
 
 
@@ -70,7 +74,7 @@ def load_direction_file(path: str | Path, dim_z: int) -> np.ndarray:
     if not head:
         raise FactoryError(f"{path}: empty file, not a direction")
     if head.startswith(b"\x93NUMPY"):
-        arr = _from_npy(path)
+        arr = read_numeric_npy(path)
     elif head.startswith(b"PK\x03\x04"):
         if path.suffix == ".npz":
             raise FactoryError(f"{path}: is an .npz archive; save the direction alone with np.save")
