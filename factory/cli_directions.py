@@ -58,12 +58,19 @@ def random_cmd(n, dim, seed, out):
               help="Loss that ranks candidates for --keep-best: relative = restoration loss / loss of no operator.")
 @click.option("--eval-n", type=int, default=32, show_default=True, help="Held-out latents for loss and distance.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latents.")
+@click.option("--refine-steps", type=int, default=0, show_default=True,
+              help="> 0: then refine the selection by gradient ascent on the criterion itself (distance - relative "
+                   "loss - sign disagreement of +h / -h); see docs/directions.md. 0 = the paper's selection only.")
+@click.option("--refine-top", type=int, default=3, show_default=True,
+              help="Refine this many kept candidates (largest distance first) and keep the best refined one.")
+@click.option("--refine-batch", type=int, default=16, show_default=True, help="Latents per refinement step.")
+@click.option("--refine-lr", type=float, default=0.01, show_default=True, help="Adam learning rate of the refinement.")
 @click.option("--device", help="Device (default: cuda when present, else cpu).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def score_cmd(generator, weights, resolution, candidates, names, scale, steps, batch, lr, keep_best, loss_kind, eval_n,
-              seed, device, out, quiet):
+              seed, refine_steps, refine_top, refine_batch, refine_lr, device, out, quiet):
     """Score candidate directions by two fitted colour operators and select the segmenting one.
 
     Writes OUT/scores.parquet and OUT/scores.json (index, name, loss, distance,
@@ -75,6 +82,8 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
     Example:
       factory directions score --generator shapes --resolution 64 \\
           --candidates dirs/random.npy --out dirs/scores
+      factory directions score --generator shapes --resolution 64 --candidates dirs/found.npy \\
+          --steps 30 --refine-steps 300 --out dirs/found-scores
       factory generate --n 2000 --direction dirs/scores/direction.npy --mask-rule operators \\
           --operators dirs/scores/operators_selected.npy --out data/ops
     """
@@ -82,7 +91,9 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
 
     cfg = d.ScoreConfig(generator=generator, candidates=candidates, out=out, weights=weights,
                         resolution=resolution, names=names, scale=scale, steps=steps, batch=batch, lr=lr,
-                        keep_best=keep_best, loss=loss_kind, eval_n=eval_n, seed=seed, device=device, progress=not quiet)
+                        keep_best=keep_best, loss=loss_kind, eval_n=eval_n, seed=seed, device=device, progress=not quiet,
+                        refine_steps=refine_steps, refine_top=refine_top,
+                        refine=d.RefineConfig(batch=refine_batch, lr=refine_lr))
     s = d.score(cfg)
     name = f" ({s['selected_name']})" if s["selected_name"] else ""
     row = s["rows"][s["selected"]]
@@ -90,6 +101,11 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
                f"(relative {row['loss_relative']:.3f}), "
                f"distance {row['distance']:.4f}{', sign flipped' if s['flipped'] else ''}; "
                f"{s['seconds_total']:.1f} s -> {out}/direction.npy")
+    if s["refined"]:
+        r = s["refined"]
+        run = next(x for x in r["runs"] if x["start"] == r["chosen_start"])
+        click.echo(f"refined from candidate {r['chosen_start']}: objective {run['objective_before']:.3f} -> "
+                   f"{run['after']['objective']:.3f}, cos to the start {run['cos_to_start']:+.2f}")
 
 
 @directions.command("discover")

@@ -240,3 +240,68 @@ def test_score_bad_input(case, tmp_path, candidates):
     res = CliRunner().invoke(main, ["directions", "score", "--resolution", "64", "--candidates", str(f), "--steps", "1",
                                     "--quiet", "--out", str(tmp_path / "o"), *extra])
     one_line_error(res, frag)
+
+
+# ----------------------------------------------------------------- refine (score --refine-steps)
+
+def _objective(G, h, seed=11):
+    z = torch.randn(16, G.dim_z, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return float(d.refine_objective(G, torch.as_tensor(h / np.linalg.norm(h), dtype=torch.float32), z)[0])
+
+
+def test_refine_objective_prefers_background_to_its_mixtures():
+    G = load_generator("shapes", resolution=32)
+    nd = G.named_directions()
+    from factory.generators.shapes import COORD
+
+    bg = nd["background"]
+    axis = lambda n: G._basis_np[:, COORD[n]]  # noqa: E731
+    j_bg = _objective(G, bg)
+    # geometry mixed in (growth, zoom, rotation, contrast), global colour, and random directions all score lower
+    for name, h in [("size", 0.85 * bg + 0.53 * axis("size")), ("zoom", 0.85 * bg + 0.53 * nd["zoom"]),
+                    ("angle", 0.85 * bg + 0.53 * axis("angle")), ("contrast", 0.85 * bg + 0.53 * axis("contrast")),
+                    ("brightness", nd["brightness"]), ("random", d.random_directions(1, 120, seed=4)[0])]:
+        assert _objective(G, h) < j_bg - 0.2, name
+
+
+def test_refine_finds_background_from_a_random_start(torch_one_thread):
+    """Gradient ascent on the criterion from a random unit direction reaches a direction whose luminance
+    masks are as good as the true background direction's (the criterion of docs/directions.md (b3))."""
+    G = load_generator("shapes", resolution=32)
+    G64 = load_generator("shapes", resolution=64)
+    bg = G.named_directions()["background"]
+    h0 = torch.as_tensor(np.random.default_rng(0).standard_normal(120), dtype=torch.float32)
+    assert abs(float(h0 @ torch.as_tensor(bg))) / float(h0.norm()) < 0.2
+    h = d.refine_direction(G, h0, d.RefineConfig(steps=300), seed=0).numpy()
+    assert abs(np.linalg.norm(h) - 1) < 1e-5
+    h = h * np.sign(h @ bg)
+    assert float(h @ bg) > 0.9
+    iou = d.mask_iou(G64, h, n=64)["clean"]
+    iou_true = d.mask_iou(G64, bg, n=64)["clean"]
+    assert iou > 0.9 * iou_true, (iou, iou_true)
+
+
+def test_score_refine_writes_report(candidates, tmp_path, world):
+    path, bg = candidates
+    out = tmp_path / "s"
+    res = run(["directions", "score", "--generator", "shapes", "--resolution", "64", "--candidates", str(path),
+               "--steps", "10", "--batch", "2", "--eval-n", "8", "--seed", "1", "--refine-steps", "20",
+               "--refine-top", "2", "--refine-batch", "4", "--quiet", "--out", str(out)])
+    assert "refined from candidate" in res.output
+    s = json.loads((out / "scores.json").read_text())
+    r = s["refined"]
+    assert s["selected"] == bg and [x["start"] for x in r["runs"]][0] == bg and len(r["runs"]) == 2
+    chosen = next(x for x in r["runs"] if x["start"] == r["chosen_start"])
+    assert chosen["after"]["objective"] == max(x["after"]["objective"] for x in r["runs"])
+    h = np.load(out / "direction.npy")
+    assert abs(np.linalg.norm(h) - 1) < 1e-5 and float(h @ world.named_directions()["background"]) > 0.9
+    assert np.load(out / "operators_selected.npy").shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("flag,value,frag", [("--refine-steps", "-1", "--refine-steps"), ("--refine-top", "0", "--refine-top"),
+                                             ("--refine-lr", "0", "--refine-lr")])
+def test_score_refine_bad_input(flag, value, frag, candidates, tmp_path):
+    res = CliRunner().invoke(main, ["directions", "score", "--resolution", "64", "--candidates", str(candidates[0]),
+                                    "--steps", "1", "--quiet", "--out", str(tmp_path / "o"), flag, value])
+    one_line_error(res, frag)
