@@ -2,7 +2,8 @@
 # The GPU benchmark in one command: installs its Python dependencies offline from the
 # wheels beside it (benchmarks/gpu/wheels/, made by fetch_wheels.sh), then runs the
 # end-to-end benchmark, the parity check and a real `factory generate` on the GPU, and
-# writes everything under $OUT (default gpu-results/). About 5 minutes on one H100.
+# writes everything under $OUT (default gpu-results/), then times `factory directions score`
+# for 120 candidates. About 6 minutes on one H100.
 #
 #   bash benchmarks/gpu/run.sh
 #   GENERATOR_BENCH=1 bash benchmarks/gpu/run.sh   # also generator-only rates per precision (+3 min)
@@ -44,6 +45,9 @@ rm -rf /tmp/gpu-ds
 ( time timeout 150 python3 -m factory.cli generate --generator bigbigan --random-weights $FAST --direction /tmp/h.npy \
     --n 10240 --shard-size 1024 --batch-size 512 --out /tmp/gpu-ds --quiet ) > "$OUT/generate.txt" 2>&1
 tail -5 "$OUT/generate.txt"
+step "directions score: 120 candidates, paper settings (steps 200, batch 4), shapes world at 128 px (issue 6)"
+timeout 240 python3 benchmarks/directions_bench.py time --k 120 --resolution 128 --device cuda > "$OUT/directions_time.json" 2> "$OUT/directions_time.err"
+tail -c 600 "$OUT/directions_time.json" || tail -3 "$OUT/directions_time.err"
 if [ -n "${GENERATOR_BENCH:-}" ]; then
   step "generator images/s per precision"
   timeout 300 python3 benchmarks/gpu_generator.py --json "$OUT/generator.json" 2>&1 | tail -14
