@@ -92,8 +92,7 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
     cfg = d.ScoreConfig(generator=generator, candidates=candidates, out=out, weights=weights,
                         resolution=resolution, names=names, scale=scale, steps=steps, batch=batch, lr=lr,
                         keep_best=keep_best, loss=loss_kind, eval_n=eval_n, seed=seed, device=device, progress=not quiet,
-                        refine_steps=refine_steps, refine_top=refine_top,
-                        refine=d.RefineConfig(batch=refine_batch, lr=refine_lr))
+                        refine_top=refine_top, refine=d.RefineConfig(steps=refine_steps, batch=refine_batch, lr=refine_lr))
     s = d.score(cfg)
     name = f" ({s['selected_name']})" if s["selected_name"] else ""
     row = s["rows"][s["selected"]]

@@ -46,7 +46,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -385,11 +385,15 @@ def evaluate_operators(gen, dirs: torch.Tensor, ops: torch.Tensor, *, scale: flo
 
 def select(loss: np.ndarray, distance: np.ndarray, keep_best: float) -> int:
     """Index of the largest operator distance among the ``ceil(keep_best * K)`` lowest losses (ties: lower index)."""
-    K = len(loss)
-    n_keep = max(1, int(math.ceil(keep_best * K - 1e-9)))
-    pool = np.argsort(loss, kind="stable")[:n_keep]
+    pool = _kept(loss, keep_best)
     best = pool[np.argmax(distance[pool])]
     return int(best)
+
+
+def _kept(loss: np.ndarray, keep_best: float) -> np.ndarray:
+    """Indices of the ``ceil(keep_best * K)`` lowest losses, best first (ties: lower index)."""
+    n_keep = max(1, int(math.ceil(keep_best * len(loss) - 1e-9)))
+    return np.argsort(loss, kind="stable")[:n_keep]
 
 
 # ----------------------------------------------------------------- refine
@@ -530,13 +534,11 @@ class ScoreConfig:
     device: str | None = None
     progress: bool = True
     figures: bool = True
-    refine_steps: int = 0  # > 0: refine the selection by maximising the criterion itself (refine_direction)
     refine_top: int = 3  # refine this many kept candidates (largest distance first); keep the best objective
-    refine: RefineConfig = field(default_factory=RefineConfig)
+    # refine.steps > 0: refine the selection by maximising the criterion itself (refine_direction)
+    refine: RefineConfig = field(default_factory=lambda: RefineConfig(steps=0))
 
     def validate(self) -> None:
-        if not (isinstance(self.refine_steps, int) and self.refine_steps >= 0):
-            raise FactoryError(f"--refine-steps must be a non-negative number of steps, got {self.refine_steps!r}")
         if not (isinstance(self.refine_top, int) and self.refine_top > 0):
             raise FactoryError(f"--refine-top must be a positive number of candidates, got {self.refine_top!r}")
         self.refine.validate()
@@ -585,20 +587,21 @@ def score(cfg: ScoreConfig, log=None) -> dict:
 
     h = dirs[sel]
     refined = None
-    if cfg.refine_steps > 0:
+    if cfg.refine.steps > 0:
         h, refined = _refine_selection(gen, dirs, loss, dist, sel, cfg)
 
     # Orientation: objects are the minority of pixels under the luminance rule.
     fg = _luminance_fg(gen, h, cfg.scale, cfg.eval_n, cfg.seed)
     flipped = fg > 0.5
     ops_sel = ops[sel]
-    if flipped or refined is not None:
-        h = -h if flipped else h
+    if flipped:
+        h = -h
+    if flipped or refined is not None:  # operators of a direction that is not a scored candidate
         ops_sel = fit_operators(gen, h[None], scale=cfg.scale, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
                                 seed=cfg.seed, progress=cfg.progress, desc="refit operators")[0]
         fg = _luminance_fg(gen, h, cfg.scale, cfg.eval_n, cfg.seed)
-    n_keep = max(1, int(math.ceil(cfg.keep_best * K - 1e-9)))
-    kept = set(np.argsort(loss, kind="stable")[:n_keep].tolist())
+    kept = set(_kept(loss, cfg.keep_best).tolist())
+    n_keep = len(kept)
     rows = [
         {"index": i, "name": names[i], "loss": float(loss_abs[i]), "loss_relative": float(loss_rel[i]),
          "distance": float(dist[i]), "kept": i in kept, "selected": i == sel}
@@ -636,17 +639,15 @@ def score(cfg: ScoreConfig, log=None) -> dict:
 def _refine_selection(gen, dirs: torch.Tensor, loss: np.ndarray, dist: np.ndarray, sel: int, cfg: ScoreConfig):
     """Refine the ``refine_top`` kept candidates with the largest distance (the selected one first) by
     ``refine_direction``; return the refined direction with the best held-out objective and a report."""
-    K = dirs.shape[0]
-    n_keep = max(1, int(math.ceil(cfg.keep_best * K - 1e-9)))
-    pool = np.argsort(loss, kind="stable")[:n_keep]
-    starts = [int(i) for i in pool[np.argsort(-dist[pool], kind="stable")][: cfg.refine_top]]
-    assert starts[0] == sel
+    pool = _kept(loss, cfg.keep_best)
+    others = [int(i) for i in pool[np.argsort(-dist[pool], kind="stable")] if i != sel]
+    starts = [sel] + others[: cfg.refine_top - 1]
     t0 = time.perf_counter()
     results = []
     for i in starts:
         h0 = dirs[i]
-        h = refine_direction(gen, h0, replace(cfg.refine, steps=cfg.refine_steps), scale=cfg.scale, seed=cfg.seed,
-                             progress=cfg.progress, desc=f"refine candidate {i}")
+        h = refine_direction(gen, h0, cfg.refine, scale=cfg.scale, seed=cfg.seed, progress=cfg.progress,
+                             desc=f"refine candidate {i}")
         before = refine_value(gen, h0, cfg.refine, scale=cfg.scale, seed=cfg.seed)
         after = refine_value(gen, h, cfg.refine, scale=cfg.scale, seed=cfg.seed)
         results.append({"start": i, "cos_to_start": float(h @ h0), "objective_before": before["objective"],
