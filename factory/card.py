@@ -91,7 +91,7 @@ def render(manifest: dict, stats: dict, preview: str | None = None, title: str |
         "import webdataset as wds",
         f"ds = wds.WebDataset(\"{{root}}/shards/{{000000..{len(manifest['shards']) - 1:06d}}}.tar\").decode(\"pil\")",
         "for s in ds:",
-        "    image, mask, latent = s[\"png\"], s[\"mask.png\"], s[\"latent.npy\"]",
+        f"    image, mask, latent = s[\"{fmt.image_member(manifest)}\"], s[\"mask.png\"], s[\"latent.npy\"]",
         "```",
         "",
         "Filter without touching pixels: `factory filter . --max-fg 0.5 --histogram reference --out view.json`;",

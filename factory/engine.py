@@ -46,6 +46,8 @@ class GenerateConfig:
     mask_rule: str = "luminance"
     max_fg: float = 0.5
     png_level: int = 1
+    image_codec: str = "png"  # png | webp (lossless) | jpeg (lossy)
+    jpeg_quality: int = 95
     keep_raw_mask: bool = False
     batch_size: int = DEFAULT_BATCH
     device: str | None = None
@@ -77,6 +79,14 @@ class GenerateConfig:
             raise FactoryError(f"--shift-r must be finite, got {self.shift_r}")
         if not 0 <= self.png_level <= 9:
             raise FactoryError(f"--png-level must be 0..9, got {self.png_level}")
+        if self.image_codec not in fmt.IMAGE_CODECS:
+            raise FactoryError(f"--image-codec must be one of {', '.join(fmt.IMAGE_CODECS)}, got {self.image_codec!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise FactoryError(f"--jpeg-quality must be 1..100, got {self.jpeg_quality}")
+        if self.png_level != 1 and self.image_codec != "png":
+            raise FactoryError(f"--png-level only applies to --image-codec png (got --image-codec {self.image_codec})")
+        if self.jpeg_quality != 95 and self.image_codec != "jpeg":
+            raise FactoryError(f"--jpeg-quality only applies to --image-codec jpeg (got --image-codec {self.image_codec})")
         if self.workers is not None and self.workers < 0:
             raise FactoryError(f"--workers must be >= 0, got {self.workers}")
         if self.generator_options.get("compile") and self.shard_size % self.batch_size:
@@ -88,6 +98,15 @@ class GenerateConfig:
                 f"{max(1, self.shard_size // self.batch_size) * self.batch_size}", stacklevel=2)
         if self.embeddings and self.latents != "gaussian":
             raise FactoryError("--embeddings and --latents FILE are exclusive; pass one of them")
+
+
+def image_codec_spec(cfg: GenerateConfig) -> dict:
+    """The spec's ``image_codec``: everything that determines the image bytes (masks: PNG, Z_RLE, level 9)."""
+    if cfg.image_codec == "png":  # unchanged since format 1, so existing specs keep their hash
+        return {"image": "png", "mask": "png", "png_level": cfg.png_level}
+    if cfg.image_codec == "webp":
+        return {"image": "webp", "mask": "png", "lossless": True, "method": 0, "effort": 0}
+    return {"image": "jpeg", "mask": "png", "quality": cfg.jpeg_quality, "subsampling": "4:4:4"}
 
 
 @dataclass
@@ -164,7 +183,7 @@ def make_plan(cfg: GenerateConfig) -> Plan:
         "mask_rule": cfg.mask_rule,
         "cc_ratio": CC_RATIO,
         "max_fg": float(cfg.max_fg),
-        "image_codec": {"image": "png", "mask": "png", "png_level": cfg.png_level},
+        "image_codec": image_codec_spec(cfg),
         "keep_raw_mask": bool(cfg.keep_raw_mask),
     }
     if cfg.mask_rule == "operators":  # only then, so that other specs (and their hashes) are unchanged
@@ -215,6 +234,10 @@ class Timers(dict):
         self[name] = self.get(name, 0.0) + seconds
 
 
+# Process-wide event counts (read by `factory bench`): "cc_redo_batches".
+counters = Timers()
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch
@@ -238,26 +261,55 @@ def generate_pair(gen, z, direction, shift_r: float):
     return both[: z.shape[0]], both[z.shape[0]:]
 
 
-def masks_and_stats(gen, z, img, shifted, mask_rule: str, max_fg: float, operators=None):
+def _encoder_mode() -> str:
+    """``FACTORY_ENCODER``: auto | processes | threads (see docs/performance.md)."""
+    encoder = os.environ.get("FACTORY_ENCODER", "auto")
+    if encoder not in ("auto", "processes", "threads"):
+        raise FactoryError(f"FACTORY_ENCODER={encoder!r}; use auto, processes or threads")
+    return encoder
+
+
+CC_SYNC_FREE_ITERATIONS = 8
+
+
+def cc_iterations_for(device: str) -> int | None:
+    """Labelling updates per batch without a host check (``FACTORY_CC_ITERATIONS``), or None.
+
+    ``auto`` (default): 8 on CUDA, where each convergence check would stall the GPU
+    queue while the CPU waits (natural masks converge in 3-6 updates; batches with an
+    unconverged image are redone exactly), and host checks on the CPU, where there
+    is no queue to stall and extra updates would cost time. ``0``: always check.
+    """
+    v = os.environ.get("FACTORY_CC_ITERATIONS", "auto").strip()
+    if v == "auto":
+        return CC_SYNC_FREE_ITERATIONS if str(device).startswith("cuda") else None
+    try:
+        k = int(v)
+        if k < 0:
+            raise ValueError
+    except ValueError:
+        raise FactoryError(f"FACTORY_CC_ITERATIONS={v!r}; use auto, 0 (host checks) or a positive count") from None
+    return k or None
+
+
+def masks_and_stats(gen, z, img, shifted, mask_rule: str, max_fg: float, operators=None,
+                    cc_iterations: int | None = None):
     """Masks, CC cleanup and statistics on the generator's device; image quantised to uint8 HWC.
 
     ``operators``: the spec's ``operators`` entry (or a [2,3,4] array) for ``mask_rule="operators"``.
+    ``cc_iterations``: see ``cc_iterations_for``; then ``stats["cc_converged"]`` says which rows are exact.
     """
     import torch
 
     from factory.stats import process_batch
 
+    ops = None
     if mask_rule == "operators":
-        from factory.masks import make_masks
-        from factory.stats import candidate_stats
-
         if isinstance(operators, dict):
             operators = operators["values"]
         ops = torch.as_tensor(operators, dtype=torch.float32, device=img.device)
-        raw, clean, n_raw, n_clean = make_masks(img, shifted, rule="operators", ratio=CC_RATIO, operators=ops)
-        stats = candidate_stats(img, shifted, raw, clean, n_raw, n_clean, max_fg=max_fg)
-    else:
-        raw, clean, stats = process_batch(img, shifted, rule=mask_rule, max_fg=max_fg)
+    raw, clean, stats = process_batch(img, shifted, rule=mask_rule, max_fg=max_fg, ratio=CC_RATIO,
+                                      cc_iterations=cc_iterations, operators=ops)
     if hasattr(gen, "true_mask"):
         truth = gen.true_mask(z).to(clean.device)
         for name, m in (("true_iou", clean), ("true_iou_raw", raw)):
@@ -303,18 +355,19 @@ def _to_host(tensors: dict, pinned: bool) -> dict:
 
 
 def _encode_chunk(args) -> bytes:
-    """Tar records of a chunk of samples: PNG image, meta JSON, latent .npy, PNG mask(s), sorted per sample."""
-    keys, imgs, masks, raws, latents, metas, level = args
+    """Tar records of a chunk of samples: image (the spec's codec), meta JSON, latent .npy, PNG mask(s), sorted per sample."""
+    keys, imgs, masks, raws, latents, metas, codec = args
+    ext = fmt.IMAGE_CODECS[codec["image"]]
     members = []
     for j, key in enumerate(keys):
         sample = [
-            (f"{key}.{fmt.EXT_IMAGE}", sh.encode_png(imgs[j], level)),
+            (f"{key}.{ext}", sh.encode_image(imgs[j], codec)),
             (f"{key}.{fmt.EXT_META}", fmt.canonical_json(metas[j])),
             (f"{key}.{fmt.EXT_LATENT}", sh.encode_npy(latents[j])),
-            (f"{key}.{fmt.EXT_MASK}", sh.encode_png(masks[j], 9)),
+            (f"{key}.{fmt.EXT_MASK}", sh.encode_mask_png(masks[j])),
         ]
         if raws is not None:
-            sample.append((f"{key}.{fmt.EXT_RAW_MASK}", sh.encode_png(raws[j], 9)))
+            sample.append((f"{key}.{fmt.EXT_RAW_MASK}", sh.encode_mask_png(raws[j])))
         members += sorted(sample)
     return sh.tar_records(members)
 
@@ -400,10 +453,8 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
     z_all = latent_source.rows(first, first + n)
     h = torch.as_tensor(direction, dtype=torch.float32, device=gen.device)
     keep_raw = spec["keep_raw_mask"]
-    level = spec["image_codec"]["png_level"]
-    encoder = os.environ.get("FACTORY_ENCODER", "auto")  # auto | processes | threads
-    if encoder not in ("auto", "processes", "threads"):
-        raise FactoryError(f"FACTORY_ENCODER={encoder!r}; use auto, processes or threads")
+    codec = spec["image_codec"]
+    encoder = _encoder_mode()
     if encoder == "processes" or (encoder == "auto" and device.startswith("cuda")):
         if device.startswith("cuda"):
             sys.setswitchinterval(0.0005)  # hand the GIL back to the GPU thread quickly
@@ -413,6 +464,7 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
     columns: dict[str, list] = {}
     futures = []
     cuda = gen.device.type == "cuda"
+    cc_it = cc_iterations_for(device)
     starts = list(range(0, n, batch_size))
 
     def launch(b0):
@@ -431,7 +483,7 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
         z, (img, shifted) = nxt
         t0 = time.perf_counter()
         img8, clean, raw, stats = masks_and_stats(gen, z, img, shifted, spec["mask_rule"], spec["max_fg"],
-                                                  spec.get("operators"))
+                                                  spec.get("operators"), cc_it)
         if timers is not None:
             _sync(device)
             timers.add("masks_stats", time.perf_counter() - t0)
@@ -449,6 +501,17 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
         nxt = launch(starts[i + 1]) if i + 1 < len(starts) else None
         if done_evt is not None:
             done_evt.synchronize()
+        converged = host.pop("s_cc_converged", None)
+        if converged is not None and not bool(converged.all()):
+            # Rare: an image needs more labelling updates than the sync-free pass ran. Redo the batch exactly.
+            t0 = time.perf_counter()
+            img8, clean, raw, stats = masks_and_stats(gen, z, img, shifted, spec["mask_rule"], spec["max_fg"],
+                                                      spec.get("operators"), None)
+            host = _to_host({"img": img8, "clean": clean, **({"raw": raw} if keep_raw else {}),
+                             **{f"s_{k}": v for k, v in stats.items()}}, pinned=False)
+            counters.add("cc_redo_batches", 1)
+            if timers is not None:
+                timers.add("cc_redo", time.perf_counter() - t0)
         img_np = host["img"].numpy()
         clean_np = host["clean"].numpy()
         raw_np = host["raw"].numpy() if keep_raw else None
@@ -464,7 +527,7 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
                      for r in rws]
             futures.append(pool.submit(_encode_chunk, (
                 [fmt.sample_key(r) for r in rws], img_np[c0:c1], clean_np[c0:c1],
-                None if raw_np is None else raw_np[c0:c1], z_all[b0 + c0 : b0 + c1], metas, level)))
+                None if raw_np is None else raw_np[c0:c1], z_all[b0 + c0 : b0 + c1], metas, codec)))
     rows = {k: np.concatenate(v) for k, v in columns.items()}
     rows["key"] = np.array([fmt.sample_key(first + i) for i in range(n)], dtype=object)
     rows["shard"] = np.full(n, shard, np.int32)
@@ -650,6 +713,8 @@ def _start_client(cfg: GenerateConfig, workers: int):
 def generate(cfg: GenerateConfig, log=None) -> dict:
     """Run (or resume) a generation job; returns the manifest."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    _encoder_mode()
+    cc_iterations_for("cuda")  # both knobs fail here, before any work, rather than in every shard
     plan = make_plan(cfg)
     root = cfg.out.rstrip("/")
     cfg.out = root
@@ -778,7 +843,7 @@ def build_manifest(cfg: GenerateConfig, plan: Plan, done: dict) -> dict:
         "code_version": __version__,
         "latents": {"path": fmt.LATENTS, "sha256_of_shard_hashes": latents_sha},
         "members": {
-            "image": fmt.EXT_IMAGE, "mask": fmt.EXT_MASK, "latent": fmt.EXT_LATENT, "meta": fmt.EXT_META,
+            "image": fmt.IMAGE_CODECS[plan.spec["image_codec"]["image"]], "mask": fmt.EXT_MASK, "latent": fmt.EXT_LATENT, "meta": fmt.EXT_META,
             **({"raw_mask": fmt.EXT_RAW_MASK} if plan.spec["keep_raw_mask"] else {}),
         },
         "shards": shards,

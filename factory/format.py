@@ -35,6 +35,10 @@ EXT_MASK = "mask.png"
 EXT_RAW_MASK = "rawmask.png"
 EXT_LATENT = "latent.npy"
 EXT_META = "json"
+# Image codecs of `factory generate --image-codec` -> member extension (manifest "members"."image")
+# and the PIL format name a reader must find. Masks are always PNG (lossless).
+IMAGE_CODECS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+IMAGE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 TAR_MTIME = 0  # fixed so shards are byte-reproducible
 
 HIST_BINS = 12
@@ -384,6 +388,14 @@ def open_image_checked(data: bytes, where: str):
             "(decompression bomb?)"
         )
     return im
+
+
+def image_member(manifest: dict) -> str:
+    """Extension of the image member of a dataset's samples (``png`` unless generated with another codec)."""
+    ext = (manifest.get("members") or {}).get("image", EXT_IMAGE)
+    if ext not in IMAGE_FORMATS:
+        raise FormatError(f"manifest: image member '.{ext}' is not one of {', '.join(IMAGE_FORMATS)}")
+    return ext
 
 
 def split_member(name: str) -> tuple[str, str]:

@@ -180,8 +180,17 @@ def process_batch(
     rule: MaskRule = "luminance",
     max_fg: float = 0.5,
     ratio: float = 0.2,
+    cc_iterations: int | None = None,
+    operators: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Masks, CC cleanup and statistics of a batch: ``(raw_mask, clean_mask, stats)``."""
-    raw, clean, n_raw, n_clean = make_masks(img, img_shifted, rule=rule, ratio=ratio)
-    stats = candidate_stats(img, img_shifted, raw, clean, n_raw, n_clean, max_fg=max_fg)
-    return raw, clean, stats
+    """Masks, CC cleanup and statistics of a batch: ``(raw_mask, clean_mask, stats)``.
+
+    ``cc_iterations=K`` queues everything without a host synchronisation and adds
+    ``stats["cc_converged"]`` (bool [B], not an index column): rows where it is
+    False are not exact and must be recomputed with ``cc_iterations=None``.
+    """
+    out = make_masks(img, img_shifted, rule=rule, ratio=ratio, operators=operators, cc_iterations=cc_iterations)
+    stats = candidate_stats(img, img_shifted, *out[:4], max_fg=max_fg)
+    if cc_iterations is not None:
+        stats["cc_converged"] = out[4]
+    return out[0], out[1], stats

@@ -298,6 +298,29 @@ def test_bench_cpu_json():
     for k in ("generator", "masks_stats", "transfer", "write"):
         assert k in obj["stage_seconds"]
     assert obj["batch_size"] == 16 and obj["device"] == "cpu"
+    assert obj["trace"] is None and obj["cc_iterations"] == "host-checked" and obj["cc_redo_batches"] == 0
+
+
+def test_bench_trace(tmp_path):
+    import gzip
+
+    res = run(["bench", "--generator", "shapes", "--resolution", "64", "--n", "32", "--batch-size", "16",
+               "--trace", str(tmp_path / "tr"), "--json"])
+    t = json.loads(res.output)["trace"]
+    trace = json.loads(gzip.open(tmp_path / "tr" / "trace.json.gz").read())
+    assert any(e.get("name") == "aten::gather" for e in trace["traceEvents"])  # the labelling ran under it
+    assert t["kernels"] == 0 and t["gpu_busy_share"] is None and t["span_s"] > 0  # CPU: no kernels
+    assert "Self CPU" in (tmp_path / "tr" / "ops.txt").read_text()
+
+
+def test_busy_share_is_the_union_of_kernel_intervals():
+    from factory.bench import busy_share
+
+    ev = [{"ph": "X", "cat": "cpu_op", "ts": 0, "dur": 100},
+          {"ph": "X", "cat": "kernel", "ts": 10, "dur": 20}, {"ph": "X", "cat": "kernel", "ts": 20, "dur": 20},
+          {"ph": "X", "cat": "kernel", "ts": 60, "dur": 10}, {"ph": "i", "cat": "kernel", "ts": 90}]
+    got = busy_share({"traceEvents": ev})
+    assert got == {"span_s": 1e-4, "kernel_busy_s": 4e-5, "gpu_busy_share": 0.4, "kernels": 3}
 
 
 def test_encoder_process_pool_gives_the_same_records():
@@ -307,7 +330,7 @@ def test_encoder_process_pool_gives_the_same_records():
     rng = np.random.default_rng(0)
     args = ([fmt.sample_key(i) for i in range(3)], rng.integers(0, 255, (3, 16, 16, 3), dtype=np.uint8),
             rng.random((3, 16, 16)) > 0.5, None, rng.standard_normal((3, 120)).astype(np.float32),
-            [{"key": fmt.sample_key(i), "row": i} for i in range(3)], 1)
+            [{"key": fmt.sample_key(i), "row": i} for i in range(3)], {"image": "png", "png_level": 1})
     direct = engine._encode_chunk(args)
     assert engine._encode_pool(2, processes=True).submit(engine._encode_chunk, args).result() == direct
     assert engine._encode_pool(2, processes=False).submit(engine._encode_chunk, args).result() == direct
@@ -329,3 +352,25 @@ def test_process_encoder_inside_dask_workers(tmp_path, monkeypatch):
     monkeypatch.setenv("FACTORY_ENCODER", "processes")
     run(GEN + args + ["--workers", "2", "--out", str(b)])
     assert shard_hashes(a) == shard_hashes(b) and len(shard_hashes(a)) == 4
+
+
+def test_sync_free_labelling_gives_the_same_dataset(tmp_path, monkeypatch):
+    """GPU workers label without host checks (FACTORY_CC_ITERATIONS) and redo unconverged batches
+    exactly: the shards and the index are the same bytes/values as with host-checked labelling."""
+    from factory import engine
+
+    args = ["--n", "96", "--shard-size", "48", "--batch-size", "16", "--seed", "3", "--resolution", "64",
+            "--workers", "0"]
+    run(GEN + args + ["--out", str(tmp_path / "a")])
+    redone = {}
+    for k in ("1", "16"):
+        monkeypatch.setenv("FACTORY_CC_ITERATIONS", k)
+        before = engine.counters.get("cc_redo_batches", 0)
+        run(GEN + args + ["--out", str(tmp_path / k)])
+        redone[k] = engine.counters.get("cc_redo_batches", 0) - before
+        assert shard_hashes(tmp_path / k) == shard_hashes(tmp_path / "a")
+        assert pq.read_table(tmp_path / k / "index").equals(pq.read_table(tmp_path / "a" / "index"))
+    assert redone["1"] > 0 and redone["16"] == 0  # one update is too few for some masks; 16 is plenty
+    monkeypatch.setenv("FACTORY_CC_ITERATIONS", "many")
+    res = CliRunner().invoke(main, GEN + args + ["--out", str(tmp_path / "bad")])
+    assert res.exit_code != 0 and "FACTORY_CC_ITERATIONS" in res.output

@@ -383,3 +383,46 @@ def test_bad_inputs_name_the_fix():
         connected_components(torch.zeros(8, 8, dtype=torch.bool))
     with pytest.raises(ValueError, match="ratio"):
         cc_cleanup(torch.zeros(1, 8, 8, dtype=torch.bool), ratio=2.0)
+
+
+# ---------------------------------------------------------------- sync-free labelling (GPU pipeline)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cc_fixed_iterations_exact_where_converged(device):
+    """``iterations=K`` never synchronises; every image it reports converged is exact, and a
+    budget at least the host-checked iteration count converges everything."""
+    n = 64
+    rng = np.random.default_rng(5)
+    cases = [_spiral(n), _serpentine(n), _diagonal_staircase(n), _checker_blocks(n), np.zeros((n, n), bool)]
+    cases += list(rng.random((3, n, n)) < 0.55)
+    mask = torch.from_numpy(np.ascontiguousarray(np.stack(cases))).to(device)
+    exact = cc_cleanup(mask)
+    _, _, _, needed = cc_cleanup(mask, return_iterations=True)
+    seen_unconverged = False
+    for k in (1, 2, 4, 8, needed):
+        clean, n_raw, n_clean, converged = cc_cleanup(mask, iterations=k)
+        assert converged.dtype == torch.bool and converged.shape == (len(cases),)
+        for got, want in zip((clean, n_raw, n_clean), exact):
+            np.testing.assert_array_equal(got[converged].cpu().numpy(), want[converged].cpu().numpy())
+        seen_unconverged |= not bool(converged.all())
+    assert bool(converged.all())  # k = needed
+    assert seen_unconverged  # the spiral needs far more than one update
+    assert not bool(cc_cleanup(mask[:1], iterations=2)[3][0])
+    assert bool(cc_cleanup(mask[-1:] & False, iterations=1)[3][0])  # empty masks converge at once
+
+
+def test_process_batch_sync_free_matches():
+    gen = torch.Generator().manual_seed(4)
+    img = torch.rand(6, 3, 48, 48, generator=gen) * 2 - 1
+    x = torch.nn.functional.avg_pool2d(torch.randn(6, 3, 48, 48, generator=gen), 7, 1, 3)
+    sh = (img + 4 * x).clamp(-1, 1)
+    raw, clean, st = process_batch(img, sh)
+    raw2, clean2, st2 = process_batch(img, sh, cc_iterations=8)
+    conv = st2.pop("cc_converged")
+    assert bool(conv.all())
+    assert torch.equal(raw, raw2) and torch.equal(clean, clean2) and st.keys() == st2.keys()
+    for k in st:
+        assert torch.equal(st[k], st2[k]), k
+    with pytest.raises(ValueError, match="positive int"):
+        cc_cleanup(raw, iterations=0)

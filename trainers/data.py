@@ -103,6 +103,7 @@ class SampleIndex:
     holdout_permille: int
     mask_member: str
     resolution: int | None
+    image_member: str = fmt.EXT_IMAGE
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -165,6 +166,7 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
         holdout_permille=holdout_permille,
         mask_member=fmt.EXT_MASK if mask == "clean" else fmt.EXT_RAW_MASK,
         resolution=manifest.get("resolution"),
+        image_member=fmt.image_member(manifest),
     )
 
 
@@ -326,18 +328,19 @@ def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...]) -> dic
     return out
 
 
-def _decode_png(data: bytes, mode: str, where: str) -> np.ndarray:
+def _decode_image(data: bytes, mode: str, where: str, expect: str = "PNG") -> np.ndarray:
+    """Pixels of an encoded member whose container must be ``expect`` (a PIL format name)."""
     try:
         with fmt.open_image_checked(data, where) as im:
-            if im.format != "PNG":
-                raise DataError(f"{where} is {im.format}, expected PNG")
+            if im.format != expect:
+                raise DataError(f"{where} is {im.format}, expected {expect}")
             return np.asarray(im.convert(mode))
     except DataError:
         raise
     except fmt.FormatError as e:
         raise DataError(str(e)) from None
     except Exception as e:  # PIL raises many types for corrupt files
-        raise DataError(f"{where}: cannot decode PNG: {e}") from None
+        raise DataError(f"{where}: cannot decode {expect}: {e}") from None
 
 
 def flip_bit(seed: int, epoch: int, row: int) -> bool:
@@ -345,10 +348,14 @@ def flip_bit(seed: int, epoch: int, row: int) -> bool:
     return bool(hashlib.blake2b(f"{seed}:{epoch}:{row}".encode(), digest_size=1).digest()[0] & 1)
 
 
-def decode_sample(members: dict[str, bytes], mask_member: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(image float32 [3,H,W] in [-1,1], mask float32 [1,H,W] in {0,1}) from encoded members."""
-    img = _decode_png(members[fmt.EXT_IMAGE], "RGB", f"{where}.{fmt.EXT_IMAGE}")
-    mask = _decode_png(members[mask_member], "L", f"{where}.{mask_member}")
+def decode_sample(members: dict[str, bytes], mask_member: str, where: str,
+                  image_member: str = fmt.EXT_IMAGE) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32 [3,H,W] in [-1,1], mask float32 [1,H,W] in {0,1}) from encoded members.
+
+    ``image_member``: the manifest's image extension (png, webp or jpg; ``fmt.image_member``).
+    """
+    img = _decode_image(members[image_member], "RGB", f"{where}.{image_member}", fmt.IMAGE_FORMATS[image_member])
+    mask = _decode_image(members[mask_member], "L", f"{where}.{mask_member}")
     if img.shape[:2] != mask.shape:
         raise DataError(f"{where}: image {img.shape[:2]} and mask {mask.shape} differ in size")
     image = img.transpose(2, 0, 1).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
@@ -361,7 +368,7 @@ class ShardReader:
 
     def __init__(self, index: SampleIndex, rows_needed: np.ndarray):
         self.index = index
-        self.exts = (fmt.EXT_IMAGE, index.mask_member)
+        self.exts = (index.image_member, index.mask_member)
         pos = np.searchsorted(index.rows, rows_needed)
         self._shard_of = dict(zip(rows_needed.tolist(), index.shards[pos].tolist()))
         self._by_shard: dict[int, set[int]] = {}
@@ -387,7 +394,7 @@ def make_batch(index: SampleIndex, reader: ShardReader, rows: np.ndarray, *, see
     for r in rows.tolist():
         s = reader._shard_of[r]
         where = f"shard {index.shard_info[s].url}: key {fmt.sample_key(r)}"
-        image, mask = decode_sample(reader.take(r), index.mask_member, where)
+        image, mask = decode_sample(reader.take(r), index.mask_member, where, index.image_member)
         if flip and flip_bit(seed, epoch, r):
             image, mask = image[:, :, ::-1], mask[:, :, ::-1]
         images.append(image)

@@ -3,7 +3,7 @@
 # wheels beside it (benchmarks/gpu/wheels/, made by fetch_wheels.sh), then runs the
 # end-to-end benchmark, the parity check and a real `factory generate` on the GPU, and
 # writes everything under $OUT (default gpu-results/), then times `factory directions score`
-# for 120 candidates. About 6 minutes on one H100.
+# for 120 candidates. About 7 minutes on one H100.
 #
 #   bash benchmarks/gpu/run.sh
 #   GENERATOR_BENCH=1 bash benchmarks/gpu/run.sh   # also generator-only rates per precision (+3 min)
@@ -19,17 +19,32 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
 else
   export PYTHONPATH="$PWD"
 fi
-N="${N:-30000}"
-FAST="--dtype bf16 --channels-last --compile"
+N="${N:-15360}"
+FAST="${FAST:---dtype bf16 --channels-last --compile}"
 step() { echo "== $*"; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "cpus $(nproc)"; python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$OUT/machine.txt"
 
-for B in 512 256; do
-  step "end to end, batch $B: BigBiGAN-128 random weights, $FAST -> masks, stats, PNG, shards, index, latents"
-  timeout 150 python3 -m factory.cli bench --generator bigbigan --random-weights --n "$N" --batch-size "$B" \
-    --shard-size 1024 $FAST --json > "$OUT/e2e_b$B.json" 2> "$OUT/e2e_b$B.err"
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('candidates_per_s','generator_images_per_s','batch_size','peak_memory_bytes','staged_run','stage_share')})" "$OUT/e2e_b$B.json" || tail -5 "$OUT/e2e_b$B.err"
+# End to end at batch 512, three variants: sync-free labelling (default on CUDA: 8 updates, no host
+# check, unconverged batches redone) with PNG images, profiled on one shard (trace.json.gz for
+# Perfetto, ops.txt, GPU busy share); the same with lossless WebP images (1.8x cheaper to encode
+# on photos, benchmarks/encode_bench.py); and host-checked labelling (FACTORY_CC_ITERATIONS=0).
+B="${B:-512}"
+for V in "auto png trace" "auto webp -" "0 png -"; do
+  set -- $V; CC=$1; CODEC=$2; TAG="b${B}_cc${CC}_$CODEC"
+  step "end to end, batch $B, FACTORY_CC_ITERATIONS=$CC, images $CODEC: BigBiGAN-128 random weights, $FAST -> masks, stats, encoding, shards, index, latents"
+  TRACE=""; [ "$3" = trace ] && TRACE="--trace $OUT/trace_$TAG"
+  FACTORY_CC_ITERATIONS=$CC timeout 150 python3 -m factory.cli bench --generator bigbigan --random-weights --n "$N" \
+    --batch-size "$B" --shard-size 1024 --image-codec "$CODEC" $FAST $TRACE --json > "$OUT/e2e_$TAG.json" 2> "$OUT/e2e_$TAG.err"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('candidates_per_s','generator_images_per_s','batch_size','peak_memory_bytes','cc_iterations','cc_redo_batches','staged_run','stage_share','trace')})" "$OUT/e2e_$TAG.json" || tail -5 "$OUT/e2e_$TAG.err"
 done
+
+step "encoding cost per candidate on this host's CPU (one core), per image codec"
+timeout 90 python3 benchmarks/encode_bench.py --n 64 --reps 3 --json "$OUT/encode.json" 2>&1 | tail -10
+
+step "masks + statistics alone, batch 1024 images: host-checked vs sync-free labelling"
+for K in "" "--cc-iterations 8"; do
+  timeout 60 python3 benchmarks/masks_bench.py --device cuda --batch 1024 $K 2>&1 | tail -5
+done | tee "$OUT/masks_bench.txt"
 
 step "parity of the fast path with fp32 (random weights, 1024 candidates)"
 timeout 120 python3 benchmarks/gpu_parity.py --n 1024 --paths "bf16,bf16+cl+compile" --json "$OUT/parity_random.json" 2>&1 | tail -4
