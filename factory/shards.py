@@ -122,7 +122,7 @@ Z_RLE = 3  # zlib strategy: run-length matches only
 def encode_mask_png(mask: np.ndarray) -> bytes:
     """8-bit gray PNG (0/255) of a bool mask: zlib level 9 with the run-length strategy.
 
-    Plain level 9 spends ~12 ms on a 128x128 mask with ragged edges (the lazy match
+    Plain level 9 spends ~8 ms on a 128x128 mask with ragged edges (the lazy match
     search degenerates on long runs of equal bytes); Z_RLE takes ~0.5 ms for files
     of about the same size (benchmarks/encode_bench.py).
     """
