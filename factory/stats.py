@@ -69,10 +69,15 @@ def histogram_batched(x: torch.Tensor, bins: int = HIST_BINS, lo: float = -1.0, 
     """
     B = x.shape[0]
     x = x.reshape(B, -1).float()
-    pos = ((x - lo) * bins / (hi - lo)).to(torch.int64)  # trunc toward zero, like the C cast
+    cpu = x.device.type == "cpu"
+    pos = ((x - lo) * bins / (hi - lo)).to(torch.int32 if cpu else torch.int64)  # trunc toward zero, like the C cast
     pos = pos.clamp_(max=bins - 1)
     inside = (x >= lo) & (x <= hi)  # False for NaN
     pos = torch.where(inside, pos, bins)  # bin `bins` collects what histc ignores
+    if cpu:  # one bincount over per-image offsets: half the time of the scatter below on a CPU
+        pos += (torch.arange(B, dtype=torch.int32) * (bins + 1)).view(B, 1)
+        counts = torch.bincount(pos.view(-1), minlength=B * (bins + 1)).view(B, bins + 1)
+        return counts[:, :bins].to(torch.float32)
     # Spread each bin over _LANES counters (pixel index mod _LANES) so that the
     # scatter's atomic adds do not all hit the same 13 addresses of an image.
     lane = torch.arange(x.shape[1], device=x.device, dtype=torch.int64) % _LANES

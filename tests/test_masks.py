@@ -51,11 +51,12 @@ def test_golden_luminance_mask_and_cc(golden, device):
     assert sure.sum() >= want.size - 20
     np.testing.assert_array_equal(got[sure], want[sure])
     # CC cleanup of the authors' mask reproduces their mask_cc exactly ...
-    clean, n_raw, n_clean = cc_cleanup(torch.from_numpy(want).to(device))
-    np.testing.assert_array_equal(clean.cpu().numpy(), _load(golden, "mask_cc.npy").astype(bool))
-    for b in range(want.shape[0]):
-        assert int(n_raw[b]) == ndimage.label(want[b], S8)[1]
-    assert (n_clean <= n_raw).all() and (n_clean >= 1).all()
+    for backend in _backends(device):
+        clean, n_raw, n_clean = cc_cleanup(torch.from_numpy(want).to(device), backend=backend)
+        np.testing.assert_array_equal(clean.cpu().numpy(), _load(golden, "mask_cc.npy").astype(bool))
+        for b in range(want.shape[0]):
+            assert int(n_raw[b]) == ndimage.label(want[b], S8)[1]
+        assert (n_clean <= n_raw).all() and (n_clean >= 1).all()
     # ... and so does the whole pipeline from the stored images.
     raw, clean2, _, _ = make_masks(img, sh, rule="luminance")
     np.testing.assert_array_equal(clean2.cpu().numpy(), _load(golden, "mask_cc.npy").astype(bool))
@@ -111,8 +112,9 @@ def test_golden_filter_cases(golden, device):
     _, _, n_max = histogram_reference(torch.from_numpy(cases["hist_images"]).to(device))
     np.testing.assert_array_equal((n_max >= 2).cpu().numpy(), cases["maxes_pass"])
     masks = torch.from_numpy(cases["cc_masks"]).to(device)
-    clean, n_raw, n_clean = cc_cleanup(masks)
-    np.testing.assert_array_equal(clean.cpu().numpy(), cases["cc_out"].astype(bool))
+    for backend in _backends(device):
+        clean, n_raw, n_clean = cc_cleanup(masks, backend=backend)
+        np.testing.assert_array_equal(clean.cpu().numpy(), cases["cc_out"].astype(bool))
     dummy = torch.zeros(masks.shape[0], 3, *masks.shape[1:], device=device)
     st = candidate_stats(dummy, dummy, masks.bool(), clean, n_raw, n_clean)
     np.testing.assert_array_equal(st["fg_ratio"].cpu().numpy(), cases["cc_area_frac"])
@@ -223,14 +225,21 @@ def _check_labels(mask: np.ndarray, device="cpu"):
     return it
 
 
+def _backends(device):
+    """Both CPU implementations of the cleanup (tensor algorithm, scipy); the tensor one elsewhere."""
+    return ("torch", "scipy") if device == "cpu" else ("torch",)
+
+
 def _check_cleanup(mask: np.ndarray, device="cpu", ratio=0.2):
-    clean, n_raw, n_clean = cc_cleanup(torch.from_numpy(mask).to(device), ratio)
-    for b in range(mask.shape[0]):
-        ref, n = ndimage.label(mask[b], structure=S8)
-        areas = np.bincount(ref.ravel(), minlength=n + 1)[1:]
-        keep = [i + 1 for i, a in enumerate(areas) if a > ratio * areas.max()] if n else []
-        np.testing.assert_array_equal(clean[b].cpu().numpy(), np.isin(ref, keep))
-        assert int(n_raw[b]) == n and int(n_clean[b]) == len(keep)
+    for backend in _backends(device):
+        clean, n_raw, n_clean = cc_cleanup(torch.from_numpy(mask).to(device), ratio, backend=backend)
+        assert clean.device.type == device and n_raw.dtype == n_clean.dtype == torch.int32
+        for b in range(mask.shape[0]):
+            ref, n = ndimage.label(mask[b], structure=S8)
+            areas = np.bincount(ref.ravel(), minlength=n + 1)[1:]
+            keep = [i + 1 for i, a in enumerate(areas) if a > ratio * areas.max()] if n else []
+            np.testing.assert_array_equal(clean[b].cpu().numpy(), np.isin(ref, keep))
+            assert int(n_raw[b]) == n and int(n_clean[b]) == len(keep)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -344,8 +353,9 @@ def test_cc_edge_shapes():
             _check_cleanup(mask)
     empty = torch.zeros(0, 8, 8, dtype=torch.bool)
     assert connected_components(empty).shape == (0, 8, 8)
-    clean, n_raw, n_clean = cc_cleanup(empty)
-    assert clean.shape == (0, 8, 8) and n_raw.shape == (0,) and n_clean.shape == (0,)
+    for backend in ("torch", "scipy"):
+        clean, n_raw, n_clean = cc_cleanup(empty, backend=backend)
+        assert clean.shape == (0, 8, 8) and n_raw.shape == (0,) and n_clean.shape == (0,)
     # uint8 / int masks are accepted
     m = torch.tensor([[[1, 0, 1], [0, 0, 0], [1, 1, 0]]], dtype=torch.uint8)
     assert connected_components(m).tolist() == [[[1, 0, 2], [0, 0, 0], [3, 3, 0]]]
@@ -426,3 +436,7 @@ def test_process_batch_sync_free_matches():
         assert torch.equal(st[k], st2[k]), k
     with pytest.raises(ValueError, match="positive int"):
         cc_cleanup(raw, iterations=0)
+    with pytest.raises(ValueError, match="backend"):
+        cc_cleanup(raw, backend="opencv")
+    with pytest.raises(ValueError, match="scipy"):
+        cc_cleanup(raw, backend="scipy", iterations=8)
