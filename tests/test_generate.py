@@ -374,3 +374,19 @@ def test_sync_free_labelling_gives_the_same_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("FACTORY_CC_ITERATIONS", "many")
     res = CliRunner().invoke(main, GEN + args + ["--out", str(tmp_path / "bad")])
     assert res.exit_code != 0 and "FACTORY_CC_ITERATIONS" in res.output
+
+
+def test_encoder_processes_share_the_host(monkeypatch):
+    from factory import engine
+    from factory.errors import FactoryError
+
+    monkeypatch.delenv("FACTORY_ENCODER_PROCESSES", raising=False)
+    assert engine.encoder_processes(16, 1) == 14
+    assert engine.encoder_processes(96, 8) == 10
+    assert engine.encoder_processes(8, 8) == 2  # never fewer than two
+    assert engine.encoder_processes(4, 0) == 2
+    monkeypatch.setenv("FACTORY_ENCODER_PROCESSES", "5")
+    assert engine.encoder_processes(96, 8) == 5
+    monkeypatch.setenv("FACTORY_ENCODER_PROCESSES", "-1")
+    with pytest.raises(FactoryError, match="FACTORY_ENCODER_PROCESSES"):
+        engine.encoder_processes(16, 1)
