@@ -283,13 +283,18 @@ def cc_iterations_for(device: str) -> int | None:
     v = os.environ.get("FACTORY_CC_ITERATIONS", "auto").strip()
     if v == "auto":
         return CC_SYNC_FREE_ITERATIONS if str(device).startswith("cuda") else None
+    return _env_count("FACTORY_CC_ITERATIONS", v, 0, "use auto, 0 (host checks) or a positive count") or None
+
+
+def _env_count(name: str, value: str, minimum: int, hint: str) -> int:
+    """An integer environment knob >= minimum, or a FactoryError naming it."""
     try:
-        k = int(v)
-        if k < 0:
-            raise ValueError
+        k = int(value)
     except ValueError:
-        raise FactoryError(f"FACTORY_CC_ITERATIONS={v!r}; use auto, 0 (host checks) or a positive count") from None
-    return k or None
+        k = minimum - 1
+    if k < minimum:
+        raise FactoryError(f"{name}={value!r}; {hint}")
+    return k
 
 
 def masks_and_stats(gen, z, img, shifted, mask_rule: str, max_fg: float, operators=None,
@@ -381,13 +386,7 @@ def encoder_processes(cpus: int, gpus: int) -> int:
     """
     v = os.environ.get("FACTORY_ENCODER_PROCESSES")
     if v:
-        try:
-            k = int(v)
-            if k < 1:
-                raise ValueError
-        except ValueError:
-            raise FactoryError(f"FACTORY_ENCODER_PROCESSES={v!r}; use a positive count") from None
-        return k
+        return _env_count("FACTORY_ENCODER_PROCESSES", v, 1, "use a positive count")
     gpus = max(1, gpus)
     return max(2, (cpus - 2 * gpus) // gpus)
 
