@@ -8,6 +8,10 @@
 #   bash benchmarks/gpu/run.sh
 #   GENERATOR_BENCH=1 bash benchmarks/gpu/run.sh   # also generator-only rates per precision (+3 min)
 #   FACTORY_SHARED=/path/to/shared bash benchmarks/gpu/run.sh   # also parity on the golden model
+#   PARTS=e2e,encode,masks bash benchmarks/gpu/run.sh            # a subset (all: e2e,encode,masks,parity,generate,directions)
+#
+# All parts take ~9 minutes; where one command may run at most 10 minutes, run it in two
+# calls: PARTS=e2e,encode,masks then PARTS=parity,generate,directions (same $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-gpu-results}"; mkdir -p "$OUT"
@@ -22,6 +26,8 @@ fi
 N="${N:-15360}"
 FAST="${FAST:---dtype bf16 --channels-last --compile}"
 step() { echo "== $*"; }
+PARTS="${PARTS:-e2e,encode,masks,parity,generate,directions}"
+want() { case ",$PARTS," in *",$1,"*) return 0;; esac; return 1; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "cpus $(nproc)"; python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$OUT/machine.txt"
 
 # End to end at batch 512, three variants: sync-free labelling (default on CUDA: 8 updates, no host
@@ -29,7 +35,7 @@ step() { echo "== $*"; }
 # Perfetto, ops.txt, GPU busy share); the same with lossless WebP images (1.8x cheaper to encode
 # on photos, benchmarks/encode_bench.py); and host-checked labelling (FACTORY_CC_ITERATIONS=0).
 B="${B:-512}"
-for V in "auto png trace" "auto webp -" "0 png -"; do
+want e2e && for V in "auto png trace" "auto webp -" "0 png -"; do
   set -- $V; CC=$1; CODEC=$2; TAG="b${B}_cc${CC}_$CODEC"
   step "end to end, batch $B, FACTORY_CC_ITERATIONS=$CC, images $CODEC: BigBiGAN-128 random weights, $FAST -> masks, stats, encoding, shards, index, latents"
   TRACE=""; [ "$3" = trace ] && TRACE="--trace $OUT/trace_$TAG"
@@ -38,31 +44,38 @@ for V in "auto png trace" "auto webp -" "0 png -"; do
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('candidates_per_s','generator_images_per_s','batch_size','peak_memory_bytes','cc_iterations','cc_redo_batches','staged_run','stage_share','trace')})" "$OUT/e2e_$TAG.json" || tail -5 "$OUT/e2e_$TAG.err"
 done
 
-step "encoding cost per candidate on this host's CPU (one core), per image codec"
+want encode && step "encoding cost per candidate on this host's CPU (one core), per image codec" && \
 timeout 90 python3 benchmarks/encode_bench.py --n 64 --reps 3 --json "$OUT/encode.json" 2>&1 | tail -10
 
-step "masks + statistics alone, batch 1024 images: host-checked vs sync-free labelling"
+want masks && step "masks + statistics alone, batch 1024 images: host-checked vs sync-free labelling" && \
 for K in "" "--cc-iterations 8"; do
   timeout 60 python3 benchmarks/masks_bench.py --device cuda --batch 1024 $K 2>&1 | tail -5
 done | tee "$OUT/masks_bench.txt"
 
-step "parity of the fast path with fp32 (random weights, 1024 candidates)"
-timeout 120 python3 benchmarks/gpu_parity.py --n 1024 --paths "bf16,bf16+cl+compile" --json "$OUT/parity_random.json" 2>&1 | tail -4
-if [ -n "${FACTORY_SHARED:-}" ]; then
-  step "parity on the golden model"
-  timeout 60 python3 benchmarks/gpu_parity.py --golden "$FACTORY_SHARED/reference/bigbigan/golden_small" \
-    --paths "tf32,bf16,bf16+cl" --json "$OUT/parity_golden.json" 2>&1 | tail -5
+if want parity; then
+  step "parity of the fast path with fp32 (random weights, 1024 candidates)"
+  timeout 120 python3 benchmarks/gpu_parity.py --n 1024 --paths "bf16,bf16+cl+compile" --json "$OUT/parity_random.json" 2>&1 | tail -4
+  if [ -n "${FACTORY_SHARED:-}" ]; then
+    step "parity on the golden model"
+    timeout 60 python3 benchmarks/gpu_parity.py --golden "$FACTORY_SHARED/reference/bigbigan/golden_small" \
+      --paths "tf32,bf16,bf16+cl" --json "$OUT/parity_golden.json" 2>&1 | tail -5
+  fi
 fi
 
-step "factory generate on a dask LocalCluster (one worker per GPU), 10,000 candidates"
-python3 -c "import numpy as np; v=np.random.default_rng(0).standard_normal(120).astype('float32'); np.save('/tmp/h.npy', v/np.linalg.norm(v))"
-rm -rf /tmp/gpu-ds
-( time timeout 150 python3 -m factory.cli generate --generator bigbigan --random-weights $FAST --direction /tmp/h.npy \
-    --n 10240 --shard-size 1024 --batch-size 512 --out /tmp/gpu-ds --quiet ) > "$OUT/generate.txt" 2>&1
-tail -5 "$OUT/generate.txt"
-step "directions score: 120 candidates, paper settings (steps 200, batch 4), shapes world at 128 px (issue 6)"
-timeout 240 python3 benchmarks/directions_bench.py time --k 120 --resolution 128 --device cuda > "$OUT/directions_time.json" 2> "$OUT/directions_time.err"
-tail -c 600 "$OUT/directions_time.json" || tail -3 "$OUT/directions_time.err"
+if want generate; then
+  step "factory generate on a dask LocalCluster (one worker per GPU), 10,000 candidates"
+  python3 -c "import numpy as np; v=np.random.default_rng(0).standard_normal(120).astype('float32'); np.save('/tmp/h.npy', v/np.linalg.norm(v))"
+  rm -rf /tmp/gpu-ds
+  ( time timeout 150 python3 -m factory.cli generate --generator bigbigan --random-weights $FAST --direction /tmp/h.npy \
+      --n 10240 --shard-size 1024 --batch-size 512 --out /tmp/gpu-ds --quiet ) > "$OUT/generate.txt" 2>&1
+  tail -5 "$OUT/generate.txt"
+fi
+
+if want directions; then
+  step "directions score: 120 candidates, paper settings (steps 200, batch 4), shapes world at 128 px (issue 6)"
+  timeout 240 python3 benchmarks/directions_bench.py time --k 120 --resolution 128 --device cuda > "$OUT/directions_time.json" 2> "$OUT/directions_time.err"
+  tail -c 600 "$OUT/directions_time.json" || tail -3 "$OUT/directions_time.err"
+fi
 if [ -n "${GENERATOR_BENCH:-}" ]; then
   step "generator images/s per precision"
   timeout 300 python3 benchmarks/gpu_generator.py --json "$OUT/generator.json" 2>&1 | tail -14
