@@ -8,10 +8,10 @@
 #   bash benchmarks/gpu/run.sh
 #   GENERATOR_BENCH=1 bash benchmarks/gpu/run.sh   # also generator-only rates per precision (+3 min)
 #   FACTORY_SHARED=/path/to/shared bash benchmarks/gpu/run.sh   # also parity on the golden model
-#   PARTS=e2e,encode,masks bash benchmarks/gpu/run.sh            # a subset (all: e2e,encode,masks,parity,generate,directions)
+#   PARTS=e2e,encode,masks bash benchmarks/gpu/run.sh            # a subset (all: tests,e2e,encode,masks,parity,generate,directions)
 #
-# All parts take ~9 minutes; where one command may run at most 10 minutes, run it in two
-# calls: PARTS=e2e,encode,masks then PARTS=parity,generate,directions (same $OUT).
+# All parts take ~10 minutes; where one command may run at most 10 minutes, run it in two
+# calls: PARTS=tests,e2e,encode,masks then PARTS=parity,generate,directions (same $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-gpu-results}"; mkdir -p "$OUT"
@@ -26,9 +26,15 @@ fi
 N="${N:-15360}"
 FAST="${FAST:---dtype bf16 --channels-last --compile}"
 step() { echo "== $*"; }
-PARTS="${PARTS:-e2e,encode,masks,parity,generate,directions}"
+PARTS="${PARTS:-tests,e2e,encode,masks,parity,generate,directions}"
 want() { case ",$PARTS," in *",$1,"*) return 0;; esac; return 1; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "cpus $(nproc)"; python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$OUT/machine.txt"
+
+if want tests; then
+  step "GPU tests (pytest -m gpu): CUDA masks/statistics, BigBiGAN on CUDA, a CUDA worker's shards per labelling mode"
+  timeout 180 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_masks.py tests/test_bigbigan.py \
+    tests/test_generate.py 2>&1 | tee "$OUT/gpu_tests.txt" | tail -6
+fi
 
 # End to end at batch 512, three variants: sync-free labelling (default on CUDA: 8 updates, no host
 # check, unconverged batches redone) with PNG images, profiled on one shard (trace.json.gz for
