@@ -40,6 +40,10 @@ VARIANTS: dict[str, dict] = {
     "bf16-fused+cl": {"autocast": "bf16", "channels_last": True},
     "bf16+cl+compile (unfused)": {"autocast": "bf16", "channels_last": True, "compile": True, "fused": False},
     "bf16-fused+cl+compile": {"autocast": "bf16", "channels_last": True, "compile": True},
+    # torch.compile modes beyond the default: autotuned kernels (minutes to compile), CUDA graphs
+    "bf16-fused+cl+compile max-autotune": {"autocast": "bf16", "channels_last": True,
+                                           "compile": "max-autotune-no-cudagraphs"},
+    "bf16-fused+cl+compile reduce-overhead": {"autocast": "bf16", "channels_last": True, "compile": "reduce-overhead"},
 }
 
 
