@@ -123,3 +123,17 @@ def test_encodings_are_deterministic_and_masks_lossless():
     assert im.format == "PNG" and im.mode == "L"
     np.testing.assert_array_equal(np.asarray(im), mask.astype(np.uint8) * 255)
     assert len(data) < 2 * len(sh.encode_png(mask, 9))  # run-length deflate stays compact
+
+
+def test_materialized_view_keeps_the_codec(datasets, tmp_path):
+    from trainers.data import iter_batches, open_index
+
+    out = tmp_path / "mat"
+    run(["filter", str(datasets["webp"]), "--max-fg", "0.5", "--materialize", "--out", str(out)])
+    man = json.loads((out / "manifest.json").read_text())
+    assert fmt.image_member(man) == "webp" and man["samples"] > 0
+    assert all(set(p) >= {"webp", "mask.png"} for p in _samples(out).values())
+    res = CliRunner().invoke(main, ["verify", str(out)])
+    assert res.exit_code == 0, res.output
+    batch = next(iter_batches(open_index(str(out), split="all"), batch_size=man["samples"]))
+    assert batch["image"].shape[0] == man["samples"]
