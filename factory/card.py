@@ -69,6 +69,7 @@ def render(manifest: dict, stats: dict, preview: str | None = None, title: str |
         f"| shift r | {spec.get('shift_r')} |",
         f"| mask rule | {spec.get('mask_rule')} (CC cleanup ratio {spec.get('cc_ratio')}) |",
         f"| latents | {json.dumps(spec.get('latents'))} |",
+        f"| images | {json.dumps(spec.get('image_codec'))} |",
         f"| recipe | {manifest.get('recipe') or '-'} |",
         f"| format version | {manifest['format_version']} |",
         f"| code version | {manifest.get('code_version')} |",

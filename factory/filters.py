@@ -957,6 +957,7 @@ def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) ->
             "shift_r": spec.get("shift_r"),
             "mask_rule": spec.get("mask_rule"),
             "max_fg": spec.get("max_fg"),
+            "image_codec": spec.get("image_codec"),
             "code_version": m.get("code_version"),
             "format_version": m.get("format_version"),
         },
@@ -1012,6 +1013,9 @@ def format_info(d: dict) -> str:
     lines.append(f"  generator    {p['generator']}  weights sha256 {p.get('weights_sha256') or '-'}")
     lines.append(f"  direction    {json.dumps(p.get('direction'))}   shift r {p.get('shift_r')}   mask rule {p.get('mask_rule')}")
     lines.append(f"  latents      {json.dumps(p.get('latent_source'))}")
+    codec = p.get("image_codec") or {}
+    if codec:
+        lines.append(f"  images       {json.dumps(codec)}")
     lines.append(f"  seed         {p.get('seed')}   recipe {p.get('recipe') or '-'}   code {p.get('code_version')}")
     if d.get("materialized_from"):
         mf = d["materialized_from"]
