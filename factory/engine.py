@@ -486,6 +486,10 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
     cc_it = cc_iterations_for(device)
     starts = list(range(0, n, batch_size))
 
+    def batch_to_host(img8, clean, raw, stats, pinned):
+        return _to_host({"img": img8, "clean": clean, **({"raw": raw} if keep_raw else {}),
+                         **{f"s_{k}": v for k, v in stats.items()}}, pinned=pinned)
+
     def launch(b0):
         z = torch.from_numpy(z_all[b0 : b0 + batch_size]).to(gen.device, non_blocking=True)
         t0 = time.perf_counter()
@@ -507,8 +511,7 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
             _sync(device)
             timers.add("masks_stats", time.perf_counter() - t0)
         t0 = time.perf_counter()
-        host = _to_host({"img": img8, "clean": clean, **({"raw": raw} if keep_raw else {}),
-                         **{f"s_{k}": v for k, v in stats.items()}}, pinned=cuda)
+        host = batch_to_host(img8, clean, raw, stats, pinned=cuda)
         done_evt = None
         if cuda:
             done_evt = torch.cuda.Event()
@@ -526,8 +529,7 @@ def _generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, directi
             t0 = time.perf_counter()
             img8, clean, raw, stats = masks_and_stats(gen, z, img, shifted, spec["mask_rule"], spec["max_fg"],
                                                       spec.get("operators"), None)
-            host = _to_host({"img": img8, "clean": clean, **({"raw": raw} if keep_raw else {}),
-                             **{f"s_{k}": v for k, v in stats.items()}}, pinned=False)
+            host = batch_to_host(img8, clean, raw, stats, pinned=False)
             counters.add("cc_redo_batches", 1)
             if timers is not None:
                 timers.add("cc_redo", time.perf_counter() - t0)
