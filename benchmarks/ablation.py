@@ -62,7 +62,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from factory.bench import cpu_name  # noqa: E402
+from factory.generate.bench import cpu_name
 
 # Paper, Table 4 (ECSSD): maxFβ, IoU, accuracy.
 PAPER = {

@@ -32,7 +32,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from factory import directions as d  # noqa: E402
+from factory.directions.common import random_directions
+from factory.directions.operators import (
+    evaluate_operators,
+    fit_operators,
+    init_operators,
+)
+from factory.directions.score import mask_iou
 from factory.generators import load_generator  # noqa: E402
 
 
@@ -47,7 +53,7 @@ def hardware() -> dict:
     }
 
 
-def _sync(dev: torch.device) -> None:
+def sync_device(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
 
@@ -55,22 +61,22 @@ def _sync(dev: torch.device) -> None:
 def bench_time(args) -> dict:
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     G = load_generator("shapes", resolution=args.resolution, device=str(dev))
-    dirs = torch.as_tensor(d.random_directions(args.k, G.dim_z, seed=0), device=dev)
+    dirs = torch.as_tensor(random_directions(args.k, G.dim_z, seed=0), device=dev)
     measured = args.measure_steps or args.steps
     # Warm-up (allocator, first-call overheads), then per-step timings of the same loop fit_operators runs.
-    d.fit_operators(G, dirs, scale=5.0, steps=args.warmup, batch=args.batch, lr=0.005, seed=99, warm_start=False)
+    fit_operators(G, dirs, scale=5.0, steps=args.warmup, batch=args.batch, lr=0.005, seed=99, warm_start=False)
     per_step = []
     for i in range(measured):
-        _sync(dev)
+        sync_device(dev)
         t0 = time.perf_counter()
-        d.fit_operators(G, dirs, scale=5.0, steps=1, batch=args.batch, lr=0.005, seed=i, warm_start=False)
-        _sync(dev)
+        fit_operators(G, dirs, scale=5.0, steps=1, batch=args.batch, lr=0.005, seed=i, warm_start=False)
+        sync_device(dev)
         per_step.append(time.perf_counter() - t0)
-    _sync(dev)
+    sync_device(dev)
     t0 = time.perf_counter()
-    ops = d.init_operators(args.k, dev)
-    d.evaluate_operators(G, dirs, ops, scale=5.0, n=args.eval_n, seed=0)
-    _sync(dev)
+    ops = init_operators(args.k, dev)
+    evaluate_operators(G, dirs, ops, scale=5.0, n=args.eval_n, seed=0)
+    sync_device(dev)
     t_eval = time.perf_counter() - t0
     med = statistics.median(per_step)
     fit = med * (args.steps + 1)  # + the closed-form warm start, which costs about one step
@@ -100,7 +106,7 @@ def bench_quality(args) -> dict:
     bg = G.named_directions()["background"]
     for rule in ("luminance",):
         rows.append({"direction": "true background", "rule": rule,
-                     **d.mask_iou(G, bg, n=args.n, seed=args.seed, rule=rule)})
+                     **mask_iou(G, bg, n=args.n, seed=args.seed, rule=rule)})
     for sdir in args.scored:
         sdir = Path(sdir)
         h = np.load(sdir / "direction.npy")
@@ -109,9 +115,9 @@ def bench_quality(args) -> dict:
         label = f"{sdir.name} (selected {summary['selected']}, {summary['selected_name'] or 'unnamed'})"
         cos = float(h @ bg)
         rows.append({"direction": label, "rule": "luminance", "cos_to_background": cos,
-                     **d.mask_iou(G, h, n=args.n, seed=args.seed, rule="luminance")})
+                     **mask_iou(G, h, n=args.n, seed=args.seed, rule="luminance")})
         rows.append({"direction": label, "rule": "operators", "cos_to_background": cos,
-                     **d.mask_iou(G, h, n=args.n, seed=args.seed, rule="operators", operators=ops)})
+                     **mask_iou(G, h, n=args.n, seed=args.seed, rule="operators", operators=ops)})
     ref = rows[0]["clean"]
     for r in rows:
         r["clean_vs_true_background"] = r["clean"] / ref

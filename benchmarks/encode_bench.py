@@ -4,7 +4,7 @@
     python benchmarks/encode_bench.py --photos DIR --rate 6000 --json out.json
 
 One candidate's tar records are what the engine's encoder pool makes
-(``engine._encode_chunk``): the image in the chosen codec, the clean mask as PNG,
+(``encode_chunk``): the image in the chosen codec, the clean mask as PNG,
 the latent .npy, the meta JSON and the tar headers. Inputs, all 128x128:
 
 - ``shapes``: the shapes world's images and luminance masks;
@@ -34,10 +34,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from factory import engine  # noqa: E402
 from factory import format as fmt  # noqa: E402
-from factory import shards as sh  # noqa: E402
-from factory.bench import cpu_name  # noqa: E402
+from factory.generate.bench import cpu_name
+from factory.generate.compute import to_uint8
+from factory.generate.encode import encode_chunk, encode_mask_png
+from factory.generate.plan import resolve_direction
 
 CODECS = {
     "png (level 0)": {"image": "png", "mask": "png", "png_level": 0},
@@ -56,12 +57,12 @@ def shapes_inputs(n: int) -> tuple[np.ndarray, np.ndarray]:
     from factory.masks import cc_cleanup, luminance_mask
 
     g = load_generator("shapes", resolution=128)
-    h, _ = engine.resolve_direction(g, None, "shapes")
+    h, _ = resolve_direction(g, None, "shapes")
     z = torch.randn(n, g.dim_z, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         img, sh_ = g(z), g(z + 5 * torch.as_tensor(h))
     clean = cc_cleanup(luminance_mask(img, sh_))[0]
-    return engine.to_uint8(img).numpy().copy(), clean.numpy()
+    return to_uint8(img).numpy().copy(), clean.numpy()
 
 
 def photo_inputs(folder: str, n: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -92,18 +93,18 @@ def make_chunks(imgs, masks, codec) -> list[tuple]:
 
 
 def time_codecs(imgs, masks, reps: int) -> dict[str, tuple[float, float]]:
-    """codec -> (median seconds per candidate, bytes per sample) of _encode_chunk over the inputs.
+    """codec -> (median seconds per candidate, bytes per sample) of encode_chunk over the inputs.
 
     Passes are interleaved across codecs so that a noisy machine slows all of them alike."""
     chunks = {name: make_chunks(imgs, masks, codec) for name, codec in CODECS.items()}
     for c in chunks.values():
-        engine._encode_chunk(c[0])  # warm-up
+        encode_chunk(c[0])  # warm-up
     per: dict[str, list[float]] = {name: [] for name in CODECS}
     size = {}
     for _ in range(reps):
         for name, cs in chunks.items():
             t0 = time.perf_counter()
-            size[name] = sum(len(engine._encode_chunk(c)) for c in cs)
+            size[name] = sum(len(encode_chunk(c)) for c in cs)
             per[name].append((time.perf_counter() - t0) / imgs.shape[0])
     return {name: (statistics.median(per[name]), size[name] / imgs.shape[0]) for name in CODECS}
 
@@ -117,7 +118,7 @@ def time_masks(masks, reps: int) -> dict:
         return buf.getvalue()
 
     out = {}
-    for name, fn in (("zlib 9 default strategy (before)", old), ("zlib 9 run-length (now)", sh.encode_mask_png)):
+    for name, fn in (("zlib 9 default strategy (before)", old), ("zlib 9 run-length (now)", encode_mask_png)):
         per = []
         for _ in range(reps):
             t0 = time.perf_counter()

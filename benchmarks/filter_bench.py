@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from factory import format as fmt  # noqa: E402
-from factory import shards as sh  # noqa: E402
+from factory.dataset.shards import index_table, parquet_bytes
+from factory.fsio import atomic_write
 
 
 def build(root: str, rows: int, fragments: int, seed: int = 0) -> None:
@@ -55,8 +56,8 @@ def build(root: str, rows: int, fragments: int, seed: int = 0) -> None:
             "hist": hist, "hist_maxima": maxima, "hist_gray_maxima_inner": inner,
             "pass_area": fg < 0.5, "pass_hist_reference": maxima >= 2, "pass_hist_paper": inner >= 2,
         }
-        data = sh.parquet_bytes(sh.index_table(cols))
-        sh.atomic_write(os.path.join(root, fmt.index_name(k)), data)
+        data = parquet_bytes(index_table(cols))
+        atomic_write(os.path.join(root, fmt.index_name(k)), data)
         entries.append({"shard": k, "path": fmt.shard_name(k), "index": fmt.index_name(k), "sha256": "0" * 64,
                         "bytes": 0, "samples": n, "first_row": first, "index_sha256": fmt.sha256_bytes(data),
                         "latents_sha256": "0" * 64})
@@ -64,7 +65,7 @@ def build(root: str, rows: int, fragments: int, seed: int = 0) -> None:
                 "dataset_id": fmt.dataset_id(entries, None), "samples": sum(e["samples"] for e in entries),
                 "bytes": 0, "dim_z": 120, "resolution": 128, "spec": {"note": "synthetic index for filter_bench"},
                 "shards": entries}
-    sh.atomic_write(os.path.join(root, fmt.MANIFEST), json.dumps(manifest).encode())
+    atomic_write(os.path.join(root, fmt.MANIFEST), json.dumps(manifest).encode())
 
 
 def main() -> None:
@@ -77,7 +78,7 @@ def main() -> None:
     t0 = time.perf_counter()
     build(args.root, args.rows, args.fragments)
     print(f"index: {args.rows:,} rows in {args.fragments} fragments at {args.root} (ready in {time.perf_counter() - t0:.1f} s)")
-    from factory.filters import FilterSpec, run_filter
+    from factory.views.views import FilterSpec, run_filter
 
     spec = FilterSpec(max_fg=0.5, histogram="reference")
     out = os.path.join(os.path.dirname(args.root.rstrip("/")), "filter-bench-view.json")

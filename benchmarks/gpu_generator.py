@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from factory.generators import load_generator  # noqa: E402
-from factory.generators.bigbigan import BigBiGAN, BigBiGANConfig, random_state_dict  # noqa: E402
+from factory.generators.bigbigan.checkpoint import random_state_dict
+from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
 
 SMALL = {"G_ch": 8, "dim_z": 24, "shared_dim": 16}
 
@@ -47,7 +48,7 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def _sync(dev):
+def sync_device(dev):
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
 
@@ -56,7 +57,7 @@ def time_variant(g, z, iters: int, warmup: int) -> tuple[float, list[float]]:
     dev = z.device
     for _ in range(warmup):
         g(z)
-    _sync(dev)
+    sync_device(dev)
     times = []
     for _ in range(iters):
         if dev.type == "cuda":
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
             g = load_generator("bigbigan", weights=wpath, config=cfg, device=dev, **opts)
             first = time.perf_counter()
             out = g(z)
-            _sync(dev)
+            sync_device(dev)
         except Exception as e:  # keep measuring the other variants
             msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
             report["results"].append({"variant": name, "options": opts, "error": msg})

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from factory.engine import compute_batch  # noqa: E402
+from factory.generate.compute import compute_batch
 from factory.generators import load_generator  # noqa: E402
 
 

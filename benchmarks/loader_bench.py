@@ -24,18 +24,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from factory.bench import cpu_name  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from factory.generate.bench import cpu_name
 from trainers import data as td  # noqa: E402
 
 
 def ensure_dataset(path: Path, n: int, resolution: int) -> Path:
     if (path / "manifest.json").exists():
         return path
-    from factory.engine import GenerateConfig, generate  # the benchmark may use the factory; trainers may not
+    from factory.generate.config import GenerateConfig
+    from factory.generate.engine import generate
 
     print(f"generating {n} shapes samples at {resolution} px into {path} ...", flush=True)
     generate(GenerateConfig(n=n, out=str(path), generator="shapes", generator_options={"resolution": resolution},

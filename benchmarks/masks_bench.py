@@ -41,7 +41,7 @@ def realistic_pair(batch: int, size: int, device: str, seed: int = 0) -> tuple[t
     return img.to(device), shifted.to(device)
 
 
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -49,12 +49,12 @@ def _sync(device: str) -> None:
 def _time(fn, device: str, reps: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync_device(device)
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync_device(device)
         out.append(time.perf_counter() - t0)
     return out
 
@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
         with torch.profiler.profile(activities=acts) as prof:
             full()
-            _sync(dev)
+            sync_device(dev)
         key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=20), file=sys.stderr)
     if args.json:

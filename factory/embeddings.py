@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from factory.errors import FactoryError
-from factory.latents import load_npy_matrix, sha256_file
+from factory.fsio import load_npy_matrix, sha256_file
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

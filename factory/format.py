@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -404,3 +405,14 @@ def split_member(name: str) -> tuple[str, str]:
     key, _, ext = base.partition(".")
     prefix = name[: len(name) - len(base)]
     return prefix + key, ext
+
+
+def parent_url_for(view_url: str, root: str) -> str:
+    """Parent URL as stored in a view: relative when both are local, else absolute."""
+    if is_remote_url(view_url) or is_remote_url(root):
+        if is_remote_url(root):
+            return root
+        return os.path.abspath(root)
+    rel = os.path.relpath(os.path.abspath(root), os.path.dirname(os.path.abspath(view_url)))
+    return rel.replace(os.sep, "/")
+

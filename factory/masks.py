@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+GRAY = torch.tensor(GRAY_WEIGHTS)
 MASK_RULES = ("luminance", "mean-threshold", "operators")
 MaskRule = Literal["luminance", "mean-threshold", "operators"]
 
@@ -70,7 +71,7 @@ MaskRule = Literal["luminance", "mean-threshold", "operators"]
 _MAX_PIXELS = 1 << 24
 
 
-def _check_images(img: torch.Tensor, name: str) -> torch.Tensor:
+def check_images(img: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(img, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(img).__name__}")
     if img.dim() != 4 or img.shape[1] != 3:
@@ -80,7 +81,7 @@ def _check_images(img: torch.Tensor, name: str) -> torch.Tensor:
     return img.float()
 
 
-def _check_mask(mask: torch.Tensor) -> torch.Tensor:
+def check_mask(mask: torch.Tensor) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dim() != 3:
@@ -92,7 +93,7 @@ def _check_mask(mask: torch.Tensor) -> torch.Tensor:
 
 def gray(img: torch.Tensor) -> torch.Tensor:
     """``0.2989 R + 0.5870 G + 0.1140 B`` of ``[B,3,H,W]`` images -> ``[B,H,W]`` float32."""
-    img = _check_images(img, "img")
+    img = check_images(img, "img")
     r, g, b = img[:, 0], img[:, 1], img[:, 2]
     return GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b
 
@@ -178,7 +179,7 @@ def component_roots(
     ``H*W``) for background pixels. ``iterations`` counts propagation steps,
     including the last one that found nothing to change.
     """
-    fg, L, it, _, _ = _label(_check_mask(mask), check_every, max_iterations)
+    fg, L, it, _, _ = _label(check_mask(mask), check_every, max_iterations)
     return fg, L, it
 
 
@@ -256,7 +257,7 @@ def cc_cleanup(
         raise ValueError(f"iterations must be a positive int or None, got {iterations!r}")
     if backend not in ("auto", "torch", "scipy"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'scipy', got {backend!r}")
-    fg3 = _check_mask(mask)
+    fg3 = check_mask(mask)
     if backend == "scipy" or (backend == "auto" and fg3.device.type == "cpu" and iterations is None
                               and not return_iterations):
         if fg3.device.type != "cpu" or iterations is not None or return_iterations:
@@ -310,7 +311,7 @@ def make_masks(
     if rule == "luminance":
         raw = luminance_mask(img, img_shifted)
     elif rule == "mean-threshold":
-        _check_images(img, "img")
+        check_images(img, "img")
         raw = mean_threshold_mask(img_shifted)
     elif rule == "operators":
         if operators is None:
@@ -320,9 +321,32 @@ def make_masks(
             raise ValueError(f"operators must have shape [2,3,4], got {list(operators.shape)}")
         if img.shape != img_shifted.shape:
             raise ValueError(f"img {list(img.shape)} and img_shifted {list(img_shifted.shape)} must have the same shape")
-        from factory.directions import operator_mask
+        from factory.masks import operator_mask
 
-        raw = operator_mask(_check_images(img, "img"), _check_images(img_shifted, "img_shifted"), operators)
+        raw = operator_mask(check_images(img, "img"), check_images(img_shifted, "img_shifted"), operators)
     else:
         raise ValueError(f"unknown mask rule {rule!r}; choose one of {', '.join(MASK_RULES)}")
     return (raw,) + cc_cleanup(raw, ratio, iterations=cc_iterations)
+
+
+# ----------------------------------------------------------------- operators
+
+def apply_operators(ops: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+    """``A c = M c + b`` per pixel. ``ops [..., 3, 4]``, ``img [B,3,H,W]`` -> ``[..., B, 3, H, W]``."""
+    M, b = ops[..., :3], ops[..., 3]
+    out = torch.einsum("...ij,bjhw->...bihw", M, img)
+    return out + b[..., None, :, None, None]
+
+
+def operator_mask(img: torch.Tensor, img_shifted: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 5: each pixel goes to the operator that restores ``img_shifted`` best; foreground = the
+    pixels whose operator gives the lighter prediction of the two there. ``ops [2,3,4]`` -> bool ``[B,H,W]``."""
+    ops = ops.to(device=img.device, dtype=torch.float32)
+    pred = apply_operators(ops, img.float())  # [2,B,3,H,W]
+    err = (pred - img_shifted.float()[None]).square().sum(dim=2)  # [2,B,H,W]
+    w = GRAY.to(img.device)
+    lum = torch.einsum("c,kbchw->kbhw", w, pred)  # [2,B,H,W]
+    best_is_1 = err[1] < err[0]
+    lighter_is_1 = lum[1] > lum[0]
+    return best_is_1 == lighter_is_1
+

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .masks import MaskRule, _check_images, gray, make_masks
+from .masks import MaskRule, check_images, gray, make_masks
 
 __all__ = [
     "HIST_BINS",
@@ -109,7 +109,7 @@ def histogram_reference(img_shifted: torch.Tensor) -> tuple[torch.Tensor, torch.
     with ``s[i] >= s[i-1]`` and ``s[i] >= s[i+1]`` (end bins eligible). The
     authors keep a candidate when ``n_maxima >= 2``.
     """
-    img_shifted = _check_images(img_shifted, "img_shifted")
+    img_shifted = check_images(img_shifted, "img_shifted")
     hist = histogram_batched(img_shifted)
     smoothed, n_max = smooth_and_count_maxima(hist)
     return hist, smoothed, n_max
@@ -153,7 +153,7 @@ def candidate_stats(
     these values. ``pass_area`` is ``fg_ratio < max_fg`` (strict) on the cleaned
     mask, as the authors' area filter.
     """
-    _check_images(img, "img")
+    check_images(img, "img")
     if raw.shape != clean.shape or raw.dim() != 3 or raw.shape[0] != img.shape[0]:
         raise ValueError(f"raw {list(raw.shape)} and clean {list(clean.shape)} must both be [B,H,W] with B={img.shape[0]}")
     if not 0.0 < float(max_fg) <= 1.0:

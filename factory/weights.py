@@ -194,9 +194,13 @@ def inspect_weights(path: str | Path) -> dict:
     """What a weights file is: format, keys, parameter count, sha256, the BigBiGAN config it matches."""
     import torch
 
-    from factory.generators.bigbigan import (
-        BigBiGAN, BigBiGANConfig, check_state_dict, infer_config, read_state_dict, sniff_checkpoint,
+    from factory.generators.bigbigan.checkpoint import (
+        check_state_dict,
+        infer_config,
+        read_state_dict,
+        sniff_checkpoint,
     )
+    from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
 
     path = Path(path).expanduser()
     sd = read_state_dict(path)

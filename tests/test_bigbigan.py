@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from factory.directions_io import load_direction_file
+from factory.directions.io import load_direction_file
 from factory.errors import FactoryError
 from factory.generators import Generator, known_generators, load_generator
-from factory.generators.bigbigan import BigBiGANConfig, interleave_phases, polyphase_weight
+from factory.generators.bigbigan.fused import interleave_phases, polyphase_weight
+from factory.generators.bigbigan.model import BigBiGANConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"G_ch": 8, "dim_z": 24, "shared_dim": 16}

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from factory import format as fmt
-from factory import shards as sh
 from factory.cli import main
-from factory.filters import read_shard_samples
+from factory.dataset.reader import read_shard_samples
+from factory.generate.encode import encode_image, encode_mask_png, encode_png
 
 GEN = ["generate", "--generator", "shapes", "--quiet", "--n", "24", "--shard-size", "12", "--seed", "5",
        "--resolution", "64", "--workers", "0"]
@@ -118,15 +118,15 @@ def test_encodings_are_deterministic_and_masks_lossless():
     img = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
     for codec in ({"image": "png", "png_level": 1}, {"image": "webp", "method": 0, "effort": 0},
                   {"image": "jpeg", "quality": 90}):
-        assert sh.encode_image(img, codec) == sh.encode_image(img.copy(), codec)
+        assert encode_image(img, codec) == encode_image(img.copy(), codec)
     from scipy import ndimage
 
     mask = ndimage.uniform_filter(rng.random((128, 128)), 9) > 0.5  # ragged edges, many runs
-    data = sh.encode_mask_png(mask)
+    data = encode_mask_png(mask)
     im = Image.open(io.BytesIO(data))
     assert im.format == "PNG" and im.mode == "L"
     np.testing.assert_array_equal(np.asarray(im), mask.astype(np.uint8) * 255)
-    assert len(data) < 2 * len(sh.encode_png(mask, 9))  # run-length deflate stays compact
+    assert len(data) < 2 * len(encode_png(mask, 9))  # run-length deflate stays compact
 
 
 def test_materialized_view_keeps_the_codec(datasets, tmp_path):

@@ -10,9 +10,17 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from factory import directions as d
 from factory.cli import main
+from factory.directions.common import random_directions
+from factory.directions.operators import (
+    evaluate_operators,
+    fit_operators,
+    lstsq_operators,
+)
+from factory.directions.refine import RefineConfig, refine_direction, refine_objective
+from factory.directions.score import mask_iou, select
 from factory.generators import load_generator
+from factory.masks import apply_operators
 
 
 def run(args, expect=0):
@@ -39,7 +47,7 @@ def candidates(tmp_path_factory, world):
     """The world's 6 named directions shuffled among 20 random unit directions."""
     root = tmp_path_factory.mktemp("cand")
     named = world.named_directions()
-    rand = d.random_directions(20, world.dim_z, seed=3)
+    rand = random_directions(20, world.dim_z, seed=3)
     allv = np.concatenate([np.stack(list(named.values())), rand]).astype(np.float32)
     perm = np.random.default_rng(5).permutation(len(allv))
     np.save(root / "cand.npy", allv[perm])
@@ -97,7 +105,7 @@ class _ToyWorld:
 
     def __call__(self, z):
         base = torch.tanh(z[:, 1:] @ self.Q).view(-1, 3, 8, 8) * 0.6
-        moved = d.apply_operators(self.A, base)  # [2,B,3,8,8]
+        moved = apply_operators(self.A, base)  # [2,B,3,8,8]
         shifted = torch.where(self.region, moved[0], moved[1])
         return torch.where((z[:, 0] > 2.5)[:, None, None, None], shifted, base)
 
@@ -110,25 +118,25 @@ def test_fit_recovers_known_affine_maps():
     h[0, 0] = 1.0
     truth = torch.stack([A1, A2])
     for warm, steps in ((True, 20), (False, 250)):  # warm start + Adam, and Adam alone (eq. 3 from near-identity)
-        ops = d.fit_operators(G, h, scale=5.0, steps=steps, batch=8, lr=0.02, seed=0, warm_start=warm)[0]
+        ops = fit_operators(G, h, scale=5.0, steps=steps, batch=8, lr=0.02, seed=0, warm_start=warm)[0]
         err = min((ops - truth).abs().max(), (ops.flip(0) - truth).abs().max())
         assert float(err) < 0.03, (warm, ops)
     # the closed form alone on the true lighter/darker split
     z = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
     z[:, 0] = 0
-    ops = d.lstsq_operators(G(z), G(z + 5 * h)[None])[0]
+    ops = lstsq_operators(G(z), G(z + 5 * h)[None])[0]
     assert float((ops - truth).abs().max()) < 0.03  # ridge shrinks towards identity a little
     # loss and distance on held-out latents: zero loss, distance = mean ||(A1 - A2) c||
-    loss, rel, dist = d.evaluate_operators(G, h, truth[None], scale=5.0, n=16, batch=8)
+    loss, rel, dist = evaluate_operators(G, h, truth[None], scale=5.0, n=16, batch=8)
     assert loss[0] < 1e-3 and rel[0] < 1e-3 and dist[0] > 0.3
 
 
 def test_select_rule():
     loss = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
     dist = np.array([1.0, 0.5, 3.0, 9.0, 0.1])
-    assert d.select(loss, dist, 0.6) == 2  # among the 3 best losses, the largest distance
-    assert d.select(loss, dist, 1.0) == 3
-    assert d.select(loss, dist, 0.01) == 0
+    assert select(loss, dist, 0.6) == 2  # among the 3 best losses, the largest distance
+    assert select(loss, dist, 1.0) == 3
+    assert select(loss, dist, 0.01) == 0
 
 
 def test_random_command(tmp_path):
@@ -210,7 +218,7 @@ def test_operator_mask_matches_luminance_on_true_operators(world):
     h = torch.as_tensor(world.named_directions()["background"])
     z = torch.randn(8, 120, generator=torch.Generator().manual_seed(2))
     x, y = world(z), world(z + 5 * h)
-    ops = d.lstsq_operators(x, y[None])[0]
+    ops = lstsq_operators(x, y[None])[0]
     lum = make_masks(x, y, rule="luminance")[0]
     opm = make_masks(x, y, rule="operators", operators=ops)[0]
     assert float((lum == opm).float().mean()) > 0.9
@@ -247,7 +255,7 @@ def test_score_bad_input(case, tmp_path, candidates):
 def _objective(G, h, seed=11):
     z = torch.randn(16, G.dim_z, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        return float(d.refine_objective(G, torch.as_tensor(h / np.linalg.norm(h), dtype=torch.float32), z)[0])
+        return float(refine_objective(G, torch.as_tensor(h / np.linalg.norm(h), dtype=torch.float32), z)[0])
 
 
 def test_refine_objective_prefers_background_to_its_mixtures():
@@ -261,7 +269,7 @@ def test_refine_objective_prefers_background_to_its_mixtures():
     # geometry mixed in (growth, zoom, rotation, contrast), global colour, and random directions all score lower
     for name, h in [("size", 0.85 * bg + 0.53 * axis("size")), ("zoom", 0.85 * bg + 0.53 * nd["zoom"]),
                     ("angle", 0.85 * bg + 0.53 * axis("angle")), ("contrast", 0.85 * bg + 0.53 * axis("contrast")),
-                    ("brightness", nd["brightness"]), ("random", d.random_directions(1, 120, seed=4)[0])]:
+                    ("brightness", nd["brightness"]), ("random", random_directions(1, 120, seed=4)[0])]:
         assert _objective(G, h) < j_bg - 0.2, name
 
 
@@ -273,12 +281,12 @@ def test_refine_finds_background_from_a_random_start(torch_one_thread):
     bg = G.named_directions()["background"]
     h0 = torch.as_tensor(np.random.default_rng(0).standard_normal(120), dtype=torch.float32)
     assert abs(float(h0 @ torch.as_tensor(bg))) / float(h0.norm()) < 0.2
-    h = d.refine_direction(G, h0, d.RefineConfig(steps=300), seed=0).numpy()
+    h = refine_direction(G, h0, RefineConfig(steps=300), seed=0).numpy()
     assert abs(np.linalg.norm(h) - 1) < 1e-5
     h = h * np.sign(h @ bg)
     assert float(h @ bg) > 0.9
-    iou = d.mask_iou(G64, h, n=64)["clean"]
-    iou_true = d.mask_iou(G64, bg, n=64)["clean"]
+    iou = mask_iou(G64, h, n=64)["clean"]
+    iou_true = mask_iou(G64, bg, n=64)["clean"]
     assert iou > 0.9 * iou_true, (iou, iou_true)
 
 

@@ -240,7 +240,7 @@ def test_where_operators_against_numpy(ds, tmp_path):
     ("a and (b and c)", "a and b and c"),
 ])
 def test_parse_render(text, canonical):
-    from factory.filters import parse_where, render
+    from factory.views.predicate import parse_where, render
 
     assert render(parse_where(text)) == canonical
     assert render(parse_where(canonical)) == canonical
@@ -249,7 +249,7 @@ def test_parse_render(text, canonical):
 @pytest.mark.parametrize("text", ["", "a <", "a < 1 <", "(a", "a)", "a in 1", "a in ()", "a + 1 > 2", "a < 1 < 2",
                                   "a ; b", "'unterminated"])
 def test_parse_errors(text):
-    from factory.filters import PredicateError, parse_where
+    from factory.views.predicate import PredicateError, parse_where
 
     with pytest.raises(PredicateError, match="--where"):
         parse_where(text)
@@ -259,7 +259,16 @@ def test_render_roundtrip_property():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from factory.filters import BoolOp, Cmp, Col, In, Lit, Not, parse_where, render
+    from factory.views.predicate import (
+        BoolOp,
+        Cmp,
+        Col,
+        In,
+        Lit,
+        Not,
+        parse_where,
+        render,
+    )
 
     leaf = st.one_of(
         st.builds(Cmp, st.sampled_from(["<", "<=", ">", ">=", "==", "!="]), st.builds(Col, st.sampled_from(["a", "b"])),

@@ -267,7 +267,7 @@ def test_unknown_embeddings_name(tmp_path, monkeypatch):
 
 
 def test_lock_refuses_second_writer(tmp_path):
-    from factory.engine import DatasetLock
+    from factory.dataset.writer import DatasetLock
     from factory.errors import FactoryError
 
     out = tmp_path / "l"
@@ -314,7 +314,7 @@ def test_bench_trace(tmp_path):
 
 
 def test_busy_share_is_the_union_of_kernel_intervals():
-    from factory.bench import busy_share
+    from factory.generate.bench import busy_share
 
     ev = [{"ph": "X", "cat": "cpu_op", "ts": 0, "dur": 100},
           {"ph": "X", "cat": "kernel", "ts": 10, "dur": 20}, {"ph": "X", "cat": "kernel", "ts": 20, "dur": 20},
@@ -325,21 +325,21 @@ def test_busy_share_is_the_union_of_kernel_intervals():
 
 def test_encoder_process_pool_gives_the_same_records():
     """The GPU path encodes in processes (GIL stays with the GPU thread); bytes equal the thread path."""
-    from factory import engine
+    from factory.generate.encode import encode_chunk, encode_pool
 
     rng = np.random.default_rng(0)
     args = ([fmt.sample_key(i) for i in range(3)], rng.integers(0, 255, (3, 16, 16, 3), dtype=np.uint8),
             rng.random((3, 16, 16)) > 0.5, None, rng.standard_normal((3, 120)).astype(np.float32),
             [{"key": fmt.sample_key(i), "row": i} for i in range(3)], {"image": "png", "png_level": 1})
-    direct = engine._encode_chunk(args)
-    assert engine._encode_pool(2, processes=True).submit(engine._encode_chunk, args).result() == direct
-    assert engine._encode_pool(2, processes=False).submit(engine._encode_chunk, args).result() == direct
+    direct = encode_chunk(args)
+    assert encode_pool(2, processes=True).submit(encode_chunk, args).result() == direct
+    assert encode_pool(2, processes=False).submit(encode_chunk, args).result() == direct
     names = [m.name for m in tarfile.open(fileobj=io.BytesIO(fmt_tar(direct))).getmembers()]
     assert names[:4] == sorted(names[:4]) and len(names) == 12
 
 
 def fmt_tar(records: bytes) -> bytes:
-    from factory.shards import tar_join
+    from factory.dataset.shards import tar_join
 
     return tar_join([records])
 
@@ -357,7 +357,7 @@ def test_process_encoder_inside_dask_workers(tmp_path, monkeypatch):
 def test_sync_free_labelling_gives_the_same_dataset(tmp_path, monkeypatch):
     """GPU workers label without host checks (FACTORY_CC_ITERATIONS) and redo unconverged batches
     exactly: the shards and the index are the same bytes/values as with host-checked labelling."""
-    from factory import engine
+    from factory.generate.compute import counters
 
     args = ["--n", "96", "--shard-size", "48", "--batch-size", "16", "--seed", "3", "--resolution", "64",
             "--workers", "0"]
@@ -365,9 +365,9 @@ def test_sync_free_labelling_gives_the_same_dataset(tmp_path, monkeypatch):
     redone = {}
     for k in ("1", "16"):
         monkeypatch.setenv("FACTORY_CC_ITERATIONS", k)
-        before = engine.counters.get("cc_redo_batches", 0)
+        before = counters.get("cc_redo_batches", 0)
         run(GEN + args + ["--out", str(tmp_path / k)])
-        redone[k] = engine.counters.get("cc_redo_batches", 0) - before
+        redone[k] = counters.get("cc_redo_batches", 0) - before
         assert shard_hashes(tmp_path / k) == shard_hashes(tmp_path / "a")
         assert pq.read_table(tmp_path / k / "index").equals(pq.read_table(tmp_path / "a" / "index"))
     assert redone["1"] > 0 and redone["16"] == 0  # one update is too few for some masks; 16 is plenty
@@ -377,36 +377,36 @@ def test_sync_free_labelling_gives_the_same_dataset(tmp_path, monkeypatch):
 
 
 def test_encoder_processes_share_the_host(monkeypatch):
-    from factory import engine
     from factory.errors import FactoryError
+    from factory.generate.encode import encoder_processes
 
     monkeypatch.delenv("FACTORY_ENCODER_PROCESSES", raising=False)
-    assert engine.encoder_processes(16, 1) == 14
-    assert engine.encoder_processes(96, 8) == 10
-    assert engine.encoder_processes(8, 8) == 2  # never fewer than two
-    assert engine.encoder_processes(4, 0) == 2
+    assert encoder_processes(16, 1) == 14
+    assert encoder_processes(96, 8) == 10
+    assert encoder_processes(8, 8) == 2  # never fewer than two
+    assert encoder_processes(4, 0) == 2
     monkeypatch.setenv("FACTORY_ENCODER_PROCESSES", "5")
-    assert engine.encoder_processes(96, 8) == 5
+    assert encoder_processes(96, 8) == 5
     monkeypatch.setenv("FACTORY_ENCODER_PROCESSES", "-1")
     with pytest.raises(FactoryError, match="FACTORY_ENCODER_PROCESSES"):
-        engine.encoder_processes(16, 1)
+        encoder_processes(16, 1)
 
 
 @pytest.mark.gpu
 def test_cuda_worker_labelling_modes_give_the_same_shards(tmp_path, monkeypatch):
     """On a GPU worker (process encoder, pinned copies, sync-free labelling by default), host-checked
     labelling and a forced redo of every batch write the same bytes."""
-    from factory import engine
+    from factory.generate.compute import counters
 
     args = GEN + ["--n", "64", "--shard-size", "32", "--batch-size", "16", "--seed", "2", "--device", "cuda",
                   "--workers", "0"]
     hashes = {}
     for k in ("auto", "0", "1"):
         monkeypatch.setenv("FACTORY_CC_ITERATIONS", k)
-        before = engine.counters.get("cc_redo_batches", 0)
+        before = counters.get("cc_redo_batches", 0)
         run(args + ["--out", str(tmp_path / k)])
         hashes[k] = (shard_hashes(tmp_path / k), pq.read_table(tmp_path / k / "index"))
         if k == "1":
-            assert engine.counters.get("cc_redo_batches", 0) > before
+            assert counters.get("cc_redo_batches", 0) > before
     for k in ("0", "1"):
         assert hashes[k][0] == hashes["auto"][0] and hashes[k][1].equals(hashes["auto"][1])

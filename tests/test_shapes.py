@@ -9,10 +9,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from factory import testworld as tw
 from factory.errors import FactoryError
 from factory.generators import load_generator
 from factory.generators.shapes import DIRECTION_NAMES
-from factory import testworld as tw
 
 GRAY = torch.tensor([0.2989, 0.5870, 0.1140])
 R_SHIFT = 5.0
@@ -236,7 +236,7 @@ def test_directions_file(tmp_path):
 
 
 def test_cli(tmp_path):
-    from factory.cli_testworld import testworld
+    from factory.cli.testworld import testworld
 
     r = CliRunner()
     res = r.invoke(testworld, ["export", "--n", "3", "--seed", "1", "--resolution", "64", "--out", str(tmp_path / "b")])

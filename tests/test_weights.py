@@ -150,7 +150,7 @@ def test_inspect_full_size_layout(tmp_path):
     """A file with the full model's keys/shapes (meta-built, zero-filled) is recognised as BigBiGAN-128."""
     from safetensors.torch import save_file
 
-    from factory.generators.bigbigan import BigBiGAN, BigBiGANConfig
+    from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
     from factory.weights import inspect_weights
 
     with torch.device("meta"):

@@ -1,6 +1,6 @@
 """End-to-end throughput benchmark: generator -> masks + stats -> encoding -> committed shards.
 
-Runs the same code as `factory generate` (engine.make_shard) in this process, with
+Runs the same code as `factory generate` (make_shard) in this process, with
 per-stage timers, on a throw-away dataset; plus a generator-only measurement.
 """
 from __future__ import annotations
@@ -13,7 +13,19 @@ import time
 
 import numpy as np
 
-from factory import engine
+from factory.dataset.writer import prepare_output
+from factory.device import pick_device
+from factory.generate.compute import (
+    Timers,
+    cached_generator,
+    cc_iterations_for,
+    compute_batch,
+    sync_device,
+)
+from factory.generate.config import GenerateConfig
+from factory.generate.compute import counters
+from factory.generate.plan import make_plan
+from factory.generate.worker import make_shards
 
 
 def cpu_name() -> str:
@@ -44,10 +56,10 @@ def generator_rate(gen, batch: int, iters: int, device: str) -> float:
     times = []
     with torch.no_grad():
         for i in range(iters + 1):
-            engine._sync(device)
+            sync_device(device)
             t0 = time.perf_counter()
             gen(z)
-            engine._sync(device)
+            sync_device(device)
             if i:
                 times.append(time.perf_counter() - t0)
     return batch / float(np.median(times))
@@ -94,7 +106,7 @@ def _trace_pass(trace_dir: str, shard_ids, run_shards, device: str) -> dict:
         acts.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=acts) as prof:
         run_shards(shard_ids[:1])
-        engine._sync(device)
+        sync_device(device)
     path = os.path.join(trace_dir, "trace.json")
     prof.export_chrome_trace(path)
     key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
@@ -114,7 +126,7 @@ def run(generator: str = "shapes", n: int = 512, batch_size: int = 64, shard_siz
         image_codec: str = "png") -> dict:
     import torch
 
-    device = engine.pick_device(device)
+    device = pick_device(device)
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="factory-bench-")
@@ -129,14 +141,14 @@ def run(generator: str = "shapes", n: int = 512, batch_size: int = 64, shard_siz
         direction = os.path.join(os.path.dirname(out), "random_direction.npy")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         np.save(direction, v / np.linalg.norm(v))
-    cfg = engine.GenerateConfig(n=n, out=out, generator=generator, generator_options=options, direction=direction,
+    cfg = GenerateConfig(n=n, out=out, generator=generator, generator_options=options, direction=direction,
                                 shard_size=shard_size or n, batch_size=batch_size, device=device, workers=0,
                                 progress=False, overwrite=True, image_codec=image_codec)
-    plan = engine.make_plan(cfg)
-    engine.prepare_output(cfg, plan)
-    gen = engine._cached_generator(generator, options, device)
+    plan = make_plan(cfg)
+    prepare_output(cfg, plan)
+    gen = cached_generator(generator, options, device)
     # Warm-up shard-sized pass (compilation, allocator, thread pool) outside the timed region.
-    warm = engine.compute_batch(gen, torch.from_numpy(plan.latent_source.rows(0, batch_size)).to(gen.device),
+    warm = compute_batch(gen, torch.from_numpy(plan.latent_source.rows(0, batch_size)).to(gen.device),
                                 torch.as_tensor(plan.direction, device=gen.device), plan.spec["shift_r"],
                                 plan.spec["mask_rule"], plan.spec["max_fg"])
     del warm
@@ -145,28 +157,28 @@ def run(generator: str = "shapes", n: int = 512, batch_size: int = 64, shard_siz
     shard_ids = list(range(plan.n_shards))
     common = dict(batch_size=batch_size, device=device, threads=threads)
     # 1) end-to-end rate, uninstrumented so the GPU/CPU overlap is what production gets
-    engine._sync(device)
-    redo0 = engine.counters.get("cc_redo_batches", 0)
+    sync_device(device)
+    redo0 = counters.get("cc_redo_batches", 0)
     t0 = time.perf_counter()
-    statuses = engine.make_shards(plan.spec, plan.spec_hash, shard_ids, out, generator, options,
+    statuses = make_shards(plan.spec, plan.spec_hash, shard_ids, out, generator, options,
                                   plan.direction, plan.latent_source, **common)
-    engine._sync(device)
+    sync_device(device)
     wall = time.perf_counter() - t0
-    redone = int(engine.counters.get("cc_redo_batches", 0) - redo0)
+    redone = int(counters.get("cc_redo_batches", 0) - redo0)
     bad = [s for s in statuses if not s.get("ok")]
     if bad:
         raise RuntimeError(bad[0]["error"])
     # 2) per-stage times: a second pass over (up to 4) shards with a sync after each stage
-    timers = engine.Timers()
+    timers = Timers()
     staged = shard_ids[: max(1, min(4, len(shard_ids)))]
     t0 = time.perf_counter()
-    engine.make_shards(plan.spec, plan.spec_hash, staged, out, generator, options, plan.direction,
+    make_shards(plan.spec, plan.spec_hash, staged, out, generator, options, plan.direction,
                        plan.latent_source, timers=timers, **common)
     staged_wall = time.perf_counter() - t0
     staged_n = sum(min(plan.spec["shard_size"], n - k * plan.spec["shard_size"]) for k in staged)
     trace = None
     if trace_dir:
-        trace = _trace_pass(trace_dir, shard_ids, lambda ids: engine.make_shards(
+        trace = _trace_pass(trace_dir, shard_ids, lambda ids: make_shards(
             plan.spec, plan.spec_hash, ids, out, generator, options, plan.direction, plan.latent_source,
             **common), device)
     gen_rate = generator_rate(gen, 2 * batch_size, generator_iters, device)
@@ -191,7 +203,7 @@ def run(generator: str = "shapes", n: int = 512, batch_size: int = 64, shard_siz
         "wall_s": round(wall, 3),
         "candidates_per_s": round(n / wall, 2),
         "generator_images_per_s": round(gen_rate, 2),
-        "cc_iterations": engine.cc_iterations_for(device) or "host-checked",
+        "cc_iterations": cc_iterations_for(device) or "host-checked",
         "cc_redo_batches": redone,
         "staged_run": {"samples": staged_n, "wall_s": round(staged_wall, 3),
                        "candidates_per_s": round(staged_n / staged_wall, 2)},

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from factory.cli import user_errors
+from factory.cli.errors import user_errors
 
 _REMOTE_HELP = "Trust shard paths in the manifest that are absolute remote URLs (off: only paths inside the dataset)."
 
@@ -40,7 +40,7 @@ def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_component
       factory filter data/paper.json --where "n_components <= 2 and not (fg_ratio < 0.05)" --out data/strict.json
       factory filter data/demo --max-fg 0.5 --histogram reference --materialize --out data/demo-paper
     """
-    from factory.filters import FilterSpec, run_filter
+    from factory.views.views import FilterSpec, run_filter
 
     spec = FilterSpec(max_fg=max_fg, min_fg=min_fg, histogram=histogram, min_components=min_components,
                       max_components=max_components, where=where)
@@ -79,7 +79,7 @@ def info(dataset, as_json, no_stats, allow_remote_shards):
       factory info data/demo
       factory info data/paper.json --json
     """
-    from factory.filters import describe, format_info
+    from factory.dataset.info import describe, format_info
 
     d = describe(dataset, allow_remote_shards=allow_remote_shards, stats=not no_stats)
     click.echo(json.dumps(d, sort_keys=True) if as_json else format_info(d))
@@ -101,7 +101,7 @@ def verify(dataset, allow_remote_shards, workers, as_json):
       factory verify data/demo
       AWS_ENDPOINT_URL=http://minio:9000 factory verify s3://team/bigbigan-imagenet-v1
     """
-    from factory.verify import verify as run
+    from factory.dataset.verify import verify as run
 
     rep = run(dataset, allow_remote_shards=allow_remote_shards, workers=workers)
     if as_json:
@@ -135,7 +135,7 @@ def preview(dataset, out, n, allow_remote_shards):
       factory preview data/demo --out demo.png
       factory preview data/paper.json --out paper.png --n 36
     """
-    from factory.preview import write_preview
+    from factory.dataset.preview import write_preview
 
     r = write_preview(dataset, out, n=n, allow_remote_shards=allow_remote_shards)
     click.echo(f"{out}: {r['samples_shown']} samples, {r['bytes']:,} bytes")

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from factory.cli import user_errors
+from factory.cli.errors import user_errors
 
 
 @click.command()
@@ -37,7 +37,7 @@ def bench(generator, random_weights, weights, resolution, n, batch_size, shard_s
       factory bench --generator bigbigan --random-weights --n 20480 --batch-size 512 --shard-size 1024 \\
           --dtype bf16 --channels-last --compile --trace gpu-trace --json
     """
-    from factory import bench as b
+    from factory.generate.bench import run
 
     options = {}
     if generator == "bigbigan":
@@ -53,7 +53,7 @@ def bench(generator, random_weights, weights, resolution, n, batch_size, shard_s
             options["compile"] = True
     if resolution:
         options["resolution"] = resolution
-    res = b.run(generator, n=n, batch_size=batch_size, shard_size=shard_size, device=device,
+    res = run(generator, n=n, batch_size=batch_size, shard_size=shard_size, device=device,
                 generator_options=options, threads=threads, trace_dir=trace_dir, image_codec=image_codec)
     if as_json:
         click.echo(json.dumps(res))

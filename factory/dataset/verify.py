@@ -55,7 +55,7 @@ def _read(url: str) -> bytes:
 
 
 def _open_latents(root: str):
-    from factory.shards import open_latents
+    from factory.dataset.shards import open_latents
 
     return open_latents(root, "r")
 
@@ -218,7 +218,7 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
                 rep.bad_shards.append(s["shard"])
     # ---- view level
     if res.view is not None:
-        from factory.filters import accepted_sha256
+        from factory.views.views import accepted_sha256
 
         v = res.view
         acc = {str(k): sorted(rows) for k, rows in res.accepted.items()}

@@ -109,13 +109,13 @@ def write_card(root: str, manifest: dict, preview: str | None = None, preview_sa
     """Write README.md (and a small preview.png of the first shard's samples, linked from it)."""
     import sys
 
-    from factory.shards import atomic_write
+    from factory.fsio import atomic_write
 
     table = read_index(root, manifest)
     stats = summary_stats(table)
     if preview is None and manifest.get("shards") and preview_samples > 0:
         try:
-            from factory.preview import card_preview
+            from factory.dataset.preview import card_preview
 
             atomic_write(fmt.join(root, PREVIEW), card_preview(root, manifest, preview_samples))
             preview = PREVIEW

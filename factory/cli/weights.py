@@ -5,7 +5,7 @@ import json
 
 import click
 
-from factory.cli import user_errors
+from factory.cli.errors import user_errors
 
 
 @click.group("weights")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from factory.cli import user_errors
+from factory.cli.errors import user_errors
 from factory.errors import FactoryError
 
 
@@ -34,12 +34,12 @@ def random_cmd(n, dim, seed, out):
     """
     from pathlib import Path
 
-    from factory import directions as d
+    from factory.directions.common import atomic_save_npy, random_directions
 
     if not out.endswith(".npy"):
         raise FactoryError(f"--out must end with .npy, got {out!r}")
-    arr = d.random_directions(n, dim, seed)
-    d._atomic_save_npy(Path(out), arr)
+    arr = random_directions(n, dim, seed)
+    atomic_save_npy(Path(out), arr)
     click.echo(f"wrote {arr.shape[0]} unit directions of width {arr.shape[1]} to {out}")
 
 
@@ -87,13 +87,14 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
       factory generate --n 2000 --direction dirs/scores/direction.npy --mask-rule operators \\
           --operators dirs/scores/operators_selected.npy --out data/ops
     """
-    from factory import directions as d
+    from factory.directions.refine import RefineConfig
+    from factory.directions.score import ScoreConfig, score
 
-    cfg = d.ScoreConfig(generator=generator, candidates=candidates, out=out, weights=weights,
+    cfg = ScoreConfig(generator=generator, candidates=candidates, out=out, weights=weights,
                         resolution=resolution, names=names, scale=scale, steps=steps, batch=batch, lr=lr,
                         keep_best=keep_best, loss=loss_kind, eval_n=eval_n, seed=seed, device=device, progress=not quiet,
-                        refine_top=refine_top, refine=d.RefineConfig(steps=refine_steps, batch=refine_batch, lr=refine_lr))
-    s = d.score(cfg)
+                        refine_top=refine_top, refine=RefineConfig(steps=refine_steps, batch=refine_batch, lr=refine_lr))
+    s = score(cfg)
     name = f" ({s['selected_name']})" if s["selected_name"] else ""
     row = s["rows"][s["selected"]]
     click.echo(f"selected candidate {s['selected']}{name} of {s['candidates']}: loss {row['loss']:.4f} "
@@ -138,13 +139,13 @@ def discover_cmd(generator, weights, resolution, n_directions, steps, batch, lr,
       factory directions discover --generator shapes --resolution 64 --n-directions 32 \\
           --steps 1500 --out dirs/found.npy
     """
-    from factory import directions as d
+    from factory.directions.discover import DiscoverConfig, discover
 
-    cfg = d.DiscoverConfig(generator=generator, out=out, n_directions=n_directions, weights=weights,
+    cfg = DiscoverConfig(generator=generator, out=out, n_directions=n_directions, weights=weights,
                            resolution=resolution, steps=steps, batch=batch, lr=lr, seed=seed,
                            deformator=deformator, random_init=not axes_init, rec_diff=diff_input,
                            checkpoint_every=checkpoint_every, device=device, progress=not quiet)
-    s = d.discover(cfg, log=lambda m: click.echo(m, err=True))
+    s = discover(cfg, log=lambda m: click.echo(m, err=True))
     v = s["validation"]
     click.echo(f"wrote {s['shape'][0]} unit directions to {out} (validation accuracy {v['accuracy']:.2f}, "
                f"shift L1 {v['shift_l1']:.2f})")

@@ -42,7 +42,7 @@ def _decode(data: bytes, mode: str) -> np.ndarray:
 
 def pick_samples(res: fmt.Resolved, n: int, first_shard_only: bool = False) -> list[tuple[str, np.ndarray]]:
     """(key, overlay) of the first `n` samples (accepted ones for a view), reading as few shards as possible."""
-    from factory.filters import read_shard_samples
+    from factory.dataset.reader import read_shard_samples
 
     out: list[tuple[str, np.ndarray]] = []
     members = res.manifest.get("members") or {}
@@ -104,7 +104,7 @@ def render_preview(res: fmt.Resolved, n: int = 64, first_shard_only: bool = Fals
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from factory.filters import load_index
+    from factory.dataset.reader import load_index
 
     tiles = [t for _, t in pick_samples(res, n, first_shard_only)]
     table = load_index(res.root, res.manifest,
@@ -152,7 +152,7 @@ def render_preview(res: fmt.Resolved, n: int = 64, first_shard_only: bool = Fals
 def write_preview(url: str, out: str, n: int = 64, allow_remote_shards: bool = False) -> dict:
     """Render the preview of dataset/view `url` into `out` (a .png path or URL)."""
     from factory.errors import FactoryError
-    from factory.shards import atomic_write
+    from factory.fsio import atomic_write
 
     if n <= 0:
         raise FactoryError(f"--n must be positive, got {n}")

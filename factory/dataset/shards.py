@@ -7,137 +7,14 @@ A shard without its sidecar does not exist: resume looks at sidecars only.
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import tarfile
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
 from factory import format as fmt
-
-
-# ---------------------------------------------------------------- storage
-
-def is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
-def atomic_write(url: str, data: bytes) -> None:
-    """Write bytes so that the final name holds either nothing or all of them."""
-    fs, path = fmt.get_fs(url)
-    if is_local(fs):
-        d = os.path.dirname(path)
-        os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(d)
-    else:
-        fs.pipe_file(path, data)
-
-
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def exists(url: str) -> bool:
-    fs, path = fmt.get_fs(url)
-    return fs.exists(path)
-
-
-def remove_temp_files(root: str) -> int:
-    """Delete temp files a killed writer left behind (local datasets)."""
-    fs, path = fmt.get_fs(root)
-    if not is_local(fs):
-        return 0
-    n = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            if f.startswith(".") and ".tmp-" in f:
-                os.unlink(os.path.join(dirpath, f))
-                n += 1
-    return n
-
-
-# ---------------------------------------------------------------- encoding
-
-def encode_png(arr: np.ndarray, level: int = 1) -> bytes:
-    """Deterministic PNG (no timestamps) of uint8 HxW or HxWx3, or of a bool mask (0/255 gray)."""
-    from PIL import Image
-
-    if arr.dtype == bool:
-        img = Image.fromarray(arr.astype(np.uint8) * 255, mode="L")
-    else:
-        img = Image.fromarray(arr)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
-
-
-def encode_image(arr: np.ndarray, codec: dict) -> bytes:
-    """Deterministic encoding of a uint8 HxWx3 image with the spec's ``image_codec``.
-
-    png: Pillow PNG at ``png_level``; webp: lossless WebP (``method``, ``quality`` = effort);
-    jpeg: baseline JPEG at ``quality`` with ``subsampling`` 4:4:4 (lossy). No metadata.
-    """
-    from PIL import Image
-
-    kind = codec["image"]
-    if kind == "png":
-        return encode_png(arr, codec["png_level"])
-    buf = io.BytesIO()
-    if kind == "webp":
-        Image.fromarray(arr).save(buf, format="WEBP", lossless=True, method=codec["method"], quality=codec["effort"])
-    elif kind == "jpeg":
-        Image.fromarray(arr).save(buf, format="JPEG", quality=codec["quality"], subsampling=0)
-    else:
-        raise ValueError(f"unknown image codec {kind!r}")
-    return buf.getvalue()
-
-
-Z_RLE = 3  # zlib strategy: run-length matches only
-
-
-def encode_mask_png(mask: np.ndarray) -> bytes:
-    """8-bit gray PNG (0/255) of a bool mask: zlib level 9 with the run-length strategy.
-
-    Plain level 9 spends ~8 ms on a 128x128 mask with ragged edges (the lazy match
-    search degenerates on long runs of equal bytes); Z_RLE takes ~0.5 ms for files
-    of about the same size (benchmarks/encode_bench.py).
-    """
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG", compress_level=9,
-                                                                 compress_type=Z_RLE)
-    return buf.getvalue()
-
-
-def encode_npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
+from factory.fsio import atomic_write
 
 
 def tar_records(members: list[tuple[str, bytes]]) -> bytes:

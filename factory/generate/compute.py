@@ -1,0 +1,132 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from factory.generate.config import CC_RATIO, env_count
+
+# One generator per worker process, kept between shards.
+_WORKER_CACHE: dict = {}
+
+
+def cached_generator(name: str, options: dict, device: str):
+    key = (name, json.dumps(options, sort_keys=True, default=str), device)
+    if key not in _WORKER_CACHE:
+        from factory.generators import load_generator
+
+        _WORKER_CACHE.clear()  # one generator per worker process
+        _WORKER_CACHE[key] = load_generator(name, device=device, **options)
+    return _WORKER_CACHE[key]
+
+
+class Timers(dict):
+    def add(self, name: str, seconds: float) -> None:
+        self[name] = self.get(name, 0.0) + seconds
+
+
+# Process-wide event counts (read by `factory bench`): "cc_redo_batches".
+counters = Timers()
+
+
+def sync_device(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def to_uint8(img):
+    """[-1, 1] float [B,3,H,W] -> uint8 [B,H,W,3] (round half to even, clamped)."""
+    import torch
+
+    return ((img.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def generate_pair(gen, z, direction, shift_r: float):
+    """G(z) and G(z + r h) in one forward of 2B (asynchronous on CUDA)."""
+    import torch
+
+    with torch.no_grad():
+        both = gen(torch.cat([z, z + shift_r * direction[None, :]], 0))
+    return both[: z.shape[0]], both[z.shape[0]:]
+
+
+CC_SYNC_FREE_ITERATIONS = 8
+
+
+def cc_iterations_for(device: str) -> int | None:
+    """Labelling updates per batch without a host check (``FACTORY_CC_ITERATIONS``), or None.
+
+    ``auto`` (default): 8 on CUDA, where each convergence check would stall the GPU
+    queue while the CPU waits (natural masks converge in 3-6 updates; batches with an
+    unconverged image are redone exactly), and host checks on the CPU, where there
+    is no queue to stall and extra updates would cost time. ``0``: always check.
+    """
+    v = os.environ.get("FACTORY_CC_ITERATIONS", "auto").strip()
+    if v == "auto":
+        return CC_SYNC_FREE_ITERATIONS if str(device).startswith("cuda") else None
+    return env_count("FACTORY_CC_ITERATIONS", v, 0, "use auto, 0 (host checks) or a positive count") or None
+
+
+def masks_and_stats(gen, z, img, shifted, mask_rule: str, max_fg: float, operators=None,
+                    cc_iterations: int | None = None):
+    """Masks, CC cleanup and statistics on the generator's device; image quantised to uint8 HWC.
+
+    ``operators``: the spec's ``operators`` entry (or a [2,3,4] array) for ``mask_rule="operators"``.
+    ``cc_iterations``: see ``cc_iterations_for``; then ``stats["cc_converged"]`` says which rows are exact.
+    """
+    import torch
+
+    from factory.stats import process_batch
+
+    ops = None
+    if mask_rule == "operators":
+        if isinstance(operators, dict):
+            operators = operators["values"]
+        ops = torch.as_tensor(operators, dtype=torch.float32, device=img.device)
+    raw, clean, stats = process_batch(img, shifted, rule=mask_rule, max_fg=max_fg, ratio=CC_RATIO,
+                                      cc_iterations=cc_iterations, operators=ops)
+    if hasattr(gen, "true_mask"):
+        truth = gen.true_mask(z).to(clean.device)
+        for name, m in (("true_iou", clean), ("true_iou_raw", raw)):
+            inter = (truth & m).flatten(1).sum(1).float()
+            union = (truth | m).flatten(1).sum(1).float()
+            stats[name] = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return to_uint8(img), clean, raw, stats
+
+
+def compute_batch(gen, z, direction, shift_r: float, mask_rule: str, max_fg: float, timers: Timers | None = None,
+                  operators=None):
+    """Both forwards, masks and statistics for one batch, all on the generator's device.
+
+    Returns (image uint8 [B,H,W,3], clean mask bool, raw mask bool, stats dict of tensors).
+    """
+    dev = str(z.device)
+    t0 = time.perf_counter()
+    img, shifted = generate_pair(gen, z, direction, shift_r)
+    if timers is not None:
+        sync_device(dev)
+        t1 = time.perf_counter()
+        timers.add("generator", t1 - t0)
+    out = masks_and_stats(gen, z, img, shifted, mask_rule, max_fg, operators)
+    if timers is not None:
+        sync_device(dev)
+        timers.add("masks_stats", time.perf_counter() - t1)
+    return out
+
+
+def to_host(tensors: dict, pinned: bool) -> dict:
+    """Queue device->host copies (into pinned memory on CUDA) and return the host tensors."""
+    import torch
+
+    out = {}
+    for k, t in tensors.items():
+        if pinned:
+            h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            h.copy_(t, non_blocking=True)
+            out[k] = h
+        else:
+            out[k] = t.cpu()
+    return out

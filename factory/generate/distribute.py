@@ -1,0 +1,144 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from factory.dataset.writer import pid_alive
+from factory.generate.config import GenerateConfig
+from factory.generate.plan import Plan
+from factory.generate.worker import make_shard
+
+
+def default_workers() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class ParentWatch:
+    """Worker plugin for clusters we start: a worker exits when the client process dies,
+    so a killed `factory generate` leaves no orphan writers behind."""
+
+    name = "factory-parent-watch"
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def setup(self, worker=None):
+        import threading
+
+        def watch():
+            # The nannies live in the client process, so nothing restarts us once it is gone.
+            while pid_alive(self.pid):
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="factory-parent-watch").start()
+
+    def teardown(self, worker=None):
+        pass
+
+
+def start_client(cfg: GenerateConfig, workers: int):
+    import dask
+    from distributed import Client, LocalCluster
+
+    if cfg.scheduler:
+        return Client(cfg.scheduler), None
+    import torch
+
+    gpus = torch.cuda.device_count() if (cfg.device is None or str(cfg.device).startswith("cuda")) else 0
+    dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error"})
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        resources={"GPU": 1} if gpus else None, silence_logs=40,
+    )
+    client = Client(cluster)
+    from distributed import WorkerPlugin
+
+    plugin = type("ParentWatch", (ParentWatch, WorkerPlugin), {})(os.getpid())
+    client.register_plugin(plugin)
+    return client, cluster
+
+
+def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> list[dict]:
+    from tqdm import tqdm
+
+    S = cfg.shard_size
+    total = sum(min(S, cfg.n - k * S) for k in todo)
+    workers = cfg.workers if cfg.workers is not None else default_workers()
+    bar = tqdm(total=total, unit="cand", desc="generate", disable=not cfg.progress, dynamic_ncols=True,
+               smoothing=0.1)
+    failures = []
+
+    def record(status):
+        if status.get("ok"):
+            done[status["shard"]] = status["result"]
+            bar.update(status["samples"])
+        else:
+            failures.append(status)
+        failed = {f["shard"] for f in failures}
+        waiting = [k for k in todo if k not in done and k not in failed]
+        bar.set_postfix_str(
+            f"shards {len(done)}/{plan.n_shards}"
+            + (f", failed {len(failures)}" if failures else "")
+            # at the tail of a job, say what it is still waiting for (no silent hang)
+            + (f", waiting on {', '.join(map(str, waiting))}" if 0 < len(waiting) <= 4 else "")
+        )
+
+    args = (plan.spec, plan.spec_hash)
+    common = dict(gen_name=plan.generator_name, gen_options=plan.generator_options, direction=plan.direction,
+                  latent_source=plan.latent_source, batch_size=cfg.batch_size, device=cfg.device)
+    try:
+        if workers == 0 and not cfg.scheduler:
+            for k in todo:
+                record(make_shard(*args, k, cfg.out, **common))
+            return failures
+        client, cluster = start_client(cfg, workers)
+        try:
+            from distributed import as_completed
+
+            ncpu = os.cpu_count() or 1
+            threads = None if cfg.scheduler else max(1, ncpu // max(1, workers))
+            resources = None
+            if not cfg.scheduler and cluster is not None and any(
+                w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()
+            ):
+                resources = {"GPU": 1}
+            sc = client.scatter(plan.latent_source, broadcast=True)
+            futures = [
+                client.submit(make_shard, *args, k, cfg.out, **dict(common, latent_source=sc), threads=threads,
+                              key=f"shard-{plan.spec_hash[:12]}-{k:06d}", resources=resources, pure=False)
+                for k in todo
+            ]
+            for fut in as_completed(futures):
+                try:
+                    record(fut.result())
+                except Exception as e:  # a worker died too often (KilledWorker) or similar
+                    failures.append({"shard": -1, "ok": False, "error": f"{type(e).__name__}: {e}"})
+            retried = lost_attempts(client, [f.key for f in futures])
+            if retried:
+                tqdm.write(f"{retried} shard attempt(s) were lost with a worker and retried", file=sys.stderr)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    finally:
+        bar.close()
+    return failures
+
+
+def lost_attempts(client, keys) -> int:
+    """How many task attempts died with their worker (the scheduler's `suspicious` counts)."""
+
+    def count(dask_scheduler, keys=tuple(keys)):
+        return sum(dask_scheduler.tasks[k].suspicious for k in keys if k in dask_scheduler.tasks)
+
+    try:
+        return int(client.run_on_scheduler(count))
+    except Exception:  # an external scheduler may refuse run_on_scheduler
+        return 0

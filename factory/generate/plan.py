@@ -1,0 +1,100 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from factory import format as fmt
+from factory.errors import FactoryError
+from factory.generate.config import CC_RATIO, GenerateConfig, image_codec_spec
+
+
+@dataclass
+class Plan:
+    """A resolved, validated job: spec (hashable content) plus what workers need to run it."""
+
+    spec: dict
+    spec_hash: str
+    n_shards: int
+    dim_z: int
+    resolution: int
+    direction: np.ndarray
+    latent_source: object
+    generator_name: str
+    generator_options: dict
+
+
+def resolve_direction(gen, direction: str | None, generator_name: str) -> tuple[np.ndarray, dict]:
+    named = gen.named_directions() if hasattr(gen, "named_directions") else {}
+    if direction is None:
+        if "background" in named:
+            direction = "background"
+        else:
+            raise FactoryError(
+                f"generator {generator_name!r} has no built-in segmenting direction; pass --direction FILE "
+                "(.npy or the authors' bg_direction.pth)"
+            )
+    if direction in named:
+        vec = np.asarray(named[direction], np.float32)
+        return vec, {"name": direction, "sha256": fmt.sha256_bytes(vec.tobytes())}
+    looks_like_file = os.sep in direction or direction.endswith((".npy", ".pth", ".pt"))
+    if not looks_like_file and not os.path.exists(direction):
+        known = ", ".join(sorted(named)) or "none"
+        raise FactoryError(
+            f"unknown direction {direction!r} for generator {generator_name!r} (known: {known}); "
+            "or pass a direction file (.npy / .pth)"
+        )
+    from factory.directions.io import load_direction_file
+
+    vec = np.asarray(load_direction_file(direction, gen.dim_z), np.float32)
+    return vec, {"file": os.path.basename(direction), "sha256": fmt.sha256_bytes(vec.tobytes())}
+
+
+def resolve_latents(cfg: GenerateConfig, dim_z: int):
+    from factory.latents import from_embeddings, from_file, gaussian
+
+    if cfg.embeddings:
+        return from_embeddings(cfg.embeddings, dim_z, cfg.seed, cfg.z_noise)
+    if cfg.latents == "gaussian":
+        return gaussian(dim_z, cfg.seed)
+    src = from_file(cfg.latents, dim_z)
+    if cfg.n > src.rows_available:
+        raise FactoryError(
+            f"--n {cfg.n} exceeds the {src.rows_available} rows of latents file {cfg.latents}; lower --n"
+        )
+    return src
+
+
+def make_plan(cfg: GenerateConfig) -> Plan:
+    from factory.generators import load_generator
+
+    cfg.validate()
+    gen = load_generator(cfg.generator, device="cpu", **cfg.generator_options)
+    direction, dir_desc = resolve_direction(gen, cfg.direction, cfg.generator)
+    src = resolve_latents(cfg, gen.dim_z)
+    spec = {
+        "format_version": fmt.FORMAT_VERSION,
+        "generator": gen.identity(),
+        "n": cfg.n,
+        "shard_size": cfg.shard_size,
+        "latents": src.describe(),
+        "direction": dir_desc,
+        "shift_r": float(cfg.shift_r),
+        "mask_rule": cfg.mask_rule,
+        "cc_ratio": CC_RATIO,
+        "max_fg": float(cfg.max_fg),
+        "image_codec": image_codec_spec(cfg),
+        "keep_raw_mask": bool(cfg.keep_raw_mask),
+    }
+    if cfg.mask_rule == "operators":  # only then, so that other specs (and their hashes) are unchanged
+        from factory.directions.operators import load_operators
+
+        ops = load_operators(cfg.operators)
+        spec["operators"] = {"file": os.path.basename(cfg.operators), "sha256": fmt.sha256_bytes(ops.tobytes()),
+                             "values": ops.tolist()}
+    spec_hash = fmt.sha256_bytes(fmt.canonical_json(spec))
+    n_shards = (cfg.n + cfg.shard_size - 1) // cfg.shard_size
+    return Plan(spec, spec_hash, n_shards, gen.dim_z, gen.resolution, direction, src, cfg.generator,
+                dict(cfg.generator_options))

@@ -1,0 +1,174 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import math
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from factory.errors import FactoryError
+from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
+
+WEIGHTS_HINT = (
+    "get the authors' BigBiGAN_x1.pth with `factory weights fetch bigbigan` "
+    "(saved under $FACTORY_HOME/weights, default ~/.cache/factory/weights) and pass its path as weights="
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+
+
+def sniff_checkpoint(path: Path) -> str:
+    """'safetensors' | 'torch-zip' | 'torch-legacy'; FactoryError for anything else."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise FactoryError(f"cannot read weights file {path}: {e.strerror or e}") from None
+    if size == 0:
+        raise FactoryError(f"{path}: empty file, not a checkpoint (an interrupted download?); {WEIGHTS_HINT}")
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if len(head) >= 9 and head[8:9] == b"{":
+        (n,) = struct.unpack("<Q", head[:8])
+        if 0 < n < size:
+            return "safetensors"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch-legacy"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
+        what = "an HTML page (a download that returned an error or login page?)"
+    elif text.startswith((b"{", b"[")):
+        what = "a JSON/text file"
+    else:
+        what = f"an unknown format (first bytes {head[:8]!r})"
+    raise FactoryError(f"{path}: not a checkpoint: it is {what}; {WEIGHTS_HINT}")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a plain state dict from a torch file (weights_only=True) or a .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FactoryError(f"weights file not found: {path}; {WEIGHTS_HINT}")
+    kind = sniff_checkpoint(path)
+    if kind == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj = load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise FactoryError(
+                f"{path}: corrupt or truncated safetensors file ({_one_line(e)}); download it again"
+            ) from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            msg = _one_line(e)
+            raise FactoryError(
+                f"{path}: refused: the checkpoint's pickle references code or objects other than "
+                f"tensors, which weights_only loading does not run ({msg[:200]}); only plain state "
+                f"dicts are accepted — do not load this file with weights_only=False unless you trust it"
+            ) from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
+            raise FactoryError(
+                f"{path}: corrupt or truncated torch checkpoint ({_one_line(e)[:200]}); download it again"
+            ) from None
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise FactoryError(f"{path}: not a plain state dict (got {type(obj).__name__}); {WEIGHTS_HINT}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise FactoryError(f"{path}: not a plain state dict: entries {bad[:3]} are not tensors")
+    return obj
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {s[0] if s else ''}".strip()
+
+
+def check_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module, cfg: BigBiGANConfig, source: str) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [
+        f"{k} (file {list(sd[k].shape)}, model {list(expected[k])})"
+        for k in expected if k in sd and tuple(sd[k].shape) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {', '.join(missing[:4])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:4])}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches: {'; '.join(shapes[:3])}")
+    if problems:
+        raise FactoryError(
+            f"{source} does not match BigBiGAN ({cfg.short()}): {' | '.join(problems)}; "
+            f"`factory weights inspect {source}` tells which config a file matches"
+        )
+    for k, v in sd.items():
+        if not v.is_floating_point():
+            raise FactoryError(f"{source}: {k} has dtype {v.dtype}, expected floating point")
+        if not torch.isfinite(v).all():
+            raise FactoryError(f"{source}: {k} contains NaN or inf values")
+
+
+def infer_config(sd: Mapping[str, torch.Tensor]) -> BigBiGANConfig:
+    """The BigBiGANConfig whose shapes a state dict has (FactoryError if it is not BigGAN-shaped)."""
+    try:
+        n_classes, shared_dim = sd["shared.weight"].shape
+        g_ch = sd["output_layer.0.gain"].shape[0]
+        z_chunk = sd["linear.weight"].shape[1]
+        n_blocks = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        c0 = sd["blocks.0.0.conv1.weight"].shape[1]
+        bw = int(round(math.sqrt(sd["linear.weight"].shape[0] / c0)))
+        attn = [i for i in range(n_blocks) if f"blocks.{i}.1.gamma" in sd]
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise FactoryError(f"not a BigGAN generator state dict (missing or odd {e})") from None
+    resolution = bw * 2 ** n_blocks
+    return BigBiGANConfig(
+        G_ch=int(g_ch), dim_z=int(z_chunk * (n_blocks + 1)), shared_dim=int(shared_dim),
+        resolution=resolution, n_classes=int(n_classes), bottom_width=bw,
+        G_attn="_".join(str(bw * 2 ** (i + 1)) for i in attn) or "0",
+    )
+
+
+@torch.no_grad()
+def random_state_dict(model: BigBiGAN, seed: int) -> dict[str, torch.Tensor]:
+    """Deterministic random weights of the right shapes (u0 unit vectors, positive stored_var)."""
+    g = torch.Generator().manual_seed(int(seed))
+    out = {}
+    for k, v in model.state_dict().items():
+        shape = v.shape
+        if k.endswith(".u0"):
+            t = torch.randn(shape, generator=g)
+            t = t / t.norm()
+        elif k.endswith(".sv0"):
+            t = torch.ones(shape)
+        elif k.endswith("stored_var"):
+            t = 0.5 + torch.rand(shape, generator=g)
+        elif k.endswith("stored_mean"):
+            t = 0.1 * torch.randn(shape, generator=g)
+        elif k.endswith("gamma"):
+            t = torch.full(shape, 0.5)
+        elif k == "output_layer.0.gain":
+            t = 1 + 0.1 * torch.randn(shape, generator=g)
+        elif k.endswith(".bias") and len(shape) == 1:
+            t = 0.05 * torch.randn(shape, generator=g)
+        else:
+            fan_in = max(1, int(np.prod(shape[1:]))) if len(shape) > 1 else 1
+            t = torch.randn(shape, generator=g) / math.sqrt(fan_in)
+        out[k] = t.float()
+    return out

@@ -1,0 +1,276 @@
+"""Predicates over the Parquet index -> views (small immutable JSON); optional materialization.
+
+Architecture
+------------
+* ``parse_where`` turns a small SQL-like language into an AST (no ``eval``):
+  ``fg_ratio < 0.4 and n_components <= 2 or not pass_area``, comparisons
+  (``< <= > >= = == != <>``), ``and``/``or``/``not``, parentheses, numbers,
+  quoted strings, ``true``/``false``, ``x [not] in (a, b, ...)``. ``render``
+  prints an AST back as the canonical predicate string (re-parseable).
+* ``load_index`` reads only the needed columns of every index fragment (never
+  a tar, never a pixel), checking each fragment's sha256 against the manifest.
+* ``run_filter`` evaluates the flag filters and ``--where`` with pyarrow
+  compute, counts rejections per filter, and writes the view. A view of a view
+  filters the accepted rows further; the new view's parent is still the root
+  dataset and ``lineage`` records the chain of predicates.
+* ``materialize`` re-packs the accepted samples into a compact new dataset
+  (renumbered keys/rows/shards, index fragments with a ``parent_row`` column,
+  latents.zarr, sidecars, card, manifest last), resumable like generate.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from factory import __version__
+from factory import format as fmt
+from factory.dataset.reader import index_schema, load_index
+from factory.errors import FactoryError
+from factory.format import parent_url_for
+from factory.views.materialize import materialize_view
+from factory.views.predicate import (
+    BoolOp,
+    Cmp,
+    Col,
+    Lit,
+    PredicateError,
+    check_types,
+    columns_of,
+    evaluate,
+    parse_where,
+    render,
+)
+
+# ================================================================ filter specs
+
+@dataclass
+class FilterSpec:
+    """The flags of `factory filter`; `steps()` lists (name, AST) in a fixed order."""
+
+    max_fg: float | None = None
+    min_fg: float | None = None
+    histogram: str = "off"  # reference | paper | off
+    min_components: int | None = None
+    max_components: int | None = None
+    where: str | None = None
+
+    def validate(self) -> None:
+        for name in ("max_fg", "min_fg"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                raise FactoryError(f"--{name.replace('_', '-')} must be a fraction in [0, 1], got {v}")
+        if self.histogram not in ("reference", "paper", "off"):
+            raise FactoryError(f"--histogram must be reference, paper or off, got {self.histogram!r}")
+        for name in ("min_components", "max_components"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise FactoryError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+
+    def steps(self) -> list[tuple[str, Any]]:
+        self.validate()
+        out: list[tuple[str, Any]] = []
+        if self.max_fg is not None:
+            out.append(("max_fg", Cmp("<", Col("fg_ratio"), Lit(float(self.max_fg)))))
+        if self.min_fg is not None:
+            out.append(("min_fg", Cmp(">=", Col("fg_ratio"), Lit(float(self.min_fg)))))
+        if self.histogram == "reference":
+            out.append(("histogram", Col("pass_hist_reference")))
+        elif self.histogram == "paper":
+            out.append(("histogram", Col("pass_hist_paper")))
+        if self.min_components is not None:
+            out.append(("min_components", Cmp(">=", Col("n_components"), Lit(int(self.min_components)))))
+        if self.max_components is not None:
+            out.append(("max_components", Cmp("<=", Col("n_components"), Lit(int(self.max_components)))))
+        if self.where:
+            out.append(("where", parse_where(self.where)))
+        return out
+
+
+def predicate_of(steps: list[tuple[str, Any]]) -> str:
+    if not steps:
+        return "true"
+    nodes = tuple(n for _, n in steps)
+    return render(nodes[0] if len(nodes) == 1 else BoolOp("and", nodes))
+
+
+def combine_predicates(parts: list[str]) -> str:
+    """Canonical AND of canonical predicates (each re-parsed so precedence stays right)."""
+    parts = [p for p in parts if p and p != "true"]
+    if not parts:
+        return "true"
+    nodes = []
+    for p in parts:
+        n = parse_where(p)
+        nodes.extend(n.operands if isinstance(n, BoolOp) and n.op == "and" else [n])
+    return render(nodes[0] if len(nodes) == 1 else BoolOp("and", tuple(nodes)))
+
+
+# ================================================================ views
+
+@dataclass
+class FilterResult:
+    view: dict
+    url: str | None = None
+    written: bool = False
+    materialized: dict | None = None
+
+
+def _as_rows_by_shard(shard_col: np.ndarray, row_col: np.ndarray, mask: np.ndarray,
+                      shard_ids: list[int]) -> dict[str, list[int]]:
+    acc = {str(k): [] for k in shard_ids}
+    if mask.any():
+        s = shard_col[mask]
+        r = row_col[mask]
+        order = np.lexsort((r, s))
+        s, r = s[order], r[order]
+        cuts = np.flatnonzero(np.diff(s)) + 1
+        for chunk_s, chunk_r in zip(np.split(s, cuts), np.split(r, cuts)):
+            acc[str(int(chunk_s[0]))] = chunk_r.tolist()
+    return acc
+
+
+def accepted_sha256(accepted: dict[str, list[int]]) -> str:
+    return fmt.sha256_bytes(fmt.canonical_json(accepted))
+
+
+
+
+def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
+                 view_url: str | None = None) -> dict:
+    """Evaluate `spec` on the index of dataset/view `url` and return the view dict (not written)."""
+    import pyarrow as pa
+
+    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    steps = spec.steps()
+    needed = {"shard", "row"}
+    for _, node in steps:
+        needed |= columns_of(node)
+    schema = index_schema(res.root, res.manifest)
+    for _, node in steps:
+        if check_types(node, schema) != "bool":
+            raise PredicateError(f"--where: '{render(node)}' is not a condition (compare it, e.g. '{render(node)} > 0')")
+    table = load_index(res.root, res.manifest, columns=sorted(needed))
+    shard_ids = [s["shard"] for s in res.manifest["shards"]]
+    if table is None:
+        table = pa.table({c: pa.array([], schema.field(c).type) for c in sorted(needed)})
+    n = table.num_rows
+    shard_col = table.column("shard").to_numpy()
+    row_col = table.column("row").to_numpy()
+
+    if res.accepted is not None:
+        missing = set(res.accepted) - set(shard_ids)
+        if missing:
+            raise fmt.FormatError(f"{url}: view lists shards {sorted(missing)} that the parent dataset does not have")
+        prev = np.fromiter((r for rows in res.accepted.values() for r in rows), np.int64)
+        top = int(max(row_col.max(initial=-1), prev.max(initial=-1))) + 1
+        flag = np.zeros(top, bool)
+        if prev.size and prev.min() < 0:
+            raise fmt.FormatError(f"{url}: view accepts negative rows")
+        flag[prev] = True
+        base = flag[row_col] if n else np.zeros(0, bool)
+        if int(base.sum()) != res.view["samples"]:
+            raise fmt.FormatError(
+                f"{url}: view accepts {res.view['samples']} rows but only {int(base.sum())} exist in the parent's index"
+            )
+    else:
+        base = np.ones(n, bool)
+
+    mask = base.copy()
+    rejected: dict[str, int] = {}
+    for name, node in steps:
+        try:
+            ok = evaluate(node, table).to_numpy(zero_copy_only=False).astype(bool)
+        except pa.ArrowException as e:
+            raise PredicateError(f"--where: cannot evaluate '{render(node)}' on the index: {e}") from None
+        rejected[name] = int((base & ~ok).sum())
+        mask &= ok
+    own = predicate_of(steps)
+    prev_pred = res.view["predicate"] if res.view is not None else None
+    predicate = combine_predicates([prev_pred, own]) if prev_pred else own
+    accepted = _as_rows_by_shard(shard_col, row_col, mask, shard_ids)
+    acc_sha = accepted_sha256(accepted)
+    parent_id = res.manifest["dataset_id"]
+    vid = fmt.view_id(parent_id, predicate, acc_sha)
+    lineage = list(res.view.get("lineage", [])) if res.view is not None else []
+    if res.view is not None and not lineage:
+        lineage = [{"view_id": res.view["view_id"], "predicate": res.view.get("predicate"),
+                    "samples": res.view["samples"]}]
+    lineage.append({"view_id": vid, "predicate": own, "samples": int(mask.sum())})
+    filters = {k: v for k, v in spec.__dict__.items() if v is not None and not (k == "histogram" and v == "off")}
+    view = {
+        "kind": fmt.VIEW_KIND,
+        "format_version": fmt.FORMAT_VERSION,
+        "view_id": vid,
+        "parent": {"dataset_id": parent_id,
+                   "url": parent_url_for(view_url or "view.json", res.root)},
+        "predicate": predicate,
+        "filters": filters,
+        "lineage": lineage,
+        "samples": int(mask.sum()),
+        "counts": {"candidates": n, "input": int(base.sum()), "accepted": int(mask.sum()),
+                   "rejected": int(base.sum() - mask.sum())},
+        "rejected": rejected,
+        "accepted_sha256": acc_sha,
+        "code_version": __version__,
+        "accepted": accepted,
+    }
+    return view
+
+
+def view_bytes(view: dict) -> bytes:
+    """Serialized view: sorted keys, one accepted shard per line (diffable, deterministic)."""
+    head = {k: v for k, v in view.items() if k != "accepted"}
+    text = json.dumps(head, indent=1, sort_keys=True)
+    acc = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
+                     for k, v in sorted(view["accepted"].items(), key=lambda kv: int(kv[0])))
+    return (text[:-2] + ',\n "accepted": {\n' + acc + "\n }\n}\n").encode()
+
+
+def write_view(view: dict, out: str, overwrite: bool = False) -> bool:
+    """Write a view file; the same content again is a no-op, other content is refused unless overwrite.
+
+    Returns True when the file was (re)written.
+    """
+    from factory.fsio import atomic_write, exists
+
+    data = view_bytes(view)
+    if exists(out):
+        try:
+            old = fmt.read_bytes(out)
+        except OSError:
+            old = b""
+        if old == data:
+            return False
+        if not overwrite:
+            try:
+                old_id = json.loads(old).get("view_id")
+            except (ValueError, AttributeError):
+                old_id = None
+            raise FactoryError(
+                f"{out} already holds {'view ' + old_id if old_id else 'another file'}; views are immutable: "
+                "choose another --out or pass --overwrite"
+            )
+    atomic_write(out, data)
+    return True
+
+
+def run_filter(url: str, spec: FilterSpec, out: str, overwrite: bool = False, allow_remote_shards: bool = False,
+               materialize: bool = False, shard_size: int | None = None, log=None) -> FilterResult:
+    if not out:
+        raise FactoryError("--out is required: a VIEW.json path (or a folder with --materialize)")
+    if shard_size is not None and not materialize:
+        raise FactoryError("--shard-size only applies with --materialize")
+    if materialize:
+        view = compute_view(url, spec, allow_remote_shards)
+        man = materialize_view(url, view, out, shard_size=shard_size, overwrite=overwrite,
+                               allow_remote_shards=allow_remote_shards, log=log)
+        return FilterResult(view, out, True, man)
+    if not out.endswith(".json"):
+        raise FactoryError(f"--out {out}: a view is a JSON file; name it *.json (or add --materialize for a dataset folder)")
+    view = compute_view(url, spec, allow_remote_shards, view_url=out)
+    written = write_view(view, out, overwrite)
+    return FilterResult(view, out, written)
