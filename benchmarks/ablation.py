@@ -205,11 +205,12 @@ def native_eval(run_dir: Path, test_dir: Path, device: str) -> dict:
     import torch
 
     from trainers.benchmarks import open_benchmark
-    from trainers.evaluate import _resolve_device, image_to_input, predict_batch
+    from trainers.checkpoint import load_model
+    from trainers.device import resolve_device
+    from trainers.evaluate import image_to_input, predict_batch
     from trainers.metrics import SegmentationMetrics
-    from trainers.unet import load_model
 
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     model = load_model(run_dir, dev)
     metrics = SegmentationMetrics(pysod=False)
     batch: list = []

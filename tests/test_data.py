@@ -11,10 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from trainers_fixtures import N_SAMPLES, RESOLUTION, small_dataset, write_view
+
 from trainers import data as td
-from trainers.data import DataError, LoaderState, ShardInfo, TrainStream, open_index, plan_epoch
+from trainers.data import (
+    DataError,
+    LoaderState,
+    ShardInfo,
+    TrainStream,
+    open_index,
+    plan_epoch,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,8 +92,8 @@ def test_view_yields_exactly_its_keys_and_never_decodes_rejected_ones(ds, tmp_pa
     view_path, view = write_view(ds, tmp_path / "view.json", lambda r: r % 3 != 1)
     accepted = sorted(r for rows in view["accepted"].values() for r in rows)
     decoded = []
-    real = td._decode_image
-    monkeypatch.setattr(td, "_decode_image", lambda data, mode, where, *a: decoded.append(where) or real(data, mode, where, *a))
+    real = td.decode_image
+    monkeypatch.setattr(td, "decode_image", lambda data, mode, where, *a: decoded.append(where) or real(data, mode, where, *a))
     idx = open_index(str(view_path), split="all")
     assert idx.view_id == view["view_id"] and idx.dataset_id == view["parent"]["dataset_id"]
     rows = [r for b in td.iter_batches(idx, batch_size=16) for r in b["row"].tolist()]

@@ -11,11 +11,17 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from trainers.benchmarks import (BenchmarkError, discover, flowers_foreground, open_benchmark,
-                                 parse_dataset_spec)
+from trainers.benchmarks import (
+    BenchmarkError,
+    discover,
+    flowers_foreground,
+    open_benchmark,
+    parse_dataset_spec,
+)
 from trainers.cli import main
 from trainers.evaluate import evaluate_model, network_input_size
-from trainers.unet import ModelConfig, UNet, save_model
+from trainers.checkpoint import save_model
+from trainers.unet import ModelConfig, UNet
 
 PAPER = ("maxF", "IoU", "accuracy", "MAE")
 
@@ -217,8 +223,10 @@ def test_dataset_spec_parsing():
 
 
 def test_network_input_size():
-    assert network_input_size(400, 300) == (171, 128)
-    assert network_input_size(300, 400) == (128, 171)
+    # the authors' long side: 128 * long // short (integer division, not rounding)
+    assert network_input_size(400, 300) == (170, 128)
+    assert network_input_size(300, 400) == (128, 170)
+    assert network_input_size(171, 128) == (171, 128)
     assert network_input_size(60, 60) == (128, 128)
 
 
@@ -243,7 +251,7 @@ def test_eval_pascal_s_120(shared, run8, tmp_path):
 
 
 def test_eval_model_is_batch_independent(run8, tmp_path):
-    from trainers.unet import load_model
+    from trainers.checkpoint import load_model
 
     make_ecssd(tmp_path / "E")
     model = load_model(run8)

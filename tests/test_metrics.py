@@ -33,7 +33,7 @@ def naive_metrics(preds: list[np.ndarray], gts: list[np.ndarray]) -> dict:
         f_per_threshold.append(sum(fs) / n)
     ious, accs, maes = [], [], []
     for p, g in zip(preds, gts):
-        b = p > 0.5
+        b = p >= 0.5
         inter = int(np.logical_and(b, g).sum())
         union = int(np.logical_or(b, g).sum())
         ious.append(inter / union if union > 0 else 1.0)

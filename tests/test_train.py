@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from trainers_fixtures import small_dataset
+
 from trainers.data import LoaderState, open_index, plan_epoch
 from trainers.train import TrainConfig, TrainError, train
 
@@ -88,7 +88,7 @@ def test_training_decreases_the_loss(ds, tmp_path):
 
 def test_train_cli_writes_model_and_card(ds, tmp_path):
     from trainers.cli import main
-    from trainers.unet import load_model
+    from trainers.checkpoint import load_model
 
     out = tmp_path / "cli-run"
     args = ["train", "--data", str(ds), "--out", str(out), "--steps", "2", "--batch-size", "4", "--width", "8",

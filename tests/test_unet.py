@@ -7,10 +7,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from trainers.checkpoint import (
+    INFO_FILE,
+    WEIGHTS_FILE,
+    ModelFileError,
+    load_model,
+    save_model,
+)
 from trainers.cli import main
-from trainers.unet import (INFO_FILE, WEIGHTS_FILE, ModelConfig, ModelFileError, UNet, load_model,
-                           normalize_images, save_model)
-
+from trainers.unet import ModelConfig, UNet, normalize_images
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -75,7 +80,7 @@ def test_save_load_round_trip_bit_exact(small, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == [INFO_FILE, WEIGHTS_FILE]  # no temp files left
     info = json.loads((run / INFO_FILE).read_text())
     assert info["config"] == {"width": 4, "in_channels": 3, "out_channels": 1, "upsampling": "transposed",
-                              "input_range": "[-1,1]"}
+                              "input_range": "[-1,1]", "conv_bias": False, "head": "sigmoid"}
     assert info["extra"] == {"step": 12, "dataset": "abc"}
     loaded = load_model(run, "cpu")
     assert not loaded.training and loaded.config == small.config and loaded.extra["step"] == 12

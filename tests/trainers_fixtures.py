@@ -14,7 +14,8 @@ _CACHE: dict[str, Path] = {}
 def small_dataset(tmp_path_factory) -> Path:
     """A 60-sample, 3-shard, 64 px shapes dataset (the factory's engine API, in-process)."""
     if "ds" not in _CACHE:
-        from factory.engine import GenerateConfig, generate
+        from factory.generate.config import GenerateConfig
+        from factory.generate.engine import generate
 
         root = tmp_path_factory.mktemp("trainers-ds") / "ds"
         generate(GenerateConfig(n=N_SAMPLES, out=str(root), generator="shapes",

@@ -3,12 +3,20 @@
 This package never imports `factory`, except `factory.format` (the data
 contract), so a team can train and evaluate without the generation stack.
 
-Modules:
-  unet.py        the U-Net, its ModelConfig, safetensors save/load
+Modules (each imports only those above it, and factory.format):
+  fileio.py      atomic writes, canonical JSON, sha256
+  device.py      the one --device helper (resolve_device)
+  unet.py        the U-Net and its ModelConfig (ours, and the authors' bilinear / 2-logit variant); no I/O
+  authors.py     the paper authors' released .pth checkpoints: safe reading, strict checks, key names
+  checkpoint.py  weights on disk: run folder (model.safetensors + model.json), --model, convert,
+                 training checkpoints
+  data.py        factory dataset/view -> training batches (view-aware, seeded, exact under DDP)
   metrics.py     the paper's metrics (maxFβ, IoU, accuracy, MAE) + pysodmetrics measures
+  train.py       the training recipe and loop (resume, DDP), the model card
   benchmarks.py  benchmark layouts (ECSSD, DUTS-TE, DUT-OMRON, CUB, Flowers, folder)
-  evaluate.py    evaluation protocol, prediction folders, the benchmark table
-  cli.py         the `trainers` console script (click group `main`)
+  evaluate.py    the evaluation protocol (the authors'), prediction folders
+  table.py       `trainers benchmark`: ours beside the paper's published rows
+  cli.py, cli_train.py   the `trainers` console script (click group `main`): parse, call, print
 """
 from __future__ import annotations
 

@@ -125,7 +125,11 @@ class Benchmark:
             yield self.load(p)
 
 
-def _files_by_stem(folder: Path, what: str) -> dict[str, Path]:
+def files_by_stem(folder: Path, what: str) -> dict[str, Path]:
+    """Image files of ``folder`` (by extension; hidden files skipped) keyed by stem.
+
+    Two files with one stem are an error: masks are matched to images by stem, never by position.
+    """
     if not folder.is_dir():
         raise BenchmarkError(f"{what}: folder {str(folder)!r} does not exist")
     out: dict[str, Path] = {}
@@ -144,8 +148,8 @@ def _files_by_stem(folder: Path, what: str) -> dict[str, Path]:
 
 def match_by_stem(images_dir: Path, masks_dir: Path, kind: str) -> list[Pair]:
     """Pair every image with the mask of the same stem; error on an image lacking its mask."""
-    images = _files_by_stem(images_dir, f"{kind} images")
-    masks = _files_by_stem(masks_dir, f"{kind} masks")
+    images = files_by_stem(images_dir, f"{kind} images")
+    masks = files_by_stem(masks_dir, f"{kind} masks")
     if not images:
         raise BenchmarkError(f"{kind}: no images in {str(images_dir)!r}")
     missing = [s for s in images if s not in masks]

@@ -1,27 +1,16 @@
 """`trainers` command line: thin click commands that parse, call one library function, print.
 
-The group `main` is the console script `trainers`; `train` is attached by the
-training module when it lands. User errors become one-line click errors (exit 1).
+The group `main` is the console script `trainers` (also `python -m trainers.cli`, which torchrun
+starts); `train` lives in trainers/cli_train.py and is attached at the bottom. ``--model`` is a run
+folder or one of the paper authors' ``.pth`` files (trainers.checkpoint.open_model). User errors
+(TrainersError, raised by the library with the fix in the message) become one-line click errors
+(exit 1) in ONE place: ``TrainersGroup.invoke``.
 """
 from __future__ import annotations
-
-import functools
-from pathlib import Path
 
 import click
 
 from trainers import TrainersError, __version__
-
-
-def _user_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (TrainersError, ImportError) as e:
-            raise click.ClickException(str(e)) from None
-
-    return wrapper
 
 
 class TrainersGroup(click.Group):
@@ -43,6 +32,7 @@ def main():
     """
 
 
+_MODEL_HELP = "run folder (model.safetensors + model.json) or an authors' checkpoint FILE.pth"
 _device = click.option("--device", default="auto", show_default=True,
                        help="torch device: auto (cuda if available), cpu, cuda, cuda:1 ...")
 _batch = click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
@@ -51,26 +41,17 @@ _pysod = click.option("--pysod/--no-pysod", default=None,
                       help="also report pysodmetrics measures (pysod_*); default: when installed")
 
 
-def _load(run: str, device: str):
-    from trainers.evaluate import _resolve_device
-    from trainers.unet import load_model
-
-    try:
-        dev = _resolve_device(device)
-    except RuntimeError as e:
-        raise click.ClickException(f"bad --device {device!r}: {e}") from None
-    return load_model(run, dev), dev
-
-
 def _print_metrics(name: str, m: dict) -> None:
     keys = [k for k in ("n_images", "maxF", "IoU", "accuracy", "MAE") if k in m]
+    if m.get("n_both_empty"):
+        keys.append("IoU_authors")  # differs from IoU only when some image is empty in both
     keys += [k for k in m if k.startswith("pysod_")]
-    click.echo(f"{name}: " + "  ".join(f"{k}={m[k]}" if isinstance(m[k], int) else f"{k}={m[k]:.4f}"
-                                         for k in keys))
+    click.echo(f"{name}: " + "  ".join(f"{k}={m[k]}" if isinstance(m[k], int) or m[k] is None
+                                         else f"{k}={m[k]:.4f}" for k in keys))
 
 
 @main.command("eval")
-@click.option("--model", "run", type=click.Path(file_okay=False), help="run folder (model.safetensors + model.json)")
+@click.option("--model", "run", type=click.Path(), help=_MODEL_HELP)
 @click.option("--dataset", "datasets", multiple=True, metavar="KIND=PATH",
               help="benchmark to score; KIND: ecssd, duts-te, dut-omron, cub, flowers, folder (repeatable)")
 @click.option("--predictions", type=click.Path(file_okay=False), help="folder of 8-bit PNG probability maps")
@@ -80,17 +61,27 @@ def _print_metrics(name: str, m: dict) -> None:
 @_device
 @_batch
 @_pysod
-@_user_errors
-def eval_cmd(run, datasets, predictions, masks, json_out, limit, device, batch_size, pysod):
-    """Score a model on benchmarks, or saved predictions against masks (paper protocol).
+def eval_cmd(*, run, datasets, predictions, masks, json_out, limit, device, batch_size, pysod):
+    """Score a model on benchmarks, or saved predictions against masks (the authors' protocol).
+
+    The protocol is the paper authors': shorter side 128 (long side 128*long//short), the
+    probability resized back to the mask, IoU and accuracy at p >= 0.5, maxF over p > k/255
+    (beta^2 = 0.3). pysodmetrics' numbers appear only under pysod_* names.
 
     \b
     Examples:
       trainers eval --model runs/unet --dataset ecssd=/data/ECSSD --dataset cub=/data/CUB --json ecssd.json
+      trainers eval --model u_net_imagenet.pth --dataset ecssd=/data/ECSSD
       trainers eval --predictions preds/ --masks /data/ECSSD/ground_truth_mask
     """
-    from trainers.benchmarks import open_benchmark, parse_dataset_spec
-    from trainers.evaluate import evaluate_model, evaluate_predictions, write_json
+    from trainers.benchmarks import parse_dataset_spec
+    from trainers.evaluate import (
+        PROTOCOL,
+        evaluate_datasets,
+        evaluate_predictions,
+        write_json,
+    )
+    from trainers.metrics import METRIC_PROTOCOL
 
     model_mode = bool(run or datasets)
     pred_mode = bool(predictions or masks)
@@ -100,6 +91,7 @@ def eval_cmd(run, datasets, predictions, masks, json_out, limit, device, batch_s
         if not (predictions and masks):
             raise click.ClickException("--predictions and --masks go together (both folders, matched by stem)")
         results = {"predictions": evaluate_predictions(predictions, masks, pysod=pysod)}
+        click.echo(f"protocol: {METRIC_PROTOCOL}")
         _print_metrics("predictions", results["predictions"])
     elif model_mode:
         if not run:
@@ -107,15 +99,13 @@ def eval_cmd(run, datasets, predictions, masks, json_out, limit, device, batch_s
         if not datasets:
             raise click.ClickException("--model needs at least one --dataset KIND=PATH, e.g. ecssd=/data/ECSSD")
         specs = [parse_dataset_spec(s) for s in datasets]
-        opened = [open_benchmark(kind, path) for kind, path in specs]  # fail fast on layout errors
-        model, dev = _load(run, device)
         results = {}
-        for ds in opened:
-            name = ds.name if ds.name not in results else f"{ds.name} ({ds.root})"
-            results[name] = {"kind": ds.kind, "path": str(ds.root),
-                             **evaluate_model(model, ds, device=dev, batch_size=batch_size, pysod=pysod,
-                                              limit=limit)}
-            _print_metrics(name, results[name])
+        for name, m in evaluate_datasets(run, specs, device=device, batch_size=batch_size, pysod=pysod,
+                                         limit=limit):
+            if not results:
+                click.echo(f"protocol: {PROTOCOL}")
+            results[name] = m
+            _print_metrics(name, m)
     else:
         raise click.ClickException("nothing to evaluate: give --model RUN --dataset KIND=PATH, "
                                    "or --predictions DIR --masks DIR")
@@ -125,15 +115,13 @@ def eval_cmd(run, datasets, predictions, masks, json_out, limit, device, batch_s
 
 
 @main.command("predict")
-@click.option("--model", "run", required=True, type=click.Path(file_okay=False),
-              help="run folder (model.safetensors + model.json)")
+@click.option("--model", "run", required=True, type=click.Path(), help=_MODEL_HELP)
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="folder of input images")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="output folder: <stem>.png 8-bit probability maps at input size")
 @_device
 @_batch
-@_user_errors
-def predict_cmd(run, images, out, device, batch_size):
+def predict_cmd(*, run, images, out, device, batch_size):
     """Write probability maps (PNG, p = value/255) for every image, at the image's size.
 
     \b
@@ -143,41 +131,60 @@ def predict_cmd(run, images, out, device, batch_size):
     """
     from trainers.evaluate import predict_folder
 
-    model, dev = _load(run, device)
-    written = predict_folder(model, images, out, device=dev, batch_size=batch_size)
+    written = predict_folder(run, images, out, device=device, batch_size=batch_size)
     click.echo(f"wrote {len(written)} probability maps to {out}")
 
 
 @main.command("benchmark")
-@click.option("--model", "run", required=True, type=click.Path(file_okay=False),
-              help="run folder (model.safetensors + model.json)")
+@click.option("--model", "run", required=True, type=click.Path(), help=_MODEL_HELP)
 @click.option("--root", required=True, type=click.Path(file_okay=False),
               help="folder holding the unpacked benchmarks (found by their layouts)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="also write the table as JSON")
-@click.option("--label", default=None, help="name of our row (default: the run folder's name)")
+@click.option("--label", default=None, help="name of our row (default: the run folder's name or the file's stem)")
 @_device
 @_batch
 @_pysod
-@_user_errors
-def benchmark_cmd(run, root, json_out, label, device, batch_size, pysod):
+def benchmark_cmd(*, run, root, json_out, label, device, batch_size, pysod):
     """Evaluate on every benchmark under ROOT; print ours beside the paper's published rows.
 
     \b
-    Example:
+    Examples:
       trainers benchmark --model runs/unet --root /data/benchmarks --json table.json
+      trainers benchmark --model u_net_imagenet.pth --root /data/benchmarks
     """
-    from trainers.evaluate import benchmark, write_json
+    from trainers.checkpoint import model_label
+    from trainers.evaluate import write_json
+    from trainers.table import benchmark
 
-    model, dev = _load(run, device)
-    table = benchmark(model, root, device=dev, batch_size=batch_size, pysod=pysod,
-                      label=label or Path(run).resolve().name)
+    table = benchmark(run, root, device=device, batch_size=batch_size, pysod=pysod, label=label or model_label(run))
     click.echo(table["markdown"], nl=False)
     if json_out:
         write_json(json_out, table)
         click.echo(f"wrote {json_out}")
 
 
-from trainers.cli_train import train  # noqa: E402  (issue 5: `trainers train`)
+@main.command("convert")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), metavar="RUN",
+              help="new run folder: model.safetensors + model.json (records the source file's sha256)")
+def convert_cmd(checkpoint, out):
+    """Turn one of the paper authors' U-Net checkpoints (.pth) into a run folder every command serves.
+
+    \b
+    Example:
+      trainers convert u_net_imagenet.pth --out runs/authors-imagenet
+      trainers benchmark --model runs/authors-imagenet --root /data/benchmarks
+    """
+    from trainers.checkpoint import convert_authors
+
+    info = convert_authors(checkpoint, out)
+    src = info["extra"]["source"]
+    click.echo(f"wrote {out}: {info['n_tensors']} tensors, {info['n_parameters']:,} parameters "
+               f"(the authors' U-Net from {src['file']}, sha256 {src['sha256'][:16]}...)")
+
+
+from trainers.cli_train import train  # noqa: E402  (`trainers train`, in its own module)
+
 main.add_command(train)
 
 

@@ -1,9 +1,8 @@
-"""`trainers train`: thin click command over trainers.train.train (registered in trainers/cli.py)."""
+"""`trainers train`: thin click command over trainers.train.train (registered in trainers/cli.py,
+whose group turns TrainersError into a one-line error)."""
 from __future__ import annotations
 
 import click
-
-from trainers import TrainersError
 
 
 @click.command("train")
@@ -43,7 +42,7 @@ from trainers import TrainersError
 @click.option("--allow-remote-shards", is_flag=True, help="trust shard URLs in a remote manifest")
 @click.option("--progress/--no-progress", default=True, help="progress bar on rank 0")
 @click.option("--audit", is_flag=True, hidden=True, help="write RUN/audit/rank-R.json (rows per step, digest)")
-def train(data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers, seed, holdout_permille, val_max,
+def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers, seed, holdout_permille, val_max,
           checkpoint_every, val_every, device, mask, flip, shuffle_window, deterministic, resume,
           allow_remote_shards, progress, audit):
     """Train the U-Net on a dataset or view (the paper's recipe by default).
@@ -63,10 +62,7 @@ def train(data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers, s
                       val_every=val_every, device=device, mask=mask, flip=flip, shuffle_window=shuffle_window,
                       deterministic=deterministic, resume=resume, allow_remote_shards=allow_remote_shards,
                       progress=progress, audit=audit)
-    try:
-        card = run_training(cfg)
-    except TrainersError as e:
-        raise click.ClickException(str(e)) from None
+    card = run_training(cfg)
     if card.get("validation"):  # rank 0 only
         v = card["validation"]["metrics"]
         vals = "  ".join(f"{k}={v[k]:.4f}" for k in ("bce", "IoU", "accuracy") if k in v)

@@ -237,7 +237,8 @@ def steps_in_epoch(n: int, consumed: int, world_size: int, batch_size: int) -> i
     return max(0, n - consumed) // (world_size * batch_size)
 
 
-def rank_steps(order: np.ndarray, consumed: int, world_size: int, rank: int, batch_size: int) -> list[np.ndarray]:
+def rank_steps(order: np.ndarray, consumed: int, *, world_size: int, rank: int,
+               batch_size: int) -> list[np.ndarray]:
     """Positions (into the index) of each of this rank's batches for the rest of the epoch."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
@@ -254,7 +255,7 @@ def plan_epoch(index: SampleIndex, state: LoaderState, *, world_size: int, batch
     k = max(1, workers)
     plan = []
     for r in range(world_size):
-        steps = rank_steps(order, state.consumed, world_size, r, batch_size)
+        steps = rank_steps(order, state.consumed, world_size=world_size, rank=r, batch_size=batch_size)
         plan.append([[index.rows[p] for p in steps[w::k]] for w in range(k)])
     return plan
 
@@ -328,7 +329,7 @@ def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...]) -> dic
     return out
 
 
-def _decode_image(data: bytes, mode: str, where: str, expect: str = "PNG") -> np.ndarray:
+def decode_image(data: bytes, mode: str, where: str, expect: str = "PNG") -> np.ndarray:
     """Pixels of an encoded member whose container must be ``expect`` (a PIL format name)."""
     try:
         with fmt.open_image_checked(data, where) as im:
@@ -354,8 +355,8 @@ def decode_sample(members: dict[str, bytes], mask_member: str, where: str,
 
     ``image_member``: the manifest's image extension (png, webp or jpg; ``fmt.image_member``).
     """
-    img = _decode_image(members[image_member], "RGB", f"{where}.{image_member}", fmt.IMAGE_FORMATS[image_member])
-    mask = _decode_image(members[mask_member], "L", f"{where}.{mask_member}")
+    img = decode_image(members[image_member], "RGB", f"{where}.{image_member}", fmt.IMAGE_FORMATS[image_member])
+    mask = decode_image(members[mask_member], "L", f"{where}.{mask_member}")
     if img.shape[:2] != mask.shape:
         raise DataError(f"{where}: image {img.shape[:2]} and mask {mask.shape} differ in size")
     image = img.transpose(2, 0, 1).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
@@ -377,6 +378,9 @@ class ShardReader:
         self._cache: dict[int, dict[str, bytes]] = {}
         self.shards_read: list[int] = []
 
+    def shard_of(self, row: int) -> int:
+        return self._shard_of[row]
+
     def take(self, row: int) -> dict[str, bytes]:
         if row not in self._cache:
             s = self._shard_of[row]
@@ -392,7 +396,7 @@ def make_batch(index: SampleIndex, reader: ShardReader, rows: np.ndarray, *, see
                flip: bool) -> dict:
     images, masks = [], []
     for r in rows.tolist():
-        s = reader._shard_of[r]
+        s = reader.shard_of(r)
         where = f"shard {index.shard_info[s].url}: key {fmt.sample_key(r)}"
         image, mask = decode_sample(reader.take(r), index.mask_member, where, index.image_member)
         if flip and flip_bit(seed, epoch, r):
@@ -458,7 +462,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
         st = self.state
         order = epoch_order(self.index, st.seed, st.epoch, self.shuffle_window)
-        steps = rank_steps(order, st.consumed, self.world_size, self.rank, self.batch_size)
+        steps = rank_steps(order, st.consumed, world_size=self.world_size, rank=self.rank,
+                           batch_size=self.batch_size)
         mine = list(range(wid, len(steps), nw))
         if not mine:
             return

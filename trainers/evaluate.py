@@ -1,13 +1,20 @@
-"""The evaluation protocol: predict, resize back, score; prediction folders; the benchmark table.
+"""The evaluation protocol: predict, resize back, score; prediction folders.
 
-Protocol of the paper (shared/reference/benchmarks.md):
-  - the image is resized (bilinear) so its shorter side is 128, aspect kept
-    (400x300 -> 171x128), normalised to [-1, 1] and fed to the U-Net;
-  - sigmoid(logit) is upsampled bilinearly (align_corners=False) to the ground
-    truth's size and scored there with trainers.metrics;
+Default protocol = the paper authors' (their ``SegmentationInference(resize_to=128)`` and
+``metrics.py``; shared/reference/unet-authors/README.md, shared/reference/benchmarks.md):
+  - the image is resized (bilinear) so its shorter side is 128, the longer one
+    ``128 * long // short`` (integer division: 400x300 -> 170x128), normalised
+    to [-1, 1] and fed to the U-Net;
+  - the foreground probability (sigmoid of our 1-logit head, softmax channel 1
+    of the authors' 2-logit head) is resized bilinearly (align_corners=False)
+    to the ground truth's size and scored there with trainers.metrics
+    (IoU / accuracy at p >= 0.5, maxF over p > k/255);
   - CUB and Flowers arrive already centre-cropped to 128x128 (benchmarks.py).
 Consecutive samples with the same network input size are batched together;
 BatchNorm runs in eval mode, so batching never changes a prediction.
+
+``--model`` anywhere means a run folder or an authors' ``.pth`` (trainers.checkpoint.open_model);
+the functions here take a loaded module or such a path.
 """
 from __future__ import annotations
 
@@ -15,53 +22,39 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from trainers._io import atomic_write as _atomic_write
 from trainers import TrainersError
-from trainers.benchmarks import (DISPLAY, Benchmark, BenchmarkError, Sample, _files_by_stem, discover,
-                                 open_benchmark)
-from trainers.metrics import SegmentationMetrics
+from trainers.benchmarks import (
+    Benchmark,
+    BenchmarkError,
+    Sample,
+    files_by_stem,
+    open_benchmark,
+)
+from trainers.checkpoint import open_model
+from trainers.device import resolve_device
+from trainers.fileio import atomic_write
+from trainers.metrics import METRIC_PROTOCOL, SegmentationMetrics
+from trainers.unet import ModelConfig, foreground_probability
 
 SHORT_SIDE = 128
-
-# Published acc / IoU / maxFβ (shared/reference/benchmarks.md, Tables 1, 2 and 4 of the paper and
-# later work); None = not reported.
-PAPER_DATASETS = ("ECSSD", "DUTS-TE", "DUT-OMRON", "CUB", "Flowers")
-PUBLISHED: list[dict] = [
-    {"method": "BigBiGAN, z ~ N(0,I) (paper)",
-     "scores": {"ECSSD": (.899, .672, .782), "DUTS-TE": (.878, .498, .608), "DUT-OMRON": (.856, .453, .549),
-                "CUB": (.930, .683, .794), "Flowers": (.765, .540, .760)}},
-    {"method": "E-BigBiGAN (paper)",
-     "scores": {"ECSSD": (.906, .684, .797), "DUTS-TE": (.882, .511, .624), "DUT-OMRON": (.860, .464, .563),
-                "CUB": (.940, .710, .834), "Flowers": (.904, .804, .878)}},
-    {"method": "Paper Table 4: Base", "scores": {"ECSSD": (.859, .626, .737)}},
-    {"method": "Paper Table 4: +ImageNet embeddings", "scores": {"ECSSD": (.874, .657, .773)}},
-    {"method": "Paper Table 4: +size filter", "scores": {"ECSSD": (.900, .670, .781)}},
-    {"method": "Paper Table 4: +histogram filter", "scores": {"ECSSD": (.900, .670, .779)}},
-    {"method": "Paper Table 4: +CC filter", "scores": {"ECSSD": (.906, .684, .797)}},
-    {"method": "Melas-Kyriazi et al. ICLR'22 (BigBiGAN, optimised direction)",
-     "scores": {"ECSSD": (.915, .713, None), "DUTS-TE": (.893, .528, None), "DUT-OMRON": (.883, .509, None),
-                "CUB": (.921, .664, .783), "Flowers": (.796, .541, .723)}},
-    {"method": "TokenCut (DINO ViT-S/16)",
-     "scores": {"ECSSD": (.918, .712, .803), "DUTS-TE": (.903, .576, .672), "DUT-OMRON": (.880, .533, .600)}},
-    {"method": "FOUND (DINO ViT-S/8)",
-     "scores": {"ECSSD": (.949, .807, None), "DUTS-TE": (.938, .645, None), "DUT-OMRON": (.912, .578, None)}},
-]
+PROTOCOL = ("the authors' (shorter side 128 = their SegmentationInference(resize_to=128), probability "
+            "resized back to the mask; " + METRIC_PROTOCOL + ")")
 
 
 def network_input_size(width: int, height: int, short: int = SHORT_SIDE) -> tuple[int, int]:
-    """(w, h) with the shorter side = ``short`` and the aspect kept (rounded)."""
+    """(w, h) with the shorter side = ``short`` and the longer ``short * long // short_side`` (the authors')."""
     if width <= 0 or height <= 0:
         raise ValueError(f"empty image {width}x{height}")
     if width <= height:
-        return short, max(1, round(height * short / width))
-    return max(1, round(width * short / height)), short
+        return short, max(1, short * height // width)
+    return max(1, short * width // height), short
 
 
 def image_to_input(image: Image.Image, short: int = SHORT_SIDE) -> torch.Tensor:
@@ -77,11 +70,16 @@ def image_to_input(image: Image.Image, short: int = SHORT_SIDE) -> torch.Tensor:
 @torch.inference_mode()
 def predict_batch(model: torch.nn.Module, inputs: torch.Tensor, out_sizes: list[tuple[int, int]],
                   device: torch.device) -> list[np.ndarray]:
-    """Inputs [B, 3, h, w] -> probability maps resized (bilinear) to each (H, W) in ``out_sizes``."""
+    """Inputs [B, 3, h, w] -> foreground probability maps resized (bilinear) to each (H, W) in ``out_sizes``.
+
+    The head is the model's ``config.head``; a module without a config must give 1 logit (sigmoid).
+    """
+    config = getattr(model, "config", None)
+    config = config if isinstance(config, ModelConfig) else ModelConfig()
     logits = model(inputs.to(device))
-    if logits.shape[1] != 1:
-        raise ValueError(f"the model must output 1 logit channel, got {logits.shape[1]}")
-    probs = torch.sigmoid(logits.float())
+    if logits.shape[1] != config.out_channels:
+        raise ValueError(f"the model must output {config.out_channels} logit channel(s), got {logits.shape[1]}")
+    probs = foreground_probability(logits, config)
     out = []
     for i, (h, w) in enumerate(out_sizes):
         p = probs[i:i + 1]
@@ -105,10 +103,12 @@ def _batches(samples: Iterable, batch_size: int, to_image):
         yield buf
 
 
-def _resolve_device(device) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def model_on(model: torch.nn.Module | str | os.PathLike, device) -> tuple[torch.nn.Module, torch.device]:
+    """(module, device) from a loaded module or a ``--model`` path, and a ``--device`` value."""
+    dev = resolve_device(device)
+    if isinstance(model, (str, os.PathLike)):
+        model = open_model(model, dev)
+    return model, dev
 
 
 class _EvalMode:
@@ -124,24 +124,28 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def evaluate_model(model: torch.nn.Module, dataset: Benchmark | Iterable[Sample], device="auto",
-                   batch_size: int = 16, pysod: bool | None = None, limit: int | None = None,
+def _progress(total, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc=desc)
+
+
+def evaluate_model(model: torch.nn.Module | str | os.PathLike, dataset: Benchmark | Iterable[Sample], *,
+                   device="auto", batch_size: int = 16, pysod: bool | None = None, limit: int | None = None,
                    progress: bool = False) -> dict:
-    """Score ``model`` on a benchmark with the paper's protocol; returns SegmentationMetrics.compute()."""
+    """Score ``model`` on a benchmark with the authors' protocol; returns SegmentationMetrics.compute()."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _resolve_device(device)
+    model, device = model_on(model, device)
     metrics = SegmentationMetrics(pysod=pysod)
     samples = iter(dataset)
     if limit is not None:
         samples = (s for i, s in zip(range(limit), samples))
     bar = None
     if progress:
-        from tqdm import tqdm
-
         total = len(dataset) if hasattr(dataset, "__len__") else None
-        bar = tqdm(total=min(total, limit) if (total and limit) else (total or limit), unit="img",
-                   desc=getattr(dataset, "name", "eval"))
+        bar = _progress(min(total, limit) if (total and limit) else (total or limit),
+                        getattr(dataset, "name", "eval"))
     with _EvalMode(model, device):
         for batch in _batches(samples, batch_size, lambda s: s.image):
             xs = torch.stack([x for _, x in batch])
@@ -155,6 +159,22 @@ def evaluate_model(model: torch.nn.Module, dataset: Benchmark | Iterable[Sample]
     return metrics.compute()
 
 
+def evaluate_datasets(model: str | os.PathLike, datasets: list[tuple[str, Path]], *, device="auto",
+                      batch_size: int = 16, pysod: bool | None = None,
+                      limit: int | None = None) -> Iterator[tuple[str, dict]]:
+    """``trainers eval --model``: yields (name, {kind, path, protocol, metrics...}) per (kind, path).
+
+    Every benchmark is opened before the model is loaded (layout errors first); a name used twice
+    gets its path added.
+    """
+    opened = [open_benchmark(kind, path) for kind, path in datasets]
+    net, dev = model_on(model, device)
+    used: set[str] = set()
+    for ds in opened:
+        name = ds.name if ds.name not in used else f"{ds.name} ({ds.root})"
+        used.add(name)
+        yield name, {"kind": ds.kind, "path": str(ds.root), "protocol": "authors",
+                     **evaluate_model(net, ds, device=dev, batch_size=batch_size, pysod=pysod, limit=limit)}
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -162,7 +182,7 @@ def write_json(path: str | os.PathLike, obj) -> None:
     path = Path(path)
     if path.parent and not path.parent.is_dir():
         raise TrainersError(f"cannot write {path}: folder {str(path.parent)!r} does not exist")
-    _atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
 
 
 def _json_default(o):
@@ -173,48 +193,44 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def predict_folder(model: torch.nn.Module, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                   device="auto", batch_size: int = 16, progress: bool = False) -> list[Path]:
+def _load_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError) as e:
+        raise BenchmarkError(f"cannot read image {path}: {e}") from None
+
+
+def predict_folder(model: torch.nn.Module | str | os.PathLike, images_dir: str | os.PathLike,
+                   out_dir: str | os.PathLike, *, device="auto", batch_size: int = 16,
+                   progress: bool = False) -> list[Path]:
     """Write ``out_dir/<stem>.png``: 8-bit probability maps (v = round(255 p)) at each input's size."""
-    images = _files_by_stem(Path(images_dir), "images")
+    model, device = model_on(model, device)  # a bad --model is reported before a bad --images
+    images = files_by_stem(Path(images_dir), "images")
     if not images:
         raise BenchmarkError(f"no images in {str(images_dir)!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(device)
-
-    def load(item):
-        stem, path = item
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except (OSError, SyntaxError) as e:
-            raise BenchmarkError(f"cannot read image {path}: {e}") from None
-
     written = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    bar = _progress(len(images), "predict") if progress else None
+    sizes: dict[str, tuple[int, int]] = {}
 
-        bar = tqdm(total=len(images), unit="img", desc="predict")
+    def to_image(item):
+        im = _load_rgb(item[1])
+        sizes[item[0]] = (im.size[1], im.size[0])
+        return im
+
     with _EvalMode(model, device):
-        cache: dict[str, tuple[int, int]] = {}
-
-        def to_image(item):
-            im = load(item)
-            cache[item[0]] = (im.size[1], im.size[0])
-            return im
-
         for batch in _batches(sorted(images.items()), batch_size, to_image):
             xs = torch.stack([x for _, x in batch])
-            probs = predict_batch(model, xs, [cache[stem] for (stem, _), _ in batch], device)
+            probs = predict_batch(model, xs, [sizes[stem] for (stem, _), _ in batch], device)
             for ((stem, _), _), p in zip(batch, probs):
                 buf = io.BytesIO()
                 Image.fromarray(np.rint(p * 255.0).astype(np.uint8), mode="L").save(buf, format="PNG")
                 target = out / f"{stem}.png"
-                _atomic_write(target, buf.getvalue())
+                atomic_write(target, buf.getvalue())
                 written.append(target)
-                del cache[stem]
+                del sizes[stem]
             if bar is not None:
                 bar.update(len(batch))
     if bar is not None:
@@ -244,8 +260,8 @@ def evaluate_predictions(pred_dir: str | os.PathLike, mask_dir: str | os.PathLik
     Every mask needs a prediction of the same stem and size; masks are
     binarised at >= 128 (pysodmetrics receives the raw mask and applies its own > 128).
     """
-    masks = _files_by_stem(Path(mask_dir), "masks")
-    preds = _files_by_stem(Path(pred_dir), "predictions")
+    masks = files_by_stem(Path(mask_dir), "masks")
+    preds = files_by_stem(Path(pred_dir), "predictions")
     if not masks:
         raise BenchmarkError(f"no masks in {str(mask_dir)!r}")
     missing = [s for s in masks if s not in preds]
@@ -268,60 +284,3 @@ def evaluate_predictions(pred_dir: str | os.PathLike, mask_dir: str | os.PathLik
     out = metrics.compute()
     out["unmatched_predictions"] = len(set(preds) - set(masks))
     return out
-
-
-# ----------------------------------------------------------------------------- benchmark table
-
-
-def _fmt(v) -> str:
-    return "—" if v is None else f"{v:.3f}".lstrip("0") if v < 1 else f"{v:.3f}"
-
-
-def _cell(scores) -> str:
-    if scores is None:
-        return ""
-    return " / ".join(_fmt(v) for v in scores)
-
-
-def benchmark_markdown(results: list[dict], label: str = "Ours") -> str:
-    """Markdown: paper rows and ours (acc / IoU / maxFβ), then our full metrics per dataset."""
-    names = list(PAPER_DATASETS) + [r["name"] for r in results if r["name"] not in PAPER_DATASETS]
-    ours = {r["name"]: (r["accuracy"], r["IoU"], r["maxF"]) for r in results}
-    lines = ["acc / IoU / maxFβ (β² = 0.3), paper protocol; published rows from shared/reference/benchmarks.md",
-             "", "| Method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for row in PUBLISHED:
-        lines.append(f"| {row['method']} | " + " | ".join(_cell(row["scores"].get(n)) for n in names) + " |")
-    lines.append(f"| **{label}** | " + " | ".join(_cell(ours.get(n)) if n in ours else "not run"
-                                                   for n in names) + " |")
-    lines += ["", "| Dataset | images | acc | IoU | maxFβ | MAE | pysod_maxF | pysod_Smeasure | pysod_maxE "
-              "| pysod_MAE |", "|---" * 10 + "|"]
-    for r in results:
-        vals = [r.get(k) for k in ("accuracy", "IoU", "maxF", "MAE", "pysod_maxF", "pysod_Smeasure",
-                                   "pysod_maxE", "pysod_MAE")]
-        lines.append(f"| {r['name']} | {r['n_images']} | " + " | ".join(_fmt(v) for v in vals) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def benchmark(model: torch.nn.Module, root: str | os.PathLike, device="auto", batch_size: int = 16,
-              pysod: bool | None = None, label: str = "Ours", progress: bool = False,
-              limit: int | None = None) -> dict:
-    """Evaluate on every benchmark discovered under ``root``; returns {datasets, published, markdown}."""
-    found = discover(root)
-    if not found:
-        raise BenchmarkError(f"no benchmark found under {str(root)!r}; expected the layouts of "
-                             f"{', '.join(DISPLAY)} (see shared/reference/benchmarks.md)")
-    results, used = [], set()
-    for kind, path in found:
-        ds = open_benchmark(kind, path)
-        name = ds.name
-        if name in used:
-            name = f"{name} ({path})"
-        used.add(name)
-        m = evaluate_model(model, ds, device=device, batch_size=batch_size, pysod=pysod, progress=progress,
-                           limit=limit)
-        results.append({"name": name, "kind": kind, "path": str(path), **m})
-    return {"root": str(root), "label": label, "datasets": results,
-            "published": [{"method": r["method"], "scores": {k: dict(zip(("accuracy", "IoU", "maxF"), v))
-                                                             for k, v in r["scores"].items()}}
-                          for r in PUBLISHED],
-            "markdown": benchmark_markdown(results, label)}

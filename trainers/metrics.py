@@ -7,10 +7,22 @@ The paper's protocol (Voynov, Morozov & Babenko 2021; shared/reference/benchmark
     F = (1 + β²) P R / (β² P + R), and F = 0 where undefined (P + R = 0).
     Per threshold the mean over images of the per-image F; report the max over
     thresholds (and the threshold index k that attains it).
-  - IoU and accuracy: prediction ``p > 0.5``, per image, averaged over images.
-    IoU of an empty prediction against an empty gt is defined as 1 (the
-    prediction is perfect); the paper's code would produce 0/0 there.
+  - IoU and accuracy: prediction ``p >= 0.5`` (the authors' ``>=``), per image,
+    averaged over images.
+  - The one convention that differs from the authors' metrics.py: an image whose
+    binarised prediction AND ground truth are both empty has IoU 1 here (the
+    prediction is perfect); theirs is 0/0 = NaN. ``compute()`` reports both:
+    ``IoU`` (ours, every image counts) and ``IoU_authors`` (the mean over the
+    images whose authors' IoU is defined, i.e. their NaN images left out), with
+    ``n_both_empty`` the number of such images; the two agree when it is 0.
+    Their 13 golden cases (shared/reference/unet-authors) are reproduced exactly
+    otherwise (tests/test_authors_unet.py).
   - MAE: mean |p - gt| per image, averaged over images.
+
+The thresholds are the float64 values k/255. The authors' ``np.arange(0, 1, 1/255)``
+differs from them in the last bit for 24 of the 255 values; no float32 number
+lies between the two, so on model outputs (float32) and on 8-bit maps the
+comparisons are identical.
 
 Implementation: each image is reduced to two 256-bin histograms of its
 "threshold level" (the number of thresholds k/255 a pixel exceeds): one over
@@ -35,14 +47,22 @@ import warnings
 
 import numpy as np
 
+from trainers import TrainersError
+
 BETA_SQ = 0.3
 N_THRESHOLDS = 255
 THRESHOLDS = np.arange(N_THRESHOLDS, dtype=np.float64) / 255.0  # k/255, k = 0..254
-IOU_THRESHOLD = 0.5
+IOU_THRESHOLD = 0.5  # p >= 0.5 is foreground for IoU and accuracy
+METRIC_PROTOCOL = ("IoU, accuracy at p >= 0.5; maxF over p > k/255, k = 0..254, beta^2 = 0.3; "
+                   "pysod_* = pysodmetrics' own conventions, not the paper's")
 
 PAPER_KEYS = ("maxF", "IoU", "accuracy", "MAE")
 PYSOD_KEYS = ("pysod_maxF", "pysod_meanF", "pysod_adpF", "pysod_Smeasure",
               "pysod_maxE", "pysod_meanE", "pysod_adpE", "pysod_MAE")
+
+
+class MissingDependency(TrainersError, ImportError):
+    """An optional package that was asked for is not installed (one-line CLI error)."""
 
 
 def pysod_available() -> bool:
@@ -95,17 +115,16 @@ def image_curves(prob: np.ndarray, gt: np.ndarray) -> dict:
         f = np.where(denom > 0, (1 + BETA_SQ) * precision * recall / np.where(denom > 0, denom, 1), 0.0)
 
     if prob.dtype == np.uint8:
-        binary = prob > 127  # v/255 > 0.5  <=>  v >= 128
+        binary = prob >= 128  # v/255 >= 0.5  <=>  v >= 128
         mae = float(np.abs(prob.astype(np.float64) / 255.0 - gt).mean()) if prob.size else 0.0
     else:
-        binary = prob > IOU_THRESHOLD
+        binary = prob >= IOU_THRESHOLD
         mae = float(np.abs(prob.astype(np.float64) - gt).mean()) if prob.size else 0.0
     inter = np.count_nonzero(binary & gt)
     union = np.count_nonzero(binary | gt)
-    iou = inter / union if union else 1.0
     acc = float(np.count_nonzero(binary == gt)) / binary.size if binary.size else 1.0
-    return {"precision": precision, "recall": recall, "F": f, "IoU": float(iou),
-            "accuracy": acc, "MAE": mae}
+    return {"precision": precision, "recall": recall, "F": f, "IoU": inter / union if union else 1.0,
+            "IoU_authors": inter / union if union else float("nan"), "accuracy": acc, "MAE": mae}
 
 
 def _to_uint8(prob: np.ndarray) -> np.ndarray:
@@ -165,7 +184,7 @@ class SegmentationMetrics:
         if pysod is None:
             pysod = pysod_available()
         if pysod and not pysod_available():
-            raise ImportError("pysodmetrics is not installed (pip install pysodmetrics); "
+            raise MissingDependency("pysodmetrics is not installed (pip install pysodmetrics); "
                               "or evaluate without the pysod_* measures")
         self._pysod = _Pysod() if pysod else None
         self.reset_counts()
@@ -174,6 +193,8 @@ class SegmentationMetrics:
         self.n = 0
         self._f_sum = np.zeros(N_THRESHOLDS, dtype=np.float64)
         self._sums = {"IoU": 0.0, "accuracy": 0.0, "MAE": 0.0}
+        self._iou_authors_sum = 0.0
+        self.n_both_empty = 0
 
     def update(self, prob: np.ndarray, gt: np.ndarray, *, gt_uint8: np.ndarray | None = None) -> None:
         """Add one image: ``prob`` float [H, W] in [0, 1] (or uint8 holding 255 p), ``gt`` bool [H, W].
@@ -185,6 +206,10 @@ class SegmentationMetrics:
         self._f_sum += c["F"]
         for k in self._sums:
             self._sums[k] += c[k]
+        if np.isnan(c["IoU_authors"]):
+            self.n_both_empty += 1
+        else:
+            self._iou_authors_sum += c["IoU_authors"]
         self.n += 1
         if self._pysod is not None:
             if gt_uint8 is None:
@@ -194,7 +219,8 @@ class SegmentationMetrics:
             self._pysod.step(_to_uint8(np.asarray(prob)), gt_uint8)
 
     def compute(self) -> dict:
-        """Dataset metrics: maxF, maxF_threshold (k of p > k/255), IoU, accuracy, MAE, n_images, pysod_*."""
+        """Dataset metrics: maxF, maxF_threshold (k of p > k/255), IoU, accuracy, MAE, n_images, IoU_authors,
+        n_both_empty, pysod_*."""
         if self.n == 0:
             raise ValueError("no images were evaluated")
         mean_f = self._f_sum / self.n
@@ -206,6 +232,9 @@ class SegmentationMetrics:
             "accuracy": self._sums["accuracy"] / self.n,
             "MAE": self._sums["MAE"] / self.n,
             "n_images": self.n,
+            "IoU_authors": (self._iou_authors_sum / (self.n - self.n_both_empty)
+                            if self.n > self.n_both_empty else None),  # None: every image both-empty
+            "n_both_empty": self.n_both_empty,
         }
         if self._pysod is not None:
             out.update(self._pysod.results())

@@ -7,20 +7,20 @@ step consumes W x batch_size samples.
 
 Run folder (``--out RUN``)::
 
-    RUN/model.safetensors, RUN/model.json   final weights (trainers.unet.save_model format)
+    RUN/model.safetensors, RUN/model.json   final weights (trainers.checkpoint.save_model format)
     RUN/card.json                           model card: data ids, recipe, code version, hold-out metrics
     RUN/metrics.jsonl                       one line per validation
-    RUN/checkpoint.json                     pointer to the newest complete checkpoint (replaced atomically)
-    RUN/checkpoints/step-NNNNNNNN/          model.safetensors, optimizer.safetensors, state.json
+    RUN/checkpoint.json, RUN/checkpoints/   newest training checkpoint (format: trainers/checkpoint.py)
 
-A checkpoint folder is written under a temporary name, fsynced and renamed;
-then checkpoint.json is replaced atomically (temp + os.replace); older
-checkpoint folders are deleted after that. state.json records the step, the
-recipe, the loader state (seed, epoch, samples consumed), the sha256 of both
-safetensors files and the optimizer's param groups; optimizer.safetensors
-holds the Adam tensors flattened as ``state.<param index>.<name>`` plus the
-torch CPU RNG state. ``resume=True`` continues bit-exactly on CPU: the weights
-after a stop at step k and a resume equal those of an uninterrupted run.
+``resume=True`` continues bit-exactly on CPU: the weights after a stop at step k
+and a resume equal those of an uninterrupted run. A checkpoint's state.json
+holds the recipe, the loader state (seed, epoch, samples consumed), the data
+ids and the history of segments; a resume refuses another recipe or other data.
+
+Stages of ``train()``: ``_start`` (config, ranks, device, data, model and
+optimizer, restored from the checkpoint on resume) -> ``_run_steps`` (the loop;
+``_step`` is one optimizer step) -> ``_finish`` (last validation, checkpoint,
+model, card). ``Segment`` carries the state they share.
 
 Distributed: started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK from the
 environment), DDP with gloo on CPU and nccl on GPU. Rank 0 writes every file.
@@ -31,28 +31,41 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import subprocess
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from trainers._io import atomic_write as _atomic_write
 from trainers import TrainersError, __version__
-from trainers.data import (DEFAULT_SHUFFLE_WINDOW, DataError, LoaderState, SampleIndex, TrainStream,
-                           holdout_rule, iter_batches, open_index)
+from trainers.checkpoint import (
+    POINTER_FILE,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+    unflatten_optimizer,
+)
+from trainers.data import (
+    DEFAULT_SHUFFLE_WINDOW,
+    DataError,
+    LoaderState,
+    SampleIndex,
+    TrainStream,
+    holdout_rule,
+    iter_batches,
+    open_index,
+)
+from trainers.device import resolve_device
+from trainers.fileio import atomic_write, json_bytes
+from trainers.metrics import SegmentationMetrics
+from trainers.unet import ModelConfig, UNet
 
 CARD_FILE = "card.json"
 METRICS_FILE = "metrics.jsonl"
-POINTER_FILE = "checkpoint.json"
-CKPT_DIR = "checkpoints"
-CKPT_FORMAT = "trainers-checkpoint"
-CKPT_VERSION = 1
 
 # Recipe fields that must not change when a run is resumed (steps may grow).
 _FIXED_ON_RESUME = ("lr", "lr_step", "lr_gamma", "batch_size", "width", "seed", "holdout_permille", "mask",
@@ -155,20 +168,6 @@ def dist_from_env() -> Dist:
         raise TrainError(f"bad RANK/WORLD_SIZE/LOCAL_RANK in the environment: {e}") from None
 
 
-def resolve_device(device: str, d: Dist) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda:{d.local_rank}"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise TrainError(f"bad --device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"--device {device} asked for CUDA but none is available; use --device cpu")
-    return dev
-
-
 def code_version() -> dict:
     out = {"trainers": __version__, "torch": torch.__version__}
     root = Path(__file__).resolve().parent.parent
@@ -184,115 +183,13 @@ def code_version() -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- files
-
-
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-
-def _sha(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state -> (tensors for safetensors, JSON part: param groups and non-tensor state)."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for name, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"state.{idx}.{name}"] = v.detach().to("cpu").contiguous()
-            else:
-                scalars[f"{idx}.{name}"] = v
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if not key.startswith("state."):
-            continue
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
-    for key, v in meta.get("scalars", {}).items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def save_checkpoint(run: Path, step: int, net: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> Path:
-    """Write checkpoints/step-N (temp folder -> rename), then checkpoint.json (atomic), then prune."""
-    from safetensors.torch import save
-
-    ckroot = run / CKPT_DIR
-    ckroot.mkdir(parents=True, exist_ok=True)
-    final = ckroot / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", suffix=".tmp", dir=ckroot))
-    try:
-        weights = save({k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()})
-        otensors, ometa = flatten_optimizer(opt)
-        otensors["rng.torch_cpu"] = torch.get_rng_state()
-        optim = save(otensors)
-        body = dict(state, format=CKPT_FORMAT, format_version=CKPT_VERSION, step=step, optimizer=ometa,
-                    files={"model.safetensors": _sha(weights), "optimizer.safetensors": _sha(optim)})
-        for name, data in (("model.safetensors", weights), ("optimizer.safetensors", optim),
-                           ("state.json", _json_bytes(body))):
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _atomic_write(run / POINTER_FILE, _json_bytes({"latest": f"{CKPT_DIR}/{final.name}", "step": step}))
-    for old in ckroot.iterdir():
-        if old.name != final.name and (old.name.startswith("step-") or old.name.endswith(".tmp")):
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(run: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(state.json, model tensors, optimizer tensors) of the newest checkpoint; checks both digests."""
-    from safetensors.torch import load
-
-    ptr = run / POINTER_FILE
-    if not ptr.is_file():
-        raise TrainError(f"--resume: {ptr} does not exist (no checkpoint was completed in {run}); "
-                         f"start without --resume")
-    try:
-        latest = json.loads(ptr.read_text())["latest"]
-        d = run / latest
-        state = json.loads((d / "state.json").read_text())
-    except (OSError, KeyError, ValueError) as e:
-        raise TrainError(f"--resume: cannot read the checkpoint named by {ptr}: {e}") from None
-    if state.get("format") != CKPT_FORMAT or state.get("format_version") != CKPT_VERSION:
-        raise TrainError(f"{d}/state.json is not a {CKPT_FORMAT} v{CKPT_VERSION} checkpoint")
-    blobs = {}
-    for name, digest in state["files"].items():
-        blob = (d / name).read_bytes()
-        if _sha(blob) != digest:
-            raise TrainError(f"{d / name} does not match the sha256 in state.json: the checkpoint is corrupt")
-        blobs[name] = load(blob)
-    return state, blobs["model.safetensors"], blobs["optimizer.safetensors"]
-
-
 # ----------------------------------------------------------------------------- validation
 
 
 @torch.no_grad()
-def validate(net: torch.nn.Module, index: SampleIndex, device: torch.device, batch_size: int,
+def validate(net: torch.nn.Module, index: SampleIndex, *, device: torch.device, batch_size: int,
              limit: int | None) -> dict:
-    """Hold-out metrics: per-pixel BCE, IoU / accuracy at 0.5, maxF, MAE (trainers.metrics protocol)."""
-    from trainers.metrics import SegmentationMetrics
-
+    """Hold-out metrics: per-pixel BCE, IoU / accuracy at p >= 0.5, maxF, MAE (trainers.metrics protocol)."""
     if len(index) == 0:
         return {}
     was = net.training
@@ -358,157 +255,210 @@ def _state_digest(net: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class Segment:
+    """One training segment (a start or a resume) of a run: what the stages of ``train()`` share."""
+
+    cfg: TrainConfig
+    dist: Dist
+    device: torch.device
+    run: Path
+    index: SampleIndex
+    val_index: SampleIndex
+    net: UNet
+    opt: torch.optim.Optimizer
+    step: int = 0
+    loader_state: LoaderState = field(default_factory=LoaderState)
+    history: list = field(default_factory=list)
+    last_val: dict = field(default_factory=dict)
+    last_loss: float = float("nan")
+    steps_run: int = 0
+    wall: float = 0.0
+    audit_rows: list = field(default_factory=list)
+
+    @property
+    def global_batch(self) -> int:
+        return self.dist.world_size * self.cfg.batch_size
+
+    def data_desc(self) -> dict:
+        return {"url": self.cfg.data, "dataset_id": self.index.dataset_id, "view_id": self.index.view_id,
+                "train_samples": len(self.index), "val_samples": len(self.val_index),
+                "resolution": self.index.resolution, "mask_member": self.index.mask_member}
+
+    def checkpoint_state(self) -> dict:
+        """What state.json records beside the step and the optimizer (trainers.checkpoint)."""
+        return {"recipe": self.cfg.recipe(), "loader": self.loader_state.to_dict(),
+                "world_size": self.dist.world_size, "data": self.data_desc(), "history": self.history,
+                "seeds": {"seed": self.cfg.seed}, "code": code_version()}
+
+
 def train(cfg: TrainConfig, hook: Callable | None = None) -> dict:
     """Train (or resume) a run; returns the model card (rank 0) or a small summary (other ranks).
 
     ``hook(step, batch, loss)`` is called on every rank after each optimizer step (tests use it).
     """
-    import torch.distributed as tdist
+    seg = _start(cfg)
+    model = _wrap_ddp(seg)
+    _run_steps(seg, model, hook)
+    return _finish(seg)
 
-    from trainers.unet import ModelConfig, UNet, save_model
 
+def _start(cfg: TrainConfig) -> Segment:
+    """Validate, pick ranks and device, open the data, build (or restore) the model and optimizer."""
     cfg.validate()
     d = dist_from_env()
-    device = resolve_device(cfg.device, d)
+    device = resolve_device(cfg.device, local_rank=d.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     _set_determinism(cfg, device)
     run = Path(cfg.out)
     try:
-        index = open_index(cfg.data, split="train", holdout_permille=cfg.holdout_permille, mask=cfg.mask,
-                           allow_remote_shards=cfg.allow_remote_shards)
-        val_index = open_index(cfg.data, split="val", holdout_permille=cfg.holdout_permille, mask=cfg.mask,
-                               allow_remote_shards=cfg.allow_remote_shards)
+        index, val_index = (open_index(cfg.data, split=split, holdout_permille=cfg.holdout_permille, mask=cfg.mask,
+                                       allow_remote_shards=cfg.allow_remote_shards) for split in ("train", "val"))
     except DataError as e:
         raise TrainError(str(e)) from None
-
     saved = None
     if cfg.resume:
-        saved, model_t, optim_t = load_checkpoint(run)
+        try:
+            saved, model_t, optim_t = load_checkpoint(run)
+        except CheckpointError as e:
+            raise TrainError(str(e)) from None
         _check_resume(cfg, saved, index)
     elif (run / POINTER_FILE).exists() or (run / "model.json").exists():
         raise TrainError(f"{run} already holds a run; pass --resume to continue it, or choose a new --out")
 
     torch.manual_seed(cfg.seed)
-    mcfg = ModelConfig(width=cfg.width)
-    net = UNet(mcfg)
+    net = UNet(ModelConfig(width=cfg.width))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    step = 0
-    loader_state = LoaderState(cfg.seed, 0, 0)
-    history: list[dict] = []
+    seg = Segment(cfg=cfg, dist=d, device=device, run=run, index=index, val_index=val_index, net=net, opt=opt,
+                  loader_state=LoaderState(cfg.seed, 0, 0))
     if saved is not None:
         net.load_state_dict(model_t, strict=True)
         opt.load_state_dict(unflatten_optimizer(optim_t, saved["optimizer"]))
         torch.set_rng_state(optim_t["rng.torch_cpu"])
-        step = int(saved["step"])
-        loader_state = LoaderState.from_dict(saved["loader"])
-        history = list(saved.get("history", []))
+        seg.step = int(saved["step"])
+        seg.loader_state = LoaderState.from_dict(saved["loader"])
+        seg.history = list(saved.get("history", []))
     net.to(device)
-    # Adam state follows the parameters' device.
-    for st in opt.state.values():
+    for st in opt.state.values():  # Adam state follows the parameters' device
         for k, v in st.items():
             if torch.is_tensor(v) and k != "step":
                 st[k] = v.to(device)
+    seg.history.append({"start_step": seg.step, "world_size": d.world_size, "batch_size": cfg.batch_size,
+                        "device": device.type, "workers": cfg.workers})
+    return seg
 
-    if d.enabled and not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    model = net
-    if d.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    stream = TrainStream(index, batch_size=cfg.batch_size, seed=cfg.seed, world_size=d.world_size, rank=d.rank,
-                         shuffle_window=cfg.shuffle_window, flip=cfg.flip, state=loader_state)
+def _wrap_ddp(seg: Segment) -> torch.nn.Module:
+    """The module the loop calls: the network itself, or DDP around it under torchrun."""
+    if not seg.dist.enabled:
+        return seg.net
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if seg.device.type == "cuda" else "gloo")
+    return torch.nn.parallel.DistributedDataParallel(
+        seg.net, device_ids=[seg.device.index] if seg.device.type == "cuda" else None)
+
+
+def _run_steps(seg: Segment, model: torch.nn.Module, hook: Callable | None) -> None:
+    """Epoch after epoch from the loader state until ``cfg.steps``; validates and checkpoints on schedule."""
+    cfg, d = seg.cfg, seg.dist
+    stream = TrainStream(seg.index, batch_size=cfg.batch_size, seed=cfg.seed, world_size=d.world_size,
+                         rank=d.rank, shuffle_window=cfg.shuffle_window, flip=cfg.flip, state=seg.loader_state)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
-                                         pin_memory=device.type == "cuda",
+                                         pin_memory=seg.device.type == "cuda",
                                          prefetch_factor=4 if cfg.workers else None)
-    g = stream.global_batch
-    history.append({"start_step": step, "world_size": d.world_size, "batch_size": cfg.batch_size,
-                    "device": device.type, "workers": cfg.workers})
-    data_desc = {"url": cfg.data, "dataset_id": index.dataset_id, "view_id": index.view_id,
-                 "train_samples": len(index), "val_samples": len(val_index), "resolution": index.resolution,
-                 "mask_member": index.mask_member}
-
-    def ck_state() -> dict:
-        return {"recipe": cfg.recipe(), "loader": loader_state.to_dict(), "world_size": d.world_size,
-                "data": data_desc, "history": history, "seeds": {"seed": cfg.seed}, "code": code_version()}
-
-    audit_rows: list[list[int]] = []
     bar = None
     if d.main and cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    last_val: dict = {}
-    last_loss = float("nan")
+        bar = tqdm(total=cfg.steps, initial=seg.step, desc="train", unit="step", dynamic_ncols=True)
     t_start = time.perf_counter()
-    steps_run = 0
     model.train()
     try:
-        while step < cfg.steps:
-            stream.set_state(loader_state)
+        while seg.step < cfg.steps:
+            stream.set_state(seg.loader_state)
             if stream.steps() == 0:  # epoch exhausted (remainder dropped): next epoch
-                loader_state = LoaderState(cfg.seed, loader_state.epoch + 1, 0)
+                seg.loader_state = LoaderState(cfg.seed, seg.loader_state.epoch + 1, 0)
                 continue
             for j, batch in enumerate(loader):
-                if batch["step"] != j or batch["epoch"] != loader_state.epoch:
+                if batch["step"] != j or batch["epoch"] != seg.loader_state.epoch:
                     raise RuntimeError(f"loader returned step {batch['step']} of epoch {batch['epoch']}, "
-                                       f"expected step {j} of epoch {loader_state.epoch}")
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(cfg, step)
-                x = batch["image"].to(device, non_blocking=True)
-                y = batch["mask"].to(device, non_blocking=True)
-                with _autocast(device):
-                    logits = model(x)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                steps_run += 1
-                loader_state = LoaderState(cfg.seed, loader_state.epoch, loader_state.consumed + g)
-                last_loss = float(loss.detach())
-                if cfg.audit:
-                    audit_rows.append(batch["row"].tolist())
+                                       f"expected step {j} of epoch {seg.loader_state.epoch}")
+                _step(seg, model, batch)
                 if hook is not None:
-                    hook(step, batch, last_loss)
+                    hook(seg.step, batch, seg.last_loss)
                 if bar is not None:
                     el = time.perf_counter() - t_start
-                    bar.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{steps_run * g / max(el, 1e-9):.0f}",
-                                    refresh=False)
+                    bar.set_postfix(loss=f"{seg.last_loss:.4f}", refresh=False,
+                                    samples_s=f"{seg.steps_run * seg.global_batch / max(el, 1e-9):.0f}")
                     bar.update(1)
-                if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps:
-                    last_val = _validate_and_log(run, net, val_index, device, cfg, step, last_loss, d)
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                    _sync_buffers(net, d)
-                    if d.main:
-                        save_checkpoint(run, step, net, opt, ck_state())
-                if step >= cfg.steps:
+                _on_schedule(seg)
+                if seg.step >= cfg.steps:
                     break
     finally:
         if bar is not None:
             bar.close()
-    wall = time.perf_counter() - t_start
+        seg.wall = time.perf_counter() - t_start
 
-    _sync_buffers(net, d)
-    history[-1]["end_step"] = step
-    if cfg.audit:
-        _atomic_write(run / "audit" / f"rank-{d.rank}.json",
-                      _json_bytes({"rank": d.rank, "world_size": d.world_size, "rows": audit_rows,
-                                   "state_sha256": _state_digest(net)}))
+
+def _step(seg: Segment, model: torch.nn.Module, batch: dict) -> None:
+    """One optimizer step on one batch; advances the step and the loader state."""
+    for group in seg.opt.param_groups:
+        group["lr"] = lr_at(seg.cfg, seg.step)
+    x = batch["image"].to(seg.device, non_blocking=True)
+    y = batch["mask"].to(seg.device, non_blocking=True)
+    with _autocast(seg.device):
+        logits = model(x)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+    seg.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    seg.opt.step()
+    seg.step += 1
+    seg.steps_run += 1
+    ls = seg.loader_state
+    seg.loader_state = LoaderState(seg.cfg.seed, ls.epoch, ls.consumed + seg.global_batch)
+    seg.last_loss = float(loss.detach())
+    if seg.cfg.audit:
+        seg.audit_rows.append(batch["row"].tolist())
+
+
+def _on_schedule(seg: Segment) -> None:
+    """Validation and checkpoint every N steps (the last step is handled by ``_finish``)."""
+    cfg, step = seg.cfg, seg.step
+    if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps:
+        seg.last_val = _validate_and_log(seg)
+    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+        _sync_buffers(seg.net, seg.dist)
+        if seg.dist.main:
+            save_checkpoint(seg.run, step=step, net=seg.net, opt=seg.opt, state=seg.checkpoint_state())
+
+
+def _finish(seg: Segment) -> dict:
+    """Last validation, checkpoint, final model and card (rank 0); audit file (every rank)."""
+    d, run = seg.dist, seg.run
+    _sync_buffers(seg.net, d)
+    seg.history[-1]["end_step"] = seg.step
+    if seg.cfg.audit:
+        atomic_write(run / "audit" / f"rank-{d.rank}.json",
+                     json_bytes({"rank": d.rank, "world_size": d.world_size, "rows": seg.audit_rows,
+                                 "state_sha256": _state_digest(seg.net)}))
     card = {}
     if d.main:
-        last_val = _validate_and_log(run, net, val_index, device, cfg, step, last_loss, d) or last_val
-        save_checkpoint(run, step, net, opt, ck_state())
-        extra = {"step": step, "dataset_id": index.dataset_id, "view_id": index.view_id, "card": CARD_FILE}
-        save_model(run, net.to("cpu"), mcfg, extra)
-        card = _card(cfg, index, val_index, step, loader_state, history, last_val, last_loss, wall, steps_run, g,
-                     d, device)
-        _atomic_write(run / CARD_FILE, _json_bytes(card))
+        seg.last_val = _validate_and_log(seg) or seg.last_val
+        save_checkpoint(run, step=seg.step, net=seg.net, opt=seg.opt, state=seg.checkpoint_state())
+        extra = {"step": seg.step, "dataset_id": seg.index.dataset_id, "view_id": seg.index.view_id,
+                 "card": CARD_FILE}
+        save_model(run, seg.net.to("cpu"), seg.net.config, extra)
+        card = _card(seg)
+        atomic_write(run / CARD_FILE, json_bytes(card))
     if d.enabled:
+        import torch.distributed as tdist
+
         tdist.barrier()
         tdist.destroy_process_group()
-    return card if d.main else {"rank": d.rank, "step": step}
+    return card if d.main else {"rank": d.rank, "step": seg.step}
 
 
 def _sync_buffers(net: torch.nn.Module, d: Dist) -> None:
@@ -521,18 +471,22 @@ def _sync_buffers(net: torch.nn.Module, d: Dist) -> None:
         tdist.broadcast(b, 0)
 
 
-def _validate_and_log(run: Path, net, val_index, device, cfg: TrainConfig, step: int, loss: float, d: Dist) -> dict:
-    if not d.main or len(val_index) == 0:
+def _validate_and_log(seg: Segment) -> dict:
+    """Rank 0: hold-out metrics, appended as one line to RUN/metrics.jsonl."""
+    if not seg.dist.main or len(seg.val_index) == 0:
         return {}
-    m = validate(net, val_index, device, batch_size=min(cfg.batch_size, 64), limit=cfg.val_max or None)
-    line = json.dumps({"step": step, "train_loss": loss, **{f"val_{k}": v for k, v in m.items()}}, sort_keys=True)
-    run.mkdir(parents=True, exist_ok=True)
-    with open(run / METRICS_FILE, "a") as f:
+    m = validate(seg.net, seg.val_index, device=seg.device, batch_size=min(seg.cfg.batch_size, 64),
+                 limit=seg.cfg.val_max or None)
+    line = json.dumps({"step": seg.step, "train_loss": seg.last_loss, **{f"val_{k}": v for k, v in m.items()}},
+                      sort_keys=True)
+    seg.run.mkdir(parents=True, exist_ok=True)
+    with open(seg.run / METRICS_FILE, "a") as f:
         f.write(line + "\n")
     return m
 
 
-def _card(cfg, index, val_index, step, loader_state, history, val, loss, wall, steps_run, g, d, device) -> dict:
+def _card(seg: Segment) -> dict:
+    cfg, index, val_index, g, wall = seg.cfg, seg.index, seg.val_index, seg.global_batch, seg.wall
     return {
         "format": "trainers-card",
         "format_version": 1,
@@ -549,14 +503,15 @@ def _card(cfg, index, val_index, step, loader_state, history, val, loss, wall, s
         },
         "recipe": cfg.recipe(),
         "training": {
-            "steps": step, "loader_state": loader_state.to_dict(), "history": history,
-            "final_train_loss": loss, "world_size": d.world_size, "global_batch": g, "device": device.type,
-            "this_segment": {"steps": steps_run, "wall_seconds": round(wall, 3),
-                             "samples_per_second": round(steps_run * g / wall, 2) if wall > 0 else None},
+            "steps": seg.step, "loader_state": seg.loader_state.to_dict(), "history": seg.history,
+            "final_train_loss": seg.last_loss, "world_size": seg.dist.world_size, "global_batch": g,
+            "device": seg.device.type,
+            "this_segment": {"steps": seg.steps_run, "wall_seconds": round(wall, 3),
+                             "samples_per_second": round(seg.steps_run * g / wall, 2) if wall > 0 else None},
         },
         "validation": {"split": "hold-out of the synthetic data (see data.holdout)",
-                       "limit": cfg.val_max or None, "metrics": val,
-                       "protocol": "BCE per pixel; IoU/accuracy at p > 0.5 per image; maxF beta^2=0.3 "
+                       "limit": cfg.val_max or None, "metrics": seg.last_val,
+                       "protocol": "BCE per pixel; IoU/accuracy at p >= 0.5 per image; maxF beta^2=0.3 "
                                    "(trainers.metrics)"},
         "code": code_version(),
     }
