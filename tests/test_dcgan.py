@@ -221,3 +221,17 @@ def test_real_face_dcgan_cuda(face):
     x = g(z)
     assert x.device.type == "cuda" and torch.equal(g(z), x)
     torch.testing.assert_close(x.cpu(), face(z), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("dcgan", {"random_weights": True, "seed": 1, "config": {"nz": 6, "ngf": 2, "nc": 3, "resolution": 16}}),
+    ("bigbigan", {"random_weights": True, "seed": 0,
+                  "config": {"G_ch": 4, "dim_z": 24, "resolution": 32, "G_attn": "0"}}),
+])
+def test_gradients_reach_z_never_the_weights(name, options):
+    """`directions discover` and `score --refine-steps` train through G: the output must be
+    differentiable in z (the engine itself calls G under no_grad), with frozen weights."""
+    gen = load_generator(name, **options)
+    z = torch.randn(2, gen.dim_z, requires_grad=True)
+    gen(z).square().mean().backward()
+    assert z.grad is not None and float(z.grad.abs().sum()) > 0

@@ -321,7 +321,7 @@ class DCGANGenerator:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.autocast == "bf16"
                else contextlib.nullcontext())
-        with torch.no_grad(), _cuda_flags(self.device, self.autocast), amp:
+        with _cuda_flags(self.device, self.autocast), amp:
             out = self._fn(x)
         if out.shape[1] == 1:
             out = out.expand(-1, 3, -1, -1)

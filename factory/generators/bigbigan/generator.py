@@ -94,7 +94,7 @@ class BigBiGANGenerator:
         self.compile = compile
         self.fused = fused_module is not None
         if fused_module is not None:
-            self.runner: nn.Module = fused_module.to(device).eval()
+            self.runner: nn.Module = fused_module.to(device).eval().requires_grad_(False)
         else:
             if channels_last:
                 module.to(memory_format=torch.channels_last)
@@ -111,7 +111,7 @@ class BigBiGANGenerator:
             raise FactoryError(f"bigbigan expects z of shape [B, {self.dim_z}], got {shape}")
         z = z.to(device=self.device, dtype=self.dtype)
         tf32 = {None: False, "tf32": True}.get(self.autocast)
-        with torch.no_grad(), _tf32(tf32), self._autocast_ctx():
+        with _tf32(tf32), self._autocast_ctx():
             out = self._fn(z)
         return out.float().contiguous()
 
@@ -212,7 +212,7 @@ def load_bigbigan(*, weights: str | Path | None = None, config: Any = None, devi
             "(or random_weights=True for benchmarks)"
         )
     model.load_state_dict(sd, strict=True)
-    model.eval()
+    model.eval().requires_grad_(False)  # gradients flow to z (directions), never to weights
     model.fold_spectral_norm()
     if fused is None:
         fused = autocast is not None or channels_last or bool(compile)

@@ -33,13 +33,12 @@ class TinyGenerator:
     """The protocol: dim_z, resolution, device, __call__, identity (+ optional named_directions)."""
 
     def __init__(self, net: TinyNet, dim_z: int, resolution: int, device: torch.device, weights_sha256: str):
-        self.net = net.to(device).eval()
+        self.net = net.to(device).eval().requires_grad_(False)
         self.dim_z, self.resolution, self.device = dim_z, resolution, device
         self.weights_sha256 = weights_sha256
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            x = self.net(z.to(self.device, torch.float32)[:, :, None, None])  # [B, dim_z] -> [B, dim_z, 1, 1]
+        x = self.net(z.to(self.device, torch.float32)[:, :, None, None])  # [B, dim_z] -> [B, dim_z, 1, 1]
         return x.float().clamp(-1, 1)
 
     def identity(self) -> dict:

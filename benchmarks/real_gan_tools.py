@@ -1,0 +1,300 @@
+"""Helpers of benchmarks/real_gan.sh (docs/real-gan.md): checks, figures and held-out exports.
+
+Only public entry points are used (factory.generators.load_generator, factory.format); nothing
+here changes how the factory or the trainers compute anything.
+
+    python benchmarks/real_gan_tools.py check-grad W OUT.json
+    python benchmarks/real_gan_tools.py same-dirs A.npy B.npy              # did discovery move the directions?
+    python benchmarks/real_gan_tools.py direction-stats W FOUND.npy OUT.json DIR.npy...   # fg of +h / -h, cosines
+    python benchmarks/real_gan_tools.py strips W DIRS.npy OUT.png [--top 8] [--scores scores.json] [--json J]
+    python benchmarks/real_gan_tools.py export DATASET|VIEW OUTDIR [--n 300]   # images/ + masks/ (folder kind)
+    python benchmarks/real_gan_tools.py prior TRAIN_FOLDER HELD_FOLDER OUT.json  # IoU of a constant mask
+    python benchmarks/real_gan_tools.py iou-native RUN HELD_FOLDER OUT.json   # at the images' own size
+    python benchmarks/real_gan_tools.py unet-figure HELD_FOLDER PRED_FOLDER OUT.png [--n 12]
+    python benchmarks/real_gan_tools.py shrink IN.png OUT.png [--max-side 1000] [--colors 256]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _gen(weights, grad=False):
+    if grad:
+        sys.path.insert(0, str(HERE))
+        from real_gan_grad import make
+
+        return make(weights=weights, device="cpu")
+    from factory.generators import load_generator
+
+    return load_generator("dcgan", weights=weights, device="cpu")
+
+
+def check_grad(a) -> None:
+    """The built-in dcgan's output carries no gradient; the plug-in's does, with the same pixels."""
+    import torch
+
+    g0, g1 = _gen(a.weights), _gen(a.weights, grad=True)
+    z = torch.randn(8, g0.dim_z, generator=torch.Generator().manual_seed(0))
+    h = torch.zeros(g0.dim_z, requires_grad=True)
+    y0, y1 = g0(z + h), g1(z + h)
+    res = {"builtin_output_requires_grad": bool(y0.requires_grad),
+           "plugin_output_requires_grad": bool(y1.requires_grad),
+           "max_abs_pixel_difference": float((y0 - y1.detach()).abs().max()),
+           "dim_z": g0.dim_z, "resolution": g0.resolution, "torch": torch.__version__}
+    Path(a.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res))
+
+
+def same_dirs(a) -> None:
+    x, y = np.load(a.a), np.load(a.b)
+    d = float(np.abs(x - y).max())
+    print(json.dumps({"a": a.a, "b": a.b, "max_abs_difference": d, "identical_to_1e-5": d < 1e-5}))
+
+
+def direction_stats(a) -> None:
+    """Per direction file: luminance fg ratio of +h and -h (256 latents, seed 123, r = 5) and cosines."""
+    import torch
+
+    from factory.masks import luminance_mask
+
+    g = _gen(a.weights)
+    found = np.load(a.found)
+    found = found / np.linalg.norm(found, axis=1, keepdims=True)
+    z = torch.randn(a.n, g.dim_z, generator=torch.Generator().manual_seed(a.seed))
+    x = g(z)
+    hs = {p: np.load(p).astype(np.float32) for p in a.directions}
+    res = {}
+    for p, h in hs.items():
+        t = torch.from_numpy(h)
+        res[p] = {"fg_plus": float(luminance_mask(x, g(z + a.r * t[None])).float().mean()),
+                  "fg_minus": float(luminance_mask(x, g(z - a.r * t[None])).float().mean()),
+                  "max_abs_cos_to_discovered": float(np.abs(found @ h).max()),
+                  "argmax_abs_cos_to_discovered": int(np.abs(found @ h).argmax()),
+                  "cos_to": {q: float(h @ hq) for q, hq in hs.items() if q != p}}
+    out = {"latents": a.n, "seed": a.seed, "r": a.r, "directions": res}
+    Path(a.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out))
+
+
+def _tile(arr):  # [3,H,W] in [-1,1] -> PIL image
+    from PIL import Image
+
+    u8 = ((np.clip(arr, -1, 1) + 1) * 127.5 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+    return Image.fromarray(u8)
+
+
+def strips(a) -> None:
+    """Rows: directions (largest mean image change first); columns: n latents x shifts."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    g = _gen(a.weights)
+    D = np.load(a.dirs).astype(np.float32)
+    D = D / np.linalg.norm(D, axis=1, keepdims=True)
+    z = torch.randn(a.n, g.dim_z, generator=torch.Generator().manual_seed(a.seed))
+    shifts = [float(s) for s in a.shifts.split(",")]
+    x0 = g(z)
+    change = []
+    for d in D:
+        y = g(z + a.measure_shift * torch.from_numpy(d)[None])
+        change.append(float((y - x0).square().sum(1).mean()))
+    change = np.array(change)
+    sel = None
+    if a.scores:
+        s = json.loads(Path(a.scores).read_text())
+        rows = s.get("rows") or s.get("candidates") or []
+        sel = next((r["index"] for r in rows if r.get("selected")), None)
+    order = list(np.argsort(-change)[: a.top])
+    if sel is not None and sel not in order:
+        order[-1] = sel
+    R, lab = g.resolution, 150
+    W = lab + len(shifts) * a.n * R + (a.n - 1) * 6
+    sheet = Image.new("RGB", (W, 18 + len(order) * (R + 4)), "white")
+    dr = ImageDraw.Draw(sheet)
+    for j, s in enumerate(shifts * a.n):
+        dr.text((lab + j * R + (j // len(shifts)) * 6 + 4, 3), f"{s:+g}", fill="black")
+    for i, k in enumerate(order):
+        y0 = 18 + i * (R + 4)
+        tag = f"dir {k}" + ("  (selected)" if k == sel else "")
+        dr.text((4, y0 + 18), tag, fill="red" if k == sel else "black")
+        dr.text((4, y0 + 34), f"change {change[k]:.2f}", fill="black")
+        for li in range(a.n):
+            ys = g(z[li:li + 1].repeat(len(shifts), 1) + torch.tensor(shifts)[:, None] * torch.from_numpy(D[k])[None])
+            for j in range(len(shifts)):
+                sheet.paste(_tile(ys[j].numpy()), (lab + (li * len(shifts) + j) * R + li * 6, y0))
+    sheet = sheet.resize((sheet.width * a.zoom, sheet.height * a.zoom), Image.NEAREST)
+    sheet.save(a.out, optimize=True)
+    info = {"order": [int(k) for k in order], "mean_squared_change_at_shift": a.measure_shift,
+            "change": {int(k): round(float(change[k]), 4) for k in order},
+            "change_all_min_median_max": [float(change.min()), float(np.median(change)), float(change.max())],
+            "selected": sel, "shifts": shifts, "latents": a.n, "seed": a.seed}
+    if a.json:
+        Path(a.json).write_text(json.dumps(info, indent=2))
+    print(json.dumps(info))
+
+
+def export(a) -> None:
+    """Accepted samples of a dataset/view as OUT/images/KEY.png + OUT/masks/KEY.png (trainers' folder kind)."""
+    from factory import format as fmt
+
+    r = fmt.open_dataset(a.dataset)
+    out = Path(a.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    ext = fmt.image_member(r.manifest)
+    n = 0
+    for shard, url in r.shard_urls():
+        ok = None if r.accepted is None else r.accepted.get(shard, set())
+        members = dict(fmt.safe_tar_members(fmt.read_bytes(url), url))
+        keys = sorted({fmt.split_member(m)[0] for m in members})
+        for key in keys:
+            if ok is not None and fmt.key_row(key) not in ok:
+                continue
+            (out / "images" / f"{key}.{ext.split('.')[-1]}").write_bytes(members[f"{key}.{ext}"])
+            (out / "masks" / f"{key}.png").write_bytes(members[f"{key}.mask.png"])
+            n += 1
+            if n >= a.n:
+                print(json.dumps({"exported": n, "out": str(out)}))
+                return
+    print(json.dumps({"exported": n, "out": str(out)}))
+
+
+def _masks(folder: Path) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    return {p.stem: np.asarray(Image.open(p).convert("L")) >= 128 for p in sorted((folder / "masks").glob("*.png"))}
+
+
+def prior(a) -> None:
+    """IoU on the held-out masks of one constant mask: the training masks' per-pixel mean >= 0.5."""
+    tr, he = _masks(Path(a.train)), _masks(Path(a.held))
+    mean = np.mean(np.stack(list(tr.values())).astype(np.float32), axis=0)
+    const = mean >= 0.5
+    ious = []
+    for m in he.values():
+        u = (m | const).sum()
+        ious.append(1.0 if u == 0 else float((m & const).sum() / u))
+    res = {"train_masks": len(tr), "held_out_masks": len(he), "constant_mask_fg_ratio": float(const.mean()),
+           "constant_mask_IoU_mean": float(np.mean(ious)),
+           "held_out_fg_ratio_mean": float(np.mean([m.mean() for m in he.values()]))}
+    Path(a.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res))
+
+
+def iou_native(a) -> None:
+    """IoU / accuracy at p >= 0.5 of a run folder's U-Net on a folder's images at their own size (no resize)."""
+    import torch
+    from PIL import Image
+
+    from trainers.checkpoint import open_model
+
+    net = open_model(a.model, "cpu").eval()
+    held = Path(a.held)
+    gts = _masks(held)
+    imgs = {p.stem: p for p in (held / "images").iterdir()}
+    stems = sorted(gts)
+    ious, accs = [], []
+    with torch.no_grad():
+        for i in range(0, len(stems), 32):
+            b = stems[i:i + 32]
+            x = torch.stack([torch.from_numpy(np.asarray(Image.open(imgs[s]).convert("RGB"), np.float32)
+                                              .transpose(2, 0, 1) / 127.5 - 1) for s in b])
+            out = net(x).float()
+            p = torch.sigmoid(out[:, 0]) if out.shape[1] == 1 else torch.softmax(out, 1)[:, 1]
+            for s, pi in zip(b, p.numpy()):
+                pm, g = pi >= 0.5, gts[s]
+                u = (pm | g).sum()
+                ious.append(1.0 if u == 0 else float((pm & g).sum() / u))
+                accs.append(float((pm == g).mean()))
+    res = {"model": a.model, "held": a.held, "n_images": len(stems), "resolution": int(x.shape[-1]),
+           "IoU_native": float(np.mean(ious)), "accuracy_native": float(np.mean(accs))}
+    Path(a.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res))
+
+
+def unet_figure(a) -> None:
+    """Columns per sample: image | GAN mask | U-Net probability | U-Net mask (p >= 0.5)."""
+    from PIL import Image, ImageDraw
+
+    held, pred = Path(a.held), Path(a.pred)
+    stems = sorted(p.stem for p in (held / "masks").glob("*.png"))[: a.n]
+    imgs = {p.stem: p for p in (held / "images").iterdir()}
+    R = None
+    tiles = []
+    for s in stems:
+        im = Image.open(imgs[s]).convert("RGB")
+        R = im.width
+        gm = Image.open(held / "masks" / f"{s}.png").convert("L")
+        pr = Image.open(pred / f"{s}.png").convert("L")
+        pm = pr.point(lambda v: 255 if v >= 128 else 0)
+        tiles.append([im, gm.convert("RGB"), pr.convert("RGB"), pm.convert("RGB")])
+    cols = a.cols
+    rows = (len(tiles) + cols - 1) // cols
+    cw = 4 * R + 8
+    sheet = Image.new("RGB", (cols * cw, 16 + rows * (R + 4)), "white")
+    dr = ImageDraw.Draw(sheet)
+    for c in range(cols):
+        for j, t in enumerate(["image", "GAN mask", "U-Net p", "U-Net>=.5"]):
+            dr.text((c * cw + j * R + 2, 2), t, fill="black")
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        for j, im in enumerate(t):
+            sheet.paste(im, (c * cw + j * R, 16 + r * (R + 4)))
+    sheet = sheet.resize((sheet.width * a.zoom, sheet.height * a.zoom), Image.NEAREST)
+    sheet.save(a.out, optimize=True)
+    print(json.dumps({"samples": len(tiles), "out": a.out, "bytes": os.path.getsize(a.out)}))
+
+
+def shrink(a) -> None:
+    from PIL import Image
+
+    im = Image.open(a.inp).convert("RGB")
+    f = min(1.0, a.max_side / max(im.size))
+    if f < 1:
+        im = im.resize((int(im.width * f), int(im.height * f)), Image.LANCZOS)
+    if a.colors:
+        im = im.quantize(colors=a.colors, method=Image.MEDIANCUT, dither=Image.NONE)
+    im.save(a.out, optimize=True)
+    print(json.dumps({"in": a.inp, "out": a.out, "size": im.size, "bytes": os.path.getsize(a.out)}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = p.add_subparsers(dest="cmd", required=True)
+    c = sp.add_parser("check-grad"); c.add_argument("weights"); c.add_argument("out"); c.set_defaults(f=check_grad)
+    c = sp.add_parser("same-dirs"); c.add_argument("a"); c.add_argument("b"); c.set_defaults(f=same_dirs)
+    c = sp.add_parser("direction-stats"); c.add_argument("weights"); c.add_argument("found"); c.add_argument("out")
+    c.add_argument("directions", nargs="+"); c.add_argument("--n", type=int, default=256)
+    c.add_argument("--seed", type=int, default=123); c.add_argument("--r", type=float, default=5.0)
+    c.set_defaults(f=direction_stats)
+    c = sp.add_parser("strips"); c.add_argument("weights"); c.add_argument("dirs"); c.add_argument("out")
+    c.add_argument("--top", type=int, default=8); c.add_argument("--n", type=int, default=2)
+    c.add_argument("--shifts", default="-6,-3,0,3,6"); c.add_argument("--measure-shift", type=float, default=6.0)
+    c.add_argument("--seed", type=int, default=0); c.add_argument("--zoom", type=int, default=1)
+    c.add_argument("--scores"); c.add_argument("--json"); c.set_defaults(f=strips)
+    c = sp.add_parser("export"); c.add_argument("dataset"); c.add_argument("out")
+    c.add_argument("--n", type=int, default=300); c.set_defaults(f=export)
+    c = sp.add_parser("prior"); c.add_argument("train"); c.add_argument("held"); c.add_argument("out")
+    c.set_defaults(f=prior)
+    c = sp.add_parser("iou-native"); c.add_argument("model"); c.add_argument("held"); c.add_argument("out")
+    c.set_defaults(f=iou_native)
+    c = sp.add_parser("unet-figure"); c.add_argument("held"); c.add_argument("pred"); c.add_argument("out")
+    c.add_argument("--n", type=int, default=12); c.add_argument("--cols", type=int, default=2)
+    c.add_argument("--zoom", type=int, default=2); c.set_defaults(f=unet_figure)
+    c = sp.add_parser("shrink"); c.add_argument("inp"); c.add_argument("out")
+    c.add_argument("--max-side", type=int, default=1000); c.add_argument("--colors", type=int, default=0)
+    c.set_defaults(f=shrink)
+    a = p.parse_args()
+    a.f(a)
+
+
+if __name__ == "__main__":
+    main()
