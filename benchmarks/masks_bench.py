@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from factory.masks import cc_cleanup, make_masks  # noqa: E402
+from factory.masks import MASK_RULES, cc_cleanup, make_masks  # noqa: E402
 from factory.stats import candidate_stats  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5 on cpu, 50 on cuda)")
     ap.add_argument("--warmup", type=int, default=None)
-    ap.add_argument("--rule", default="luminance", choices=["luminance", "mean-threshold"])
+    ap.add_argument("--rule", default="luminance", choices=[r for r in MASK_RULES if r != "operators"])
     ap.add_argument("--cc-iterations", type=int, default=None,
                     help="fixed labelling updates without host checks (the GPU pipeline uses 8); default: host-checked")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -83,15 +83,15 @@ def main(argv=None) -> dict:
 
     def full():
         raw, clean, n_raw, n_clean = make_masks(img, sh, rule=args.rule, cc_iterations=K)[:4]
-        return candidate_stats(img, sh, raw, clean, n_raw, n_clean)
+        return candidate_stats(img, sh, raw=raw, clean=clean, n_raw=n_raw, n_clean=n_clean)
 
     raw, clean, n_raw, n_clean = make_masks(img, sh, rule=args.rule)
     _, _, _, iterations = cc_cleanup(raw, return_iterations=True)
-    st = candidate_stats(img, sh, raw, clean, n_raw, n_clean)
+    st = candidate_stats(img, sh, raw=raw, clean=clean, n_raw=n_raw, n_clean=n_clean)
 
     t_full = _time(full, dev, reps, warmup)
     t_cc = _time(lambda: cc_cleanup(raw, iterations=K), dev, reps, warmup)
-    t_stats = _time(lambda: candidate_stats(img, sh, raw, clean, n_raw, n_clean), dev, reps, warmup)
+    t_stats = _time(lambda: candidate_stats(img, sh, raw=raw, clean=clean, n_raw=n_raw, n_clean=n_clean), dev, reps, warmup)
     med = statistics.median(t_full)
     result = {
         "device": dev,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from factory import format as fmt
 from factory.errors import FactoryError
-from factory.fsio import load_npy_matrix, sha256_file
+from factory.fsio import factory_home, load_npy_matrix, sha256_file
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -22,10 +23,6 @@ HOW_TO_IMPORT = (
     "import a set with `factory embeddings import FILE.npy --name NAME`, e.g. the paper authors' "
     "BigBiGAN_ImageNet_z.npy: `factory embeddings import BigBiGAN_ImageNet_z.npy --name imagenet`"
 )
-
-
-def factory_home() -> Path:
-    return Path(os.environ.get("FACTORY_HOME", Path.home() / ".cache" / "factory"))
 
 
 def store_dir() -> Path:
@@ -114,9 +111,7 @@ def resolve(name_or_path: str) -> EmbeddingRef:
         data = z[:]
         if not np.isfinite(data).all():
             raise FactoryError(f"embeddings {name_or_path} hold NaN or inf")
-        import hashlib
-
-        digest = z.attrs.get("source_sha256") or hashlib.sha256(np.ascontiguousarray(data, np.float32).tobytes()).hexdigest()
+        digest = z.attrs.get("source_sha256") or fmt.sha256_bytes(np.ascontiguousarray(data, np.float32).tobytes())
         return EmbeddingRef(p.stem, str(p.resolve()), tuple(z.shape), digest)
     dest = store_dir() / f"{name_or_path}.zarr"
     if dest.exists():

@@ -42,7 +42,7 @@ IMAGE_CODECS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 IMAGE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 TAR_MTIME = 0  # fixed so shards are byte-reproducible
 
-HIST_BINS = 12
+HIST_BINS = 12  # bins of the index's smoothed histogram (torch.histc over [-1, 1], the authors' filter)
 
 # Limits for data from elsewhere: a tar member or a decoded image larger than these is refused
 # before it is read or decoded (a 128 px sample is ~50 KB; a 4096 x 4096 image is 48 MB of RGB).
@@ -59,7 +59,7 @@ INDEX_COLUMNS: dict[str, str] = {
     "fg_ratio": "float32",
     "n_components_raw": "int32",
     "n_components": "int32",
-    "hist": "list<float32>[12]",
+    "hist": f"list<float32>[{HIST_BINS}]",
     "hist_maxima": "int32",
     "hist_gray_maxima_inner": "int32",
     "pass_area": "bool",
@@ -113,7 +113,13 @@ def dataset_id(shards: Iterable[dict], latents_sha256: str | None = None) -> str
     return "ds-" + sha256_bytes(canonical_json(body))[:32]
 
 
+def accepted_sha256(accepted: dict[str, list[int]]) -> str:
+    """Hash of a view's accepted rows (shard id -> sorted rows), the third input of `view_id`."""
+    return sha256_bytes(canonical_json(accepted))
+
+
 def view_id(parent_id: str, predicate: str, accepted_sha256: str) -> str:
+    """Content id of a view: its parent dataset id, canonical predicate and `accepted_sha256`."""
     body = {"parent": parent_id, "predicate": predicate, "accepted": accepted_sha256}
     return "view-" + sha256_bytes(canonical_json(body))[:32]
 
@@ -322,8 +328,6 @@ def open_dataset(url: str, allow_remote_shards: bool = False) -> Resolved:
 
 
 def _dirname(path: str) -> str:
-    import os
-
     return os.path.dirname(os.path.abspath(path)) if not is_remote_url(path) else posixpath.dirname(path)
 
 
@@ -362,6 +366,42 @@ def safe_tar_members(data: bytes, where: str = "tar") -> list[tuple[str, bytes]]
     except EOFError:
         raise FormatError(f"{where}: tar is truncated") from None
     return out
+
+
+_KEY = re.compile(r"^[0-9]+$")
+
+
+def check_member(ti, *, url: str, shard: int, first_row: int, samples: int) -> tuple[int, str]:
+    """Check one tar header (a ``tarfile.TarInfo``) of shard ``shard`` at ``url`` before its data is read;
+    return ``(row, extension)``.
+
+    The shard holds rows ``first_row .. first_row + samples - 1``. Refused with FormatError: links,
+    folders and other non-regular members; empty or absolute names and NUL bytes; a declared size over
+    MAX_MEMBER_BYTES; '..'; names inside a folder; names that are not KEY.EXT with a numeric key; rows
+    outside the shard.
+    """
+    name = ti.name
+    where = f"shard {url}: member {name!r}"
+    if not ti.isreg():
+        kind = "link" if (ti.issym() or ti.islnk()) else "directory" if ti.isdir() else "special file"
+        raise FormatError(f"{where} is a {kind}; shards hold regular files only (corrupt or hostile shard)")
+    if not name or "\x00" in name or name.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", name):
+        raise FormatError(f"{where} has an absolute or empty name")
+    if ti.size > MAX_MEMBER_BYTES:
+        raise FormatError(f"{where} declares {ti.size} bytes, over the {MAX_MEMBER_BYTES} byte limit")
+    parts = re.split(r"[\\/]", name)
+    if ".." in parts:
+        raise FormatError(f"{where} leaves the shard ('..')")
+    if len(parts) != 1:
+        raise FormatError(f"{where} is inside a folder; shard members are flat KEY.EXT names")
+    key, dot, ext = name.partition(".")
+    if not dot or not _KEY.match(key):
+        raise FormatError(f"{where} is not KEY.EXT with a numeric key")
+    row = key_row(key)
+    if not first_row <= row < first_row + samples:
+        raise FormatError(f"{where}: row {row} does not belong to shard {shard} "
+                          f"(rows {first_row}..{first_row + samples - 1})")
+    return row, ext
 
 
 def check_member_size(name: str, size: int, where: str) -> None:

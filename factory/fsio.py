@@ -1,42 +1,82 @@
-"""TODO docstring."""
+"""Files of the factory: atomic writes (local or fsspec URL), sha256 of files, $FACTORY_HOME, and the safe
+readers of files from elsewhere (one .npy reader that never unpickles, one weights_only torch-file reader).
+
+Readers raise `ReadError` (why, and the exception underneath); each caller turns it into its own
+one-line FactoryError naming the file.
+"""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import uuid
+from pathlib import Path
 
 import numpy as np
 
 from factory import format as fmt
 from factory.errors import FactoryError
 
+CHUNK = 1 << 22  # bytes read at a time when hashing a file
+
 # ---------------------------------------------------------------- storage
+
+
+def factory_home() -> Path:
+    """$FACTORY_HOME (default ~/.cache/factory): where weights/ and embeddings/ live."""
+    return Path(os.environ.get("FACTORY_HOME") or Path.home() / ".cache" / "factory").expanduser()
+
 
 def is_local(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
 
 
-def atomic_write(url: str, data: bytes) -> None:
-    """Write bytes so that the final name holds either nothing or all of them."""
+def atomic_write(url: str | os.PathLike, data: bytes) -> None:
+    """Write bytes so that the final name holds either nothing or all of them (a local path or any URL)."""
+    if isinstance(url, os.PathLike):
+        _atomic_write_local(os.fspath(url), data)
+        return
     fs, path = fmt.get_fs(url)
     if is_local(fs):
-        d = os.path.dirname(path)
-        os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(d)
+        _atomic_write_local(path, data)
     else:
         fs.pipe_file(path, data)
+
+
+def _atomic_write_local(path: str, data: bytes) -> None:
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(d)
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """An array as the bytes of a .npy file (C order, no pickle)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """`np.save` through `atomic_write`."""
+    atomic_write(path, npy_bytes(arr))
+
+
+def atomic_json(path: str | os.PathLike, obj) -> None:
+    """JSON (indent 1, keys in insertion order, final newline) through `atomic_write`."""
+    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
 
 
 def _fsync_dir(d: str) -> None:
@@ -71,7 +111,8 @@ def remove_temp_files(root: str) -> int:
     return n
 
 
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
+    """Hex sha256 of a local file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:
@@ -82,23 +123,87 @@ def sha256_file(path: str, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def load_npy_matrix(path: str, what: str, dim_z: int | None = None) -> np.ndarray:
-    """Load a float [N, D] .npy safely (no pickle) or raise a one-line FactoryError."""
+# ---------------------------------------------------------------- safe readers
+
+
+class ReadError(Exception):
+    """A file from elsewhere that a safe reader refused; `reason` says why, `cause` is the error underneath.
+
+    reason: ``missing`` | ``objects`` (a pickle: object arrays, code) | ``invalid`` | ``unreadable`` | ``archive``
+    """
+
+    def __init__(self, reason: str, cause: BaseException | None = None):
+        super().__init__(reason if cause is None else f"{reason}: {cause}")
+        self.reason = reason
+        self.cause = cause
+
+    def first_line(self, limit: int | None = None) -> str:
+        """The first line of the underlying error's message (at most `limit` characters)."""
+        line = (str(self.cause).strip().splitlines() or [""])[0]
+        return line if limit is None else line[:limit]
+
+
+def read_npy(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarray:
+    """The one .npy reader for files from elsewhere: never unpickles, refuses .npz archives.
+
+    Raises `ReadError`: ``missing`` (no such path), ``objects`` (np.load needed pickle), ``invalid``
+    (another ValueError of np.load), ``unreadable`` (OSError/EOFError: truncated, a folder...),
+    ``archive`` (an .npz).
+    """
     if not os.path.exists(path):
-        raise FactoryError(f"{what} file not found: {path}")
+        raise ReadError("missing")
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        msg = str(e)
-        if "pickle" in msg.lower() or "object" in msg.lower():
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as e:  # object arrays need pickle
+        msg = str(e).lower()
+        raise ReadError("objects" if "pickle" in msg or "object" in msg else "invalid", e) from None
+    except (OSError, EOFError) as e:
+        raise ReadError("unreadable", e) from None
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise ReadError("archive")
+    return arr
+
+
+def read_torch_file(path: str | os.PathLike):
+    """The one torch-file reader for files from elsewhere: ``torch.load(weights_only=True)`` on the CPU.
+
+    Raises `ReadError`: ``objects`` (the pickle references code or objects other than tensors) or
+    ``unreadable`` (corrupt, truncated, not a torch file).
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ReadError("objects", e) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
+        raise ReadError("unreadable", e) from None
+
+
+def load_npy_matrix(path: str, what: str, dim_z: int | None = None) -> np.ndarray:
+    """Load a float [N, D] .npy safely (no pickle, memory-mapped) or raise a one-line FactoryError."""
+    try:
+        arr = read_npy(path, mmap=True)
+    except ReadError as e:
+        if e.reason == "missing":
+            raise FactoryError(f"{what} file not found: {path}") from None
+        if e.reason == "objects":
             raise FactoryError(
                 f"{what} file {path} holds Python objects (object dtype); save a float32 array with np.save"
             ) from None
-        raise FactoryError(f"{what} file {path} is not a valid .npy array ({msg}); re-save it with np.save") from None
-    except (OSError, EOFError) as e:
-        raise FactoryError(f"{what} file {path} is truncated or not a .npy file ({e}); re-save it with np.save") from None
-    if not isinstance(arr, np.ndarray):
-        raise FactoryError(f"{what} file {path} must hold one array (.npy), not an archive")
+        if e.reason == "invalid":
+            raise FactoryError(
+                f"{what} file {path} is not a valid .npy array ({e.cause}); re-save it with np.save"
+            ) from None
+        if e.reason == "unreadable":
+            raise FactoryError(
+                f"{what} file {path} is truncated or not a .npy file ({e.cause}); re-save it with np.save"
+            ) from None
+        raise FactoryError(f"{what} file {path} must hold one array (.npy), not an archive") from None
     if arr.dtype.kind != "f":
         raise FactoryError(f"{what} file {path} has dtype {arr.dtype}; a float array [N, dim_z] is required")
     if arr.ndim != 2:

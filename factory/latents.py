@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from factory import embeddings
 from factory.errors import FactoryError
-from factory.fsio import load_npy_matrix, sha256_file
+from factory.fsio import load_npy_matrix, read_npy, sha256_file
 
 BLOCK = 1024
 _TAG = {"gaussian": 1, "embeddings": 2}
@@ -55,7 +56,7 @@ class LatentSource:
             if self.path is None:
                 raise FactoryError("latent source has no file")
             if self.path.endswith(".npy"):
-                self._cache["m"] = np.load(self.path, mmap_mode="r", allow_pickle=False)
+                self._cache["m"] = read_npy(self.path, mmap=True)  # checked by from_file
             else:
                 import zarr
 
@@ -95,17 +96,18 @@ class LatentSource:
 
 
 def gaussian(dim_z: int, seed: int) -> LatentSource:
+    """N(0, I) latents drawn block by block from ``seed``."""
     return LatentSource("gaussian", dim_z, seed)
 
 
 def from_file(path: str, dim_z: int) -> LatentSource:
+    """Row i of a checked float .npy [N, dim_z] is sample i's latent."""
     arr = load_npy_matrix(path, "latents", dim_z)
     return LatentSource("file", dim_z, 0, path=os.path.abspath(path), sha256=sha256_file(path), rows_available=arr.shape[0])
 
 
 def from_embeddings(name_or_path: str, dim_z: int, seed: int, z_noise: float) -> LatentSource:
-    from factory import embeddings
-
+    """Rows drawn (with replacement, seeded per block) from a stored embedding set, plus ``z_noise`` N(0, I)."""
     if not np.isfinite(z_noise) or z_noise < 0:
         raise FactoryError(f"--z-noise must be a finite number >= 0, got {z_noise}")
     ref = embeddings.resolve(name_or_path)

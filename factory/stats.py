@@ -32,10 +32,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .masks import MaskRule, check_images, gray, make_masks
+from factory.format import HIST_BINS
+from factory.masks import MaskRule, check_images, gray, make_masks
 
 __all__ = [
-    "HIST_BINS",
     "STAT_COLUMNS",
     "histogram_batched",
     "smooth_and_count_maxima",
@@ -45,7 +45,6 @@ __all__ = [
     "process_batch",
 ]
 
-HIST_BINS = 12
 _LANES = 32
 STAT_COLUMNS = (
     "fg_ratio_raw",
@@ -139,6 +138,7 @@ def histogram_paper(img_shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def candidate_stats(
     img: torch.Tensor,
     img_shifted: torch.Tensor,
+    *,
     raw: torch.Tensor,
     clean: torch.Tensor,
     n_raw: torch.Tensor,
@@ -182,6 +182,7 @@ def candidate_stats(
 def process_batch(
     img: torch.Tensor,
     img_shifted: torch.Tensor,
+    *,
     rule: MaskRule = "luminance",
     max_fg: float = 0.5,
     ratio: float = 0.2,
@@ -195,7 +196,8 @@ def process_batch(
     False are not exact and must be recomputed with ``cc_iterations=None``.
     """
     out = make_masks(img, img_shifted, rule=rule, ratio=ratio, operators=operators, cc_iterations=cc_iterations)
-    stats = candidate_stats(img, img_shifted, *out[:4], max_fg=max_fg)
+    raw, clean, n_raw, n_clean = out[:4]
+    stats = candidate_stats(img, img_shifted, raw=raw, clean=clean, n_raw=n_raw, n_clean=n_clean, max_fg=max_fg)
     if cc_iterations is not None:
         stats["cc_converged"] = out[4]
     return out[0], out[1], stats

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from factory.errors import FactoryError
+from factory.fsio import atomic_json, atomic_save_npy
 from factory.generators import load_generator
 from factory.generators.shapes import COORD, DIRECTION_NAMES, N_COORDS, ShapesWorld
 
@@ -45,7 +46,7 @@ def sample_embedding_latents(gen: ShapesWorld, n: int, seed: int) -> np.ndarray:
     c = rng.standard_normal((n, gen.dim_z))
     for name, (mu, sd) in EMBEDDING_SHIFTS.items():
         c[:, COORD[name]] = mu + sd * c[:, COORD[name]]
-    basis = gen._basis_np.astype(np.float64)  # orthonormal: z = Q c  <=>  c = Q^T z
+    basis = gen.basis.astype(np.float64)  # orthonormal: z = Q c  <=>  c = Q^T z
     return (c @ basis.T).astype(np.float32)
 
 
@@ -135,12 +136,8 @@ def directions(out_path: str | os.PathLike, *, world_seed: int = 0, dim_z: int =
     meta = out.with_suffix(".json")
     doc = {"names": names, "generator": {**gen.identity(), "resolution": None}, "shape": list(arr.shape)}
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for path, write in ((out, lambda f: np.save(f, arr)), (meta, lambda f: f.write((json.dumps(doc, indent=1) + "\n").encode()))):
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as f:
-                write(f)
-            os.replace(tmp, path)
+        atomic_save_npy(out, arr)
+        atomic_json(meta, doc)
     except OSError as e:
         raise FactoryError(f"cannot write {out} ({e.strerror or e}); choose a writable --out") from None
     return out, meta

@@ -7,7 +7,6 @@ a complete, verified file.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory.errors import FactoryError
+from factory.fsio import factory_home, sha256_file
 
 try:
     import tomllib
@@ -33,11 +33,7 @@ _BUILTIN_CATALOG = {
     }
 }
 
-CHUNK = 1 << 20
-
-
-def factory_home() -> Path:
-    return Path(os.environ.get("FACTORY_HOME") or Path.home() / ".cache" / "factory").expanduser()
+CHUNK = 1 << 20  # bytes per read of a download
 
 
 def default_weights_dir() -> Path:
@@ -53,14 +49,6 @@ def load_catalog(path: Path | None = None) -> dict[str, dict]:
             return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise FactoryError(f"cannot read weights catalog {p}: {e}") from None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -119,7 +107,7 @@ def fetch(name: str, *, url: str | None = None, sha256: str | None = None, to: s
         raise FactoryError(f"cannot create {dest.parent}: {e.strerror or e}") from None
 
     start = part.stat().st_size if part.exists() else 0
-    resumed_from = _download(url, part, start, size_hint, progress, timeout)
+    resumed_from = _download(url, part, start=start, size_hint=size_hint, progress=progress, timeout=timeout)
 
     with open(part, "rb") as f:
         head = f.read(64)
@@ -142,7 +130,7 @@ def fetch(name: str, *, url: str | None = None, sha256: str | None = None, to: s
     return FetchResult(dest, got, nbytes, resumed_from, bool(expected))
 
 
-def _download(url: str, part: Path, start: int, size_hint: int, progress: bool, timeout: float) -> int:
+def _download(url: str, part: Path, *, start: int, size_hint: int, progress: bool, timeout: float) -> int:
     """Stream url into part, resuming at byte `start`. Returns the offset it resumed from."""
     from tqdm import tqdm
 

@@ -261,10 +261,8 @@ def _objective(G, h, seed=11):
 def test_refine_objective_prefers_background_to_its_mixtures():
     G = load_generator("shapes", resolution=32)
     nd = G.named_directions()
-    from factory.generators.shapes import COORD
-
     bg = nd["background"]
-    axis = lambda n: G._basis_np[:, COORD[n]]  # noqa: E731
+    axis = G.coordinate_direction
     j_bg = _objective(G, bg)
     # geometry mixed in (growth, zoom, rotation, contrast), global colour, and random directions all score lower
     for name, h in [("size", 0.85 * bg + 0.53 * axis("size")), ("zoom", 0.85 * bg + 0.53 * nd["zoom"]),

@@ -116,7 +116,7 @@ def test_golden_filter_cases(golden, device):
         clean, n_raw, n_clean = cc_cleanup(masks, backend=backend)
         np.testing.assert_array_equal(clean.cpu().numpy(), cases["cc_out"].astype(bool))
     dummy = torch.zeros(masks.shape[0], 3, *masks.shape[1:], device=device)
-    st = candidate_stats(dummy, dummy, masks.bool(), clean, n_raw, n_clean)
+    st = candidate_stats(dummy, dummy, raw=masks.bool(), clean=clean, n_raw=n_raw, n_clean=n_clean)
     np.testing.assert_array_equal(st["fg_ratio"].cpu().numpy(), cases["cc_area_frac"])
     np.testing.assert_array_equal(st["pass_area"].cpu().numpy(), cases["cc_area_pass"])
     names = list(cases["cc_case_names"])
@@ -207,7 +207,8 @@ def test_paper_histogram_rule():
     batch = torch.cat([imgs.nan_to_num(0.0), rand])
     _, _, n_inner = histogram_paper(batch)
     assert n_inner.tolist() == _paper_rule_loop(batch)
-    st = candidate_stats(batch, batch, *make_masks(batch, batch))
+    raw, clean, n_raw, n_clean = make_masks(batch, batch)
+    st = candidate_stats(batch, batch, raw=raw, clean=clean, n_raw=n_raw, n_clean=n_clean)
     assert torch.equal(st["hist_gray_maxima_inner"], n_inner)
     assert torch.equal(st["pass_hist_paper"], n_inner >= 2)
 

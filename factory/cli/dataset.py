@@ -1,4 +1,5 @@
-"""`factory filter`, `factory info`, `factory verify`, `factory preview`: thin commands over filters/verify/preview."""
+"""`factory filter`, `factory info`, `factory verify`, `factory preview`: thin commands over factory.views
+and factory.dataset."""
 from __future__ import annotations
 
 import json

@@ -4,7 +4,6 @@ from __future__ import annotations
 import click
 
 from factory.cli.errors import user_errors
-from factory.errors import FactoryError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,14 +31,9 @@ def random_cmd(n, dim, seed, out):
     Example:
       factory directions random --n 120 --dim 120 --seed 0 --out dirs/random.npy
     """
-    from pathlib import Path
+    from factory.directions.common import write_random_directions
 
-    from factory.directions.common import atomic_save_npy, random_directions
-
-    if not out.endswith(".npy"):
-        raise FactoryError(f"--out must end with .npy, got {out!r}")
-    arr = random_directions(n, dim, seed)
-    atomic_save_npy(Path(out), arr)
+    arr = write_random_directions(out, n, dim, seed)
     click.echo(f"wrote {arr.shape[0]} unit directions of width {arr.shape[1]} to {out}")
 
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""`factory embeddings ...`: import and list named embedding sets (thin wrappers over factory.embeddings)."""
 from __future__ import annotations
 
 import json

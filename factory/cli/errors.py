@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The one error wrapper of the `factory` commands: FactoryError/FormatError become one-line click errors."""
 from __future__ import annotations
 
 import functools
@@ -23,6 +23,8 @@ def user_errors(fn):
 
 
 class FactoryGroup(click.Group):
+    """The `factory` group: the same one-line errors for anything its subcommands raise."""
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

@@ -3,20 +3,7 @@ from __future__ import annotations
 
 import click
 
-from factory.errors import FactoryError
-
-
-def _user_errors(fn):
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except FactoryError as e:
-            raise click.ClickException(str(e)) from None
-
-    return wrapper
+from factory.cli.errors import user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +22,7 @@ def testworld():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the drawn latents.")
 @click.option("--resolution", type=click.Choice(["64", "128"]), default="128", show_default=True, help="Image size.")
 @click.option("--out", "out", type=click.Path(), required=True, help="New (or empty) folder to write.")
-@_user_errors
+@user_errors
 def export_cmd(n, seed, resolution, out):
     """Write N photographs of the world in the ECSSD layout, with embeddings.
 
@@ -55,7 +42,7 @@ def export_cmd(n, seed, resolution, out):
 
 @testworld.command("directions")
 @click.option("--out", "out", type=click.Path(), required=True, help="Output .npy; names go to the .json beside it.")
-@_user_errors
+@user_errors
 def directions_cmd(out):
     """Write the world's named directions [K, 120] float32 to OUT.npy and their names to OUT.json.
 

@@ -6,19 +6,8 @@ import json
 import numpy as np
 
 from factory import format as fmt
-
-
-def read_index(root: str, manifest: dict, columns: list[str] | None = None):
-    """The whole index as one Arrow table (shard fragments in shard order)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tables = []
-    for s in manifest["shards"]:
-        fs, path = fmt.get_fs(fmt.join(root, s["index"]))
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
-    return pa.concat_tables(tables) if tables else None
+from factory.dataset.reader import load_index
+from factory.fsio import atomic_write
 
 
 def summary_stats(table) -> dict:
@@ -50,6 +39,7 @@ def summary_stats(table) -> dict:
 
 
 def render(manifest: dict, stats: dict, preview: str | None = None, title: str | None = None) -> str:
+    """The card's Markdown: provenance table, filter statistics, preview link, how to load it."""
     spec = manifest.get("spec", {})
     gen = spec.get("generator", {})
     lines = [
@@ -103,44 +93,51 @@ def render(manifest: dict, stats: dict, preview: str | None = None, title: str |
 
 
 PREVIEW = "preview.png"
+_STATS_HEADING = "## Filter statistics"
+
+
+def provenance_section(prov: dict) -> str:
+    """The card's "Provenance" section of a materialized view (placed before the filter statistics)."""
+    return "\n".join([
+        "## Provenance",
+        "",
+        f"Materialized by `factory filter --materialize` from dataset `{prov['parent']['dataset_id']}` "
+        f"(at `{prov['parent']['url']}`), view `{prov['view_id']}`.",
+        "",
+        f"Predicate: `{prov['predicate']}`",
+        "",
+        "Lineage: " + " → ".join(f"`{s.get('predicate')}` ({s.get('samples')})" for s in prov.get("lineage", [])),
+        "",
+        "Keys and rows are renumbered; the index column `parent_row` (and `parent_key` in each KEY.json) "
+        "names the sample in the parent.",
+        "",
+    ])
+
+
+def _write_preview(root: str, manifest: dict, preview_samples: int) -> str | None:
+    """Write the card's small preview.png; its name, or None (with a warning) when it cannot be drawn."""
+    import sys
+
+    try:
+        from factory.dataset.preview import card_preview
+
+        atomic_write(fmt.join(root, PREVIEW), card_preview(root, manifest, preview_samples))
+        return PREVIEW
+    except Exception as e:  # noqa: BLE001 - the card must not fail a finished job over a picture
+        print(f"warning: no {PREVIEW} for the card of {root}: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
 
 
 def write_card(root: str, manifest: dict, preview: str | None = None, preview_samples: int = 16) -> None:
     """Write README.md (and a small preview.png of the first shard's samples, linked from it)."""
-    import sys
-
-    from factory.fsio import atomic_write
-
-    table = read_index(root, manifest)
-    stats = summary_stats(table)
+    stats = summary_stats(load_index(root, manifest, check_sha=False))
     if preview is None and manifest.get("shards") and preview_samples > 0:
-        try:
-            from factory.dataset.preview import card_preview
-
-            atomic_write(fmt.join(root, PREVIEW), card_preview(root, manifest, preview_samples))
-            preview = PREVIEW
-        except Exception as e:  # noqa: BLE001 - the card must not fail a finished job over a picture
-            print(f"warning: no {PREVIEW} for the card of {root}: {type(e).__name__}: {e}", file=sys.stderr)
+        preview = _write_preview(root, manifest, preview_samples)
     prov = manifest.get("provenance")
     title = None
-    text = render(manifest, stats, preview, title)
     if prov:
         title = f"Dataset {manifest['dataset_id']} (materialized view of {prov['parent']['dataset_id']})"
-        text = render(manifest, stats, preview, title)
-        extra = "\n".join([
-            "## Provenance",
-            "",
-            f"Materialized by `factory filter --materialize` from dataset `{prov['parent']['dataset_id']}` "
-            f"(at `{prov['parent']['url']}`), view `{prov['view_id']}`.",
-            "",
-            f"Predicate: `{prov['predicate']}`",
-            "",
-            "Lineage: " + " → ".join(f"`{s.get('predicate')}` ({s.get('samples')})" for s in prov.get("lineage", [])),
-            "",
-            "Keys and rows are renumbered; the index column `parent_row` (and `parent_key` in each KEY.json) "
-            "names the sample in the parent.",
-            "",
-        ])
-        marker = "## Filter statistics"
-        text = text.replace(marker, extra + "\n" + marker, 1)
+    text = render(manifest, stats, preview, title)
+    if prov:
+        text = text.replace(_STATS_HEADING, provenance_section(prov) + "\n" + _STATS_HEADING, 1)
     atomic_write(fmt.join(root, fmt.CARD), text.encode())

@@ -1,19 +1,16 @@
-"""TODO docstring."""
+"""`factory info`: what a dataset or view is (counts, provenance, filter statistics, lineage), as a
+JSON-able dict and as the human-readable text."""
 from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from factory import format as fmt
-from factory.dataset.reader import index_schema, load_index
+from factory.dataset.card import summary_stats
+from factory.dataset.reader import accepted_flags, index_schema, load_index
 
-# ================================================================ info
 
 def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) -> dict:
     """What `factory info` prints: counts, provenance, filter statistics, lineage (one JSON-able dict)."""
-    from factory.dataset.card import summary_stats
-
     res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
     m = res.manifest
     spec = m.get("spec", {}) or {}
@@ -64,13 +61,10 @@ def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) ->
         table = load_index(res.root, m, columns=cols)
         out["filter_stats"] = summary_stats(table)
         if res.view is not None and table is not None:
-            rows = np.fromiter((r for vv in res.accepted.values() for r in vv), np.int64)
-            rc = table.column("row").to_numpy()
-            flag = np.zeros(int(max(rc.max(initial=-1), rows.max(initial=-1))) + 1, bool)
-            flag[rows] = True
             import pyarrow as pa
 
-            out["filter_stats_accepted"] = summary_stats(table.filter(pa.array(flag[rc])))
+            flags = accepted_flags(res.accepted, table.column("row").to_numpy())
+            out["filter_stats_accepted"] = summary_stats(table.filter(pa.array(flags)))
     return out
 
 

@@ -14,6 +14,9 @@ import math
 import numpy as np
 
 from factory import format as fmt
+from factory.dataset.reader import accepted_flags, load_index, read_shard_samples
+from factory.errors import FactoryError
+from factory.fsio import atomic_write
 
 TINT = np.array([255, 0, 0], np.float32)
 
@@ -42,8 +45,6 @@ def _decode(data: bytes, mode: str) -> np.ndarray:
 
 def pick_samples(res: fmt.Resolved, n: int, first_shard_only: bool = False) -> list[tuple[str, np.ndarray]]:
     """(key, overlay) of the first `n` samples (accepted ones for a view), reading as few shards as possible."""
-    from factory.dataset.reader import read_shard_samples
-
     out: list[tuple[str, np.ndarray]] = []
     members = res.manifest.get("members") or {}
     ext_img, ext_mask = members.get("image", fmt.EXT_IMAGE), members.get("mask", fmt.EXT_MASK)
@@ -70,6 +71,7 @@ def pick_samples(res: fmt.Resolved, n: int, first_shard_only: bool = False) -> l
 
 
 def contact_sheet(tiles: list[np.ndarray], cols: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tiles on a white grid (``cols`` per row, default about square) -> uint8 HxWx3."""
     if not tiles:
         return np.full((32, 32, 3), 255, np.uint8)
     cols = cols or math.ceil(math.sqrt(len(tiles)))
@@ -86,25 +88,19 @@ def contact_sheet(tiles: list[np.ndarray], cols: int | None = None, pad: int = 2
 
 def _accepted_mask(res: fmt.Resolved, table) -> tuple[np.ndarray, str]:
     if res.accepted is not None:
-        rows = np.fromiter((r for v in res.accepted.values() for r in v), np.int64)
-        row_col = table.column("row").to_numpy()
-        flag = np.zeros(int(max(row_col.max(initial=-1), rows.max(initial=-1))) + 1, bool)
-        flag[rows] = True
-        return flag[row_col], "view"
+        return accepted_flags(res.accepted, table.column("row").to_numpy()), "view"
     area = table.column("pass_area").to_numpy(zero_copy_only=False)
     hist = table.column("pass_hist_reference").to_numpy(zero_copy_only=False)
     return area & hist, "area and hist_reference"
 
 
-def render_preview(res: fmt.Resolved, n: int = 64, first_shard_only: bool = False, title: str | None = None,
+def render_preview(res: fmt.Resolved, n: int = 64, *, first_shard_only: bool = False, title: str | None = None,
                    small: bool = False) -> bytes:
     """PNG bytes of the preview figure."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-
-    from factory.dataset.reader import load_index
 
     tiles = [t for _, t in pick_samples(res, n, first_shard_only)]
     table = load_index(res.root, res.manifest,
@@ -151,9 +147,6 @@ def render_preview(res: fmt.Resolved, n: int = 64, first_shard_only: bool = Fals
 
 def write_preview(url: str, out: str, n: int = 64, allow_remote_shards: bool = False) -> dict:
     """Render the preview of dataset/view `url` into `out` (a .png path or URL)."""
-    from factory.errors import FactoryError
-    from factory.fsio import atomic_write
-
     if n <= 0:
         raise FactoryError(f"--n must be positive, got {n}")
     if not out.lower().endswith(".png"):

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Reading a dataset's index and shards safely: index fragments checked against the manifest's sha256,
+the index schema, shard tars parsed with `format.safe_tar_members`, latent members decoded without pickle."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -9,13 +10,7 @@ from factory import format as fmt
 
 # ================================================================ index reading
 
-def fetch_bytes(url: str) -> bytes:
-    fs, path = fmt.get_fs(url)
-    with fs.open(path, "rb") as f:
-        return f.read()
-
-
-def load_index(root: str, manifest: dict, columns: list[str] | None = None, check_sha: bool = True,
+def load_index(root: str, manifest: dict, columns: list[str] | None = None, *, check_sha: bool = True,
                shards: list[int] | None = None):
     """Concatenated index fragments (shard order), only `columns`; each fragment's sha256 is checked."""
     import pyarrow as pa
@@ -27,7 +22,7 @@ def load_index(root: str, manifest: dict, columns: list[str] | None = None, chec
     def fetch(s):
         url = fmt.join(root, s["index"])
         try:
-            return fetch_bytes(url)
+            return fmt.read_bytes(url)
         except FileNotFoundError:
             raise fmt.FormatError(f"index fragment missing: {url} (shard {s['shard']})") from None
         except OSError as e:
@@ -61,6 +56,14 @@ def load_index(root: str, manifest: dict, columns: list[str] | None = None, chec
         raise fmt.FormatError(f"{root}: index fragments have different schemas: {e}") from None
 
 
+def accepted_flags(accepted: dict[int, set[int]], row_col: np.ndarray) -> np.ndarray:
+    """Bool per entry of an index's ``row`` column: True where a view accepts that row."""
+    rows = np.fromiter((r for v in accepted.values() for r in v), np.int64)
+    flag = np.zeros(int(max(row_col.max(initial=-1), rows.max(initial=-1))) + 1, bool)
+    flag[rows] = True
+    return flag[row_col]
+
+
 def index_schema(root: str, manifest: dict):
     """Arrow schema of the index (first fragment's footer; the contract's columns when there is none)."""
     import pyarrow.parquet as pq
@@ -80,6 +83,7 @@ def index_schema(root: str, manifest: dict):
 
 
 def contract_schema():
+    """Arrow schema of the contract's index columns (format.INDEX_COLUMNS)."""
     import pyarrow as pa
 
     fields = []
@@ -95,9 +99,10 @@ def contract_schema():
     return pa.schema(fields)
 
 
-# ================================================================ materialize
+# ================================================================ shards
 
 def decode_npy(data: bytes, where: str) -> np.ndarray:
+    """A latent member's .npy bytes as an array (no pickle), or FormatError naming `where`."""
     import io
 
     try:
@@ -111,7 +116,7 @@ def read_shard_samples(root: str, entry: dict, where: str | None = None) -> dict
     url = fmt.join(root, entry["path"])
     where = where or url
     try:
-        data = fetch_bytes(url)
+        data = fmt.read_bytes(url)
     except FileNotFoundError:
         raise fmt.FormatError(f"shard missing: {url}") from None
     except OSError as e:

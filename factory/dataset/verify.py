@@ -48,136 +48,130 @@ class VerifyReport:
                 f"{len(self.problems)} problem(s) in {what}")
 
 
-def _read(url: str) -> bytes:
-    fs, path = fmt.get_fs(url)
-    with fs.open(path, "rb") as f:
-        return f.read()
-
-
 def _open_latents(root: str):
     from factory.dataset.shards import open_latents
 
     return open_latents(root, "r")
 
 
-def check_shard(root: str, entry: dict, members: dict, z, dim_z: int) -> list[str]:
-    """Problems of one shard (empty = good)."""
+def _read_or_report(url: str, what: str, problems: list[str]) -> bytes | None:
+    """The bytes at `url`, or None with the problem appended (`what` names a missing file)."""
+    try:
+        return fmt.read_bytes(url)
+    except FileNotFoundError:
+        problems.append(f"{what} missing ({url})")
+    except OSError as e:
+        problems.append(f"cannot read {url}: {e}")
+    return None
+
+
+def _check_tar(data: bytes, entry: dict, members: dict, problems: list[str]) -> dict[str, np.ndarray]:
+    """Problems of a shard's tar bytes (appended to `problems`); returns its latents, key -> array."""
+    n, first = entry["samples"], entry["first_row"]
+    expected_keys = [fmt.sample_key(r) for r in range(first, first + n)]
+    if len(data) != entry["bytes"]:
+        problems.append(f"{len(data)} bytes, manifest says {entry['bytes']}")
+    if fmt.sha256_bytes(data) != entry["sha256"]:
+        problems.append("sha256 differs from the manifest")
+    try:
+        parsed = fmt.safe_tar_members(data, entry["path"])
+    except fmt.FormatError as e:
+        problems.append(str(e).replace(f"{entry['path']}: ", ""))
+        return {}
+    samples: dict[str, dict[str, bytes]] = {}
+    for name, body in parsed:
+        key, ext = fmt.split_member(name)
+        samples.setdefault(key, {})[ext] = body
+    if len(samples) != n:
+        problems.append(f"{len(samples)} samples in the tar, manifest says {n}")
+    keys = set(samples)
+    if keys != set(expected_keys):
+        extra = sorted(keys - set(expected_keys))
+        missing = sorted(set(expected_keys) - keys)
+        problems.append(
+            "tar keys differ from rows "
+            f"{first}..{first + n - 1}" + (f"; unexpected {extra[:3]}" if extra else "")
+            + (f"; missing {missing[:3]}" if missing else "")
+        )
+    need = set(members.values())
+    incomplete = [kk for kk, parts in sorted(samples.items()) if need - set(parts)]
+    if incomplete:
+        kk = incomplete[0]
+        problems.append(f"{len(incomplete)} sample(s) lack members, e.g. {kk} lacks "
+                        f"{sorted(need - set(samples[kk]))}")
+    lat_ext = members.get("latent", fmt.EXT_LATENT)
+    latents_tar: dict[str, np.ndarray] = {}
+    for kk, parts in samples.items():
+        if lat_ext in parts:
+            try:
+                latents_tar[kk] = np.load(io.BytesIO(parts[lat_ext]), allow_pickle=False)
+            except (ValueError, OSError):
+                problems.append(f"{kk}.{lat_ext} is not a readable .npy")
+                break
+    return latents_tar
+
+
+def _check_index(idata: bytes, entry: dict, problems: list[str]) -> None:
+    """Problems of a shard's index fragment bytes (appended to `problems`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    k = entry["shard"]
-    url = fmt.join(root, entry["path"])
+    k, n, first = entry["shard"], entry["samples"], entry["first_row"]
+    if fmt.sha256_bytes(idata) != entry["index_sha256"]:
+        problems.append(f"index fragment {entry['index']} sha256 differs from the manifest")
+    try:
+        t = pq.read_table(pa.BufferReader(idata), columns=["key", "shard", "row"])
+    except Exception as e:  # noqa: BLE001 - any unreadable fragment is reported, not raised
+        problems.append(f"index fragment {entry['index']} unreadable: {e}")
+        return
+    if t.num_rows != n:
+        problems.append(f"index has {t.num_rows} rows, manifest says {n}")
+        return
+    if t.column("key").to_pylist() != [fmt.sample_key(r) for r in range(first, first + n)]:
+        problems.append(f"index keys differ from rows {first}..{first + n - 1}")
+    if not np.array_equal(t.column("row").to_numpy(), np.arange(first, first + n)):
+        problems.append("index 'row' column differs from the shard's rows")
+    if not (t.column("shard").to_numpy() == k).all():
+        problems.append(f"index 'shard' column is not {k} everywhere")
+
+
+def _check_latents(z, entry: dict, *, dim_z: int, latents_tar: dict[str, np.ndarray], problems: list[str]) -> None:
+    """Problems of a shard's rows of latents.zarr, against the manifest and the tar's latents."""
     n, first = entry["samples"], entry["first_row"]
-    expected_keys = [fmt.sample_key(r) for r in range(first, first + n)]
+    try:
+        rows = np.asarray(z[first : first + n], np.float32)
+    except Exception as e:  # noqa: BLE001
+        problems.append(f"latents.zarr rows {first}..{first + n - 1} unreadable: {e}")
+        return
+    if rows.shape != (n, dim_z):
+        problems.append(f"latents.zarr rows {first}..{first + n - 1} have shape {rows.shape}")
+        return
+    sha = fmt.sha256_bytes(np.ascontiguousarray(rows).tobytes())
+    if entry.get("latents_sha256") and sha != entry["latents_sha256"]:
+        problems.append("latents.zarr rows differ from the manifest's latents_sha256")
+    bad = [kk for kk, v in latents_tar.items()
+           if not (v.shape == (dim_z,) and np.array_equal(v.astype(np.float32), rows[fmt.key_row(kk) - first]))
+           if first <= fmt.key_row(kk) < first + n]
+    if bad:
+        problems.append(f"{len(bad)} latent(s) in the tar differ from latents.zarr, e.g. {sorted(bad)[0]}")
+
+
+def check_shard(root: str, entry: dict, *, members: dict, z, dim_z: int) -> list[str]:
+    """Problems of one shard (empty = good): its tar, its index fragment, its rows of latents.zarr (`z`, or None)."""
     problems: list[str] = []
-    # ---- tar
-    latents_tar: dict[str, np.ndarray] = {}
-    try:
-        data = _read(url)
-    except FileNotFoundError:
-        problems.append(f"shard file missing ({url})")
-        data = None
-    except OSError as e:
-        problems.append(f"cannot read {url}: {e}")
-        data = None
-    if data is not None:
-        if len(data) != entry["bytes"]:
-            problems.append(f"{len(data)} bytes, manifest says {entry['bytes']}")
-        if fmt.sha256_bytes(data) != entry["sha256"]:
-            problems.append("sha256 differs from the manifest")
-        try:
-            parsed = fmt.safe_tar_members(data, entry["path"])
-        except fmt.FormatError as e:
-            problems.append(str(e).replace(f"{entry['path']}: ", ""))
-            parsed = None
-        if parsed is not None:
-            samples: dict[str, dict[str, bytes]] = {}
-            for name, body in parsed:
-                key, ext = fmt.split_member(name)
-                samples.setdefault(key, {})[ext] = body
-            if len(samples) != n:
-                problems.append(f"{len(samples)} samples in the tar, manifest says {n}")
-            keys = set(samples)
-            if keys != set(expected_keys):
-                extra = sorted(keys - set(expected_keys))
-                missing = sorted(set(expected_keys) - keys)
-                problems.append(
-                    "tar keys differ from rows "
-                    f"{first}..{first + n - 1}" + (f"; unexpected {extra[:3]}" if extra else "")
-                    + (f"; missing {missing[:3]}" if missing else "")
-                )
-            need = set(members.values())
-            incomplete = [kk for kk, parts in sorted(samples.items()) if need - set(parts)]
-            if incomplete:
-                kk = incomplete[0]
-                problems.append(f"{len(incomplete)} sample(s) lack members, e.g. {kk} lacks "
-                                f"{sorted(need - set(samples[kk]))}")
-            lat_ext = members.get("latent", fmt.EXT_LATENT)
-            for kk, parts in samples.items():
-                if lat_ext in parts:
-                    try:
-                        latents_tar[kk] = np.load(io.BytesIO(parts[lat_ext]), allow_pickle=False)
-                    except (ValueError, OSError):
-                        problems.append(f"{kk}.{lat_ext} is not a readable .npy")
-                        break
-    # ---- index fragment
-    iurl = fmt.join(root, entry["index"])
-    try:
-        idata = _read(iurl)
-    except FileNotFoundError:
-        problems.append(f"index fragment missing ({iurl})")
-        idata = None
-    except OSError as e:
-        problems.append(f"cannot read {iurl}: {e}")
-        idata = None
+    url = fmt.join(root, entry["path"])
+    data = _read_or_report(url, "shard file", problems)
+    latents_tar = {} if data is None else _check_tar(data, entry, members, problems)
+    idata = _read_or_report(fmt.join(root, entry["index"]), "index fragment", problems)
     if idata is not None:
-        if fmt.sha256_bytes(idata) != entry["index_sha256"]:
-            problems.append(f"index fragment {entry['index']} sha256 differs from the manifest")
-        try:
-            t = pq.read_table(pa.BufferReader(idata), columns=["key", "shard", "row"])
-        except Exception as e:  # noqa: BLE001 - any unreadable fragment is reported, not raised
-            problems.append(f"index fragment {entry['index']} unreadable: {e}")
-            t = None
-        if t is not None:
-            if t.num_rows != n:
-                problems.append(f"index has {t.num_rows} rows, manifest says {n}")
-            else:
-                if t.column("key").to_pylist() != expected_keys:
-                    problems.append(f"index keys differ from rows {first}..{first + n - 1}")
-                if not np.array_equal(t.column("row").to_numpy(), np.arange(first, first + n)):
-                    problems.append("index 'row' column differs from the shard's rows")
-                if not (t.column("shard").to_numpy() == k).all():
-                    problems.append(f"index 'shard' column is not {k} everywhere")
-    # ---- latents
-    if z is not None and n:
-        try:
-            rows = np.asarray(z[first : first + n], np.float32)
-        except Exception as e:  # noqa: BLE001
-            problems.append(f"latents.zarr rows {first}..{first + n - 1} unreadable: {e}")
-            rows = None
-        if rows is not None:
-            if rows.shape != (n, dim_z):
-                problems.append(f"latents.zarr rows {first}..{first + n - 1} have shape {rows.shape}")
-            else:
-                sha = fmt.sha256_bytes(np.ascontiguousarray(rows).tobytes())
-                if entry.get("latents_sha256") and sha != entry["latents_sha256"]:
-                    problems.append("latents.zarr rows differ from the manifest's latents_sha256")
-                bad = [kk for kk, v in latents_tar.items()
-                       if not (v.shape == (dim_z,) and np.array_equal(v.astype(np.float32), rows[fmt.key_row(kk) - first]))
-                       if first <= fmt.key_row(kk) < first + n]
-                if bad:
-                    problems.append(f"{len(bad)} latent(s) in the tar differ from latents.zarr, e.g. {sorted(bad)[0]}")
+        _check_index(idata, entry, problems)
+    if z is not None and entry["samples"]:
+        _check_latents(z, entry, dim_z=dim_z, latents_tar=latents_tar, problems=problems)
     return problems
 
 
-def verify(url: str, allow_remote_shards: bool = False, workers: int | None = None) -> VerifyReport:
-    """Verify a dataset or view; FormatError only for an unreadable/invalid manifest, else a report."""
-    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
-    m = res.manifest
-    entries = sorted(m["shards"], key=lambda s: s["shard"])
-    rep = VerifyReport(url=url, dataset_id=m["dataset_id"], view_id=res.view["view_id"] if res.view else None,
-                       shards=len(entries), samples=m["samples"], bytes=sum(s["bytes"] for s in entries))
-    # ---- dataset level
+def _check_dataset(rep: VerifyReport, m: dict, entries: list[dict]) -> None:
+    """Dataset-level problems: shard ids 0..K-1, contiguous first rows, latents hash and dataset id."""
     ids = [s["shard"] for s in entries]
     missing = sorted(set(range(len(ids))) - set(ids))
     if missing or ids != list(range(len(ids))):
@@ -196,44 +190,62 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
         rep.problems.append("manifest: latents.sha256_of_shard_hashes does not match the shards' latents_sha256")
     if fmt.dataset_id(entries, lat.get("sha256_of_shard_hashes")) != m["dataset_id"]:
         rep.problems.append(f"manifest: dataset_id {m['dataset_id']} is not the content hash of its shards")
-    z = None
+
+
+def _checked_latents(rep: VerifyReport, root: str, m: dict):
+    """latents.zarr of the dataset when it opens with the manifest's shape, else None (problem reported)."""
     dim_z = int(m["dim_z"])
     try:
-        z = _open_latents(res.root)
+        z = _open_latents(root)
         if tuple(z.shape) != (m["samples"], dim_z):
-            rep.problems.append(f"{fmt.join(res.root, fmt.LATENTS)}: shape {tuple(z.shape)}, expected {(m['samples'], dim_z)}")
-            z = None
+            rep.problems.append(f"{fmt.join(root, fmt.LATENTS)}: shape {tuple(z.shape)}, expected {(m['samples'], dim_z)}")
+            return None
+        return z
     except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing/corrupt array
-        rep.problems.append(f"{fmt.join(res.root, fmt.LATENTS)} missing or unreadable ({type(e).__name__})")
+        rep.problems.append(f"{fmt.join(root, fmt.LATENTS)} missing or unreadable ({type(e).__name__})")
+        return None
+
+
+def _check_view(rep: VerifyReport, url: str, res: fmt.Resolved, entries: list[dict]) -> None:
+    """View-level problems: the view id recomputed, accepted rows inside their shards."""
+    v = res.view
+    acc = {str(k): sorted(rows) for k, rows in res.accepted.items()}
+    if v.get("predicate") is not None:
+        vid = fmt.view_id(res.manifest["dataset_id"], v["predicate"], fmt.accepted_sha256(v["accepted"]))
+        if vid != v["view_id"]:
+            rep.problems.append(f"{url}: view_id {v['view_id']} is not the hash of its parent, predicate and rows")
+    by_id = {s["shard"]: s for s in entries}
+    for k, rows in acc.items():
+        s = by_id.get(int(k))
+        if s is None:
+            rep.problems.append(f"{url}: accepts rows of shard {k}, which the parent does not have")
+            continue
+        if rows and (rows[0] < s["first_row"] or rows[-1] >= s["first_row"] + s["samples"]):
+            rep.problems.append(f"{url}: accepted rows of shard {k} lie outside its rows")
+    rep.samples = v["samples"]
+
+
+def verify(url: str, allow_remote_shards: bool = False, workers: int | None = None) -> VerifyReport:
+    """Verify a dataset or view; FormatError only for an unreadable/invalid manifest, else a report."""
+    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    m = res.manifest
+    entries = sorted(m["shards"], key=lambda s: s["shard"])
+    rep = VerifyReport(url=url, dataset_id=m["dataset_id"], view_id=res.view["view_id"] if res.view else None,
+                       shards=len(entries), samples=m["samples"], bytes=sum(s["bytes"] for s in entries))
+    _check_dataset(rep, m, entries)
+    z = _checked_latents(rep, res.root, m)
+    dim_z = int(m["dim_z"])
     members = m.get("members") or {"image": fmt.EXT_IMAGE, "mask": fmt.EXT_MASK, "latent": fmt.EXT_LATENT,
                                    "meta": fmt.EXT_META}
-    # ---- shards
     nthreads = workers or min(8, max(2, (os.cpu_count() or 1) * 2))
     with ThreadPoolExecutor(nthreads) as ex:
-        results = list(ex.map(lambda s: check_shard(res.root, s, members, z, dim_z), entries))
+        results = list(ex.map(lambda s: check_shard(res.root, s, members=members, z=z, dim_z=dim_z), entries))
     for s, probs in zip(entries, results):
         if probs:
             rep.problems.append(f"shard {s['shard']} ({fmt.join(res.root, s['path'])}): " + "; ".join(probs))
             if s["shard"] not in rep.bad_shards:
                 rep.bad_shards.append(s["shard"])
-    # ---- view level
     if res.view is not None:
-        from factory.views.views import accepted_sha256
-
-        v = res.view
-        acc = {str(k): sorted(rows) for k, rows in res.accepted.items()}
-        if v.get("predicate") is not None:
-            vid = fmt.view_id(m["dataset_id"], v["predicate"], accepted_sha256(v["accepted"]))
-            if vid != v["view_id"]:
-                rep.problems.append(f"{url}: view_id {v['view_id']} is not the hash of its parent, predicate and rows")
-        by_id = {s["shard"]: s for s in entries}
-        for k, rows in acc.items():
-            s = by_id.get(int(k))
-            if s is None:
-                rep.problems.append(f"{url}: accepts rows of shard {k}, which the parent does not have")
-                continue
-            if rows and (rows[0] < s["first_row"] or rows[-1] >= s["first_row"] + s["samples"]):
-                rep.problems.append(f"{url}: accepted rows of shard {k} lie outside its rows")
-        rep.samples = v["samples"]
+        _check_view(rep, url, res, entries)
     rep.bad_shards.sort()
     return rep

@@ -1,8 +1,8 @@
-"""TODO docstring."""
+"""What every directions stage shares: seeding, opening the generator, reading candidate directions and
+their names, and rendering shifted images in memory-bounded chunks."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +10,7 @@ import torch
 
 from factory.directions.io import read_numeric_npy
 from factory.errors import FactoryError
+from factory.fsio import atomic_save_npy
 
 _PIXEL_BUDGET = 1 << 21  # pixels of shifted images rendered and differentiated at once (~100 MB of fp32 temporaries)
 
@@ -17,42 +18,12 @@ _PIXEL_BUDGET = 1 << 21  # pixels of shifted images rendered and differentiated 
 # ----------------------------------------------------------------- small helpers
 
 def seed_of(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (e.g. ``(seed, stage, step)``)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def atomic_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
-
-
-def torch_device(device: str | None) -> torch.device:
-    if device:
-        try:
-            return torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise FactoryError(f"bad --device {device!r} ({e}); use 'cpu' or 'cuda'") from None
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def open_generator(name: str, device: torch.device, resolution: int | None, weights: str | None):
+    """The generator ``name`` on ``device`` (with ``resolution`` / ``weights`` when given)."""
     from factory.generators import load_generator
 
     opts: dict = {"device": str(device)}
@@ -73,6 +44,15 @@ def random_directions(n: int, dim: int, seed: int = 0) -> np.ndarray:
         raise FactoryError(f"--dim must be a positive latent width (120 for BigBiGAN and shapes), got {dim!r}")
     v = np.random.default_rng(seed).standard_normal((n, dim))
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_random_directions(out: str, n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """`random_directions` saved to ``out`` (a .npy path, written atomically); returns the array."""
+    if not out.endswith(".npy"):
+        raise FactoryError(f"--out must end with .npy, got {out!r}")
+    arr = random_directions(n, dim, seed)
+    atomic_save_npy(Path(out), arr)
+    return arr
 
 
 def load_candidates(path: str | Path, dim_z: int) -> np.ndarray:
@@ -138,6 +118,7 @@ def auto_names(gen, dirs: np.ndarray) -> list[str | None]:
 
 
 def chunk_size(k: int, batch: int, resolution: int, budget: int = _PIXEL_BUDGET) -> int:
+    """Candidates rendered at once so that ``chunk * batch * resolution**2 <= budget`` (at least 1)."""
     return max(1, min(k, budget // max(1, batch * resolution * resolution)))
 
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Discovering candidate directions (Voynov & Babenko 2020): a deformator of K unit latent directions and a
+CNN reconstructor trained together, resumable from atomic checkpoints; see the package docstring."""
 from __future__ import annotations
 
 import json
@@ -12,15 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from factory.directions.common import (
-    atomic_json,
-    atomic_save_npy,
-    atomic_write_bytes,
-    open_generator,
-    seed_of,
-    torch_device,
-)
+from factory import format as fmt
+from factory.device import torch_device
+from factory.directions.common import open_generator, seed_of
 from factory.errors import FactoryError
+from factory.fsio import atomic_json, atomic_save_npy, atomic_write
 
 # ----------------------------------------------------------------- discover
 
@@ -128,33 +125,53 @@ def _ckpt_paths(out: Path) -> tuple[Path, Path]:
     return d / "checkpoint.safetensors", d / "checkpoint.json"
 
 
-def _flatten_state(W, rec, opts) -> dict[str, torch.Tensor]:
-    t = {"directions": W.detach().cpu().contiguous()}
-    for k, v in rec.state_dict().items():
-        t[f"reconstructor.{k}"] = v.detach().cpu().contiguous()
-    for name, opt in opts.items():
-        for pid, st in opt.state_dict()["state"].items():
-            for key, val in st.items():
-                t[f"opt.{name}.{pid}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
-    return t
+@dataclass
+class Training:
+    """What a discover run trains and checkpoints: the deformator parameter ``W``, the reconstructor and
+    their Adam optimizers (``{"directions": ..., "reconstructor": ...}``)."""
+
+    W: torch.Tensor
+    rec: Reconstructor
+    opts: dict
+
+    def flat_state(self) -> dict[str, torch.Tensor]:
+        t = {"directions": self.W.detach().cpu().contiguous()}
+        for k, v in self.rec.state_dict().items():
+            t[f"reconstructor.{k}"] = v.detach().cpu().contiguous()
+        for name, opt in self.opts.items():
+            for pid, st in opt.state_dict()["state"].items():
+                for key, val in st.items():
+                    t[f"opt.{name}.{pid}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
+        return t
+
+    def load_flat_state(self, t: dict[str, torch.Tensor]) -> None:
+        W = self.W
+        with torch.no_grad():
+            W.copy_(t["directions"].to(W.device))
+        self.rec.load_state_dict({k[len("reconstructor."):]: v for k, v in t.items() if k.startswith("reconstructor.")})
+        for name, opt in self.opts.items():
+            sd = opt.state_dict()
+            state: dict = {}
+            for k, v in t.items():
+                if k.startswith(f"opt.{name}."):
+                    _, _, pid, key = k.split(".", 3)
+                    state.setdefault(int(pid), {})[key] = v if key == "step" else v.to(W.device)
+            sd["state"] = state
+            opt.load_state_dict(sd)
 
 
-def _save_checkpoint(out: Path, step: int, W, rec, opts, cfg: DiscoverConfig, metrics: dict) -> None:
+def _save_checkpoint(out: Path, tr: Training, cfg: DiscoverConfig, *, step: int, metrics: dict) -> None:
     from safetensors.torch import save
 
     st_path, js_path = _ckpt_paths(out)
-    data = save(_flatten_state(W, rec, opts))
-    atomic_write_bytes(st_path, data)
-    import hashlib
-
+    data = save(tr.flat_state())
+    atomic_write(st_path, data)
     atomic_json(js_path, {"step": step, "training": cfg.training_key(), "metrics": metrics,
-                           "safetensors_sha256": hashlib.sha256(data).hexdigest()})
+                           "safetensors_sha256": fmt.sha256_bytes(data)})
 
 
-def _load_checkpoint(out: Path, cfg: DiscoverConfig, W, rec, opts, log) -> int:
+def _load_checkpoint(out: Path, tr: Training, cfg: DiscoverConfig, log) -> int:
     """Restore the last checkpoint when it belongs to this training config; returns the step to start from."""
-    import hashlib
-
     from safetensors.torch import load
 
     st_path, js_path = _ckpt_paths(out)
@@ -168,35 +185,15 @@ def _load_checkpoint(out: Path, cfg: DiscoverConfig, W, rec, opts, log) -> int:
     if meta.get("training") != cfg.training_key():
         raise FactoryError(f"{js_path.parent} holds a checkpoint of another training config; "
                            f"delete it or choose another --out")
-    if hashlib.sha256(data).hexdigest() != meta.get("safetensors_sha256"):
+    if fmt.sha256_bytes(data) != meta.get("safetensors_sha256"):
         raise FactoryError(f"{st_path} does not match its checkpoint.json; delete {js_path.parent} to start over")
-    t = load(data)
-    with torch.no_grad():
-        W.copy_(t["directions"].to(W.device))
-    rec.load_state_dict({k[len("reconstructor."):]: v for k, v in t.items() if k.startswith("reconstructor.")})
-    for name, opt in opts.items():
-        sd = opt.state_dict()
-        state: dict = {}
-        for k, v in t.items():
-            if k.startswith(f"opt.{name}."):
-                _, _, pid, key = k.split(".", 3)
-                state.setdefault(int(pid), {})[key] = v if key == "step" else v.to(W.device)
-        sd["state"] = state
-        opt.load_state_dict(sd)
+    tr.load_flat_state(load(data))
     log(f"resuming from {st_path} at step {meta['step']}")
     return int(meta["step"])
 
 
-def discover(cfg: DiscoverConfig, log=None) -> dict:
-    """Train K unit directions and a reconstructor (Voynov & Babenko 2020); write ``out`` [K, dim_z] + JSON beside.
-
-    Resumes from ``<out stem>.ckpt/`` when a checkpoint of the same training config is there.
-    """
-    from tqdm import tqdm
-
-    log = log or (lambda m: None)
-    cfg.validate()
-    out = Path(cfg.out)
+def _open(cfg: DiscoverConfig, out: Path, log) -> tuple:
+    """The frozen generator, the fresh (or resumed) training state and the step to start from."""
     device = torch_device(cfg.device)
     gen = open_generator(cfg.generator, device, cfg.resolution, cfg.weights)
     if hasattr(gen, "eval"):
@@ -213,51 +210,78 @@ def discover(cfg: DiscoverConfig, log=None) -> dict:
         "directions": torch.optim.Adam([W], lr=cfg.lr_directions or cfg.lr),
         "reconstructor": torch.optim.Adam(rec.parameters(), lr=cfg.lr),
     }
+    tr = Training(W, rec, opts)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FactoryError(f"--out {out}: folder not writable ({e.strerror or e})") from None
-    start = _load_checkpoint(out, cfg, W, rec, opts, log)
-    t0 = time.perf_counter()
-    rec.train()
-    ema = {}
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"discover {K} directions",
+    start = _load_checkpoint(out, tr, cfg, log)
+    return gen, device, tr, start
+
+
+def _train_step(gen, tr: Training, cfg: DiscoverConfig, step: int) -> dict[str, float]:
+    """One Adam step of both modules on the latents and shifts of ``(seed, step)``; the step's metrics."""
+    K, D, device = cfg.n_directions, gen.dim_z, tr.W.device
+    g = torch.Generator().manual_seed(seed_of(cfg.seed, 12, step))
+    z = torch.randn(cfg.batch, D, generator=g).to(device)
+    idx, eps = _sample_shifts(K, cfg.batch, cfg, g)
+    idx, eps = idx.to(device), eps.to(device)
+    with torch.no_grad():
+        x0 = gen(z).float()
+    dirs = _directions_of(tr.W, cfg)  # [D, K]
+    x1 = gen(z + eps[:, None] * dirs[:, idx].T).float()
+    logits, eps_hat = tr.rec(x0, x1)
+    ce = F.cross_entropy(logits, idx)
+    l1 = (eps_hat - eps).abs().mean()
+    loss = cfg.label_weight * ce + cfg.shift_weight * l1
+    for o in tr.opts.values():
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    for o in tr.opts.values():
+        o.step()
+    acc = float((logits.argmax(1) == idx).float().mean())
+    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "l1": float(l1.detach()), "acc": acc}
+
+
+def _train(gen, tr: Training, cfg: DiscoverConfig, *, out: Path, start: int) -> dict[str, float]:
+    """Steps ``start..cfg.steps`` with the lr warm-up boost and periodic checkpoints; the metrics' EMA."""
+    from tqdm import tqdm
+
+    tr.rec.train()
+    ema: dict[str, float] = {}
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"discover {cfg.n_directions} directions",
                unit="step", disable=not cfg.progress, dynamic_ncols=True)
-    base_lrs = {n: [pg["lr"] for pg in o.param_groups] for n, o in opts.items()}
+    base_lrs = {n: [pg["lr"] for pg in o.param_groups] for n, o in tr.opts.items()}
     for step in bar:
         if cfg.boost_steps > 0:
             f = 1.0 + (cfg.lr_warmup_boost - 1.0) * max(0.0, 1.0 - step / cfg.boost_steps)
-            for n, o in opts.items():
+            for n, o in tr.opts.items():
                 for pg, b in zip(o.param_groups, base_lrs[n]):
                     pg["lr"] = b * f
-        g = torch.Generator().manual_seed(seed_of(cfg.seed, 12, step))
-        z = torch.randn(cfg.batch, D, generator=g).to(device)
-        idx, eps = _sample_shifts(K, cfg.batch, cfg, g)
-        idx, eps = idx.to(device), eps.to(device)
-        with torch.no_grad():
-            x0 = gen(z).float()
-        dirs = _directions_of(W, cfg)  # [D, K]
-        x1 = gen(z + eps[:, None] * dirs[:, idx].T).float()
-        logits, eps_hat = rec(x0, x1)
-        ce = F.cross_entropy(logits, idx)
-        l1 = (eps_hat - eps).abs().mean()
-        loss = cfg.label_weight * ce + cfg.shift_weight * l1
-        for o in opts.values():
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts.values():
-            o.step()
-        acc = float((logits.argmax(1) == idx).float().mean())
-        for k, v in (("loss", float(loss.detach())), ("ce", float(ce.detach())), ("l1", float(l1.detach())), ("acc", acc)):
+        for k, v in _train_step(gen, tr, cfg, step).items():
             ema[k] = v if k not in ema else 0.95 * ema[k] + 0.05 * v
         if cfg.progress:
             bar.set_postfix_str(f"acc {ema['acc']:.2f} loss {ema['loss']:.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(out, step + 1, W, rec, opts, cfg, dict(ema))
+            _save_checkpoint(out, tr, cfg, step=step + 1, metrics=dict(ema))
     bar.close()
-    val = _validate(gen, W, rec, cfg, K, D, device)
-    dirs_np = _unit_columns(_directions_of(W.detach(), cfg)).T.cpu().numpy().astype(np.float32)  # [K, D] rows
-    _save_checkpoint(out, cfg.steps, W, rec, opts, cfg, dict(ema))
+    return ema
+
+
+def discover(cfg: DiscoverConfig, log=None) -> dict:
+    """Train K unit directions and a reconstructor (Voynov & Babenko 2020); write ``out`` [K, dim_z] + JSON beside.
+
+    Resumes from ``<out stem>.ckpt/`` when a checkpoint of the same training config is there.
+    """
+    log = log or (lambda m: None)
+    cfg.validate()
+    out = Path(cfg.out)
+    gen, device, tr, start = _open(cfg, out, log)
+    t0 = time.perf_counter()
+    ema = _train(gen, tr, cfg, out=out, start=start)
+    val = _validate(gen, tr, cfg)
+    dirs_np = _unit_columns(_directions_of(tr.W.detach(), cfg)).T.cpu().numpy().astype(np.float32)  # [K, D] rows
+    _save_checkpoint(out, tr, cfg, step=cfg.steps, metrics=dict(ema))
     summary = {
         "kind": "factory.directions.discover",
         "method": f"Voynov & Babenko 2020 ({cfg.deformator} deformator, CNN reconstructor)",
@@ -277,18 +301,19 @@ def discover(cfg: DiscoverConfig, log=None) -> dict:
 
 
 @torch.no_grad()
-def _validate(gen, W, rec, cfg: DiscoverConfig, K: int, D: int, device, batches: int = 4) -> dict:
-    rec.eval()
-    dirs = _directions_of(W, cfg)
+def _validate(gen, tr: Training, cfg: DiscoverConfig, batches: int = 4) -> dict:
+    K, D, device = cfg.n_directions, gen.dim_z, tr.W.device
+    tr.rec.eval()
+    dirs = _directions_of(tr.W, cfg)
     correct, l1, n = 0, 0.0, 0
     for b in range(batches):
         g = torch.Generator().manual_seed(seed_of(cfg.seed, 13, b))
         z = torch.randn(cfg.batch, D, generator=g).to(device)
         idx, eps = _sample_shifts(K, cfg.batch, cfg, g)
         idx, eps = idx.to(device), eps.to(device)
-        logits, eps_hat = rec(gen(z).float(), gen(z + eps[:, None] * dirs[:, idx].T).float())
+        logits, eps_hat = tr.rec(gen(z).float(), gen(z + eps[:, None] * dirs[:, idx].T).float())
         correct += int((logits.argmax(1) == idx).sum())
         l1 += float((eps_hat - eps).abs().sum())
         n += cfg.batch
-    rec.train()
+    tr.rec.train()
     return {"accuracy": correct / n, "shift_l1": l1 / n, "samples": n}

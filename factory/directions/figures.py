@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The paper's figures of a scoring run: Figure 1 (loss vs operator distance of every candidate) and
+Figure 2 (images, shifted images, the operators' restoration and the operators mask)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factory.directions.common import atomic_write_bytes, seed_of
+from factory.directions.common import seed_of
+from factory.fsio import atomic_write
 from factory.masks import apply_operators, operator_mask
 
 
@@ -18,7 +20,7 @@ def _savefig(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(Path(path), buf.getvalue())
 
 
 def figure1(path: Path, rows: list[dict], keep_best: float, loss_kind: str = "relative") -> None:
@@ -48,7 +50,7 @@ def figure1(path: Path, rows: list[dict], keep_best: float, loss_kind: str = "re
 
 
 @torch.no_grad()
-def figure2(path: Path, gen, h: torch.Tensor, ops: torch.Tensor, scale: float, *, n: int = 4, seed: int = 0) -> None:
+def figure2(path: Path, gen, h: torch.Tensor, ops: torch.Tensor, *, scale: float, n: int = 4, seed: int = 0) -> None:
     """Paper Figure 2: per latent, G(z), G(z + s h), the operators' restoration of it, and the operators mask."""
     import matplotlib
 

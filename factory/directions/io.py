@@ -6,29 +6,27 @@ naming the file.
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from factory.errors import FactoryError
+from factory.fsio import ReadError, read_npy, read_torch_file
 
 
 def _from_torch(path: Path):
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise FactoryError(
-            f"{path}: not a plain tensor file: its pickle references code or objects other than tensors, "
-            f"refused by weights_only loading ({first})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise FactoryError(f"{path}: unreadable direction file ({type(e).__name__}: {first})") from None
+        obj = read_torch_file(path)
+    except ReadError as e:
+        first = e.first_line(160)
+        if e.reason == "objects":
+            raise FactoryError(
+                f"{path}: not a plain tensor file: its pickle references code or objects other than tensors, "
+                f"refused by weights_only loading ({first})"
+            ) from None
+        raise FactoryError(f"{path}: unreadable direction file ({type(e.cause).__name__}: {first})") from None
     if isinstance(obj, dict) and len(obj) == 1:
         (obj,) = obj.values()  # a one-entry dict holding the tensor
     if not isinstance(obj, torch.Tensor):
@@ -44,15 +42,15 @@ def read_numeric_npy(path: str | Path, what: str = "direction") -> np.ndarray:
     if not path.is_file():
         raise FactoryError(f"{what} file not found: {path}")
     try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as e:  # object arrays need pickle
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise FactoryError(f"{path}: not a plain numeric .npy array ({first}); save a float32 array with np.save") from None
-    except (OSError, EOFError) as e:
-        raise FactoryError(f"{path}: unreadable .npy file ({type(e).__name__}: {e})") from None
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        arr.close()
-        raise FactoryError(f"{path}: is an .npz archive; save the {what} array alone with np.save")
+        arr = read_npy(path)
+    except ReadError as e:
+        if e.reason in ("objects", "invalid"):  # object arrays need pickle
+            raise FactoryError(
+                f"{path}: not a plain numeric .npy array ({e.first_line(160)}); save a float32 array with np.save"
+            ) from None
+        if e.reason == "archive":
+            raise FactoryError(f"{path}: is an .npz archive; save the {what} array alone with np.save") from None
+        raise FactoryError(f"{path}: unreadable .npy file ({type(e.cause).__name__}: {e.cause})") from None
     if arr.dtype.kind not in "fiu":
         raise FactoryError(f"{path}: expected a numeric {what} array, got dtype {arr.dtype}")
     return np.asarray(arr, dtype=np.float64)

@@ -1,44 +1,6 @@
-"""Segmenting directions: discovery (Voynov & Babenko 2020) and scoring (Voynov, Morozov & Babenko 2021, §3.2).
-
-Architecture note
------------------
-Three stages, each a function over tensors; the CLI (``factory/cli_directions.py``)
-only parses, calls one of them and prints.
-
-- ``random_directions``: unit Gaussian directions, the baseline candidates.
-- ``discover``: the 2020 method. A learnable matrix of K unit latent directions
-  (the ``proj`` deformator of the reference code without bias: columns are
-  renormalised in every forward) and a small CNN *reconstructor* that sees
-  ``cat[G(z), G(z + eps d_k)]`` on channels and predicts ``k`` (cross-entropy)
-  and ``eps`` (L1, weight 0.25). Both are trained by Adam on the same loss.
-  Every step's randomness is a pure function of ``(seed, step)``, so a run
-  resumed from an (atomic) checkpoint continues exactly as an uninterrupted one.
-- ``score``: for every candidate ``h`` fit two pixelwise affine colour operators
-  ``A_i c = M_i c + b_i`` (a ``[2,3,4]`` block per candidate, all candidates in one
-  ``[K,2,3,4]`` tensor) minimising the restoration loss (paper eq. 3)
-
-      L(h) = mean_pixels min_i || A_i G(z)[p] - G(z + s h)[p] ||^2
-
-  (squared Euclidean colour error, summed over RGB, averaged over pixels and
-  latents) by Adam on fresh latents every step. ``G(z)`` is computed once per
-  step and shared by all candidates; the K shifted batches are rendered
-  together (in chunks that bound memory). Each candidate's loss is a separate
-  term of a sum, so candidates do not interact. Then, on held-out latents:
-  the loss and the operator distance ``D = mean_pixels ||A_1 c - A_2 c||``.
-  The selected direction is the one with the largest ``D`` among the
-  ``keep_best`` fraction with the lowest loss.
-
-Sign conventions (decided here, documented in docs/directions.md)
------------------------------------------------------------------
-The house luminance rule calls a pixel foreground when it gets LIGHTER along
-the direction (``gray(G(z)) < gray(G(z + r h))``, the authors' code). Scoring
-is blind to the sign of ``h``, so the selected direction is oriented so that
-its luminance masks cover less than half of the image on average (objects are
-the minority); when it is flipped, its operators are refitted for ``-h``.
-The operators mask rule (paper eq. 5) assigns each pixel to the operator that
-restores it best; the pixel is foreground when that operator gives the lighter
-of the two predictions at that pixel (``gray(A_fg c) > gray(A_other c)``), the
-same sign as the luminance rule. Operator 0 / 1 order in files does not matter.
+"""Two affine colour operators per candidate direction (paper §3.2, eq. 3): initial and closed-form fits,
+the Adam fit, the restoration error, the operator distance and their held-out evaluation; reading
+fitted operators from .npy. The method is described in the package docstring (``factory.directions``).
 """
 from __future__ import annotations
 
@@ -53,28 +15,13 @@ from factory.errors import FactoryError
 from factory.masks import GRAY, apply_operators
 
 __all__ = [
-    "random_directions",
-    "load_candidates",
-    "load_names",
     "load_operators",
-    "apply_operators",
     "restoration_error",
     "operator_distance",
-    "operator_mask",
     "init_operators",
+    "lstsq_operators",
     "fit_operators",
     "evaluate_operators",
-    "select",
-    "refine_objective",
-    "RefineConfig",
-    "refine_direction",
-    "refine_value",
-    "ScoreConfig",
-    "score",
-    "DiscoverConfig",
-    "Reconstructor",
-    "discover",
-    "mask_iou",
 ]
 
 

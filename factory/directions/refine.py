@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Refining a selected direction by gradient ascent on the selection criterion itself (operator distance,
+relative restoration loss, sign agreement of +h / -h); see docs/directions.md."""
 from __future__ import annotations
 
 import math
@@ -13,6 +14,7 @@ from factory.directions.operators import (
     restoration_error,
 )
 from factory.errors import FactoryError
+from factory.masks import gray
 
 # ----------------------------------------------------------------- refine
 
@@ -31,8 +33,6 @@ def refine_objective(gen, h: torch.Tensor, z: torch.Tensor, *, scale: float = 5.
 
     Returns ``(J, parts)``; ``J`` carries gradients to ``h`` (``gen`` must be differentiable in ``z``).
     """
-    from factory.masks import gray
-
     with torch.no_grad():
         x = gen(z).float()
     d_sum, rel_sum, changes = 0.0, 0.0, []

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Scoring candidate directions (paper §3.2): fit and evaluate the operators of every candidate, select
+the segmenting one, optionally refine it, orient it, and write the table, operators, direction and figures.
+Also the mask IoU of a direction against a generator's ground truth (the shapes world)."""
 from __future__ import annotations
 
 import math
@@ -9,21 +11,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from factory.device import torch_device
 from factory.directions.common import (
-    atomic_json,
-    atomic_save_npy,
-    atomic_write_bytes,
     auto_names,
     load_candidates,
     load_names,
     open_generator,
     seed_of,
-    torch_device,
 )
 from factory.directions.figures import figure1, figure2
 from factory.directions.operators import evaluate_operators, fit_operators
 from factory.directions.refine import RefineConfig, refine_direction, refine_value
 from factory.errors import FactoryError
+from factory.fsio import atomic_json, atomic_save_npy, atomic_write
+from factory.masks import luminance_mask, make_masks
 
 
 def select(loss: np.ndarray, distance: np.ndarray, keep_best: float) -> int:
@@ -40,9 +41,7 @@ def _kept(loss: np.ndarray, keep_best: float) -> np.ndarray:
 
 
 @torch.no_grad()
-def _luminance_fg(gen, h: torch.Tensor, scale: float, n: int, seed: int) -> float:
-    from factory.masks import luminance_mask
-
+def _luminance_fg(gen, h: torch.Tensor, *, scale: float, n: int, seed: int) -> float:
     g = torch.Generator().manual_seed(seed_of(seed, 3))
     z = torch.randn(n, h.shape[0], generator=g).to(gen.device)
     x, y = gen(z), gen(z + scale * h[None])
@@ -124,10 +123,10 @@ def score(cfg: ScoreConfig, log=None) -> dict:
     h = dirs[sel]
     refined = None
     if cfg.refine.steps > 0:
-        h, refined = _refine_selection(gen, dirs, loss, dist, sel, cfg)
+        h, refined = _refine_selection(gen, dirs, cfg, loss=loss, dist=dist, sel=sel)
 
     # Orientation: objects are the minority of pixels under the luminance rule.
-    fg = _luminance_fg(gen, h, cfg.scale, cfg.eval_n, cfg.seed)
+    fg = _luminance_fg(gen, h, scale=cfg.scale, n=cfg.eval_n, seed=cfg.seed)
     flipped = fg > 0.5
     ops_sel = ops[sel]
     if flipped:
@@ -135,7 +134,7 @@ def score(cfg: ScoreConfig, log=None) -> dict:
     if flipped or refined is not None:  # operators of a direction that is not a scored candidate
         ops_sel = fit_operators(gen, h[None], scale=cfg.scale, steps=cfg.steps, batch=cfg.batch, lr=cfg.lr,
                                 seed=cfg.seed, progress=cfg.progress, desc="refit operators")[0]
-        fg = _luminance_fg(gen, h, cfg.scale, cfg.eval_n, cfg.seed)
+        fg = _luminance_fg(gen, h, scale=cfg.scale, n=cfg.eval_n, seed=cfg.seed)
     kept = set(_kept(loss, cfg.keep_best).tolist())
     n_keep = len(kept)
     rows = [
@@ -150,7 +149,7 @@ def score(cfg: ScoreConfig, log=None) -> dict:
     _write_table(out / "scores.parquet", rows)
     if cfg.figures:
         figure1(out / "figure1.png", rows, cfg.keep_best, cfg.loss)
-        figure2(out / "figure2.png", gen, h, ops_sel, cfg.scale, seed=cfg.seed)
+        figure2(out / "figure2.png", gen, h, ops_sel, scale=cfg.scale, seed=cfg.seed)
     summary = {
         "selected": sel,
         "selected_name": names[sel],
@@ -172,7 +171,7 @@ def score(cfg: ScoreConfig, log=None) -> dict:
     return summary
 
 
-def _refine_selection(gen, dirs: torch.Tensor, loss: np.ndarray, dist: np.ndarray, sel: int, cfg: ScoreConfig):
+def _refine_selection(gen, dirs: torch.Tensor, cfg: ScoreConfig, *, loss: np.ndarray, dist: np.ndarray, sel: int):
     """Refine the ``refine_top`` kept candidates with the largest distance (the selected one first) by
     ``refine_direction``; return the refined direction with the best held-out objective and a report."""
     pool = _kept(loss, cfg.keep_best)
@@ -215,7 +214,7 @@ def _write_table(path: Path, rows: list[dict]) -> None:
     })
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------- mask quality (shapes world)
@@ -224,8 +223,6 @@ def _write_table(path: Path, rows: list[dict]) -> None:
 def mask_iou(gen, direction, *, scale: float = 5.0, n: int = 256, seed: int = 0, rule: str = "luminance",
              operators=None, batch: int = 64) -> dict:
     """Mean per-image IoU with ``gen.true_mask`` of the raw and CC-cleaned masks of ``rule`` along ``direction``."""
-    from factory.masks import make_masks
-
     if not hasattr(gen, "true_mask"):
         raise FactoryError("mask IoU needs a generator with ground truth (true_mask), e.g. shapes")
     h = torch.as_tensor(np.asarray(direction, np.float32), device=gen.device)

@@ -115,7 +115,6 @@ class ShapesWorld:
         self._k_obj = self._waves(rng, 2, 9.0, 16.0)
         # colour direction: equal luminance change is not required; acts on all pixels alike
         self._hue = _unit(np.array([1.0, -0.35, -0.8]))
-        self._lum_w = np.array([0.2989, 0.5870, 0.1140], np.float32)
 
         h = hashlib.sha256()
         h.update(WORLD_VERSION.encode())
@@ -148,8 +147,17 @@ class ShapesWorld:
             "weights_sha256": self._sha,
         }
 
+    @property
+    def basis(self) -> np.ndarray:
+        """The world's orthonormal basis Q [dim_z, dim_z] float32 (c = z @ Q), a copy."""
+        return self._basis_np.copy()
+
+    def coordinate_direction(self, name: str) -> np.ndarray:
+        """The unit latent direction of world coordinate ``name`` (a column of Q, see ``COORD``)."""
+        return self._basis_np[:, COORD[name]].copy()
+
     def named_directions(self) -> dict[str, np.ndarray]:
-        return {n: self._basis_np[:, COORD[n]].copy() for n in DIRECTION_NAMES}
+        return {n: self.coordinate_direction(n) for n in DIRECTION_NAMES}
 
     def coords(self, z: torch.Tensor) -> torch.Tensor:
         """The world's parameter coordinates c = z @ Q  [B, N_COORDS]."""
@@ -175,7 +183,7 @@ class ShapesWorld:
             raise FactoryError(f"shapes: z must have shape [B, {self.dim_z}], got {tuple(z.shape)}")
         return z.to(device=self.device, dtype=torch.float32)
 
-    def _waves_field(self, X, Y, k, phase, amp=None):
+    def _waves_field(self, X, Y, k, phase, *, amp=None):
         """sum_s amp_s sin(k_s . (X, Y) + phase_s), separably: X [B, W], Y [B, H] -> [B, H, W]."""
         ax = k[:, 0][None, :, None] * X[:, None, :] + phase[:, :, None]  # [B, S, W]
         ay = k[:, 1][None, :, None] * Y[:, None, :]  # [B, S, H]
@@ -201,48 +209,27 @@ class ShapesWorld:
         return imgs, torch.cat([p[1] for p in parts])
 
     def _render(self, c: torch.Tensor, image: bool):
-        g = lambda n: c[:, COORD[n]]  # noqa: E731
-        B = c.shape[0]
-        x = self._grid
-
-        # camera (named geometry directions): pan and zoom of the whole scene
-        zoom = torch.exp(0.18 * g("zoom"))
-        sx = 0.3 * torch.tanh(g("shift_x") / 1.5)
-        sy = 0.3 * torch.tanh(g("shift_y") / 1.5)
-        X = x[None, :] / zoom[:, None] - sx[:, None]  # scene coordinates [B, W]
-        Y = x[None, :] / zoom[:, None] - sy[:, None]  # [B, H]
-
-        # object geometry
-        r = SIZE_R0 * torch.exp(SIZE_SIGMA * g("size"))  # mean radius (scene units)
-        px = 0.32 * torch.tanh(g("pos_x") / 1.3) * (1 - 0.4 * torch.tanh(r))
-        py = 0.32 * torch.tanh(g("pos_y") / 1.3) * (1 - 0.4 * torch.tanh(r))
-        asp = torch.exp(0.28 * torch.tanh(g("aspect")))
-        ang = math.pi * torch.tanh(0.6 * g("angle"))
-        p = 1.15 + 5.0 * torch.sigmoid(1.5 * g("squareness"))  # superellipse exponent: diamond..ellipse..rectangle
-        ca, sa = torch.cos(ang), torch.sin(ang)
-        dx = X[:, None, :] - px[:, None, None]  # [B, 1, W]
-        dy = Y[:, :, None] - py[:, None, None]  # [B, H, 1]
-        u = (ca[:, None, None] * dx + sa[:, None, None] * dy) / (r * asp)[:, None, None]
-        v = (-sa[:, None, None] * dx + ca[:, None, None] * dy) * (asp / r)[:, None, None]
-        pp = p[:, None, None]
-        rho = (u.abs() + 1e-6).pow(pp).add((v.abs() + 1e-6).pow(pp)).pow(1.0 / pp)
-        theta = torch.atan2(v, u)
-        star = 1.0
-        for k, ca_, cp_ in ((3, "star_a3", "star_p3"), (5, "star_a5", "star_p5"), (6, "star_a6", "star_p6")):
-            a_k = 0.32 * torch.sigmoid(2.5 * (g(ca_) - 1.4))  # mostly off; "star-ish" when on
-            star = star + a_k[:, None, None] * torch.cos(k * theta + math.pi * g(cp_)[:, None, None])
-        d = (rho - star) * r[:, None, None]  # ~ signed distance (scene units), < 0 inside
-        inside = torch.sigmoid(-d / (EDGE / zoom)[:, None, None])
-        mask = d < 0
+        f = _Frame.of(c, self._grid)
+        d, r, inside, mask = _object_geometry(f)
         if not image:
             return None, mask
+        gc = torch.sigmoid(4.0 * (f.g("contrast") - CONTRAST_T))  # failure control: 1 = normal, 0 = washed out
+        R, spots, spot_on = self._response(f, d, r, gc)
+        bg, bg_lum = self._background(f, gc, spots, spot_on)
+        obj = self._object_colour(f, gc, bg_lum)
+        a = inside[:, None]
+        pre = a * obj + (1 - a) * bg  # [B, 3, H, W]
+        pre = pre + (LAMBDA * f.g("background"))[:, None, None, None] * R[:, None]
+        pre = pre + (0.3 * f.g("brightness"))[:, None, None, None]
+        pre = pre + (0.3 * f.g("color"))[:, None, None, None] * self._hue_t[None, :, None, None]
+        return torch.tanh(pre), mask
 
-        # failure controls
-        gc = torch.sigmoid(4.0 * (g("contrast") - CONTRAST_T))  # 1 = normal, 0 = washed out
+    def _response(self, f: _Frame, d: torch.Tensor, r: torch.Tensor, gc: torch.Tensor):
+        """Response field R [B,H,W]: the object (+ bleeding halo), spots, texture for washed-out samples;
+        also the spots field and how much the spots are on."""
+        c, g, X, Y = f.c, f.g, f.X, f.Y
         spill = SPILL_GAIN * torch.nn.functional.softplus((r - SPILL_R0) / 0.05) * 0.05
         spot_on = torch.sigmoid(4.0 * (g("spots") - SPOTS_T))
-
-        # response field R: the object (+ bleeding halo), spots, texture for washed-out samples
         tex3 = self._waves_field(X, Y, self._k3, math.pi * c[:, COORD["tex3_p0"] : COORD["tex3_p0"] + N_TEX3]) / math.sqrt(N_TEX3 / 2)
         # the response boundary follows the object's, displaced by a smooth texture (imperfect masks)
         shift = spill[:, None, None] + JITTER * r[:, None, None] * tex3
@@ -257,12 +244,17 @@ class ShapesWorld:
         tex2 = self._waves_field(X, Y, self._k2, math.pi * c[:, COORD["tex2_p0"] : COORD["tex2_p0"] + N_TEX2]) / math.sqrt(N_TEX2 / 2)
         gcb = gc[:, None, None]
         R = gcb * (resp_obj + 3.0 * spot_on[:, None, None] * spots) + (1 - gcb) * (0.2 * tex2)
+        return R, spots, spot_on
 
-        # background: mix of smooth noise, stripes and a gradient, tinted
+    def _background(self, f: _Frame, gc: torch.Tensor, spots: torch.Tensor, spot_on: torch.Tensor):
+        """Background [B,3,H,W]: a mix of smooth noise, stripes and a gradient, tinted; and its luminance [B]."""
+        c, g, X, Y = f.c, f.g, f.X, f.Y
+        B = c.shape[0]
         wmix = torch.softmax(1.2 * c[:, [COORD["mix_noise"], COORD["mix_stripes"], COORD["mix_gradient"]]], 1)
         onehot_noise = torch.tensor([1.0, 0.0, 0.0], device=self.device)
         wmix = gc[:, None] * wmix + (1 - gc[:, None]) * onehot_noise  # washed-out images: noise only
-        noise = self._waves_field(X, Y, self._kn, math.pi * c[:, COORD["noise_p0"] : COORD["noise_p0"] + N_NOISE], self._an[None, :].expand(B, -1))
+        noise = self._waves_field(X, Y, self._kn, math.pi * c[:, COORD["noise_p0"] : COORD["noise_p0"] + N_NOISE],
+                                  amp=self._an[None, :].expand(B, -1))
         sa_ = math.pi * torch.tanh(0.6 * g("stripe_angle"))
         kf = 4.0 + 3.0 * torch.tanh(g("stripe_freq")) + 3.0
         ks = torch.stack([kf * torch.cos(sa_), kf * torch.sin(sa_)], 1)  # per-sample wave vector
@@ -272,30 +264,73 @@ class ShapesWorld:
         tex = wmix[:, 0, None, None] * noise + wmix[:, 1, None, None] * stripes + wmix[:, 2, None, None] * grad
         tex_amp = (0.35 + 0.25 * torch.tanh(g("bg_tex_amp"))) * (0.35 + 0.65 * gc) + 0.3 * (1 - gc)
         vis = (0.3 + 0.2 * torch.tanh(g("spot_vis"))) * spot_on
-
-        def chroma(names):
-            ch = torch.stack([g(n) for n in names], 1)
-            return ch - ch.mean(1, keepdim=True)
-
         sat = 0.12 + 0.5 * gc  # washed-out images are nearly grey
         bg_lum = 0.45 * torch.tanh(g("bg_lum") / 1.5) * (0.3 + 0.7 * gc)
-        bg_col = bg_lum[:, None] + sat[:, None] * 0.55 * chroma(("bg_ch0", "bg_ch1", "bg_ch2"))  # [B, 3]
+        bg_col = bg_lum[:, None] + sat[:, None] * 0.55 * f.chroma(("bg_ch0", "bg_ch1", "bg_ch2"))  # [B, 3]
         tint = 1.0 + 0.35 * torch.tanh(torch.stack([g("tint0"), g("tint1"), g("tint2")], 1)) * gc[:, None]
         bg = bg_col[:, :, None, None] + (tex_amp[:, None] * tint)[:, :, None, None] * tex[:, None] + vis[:, None, None, None] * spots[:, None]
+        return bg, bg_lum
 
+    def _object_colour(self, f: _Frame, gc: torch.Tensor, bg_lum: torch.Tensor) -> torch.Tensor:
+        """The object's colour and texture [B,3,H,W] (washed-out objects take the background's luminance)."""
+        g = f.g
+        sat = 0.12 + 0.5 * gc
         obj_lum = 0.6 * torch.tanh(g("obj_lum") / 1.2)
         obj_lum = gc * obj_lum + (1 - gc) * bg_lum
-        obj_col = obj_lum[:, None] + sat[:, None] * 0.7 * chroma(("obj_ch0", "obj_ch1", "obj_ch2"))
-        otex = self._waves_field(X, Y, self._ko, math.pi * torch.stack([g("obj_tex_p0"), g("obj_tex_p1")], 1))
+        obj_col = obj_lum[:, None] + sat[:, None] * 0.7 * f.chroma(("obj_ch0", "obj_ch1", "obj_ch2"))
+        otex = self._waves_field(f.X, f.Y, self._ko, math.pi * torch.stack([g("obj_tex_p0"), g("obj_tex_p1")], 1))
         otex_amp = 0.12 + 0.1 * torch.tanh(g("obj_tex_amp"))
-        obj = obj_col[:, :, None, None] + (otex_amp[:, None, None] * otex)[:, None]
+        return obj_col[:, :, None, None] + (otex_amp[:, None, None] * otex)[:, None]
 
-        a = inside[:, None]
-        pre = a * obj + (1 - a) * bg  # [B, 3, H, W]
-        pre = pre + (LAMBDA * g("background"))[:, None, None, None] * R[:, None]
-        pre = pre + (0.3 * g("brightness"))[:, None, None, None]
-        pre = pre + (0.3 * g("color"))[:, None, None, None] * self._hue_t[None, :, None, None]
-        return torch.tanh(pre), mask
+
+class _Frame:
+    """One chunk's coordinates ``c`` [B, N_COORDS] and scene coordinates ``X`` [B, W], ``Y`` [B, H] after the
+    camera (named geometry directions: pan and zoom of the whole scene)."""
+
+    def __init__(self, c: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, zoom: torch.Tensor):
+        self.c, self.X, self.Y, self.zoom = c, X, Y, zoom
+
+    @classmethod
+    def of(cls, c: torch.Tensor, x: torch.Tensor) -> _Frame:
+        zoom = torch.exp(0.18 * c[:, COORD["zoom"]])
+        sx = 0.3 * torch.tanh(c[:, COORD["shift_x"]] / 1.5)
+        sy = 0.3 * torch.tanh(c[:, COORD["shift_y"]] / 1.5)
+        X = x[None, :] / zoom[:, None] - sx[:, None]  # scene coordinates [B, W]
+        Y = x[None, :] / zoom[:, None] - sy[:, None]  # [B, H]
+        return cls(c, X, Y, zoom)
+
+    def g(self, name: str) -> torch.Tensor:
+        return self.c[:, COORD[name]]
+
+    def chroma(self, names) -> torch.Tensor:
+        ch = torch.stack([self.g(n) for n in names], 1)
+        return ch - ch.mean(1, keepdim=True)
+
+
+def _object_geometry(f: _Frame):
+    """(signed distance d [B,H,W] < 0 inside, mean radius r [B], soft inside [B,H,W], true mask [B,H,W])."""
+    g, X, Y, zoom = f.g, f.X, f.Y, f.zoom
+    r = SIZE_R0 * torch.exp(SIZE_SIGMA * g("size"))  # mean radius (scene units)
+    px = 0.32 * torch.tanh(g("pos_x") / 1.3) * (1 - 0.4 * torch.tanh(r))
+    py = 0.32 * torch.tanh(g("pos_y") / 1.3) * (1 - 0.4 * torch.tanh(r))
+    asp = torch.exp(0.28 * torch.tanh(g("aspect")))
+    ang = math.pi * torch.tanh(0.6 * g("angle"))
+    p = 1.15 + 5.0 * torch.sigmoid(1.5 * g("squareness"))  # superellipse exponent: diamond..ellipse..rectangle
+    ca, sa = torch.cos(ang), torch.sin(ang)
+    dx = X[:, None, :] - px[:, None, None]  # [B, 1, W]
+    dy = Y[:, :, None] - py[:, None, None]  # [B, H, 1]
+    u = (ca[:, None, None] * dx + sa[:, None, None] * dy) / (r * asp)[:, None, None]
+    v = (-sa[:, None, None] * dx + ca[:, None, None] * dy) * (asp / r)[:, None, None]
+    pp = p[:, None, None]
+    rho = (u.abs() + 1e-6).pow(pp).add((v.abs() + 1e-6).pow(pp)).pow(1.0 / pp)
+    theta = torch.atan2(v, u)
+    star = 1.0
+    for k, ca_, cp_ in ((3, "star_a3", "star_p3"), (5, "star_a5", "star_p5"), (6, "star_a6", "star_p6")):
+        a_k = 0.32 * torch.sigmoid(2.5 * (g(ca_) - 1.4))  # mostly off; "star-ish" when on
+        star = star + a_k[:, None, None] * torch.cos(k * theta + math.pi * g(cp_)[:, None, None])
+    d = (rho - star) * r[:, None, None]  # ~ signed distance (scene units), < 0 inside
+    inside = torch.sigmoid(-d / (EDGE / zoom)[:, None, None])
+    return d, r, inside, d < 0
 
 
 @register("shapes")

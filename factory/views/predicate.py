@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""The ``--where`` language over index columns: tokenizer and parser to an AST (no ``eval``), canonical
+rendering, the columns an AST reads, type checking against an Arrow schema, evaluation with pyarrow compute.
+
+Comparisons (``< <= > >= = == != <>``), ``and``/``or``/``not``, parentheses, numbers, quoted strings,
+``true``/``false`` and ``x [not] in (a, b, ...)``; ``render`` prints the canonical, re-parseable form.
+"""
 from __future__ import annotations
 
 import math
@@ -243,6 +248,7 @@ def render(node, parent_prec: int = 0) -> str:
 
 
 def columns_of(node) -> set[str]:
+    """Index columns an AST reads."""
     if isinstance(node, Col):
         return {node.name}
     if isinstance(node, Lit):

@@ -1,21 +1,17 @@
-"""Predicates over the Parquet index -> views (small immutable JSON); optional materialization.
+"""Views: filter specs over the Parquet index, computing a view (small immutable JSON) and writing it.
 
 Architecture
 ------------
-* ``parse_where`` turns a small SQL-like language into an AST (no ``eval``):
-  ``fg_ratio < 0.4 and n_components <= 2 or not pass_area``, comparisons
-  (``< <= > >= = == != <>``), ``and``/``or``/``not``, parentheses, numbers,
-  quoted strings, ``true``/``false``, ``x [not] in (a, b, ...)``. ``render``
-  prints an AST back as the canonical predicate string (re-parseable).
-* ``load_index`` reads only the needed columns of every index fragment (never
-  a tar, never a pixel), checking each fragment's sha256 against the manifest.
-* ``run_filter`` evaluates the flag filters and ``--where`` with pyarrow
-  compute, counts rejections per filter, and writes the view. A view of a view
-  filters the accepted rows further; the new view's parent is still the root
-  dataset and ``lineage`` records the chain of predicates.
-* ``materialize`` re-packs the accepted samples into a compact new dataset
-  (renumbered keys/rows/shards, index fragments with a ``parent_row`` column,
-  latents.zarr, sidecars, card, manifest last), resumable like generate.
+* ``factory.views.predicate.parse_where`` turns the ``--where`` language into an AST (no ``eval``);
+  ``FilterSpec.steps`` adds the flag filters (``--max-fg``, ``--histogram``...) as ASTs of the same kind.
+* ``compute_view`` reads only the needed columns of every index fragment
+  (``factory.dataset.reader.load_index``: never a tar, never a pixel, each fragment's sha256 checked),
+  evaluates the steps with pyarrow compute and counts rejections per step. A view of a view
+  filters the accepted rows further; the new view's parent is still the root dataset and
+  ``lineage`` records the chain of predicates.
+* ``write_view`` writes it (the same content again is a no-op; views are immutable).
+* ``run_filter`` is `factory filter`: a view file, or with ``materialize`` a compact new dataset
+  (``factory.views.materialize``).
 """
 from __future__ import annotations
 
@@ -28,7 +24,7 @@ import numpy as np
 
 from factory import __version__
 from factory import format as fmt
-from factory.dataset.reader import index_schema, load_index
+from factory.dataset.reader import accepted_flags, index_schema, load_index
 from factory.errors import FactoryError
 from factory.format import parent_url_for
 from factory.views.materialize import materialize_view
@@ -133,19 +129,10 @@ def _as_rows_by_shard(shard_col: np.ndarray, row_col: np.ndarray, mask: np.ndarr
     return acc
 
 
-def accepted_sha256(accepted: dict[str, list[int]]) -> str:
-    return fmt.sha256_bytes(fmt.canonical_json(accepted))
-
-
-
-
-def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
-                 view_url: str | None = None) -> dict:
-    """Evaluate `spec` on the index of dataset/view `url` and return the view dict (not written)."""
+def _index_table(res: fmt.Resolved, steps: list[tuple[str, Any]]):
+    """The index columns the steps need (plus shard and row), after type-checking every step."""
     import pyarrow as pa
 
-    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
-    steps = spec.steps()
     needed = {"shard", "row"}
     for _, node in steps:
         needed |= columns_of(node)
@@ -154,30 +141,32 @@ def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
         if check_types(node, schema) != "bool":
             raise PredicateError(f"--where: '{render(node)}' is not a condition (compare it, e.g. '{render(node)} > 0')")
     table = load_index(res.root, res.manifest, columns=sorted(needed))
-    shard_ids = [s["shard"] for s in res.manifest["shards"]]
     if table is None:
         table = pa.table({c: pa.array([], schema.field(c).type) for c in sorted(needed)})
-    n = table.num_rows
-    shard_col = table.column("shard").to_numpy()
-    row_col = table.column("row").to_numpy()
+    return table
 
-    if res.accepted is not None:
-        missing = set(res.accepted) - set(shard_ids)
-        if missing:
-            raise fmt.FormatError(f"{url}: view lists shards {sorted(missing)} that the parent dataset does not have")
-        prev = np.fromiter((r for rows in res.accepted.values() for r in rows), np.int64)
-        top = int(max(row_col.max(initial=-1), prev.max(initial=-1))) + 1
-        flag = np.zeros(top, bool)
-        if prev.size and prev.min() < 0:
-            raise fmt.FormatError(f"{url}: view accepts negative rows")
-        flag[prev] = True
-        base = flag[row_col] if n else np.zeros(0, bool)
-        if int(base.sum()) != res.view["samples"]:
-            raise fmt.FormatError(
-                f"{url}: view accepts {res.view['samples']} rows but only {int(base.sum())} exist in the parent's index"
-            )
-    else:
-        base = np.ones(n, bool)
+
+def _input_rows(url: str, res: fmt.Resolved, shard_ids: list[int], row_col: np.ndarray) -> np.ndarray:
+    """Bool flag per index row: True where the input (the whole dataset, or a view's accepted rows) has it."""
+    n = len(row_col)
+    if res.accepted is None:
+        return np.ones(n, bool)
+    missing = set(res.accepted) - set(shard_ids)
+    if missing:
+        raise fmt.FormatError(f"{url}: view lists shards {sorted(missing)} that the parent dataset does not have")
+    if any(r < 0 for rows in res.accepted.values() for r in rows):
+        raise fmt.FormatError(f"{url}: view accepts negative rows")
+    base = accepted_flags(res.accepted, row_col) if n else np.zeros(0, bool)
+    if int(base.sum()) != res.view["samples"]:
+        raise fmt.FormatError(
+            f"{url}: view accepts {res.view['samples']} rows but only {int(base.sum())} exist in the parent's index"
+        )
+    return base
+
+
+def _apply_steps(steps: list[tuple[str, Any]], table, base: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """Rows that pass every step, and how many input rows each step rejects."""
+    import pyarrow as pa
 
     mask = base.copy()
     rejected: dict[str, int] = {}
@@ -188,20 +177,40 @@ def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
             raise PredicateError(f"--where: cannot evaluate '{render(node)}' on the index: {e}") from None
         rejected[name] = int((base & ~ok).sum())
         mask &= ok
-    own = predicate_of(steps)
-    prev_pred = res.view["predicate"] if res.view is not None else None
-    predicate = combine_predicates([prev_pred, own]) if prev_pred else own
-    accepted = _as_rows_by_shard(shard_col, row_col, mask, shard_ids)
-    acc_sha = accepted_sha256(accepted)
-    parent_id = res.manifest["dataset_id"]
-    vid = fmt.view_id(parent_id, predicate, acc_sha)
+    return mask, rejected
+
+
+def _lineage(res: fmt.Resolved, step: dict) -> list[dict]:
+    """The chain of predicates from the root dataset to the new view (its own `step` last)."""
     lineage = list(res.view.get("lineage", [])) if res.view is not None else []
     if res.view is not None and not lineage:
         lineage = [{"view_id": res.view["view_id"], "predicate": res.view.get("predicate"),
                     "samples": res.view["samples"]}]
-    lineage.append({"view_id": vid, "predicate": own, "samples": int(mask.sum())})
+    lineage.append(step)
+    return lineage
+
+
+def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
+                 view_url: str | None = None) -> dict:
+    """Evaluate `spec` on the index of dataset/view `url` and return the view dict (not written)."""
+    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    steps = spec.steps()
+    table = _index_table(res, steps)
+    shard_ids = [s["shard"] for s in res.manifest["shards"]]
+    n = table.num_rows
+    shard_col = table.column("shard").to_numpy()
+    row_col = table.column("row").to_numpy()
+    base = _input_rows(url, res, shard_ids, row_col)
+    mask, rejected = _apply_steps(steps, table, base)
+    own = predicate_of(steps)
+    prev_pred = res.view["predicate"] if res.view is not None else None
+    predicate = combine_predicates([prev_pred, own]) if prev_pred else own
+    accepted = _as_rows_by_shard(shard_col, row_col, mask, shard_ids)
+    acc_sha = fmt.accepted_sha256(accepted)
+    parent_id = res.manifest["dataset_id"]
+    vid = fmt.view_id(parent_id, predicate, acc_sha)
     filters = {k: v for k, v in spec.__dict__.items() if v is not None and not (k == "histogram" and v == "off")}
-    view = {
+    return {
         "kind": fmt.VIEW_KIND,
         "format_version": fmt.FORMAT_VERSION,
         "view_id": vid,
@@ -209,7 +218,7 @@ def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
                    "url": parent_url_for(view_url or "view.json", res.root)},
         "predicate": predicate,
         "filters": filters,
-        "lineage": lineage,
+        "lineage": _lineage(res, {"view_id": vid, "predicate": own, "samples": int(mask.sum())}),
         "samples": int(mask.sum()),
         "counts": {"candidates": n, "input": int(base.sum()), "accepted": int(mask.sum()),
                    "rejected": int(base.sum() - mask.sum())},
@@ -218,7 +227,6 @@ def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
         "code_version": __version__,
         "accepted": accepted,
     }
-    return view
 
 
 def view_bytes(view: dict) -> bytes:
@@ -258,8 +266,9 @@ def write_view(view: dict, out: str, overwrite: bool = False) -> bool:
     return True
 
 
-def run_filter(url: str, spec: FilterSpec, out: str, overwrite: bool = False, allow_remote_shards: bool = False,
+def run_filter(url: str, spec: FilterSpec, out: str, *, overwrite: bool = False, allow_remote_shards: bool = False,
                materialize: bool = False, shard_size: int | None = None, log=None) -> FilterResult:
+    """`factory filter`: compute the view of `spec` on `url` and write it to `out` (or materialize it there)."""
     if not out:
         raise FactoryError("--out is required: a VIEW.json path (or a folder with --materialize)")
     if shard_size is not None and not materialize:

@@ -121,7 +121,8 @@ def test_safetensors_header_lying_about_sizes(tmp_path):
 
 
 def test_model_safetensors_lying_about_sizes(tmp_path):
-    from trainers.unet import ModelConfig, UNet, load_model, save_model
+    from trainers.checkpoint import load_model, save_model
+    from trainers.unet import ModelConfig, UNet
 
     run = tmp_path / "run"
     save_model(run, UNet(ModelConfig(width=4)), ModelConfig(width=4), {})

@@ -1,10 +1,9 @@
-"""TODO docstring."""
+"""BigBiGAN weights files: recognising a checkpoint's format, reading it safely (weights_only torch or
+safetensors), checking it against the model, inferring its config, and deterministic random weights."""
 from __future__ import annotations
 
 import math
-import pickle
 import struct
-import zipfile
 from pathlib import Path
 from typing import Mapping
 
@@ -13,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from factory.errors import FactoryError
+from factory.fsio import ReadError, read_torch_file
 from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
 
 WEIGHTS_HINT = (
@@ -24,8 +24,6 @@ WEIGHTS_HINT = (
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
-
-
 
 
 def sniff_checkpoint(path: Path) -> str:
@@ -73,18 +71,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             ) from None
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            msg = _one_line(e)
-            raise FactoryError(
-                f"{path}: refused: the checkpoint's pickle references code or objects other than "
-                f"tensors, which weights_only loading does not run ({msg[:200]}); only plain state "
-                f"dicts are accepted — do not load this file with weights_only=False unless you trust it"
-            ) from None
-        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
-            raise FactoryError(
-                f"{path}: corrupt or truncated torch checkpoint ({_one_line(e)[:200]}); download it again"
-            ) from None
+            obj = read_torch_file(path)
+        except ReadError as e:
+            msg = _one_line(e.cause)[:200]
+            if e.reason == "objects":
+                raise FactoryError(
+                    f"{path}: refused: the checkpoint's pickle references code or objects other than "
+                    f"tensors, which weights_only loading does not run ({msg}); only plain state "
+                    f"dicts are accepted — do not load this file with weights_only=False unless you trust it"
+                ) from None
+            raise FactoryError(f"{path}: corrupt or truncated torch checkpoint ({msg}); download it again") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise FactoryError(f"{path}: not a plain state dict (got {type(obj).__name__}); {WEIGHTS_HINT}")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]

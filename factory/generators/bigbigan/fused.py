@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The fused inference graph of BigBiGAN (``FusedBigBiGAN``, built from a loaded ``BigBiGAN``): the same
+function with the affines folded in float64, nearest-upsample + 3x3 conv as a 2x2 polyphase conv, one
+theta/phi/g conv per attention; see the ``factory.generators.bigbigan.generator`` docstring."""
 from __future__ import annotations
 
 import torch

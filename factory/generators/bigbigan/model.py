@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""BigBiGAN's generator as the authors' BigGAN-PyTorch layers, with exactly the state-dict keys of their
+``BigBiGAN_x1.pth``: the config (``BigBiGANConfig``), spectral-norm layers folded once at load, conditional
+batch norm, residual blocks, attention, and the exact fp32 reference forward (``BigBiGAN``)."""
 from __future__ import annotations
 
 import json
