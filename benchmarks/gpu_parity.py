@@ -29,7 +29,7 @@ def run_path(options: dict, z: torch.Tensor, h: torch.Tensor, batch: int):
     masks, decisions = [], []
     for i in range(0, z.shape[0], batch):
         zb = z[i : i + batch].to(gen.device)
-        _, clean, _, st = compute_batch(gen, zb, h.to(gen.device), 5.0, "luminance", 0.5)
+        _, clean, _, st = compute_batch(gen, zb, h.to(gen.device), shift_r=5.0, mask_rule="luminance", max_fg=0.5)
         masks.append(clean.cpu())
         decisions.append(torch.stack([st["pass_area"], st["pass_hist_reference"], st["pass_hist_paper"]], 1).cpu())
     del gen

@@ -306,7 +306,19 @@ def manifest_url(url: str) -> str:
 def open_dataset(url: str, allow_remote_shards: bool = False) -> Resolved:
     """Open a dataset folder/URL, its manifest.json, or a view JSON; views resolve to their parent."""
     murl = manifest_url(url)
-    obj = read_json(murl, "manifest")
+    not_ours = f"{url} is not a dataset folder, a manifest or a view"
+    if not is_remote_url(url) and not url.rstrip("/").endswith(".json") and os.path.isfile(url):
+        if url.endswith(".toml"):
+            not_ours += f" (a recipe? make its dataset with: factory generate --recipe {url} --out FOLDER)"
+        raise FormatError(not_ours)
+    try:
+        obj = read_json(murl, "manifest")
+    except FormatError:
+        if not is_remote_url(url) and os.path.isfile(url.rstrip("/")) and murl != url.rstrip("/"):
+            raise FormatError(not_ours) from None
+        raise
+    if murl.endswith(".json") and murl == url.rstrip("/") and obj.get("kind") not in (VIEW_KIND, DATASET_KIND):
+        raise FormatError(f"{not_ours} (its \"kind\" is {obj.get('kind')!r})")
     if obj.get("kind") == VIEW_KIND:
         view = validate_view(obj, murl)
         parent_url = view["parent"]["url"]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,129 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# ------------------------------------------------------------------ nothing outlives the suite
+# The test process becomes a child subreaper (Linux), so processes orphaned by a killed CLI run
+# (encoder pools, forkservers, dask workers) are re-parented to it instead of to init; at the end
+# of the session every descendant still alive fails the run (and is killed, so none lingers).
+
+ORPHAN_GRACE_S = 10.0
+
+
+def _become_subreaper() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def pytest_sessionstart(session):
+    session.config._factory_subreaper = _become_subreaper()
+
+
+def _stop_own_helpers() -> None:
+    """Stop the helper processes this interpreter legitimately keeps (encoder pools, the
+    multiprocessing forkserver and resource tracker), as interpreter exit would."""
+    from factory.generate.encode import shutdown_encoder_pools
+
+    shutdown_encoder_pools()
+    import multiprocessing.forkserver as forkserver
+    import multiprocessing.resource_tracker as resource_tracker
+
+    for helper in (forkserver._forkserver, resource_tracker._resource_tracker):
+        try:
+            helper._stop()
+        except Exception:  # noqa: BLE001 - already stopped or never started
+            pass
+
+
+def _living_descendants(grace_s: float) -> list:
+    import psutil
+
+    me = psutil.Process()
+    deadline = time.monotonic() + grace_s
+    while True:
+        for child in me.children(recursive=False):
+            try:  # reap zombies re-parented to us
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
+            except (psutil.Error, ChildProcessError):
+                pass
+        alive = [p for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not getattr(session.config, "_factory_subreaper", False):
+        return
+    import psutil
+
+    _stop_own_helpers()
+    alive = _living_descendants(ORPHAN_GRACE_S)
+    if not alive:
+        return
+    lines = []
+    for p in alive:
+        try:
+            lines.append(f"  pid {p.pid}: {' '.join(p.cmdline())[:160]}")
+            p.kill()
+        except psutil.Error:
+            pass
+    sys.stderr.write(f"\nERROR: {len(alive)} process(es) started by the tests outlived them (killed now):\n"
+                     + "\n".join(lines) + "\n")
+    session.exitstatus = 1
+
+
+# ------------------------------------------------------------------ servers tests start themselves
+
+
+@pytest.fixture()
+def free_port():
+    """A function returning a free TCP port on 127.0.0.1."""
+    import socket
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 with one bucket; only the standard AWS variables point at it
+    (as a user would set them for MinIO or any S3-compatible store). Yields {fs, bucket, env}."""
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    import logging
+    import socket
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    mp = pytest.MonkeyPatch()
+    for k, v in env.items():
+        mp.setenv(k, v)
+    import fsspec
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = fsspec.filesystem("s3")
+    bucket = "factory-test"
+    fs.mkdir(bucket)
+    yield {"fs": fs, "bucket": bucket, "env": env}
+    s3fs.S3FileSystem.clear_instance_cache()
+    mp.undo()
+    server.stop()

@@ -145,6 +145,32 @@ def test_other_spec_refused_then_overwrite(tmp_path):
     assert json.loads((out / "spec.json").read_text())["spec"]["latents"]["seed"] == 9
 
 
+def test_damaged_spec_json_is_another_dataset(tmp_path):
+    """The one DatasetWriter (generate and materialize): a damaged spec.json is refused with the
+    differences, not a traceback; a folder with shards but no spec.json is refused; --overwrite replaces both."""
+    out = tmp_path / "c"
+    base = GEN + ["--n", "10", "--shard-size", "10", "--resolution", "64", "--workers", "0", "--out", str(out)]
+    run(base)
+    ref = shard_hashes(out)
+    (out / "spec.json").write_text("{not json")
+    res = run(base, expect=1)
+    assert "another spec" in res.output and "cc_ratio: '<absent>' -> 0.2" in res.output
+    (out / "spec.json").unlink()
+    assert "already holds files of another dataset" in run(base, expect=1).output
+    run(base + ["--overwrite"])
+    assert shard_hashes(out) == ref and "spec_hash" in json.loads((out / "spec.json").read_text())
+
+
+def test_writer_leaves_sidecars_as_they_are(tmp_path):
+    from factory.dataset.writer import DatasetWriter
+
+    w = DatasetWriter(str(tmp_path / "w"), spec={"n": 1}, spec_hash="h", samples=3, dim_z=2, shard_size=2,
+                      other_spec="{root}: {diff}")
+    done = {0: {"shard": 0, "spec_hash": "h"}, 1: {"shard": 1}}
+    assert w.n_shards == 2 and w.shard_entries(done) == [{"shard": 0}, {"shard": 1}]
+    assert done[0] == {"shard": 0, "spec_hash": "h"}
+
+
 def test_latent_sources_are_per_sample():
     from factory.latents import gaussian
 

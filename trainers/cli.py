@@ -41,13 +41,22 @@ _pysod = click.option("--pysod/--no-pysod", default=None,
                       help="also report pysodmetrics measures (pysod_*); default: when installed")
 
 
-def _print_metrics(name: str, m: dict) -> None:
+def _values(m: dict, keys) -> str:
+    return "  ".join(f"{k}={m[k]}" if isinstance(m[k], int) or m[k] is None else f"{k}={m[k]:.4f}" for k in keys)
+
+
+def _print_metrics(name: str, m: dict) -> bool:
+    """The paper's measures on one line, pysodmetrics' (if any) on a second, each named; True if pysod shown."""
+    from trainers.metrics import PAPER_LEGEND, PYSOD_LEGEND
+
     keys = [k for k in ("n_images", "maxF", "IoU", "accuracy", "MAE") if k in m]
     if m.get("n_both_empty"):
         keys.append("IoU_authors")  # differs from IoU only when some image is empty in both
-    keys += [k for k in m if k.startswith("pysod_")]
-    click.echo(f"{name}: " + "  ".join(f"{k}={m[k]}" if isinstance(m[k], int) or m[k] is None
-                                         else f"{k}={m[k]:.4f}" for k in keys))
+    click.echo(f"{name}: {_values(m, keys)}  ({PAPER_LEGEND})")
+    pysod = [k for k in m if k.startswith("pysod_")]
+    if pysod:
+        click.echo(f"{name} pysod: {_values(m, pysod)}  ({PYSOD_LEGEND})")
+    return bool(pysod)
 
 
 @main.command("eval")
@@ -81,7 +90,7 @@ def eval_cmd(*, run, datasets, predictions, masks, json_out, limit, device, batc
         evaluate_predictions,
         write_json,
     )
-    from trainers.metrics import METRIC_PROTOCOL
+    from trainers.metrics import MAE_NOTE, METRIC_PROTOCOL
 
     model_mode = bool(run or datasets)
     pred_mode = bool(predictions or masks)
@@ -92,23 +101,25 @@ def eval_cmd(*, run, datasets, predictions, masks, json_out, limit, device, batc
             raise click.ClickException("--predictions and --masks go together (both folders, matched by stem)")
         results = {"predictions": evaluate_predictions(predictions, masks, pysod=pysod)}
         click.echo(f"protocol: {METRIC_PROTOCOL}")
-        _print_metrics("predictions", results["predictions"])
+        shown_pysod = _print_metrics("predictions", results["predictions"])
     elif model_mode:
         if not run:
             raise click.ClickException("--dataset needs --model RUN (a folder with model.safetensors + model.json)")
         if not datasets:
             raise click.ClickException("--model needs at least one --dataset KIND=PATH, e.g. ecssd=/data/ECSSD")
         specs = [parse_dataset_spec(s) for s in datasets]
-        results = {}
+        results, shown_pysod = {}, False
         for name, m in evaluate_datasets(run, specs, device=device, batch_size=batch_size, pysod=pysod,
                                          limit=limit):
             if not results:
                 click.echo(f"protocol: {PROTOCOL}")
             results[name] = m
-            _print_metrics(name, m)
+            shown_pysod = _print_metrics(name, m) or shown_pysod
     else:
         raise click.ClickException("nothing to evaluate: give --model RUN --dataset KIND=PATH, "
                                    "or --predictions DIR --masks DIR")
+    if shown_pysod:
+        click.echo(f"note: {MAE_NOTE}")
     if json_out:
         write_json(json_out, results)
         click.echo(f"wrote {json_out}")

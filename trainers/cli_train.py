@@ -19,11 +19,11 @@ import click
 @click.option("--batch-size", default=95, show_default=True, type=click.IntRange(min=1),
               help="samples per step PER RANK (a step consumes ranks x batch-size samples)")
 @click.option("--width", default=64, show_default=True, type=click.IntRange(min=1), help="U-Net base width")
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=0),
-              help="data-loader worker processes per rank")
+@click.option("--workers", default=None, type=click.IntRange(min=0), show_default="CPUs per rank, max 8",
+              help="data-loader worker processes per rank (0: load in the training process)")
 @click.option("--seed", default=0, show_default=True, type=int, help="seeds weights, data order and flips")
 @click.option("--holdout-permille", default=10, show_default=True, type=click.IntRange(0, 999),
-              help="keys with int(sha256(key),16) %% 1000 < this are validation only")
+              help="keys with int(sha256(key),16) % 1000 < this are validation only")
 @click.option("--val-max", default=1000, show_default=True, type=click.IntRange(min=0),
               help="validate on at most this many hold-out samples (0: all)")
 @click.option("--checkpoint-every", default=1000, show_default=True, type=click.IntRange(min=0),
@@ -40,11 +40,14 @@ import click
               help="torch deterministic algorithms (bit-exact resume on CPU; may be slower on GPU)")
 @click.option("--resume", is_flag=True, help="continue RUN from its newest checkpoint (exactly)")
 @click.option("--allow-remote-shards", is_flag=True, help="trust shard URLs in a remote manifest")
-@click.option("--progress/--no-progress", default=True, help="progress bar on rank 0")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="progress on rank 0 (stderr): a bar on a terminal, else one line every --progress-every s")
+@click.option("--progress-every", default=30.0, show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="seconds between progress lines when stderr is not a terminal (logs, pipes)")
 @click.option("--audit", is_flag=True, hidden=True, help="write RUN/audit/rank-R.json (rows per step, digest)")
 def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers, seed, holdout_permille, val_max,
           checkpoint_every, val_every, device, mask, flip, shuffle_window, deterministic, resume,
-          allow_remote_shards, progress, audit):
+          allow_remote_shards, progress, progress_every, audit):
     """Train the U-Net on a dataset or view (the paper's recipe by default).
 
     \b
@@ -61,7 +64,7 @@ def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers
                       holdout_permille=holdout_permille, val_max=val_max, checkpoint_every=checkpoint_every,
                       val_every=val_every, device=device, mask=mask, flip=flip, shuffle_window=shuffle_window,
                       deterministic=deterministic, resume=resume, allow_remote_shards=allow_remote_shards,
-                      progress=progress, audit=audit)
+                      progress=progress, progress_every=progress_every, audit=audit)
     card = run_training(cfg)
     if card.get("validation"):  # rank 0 only
         v = card["validation"]["metrics"]

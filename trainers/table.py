@@ -12,6 +12,7 @@ import torch
 
 from trainers.benchmarks import DISPLAY, BenchmarkError, discover, open_benchmark
 from trainers.evaluate import PROTOCOL, evaluate_model, model_on
+from trainers.metrics import PAPER_LEGEND, PYSOD_LEGEND
 
 # Published acc / IoU / maxFβ (shared/reference/benchmarks.md, Tables 1, 2 and 4 of the paper and
 # later work); None = not reported.
@@ -66,6 +67,7 @@ def benchmark_markdown(results: list[dict], label: str = "Ours") -> str:
         vals = [r.get(k) for k in ("accuracy", "IoU", "maxF", "MAE", "pysod_maxF", "pysod_Smeasure",
                                    "pysod_maxE", "pysod_MAE")]
         lines.append(f"| {r['name']} | {r['n_images']} | " + " | ".join(_fmt(v) for v in vals) + " |")
+    lines += ["", f"acc, IoU, maxFβ, MAE: {PAPER_LEGEND}.", f"pysod_*: {PYSOD_LEGEND} (— when not computed)."]
     present = [n for n in PAPER_DATASETS if n in ours]
     if present:
         paper = PUBLISHED[:2]  # the paper's Table 1 / Table 2 rows

@@ -62,6 +62,7 @@ from trainers.data import (
 from trainers.device import resolve_device
 from trainers.fileio import atomic_write, json_bytes
 from trainers.metrics import SegmentationMetrics
+from trainers.progress import Progress, cpu_advice, default_workers, emit, startup_line
 from trainers.unet import ModelConfig, UNet
 
 CARD_FILE = "card.json"
@@ -89,7 +90,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.999)
     batch_size: int = 95
     width: int = 64
-    workers: int = 4
+    workers: int | None = None  # None: trainers.progress.default_workers (this machine's CPUs per rank)
     seed: int = 0
     holdout_permille: int = 10
     val_max: int = 1000
@@ -102,6 +103,7 @@ class TrainConfig:
     deterministic: bool = True
     resume: bool = False
     progress: bool = True
+    progress_every: float | None = None  # seconds between progress lines off a terminal (None: 30)
     allow_remote_shards: bool = False
     audit: bool = False  # write RUN/audit/rank-R.json: rows of every step + final weights digest
 
@@ -113,7 +115,11 @@ class TrainConfig:
         pos("steps", self.steps)
         pos("batch_size", self.batch_size)
         pos("width", self.width)
-        pos("workers", self.workers, zero_ok=True)
+        if self.workers is not None:
+            pos("workers", self.workers, zero_ok=True)
+        if self.progress_every is not None and not (isinstance(self.progress_every, (int, float))
+                                                    and self.progress_every >= 0):
+            raise TrainError(f"--progress-every must be a number of seconds >= 0, got {self.progress_every!r}")
         pos("checkpoint_every", self.checkpoint_every, zero_ok=True)
         pos("val_every", self.val_every, zero_ok=True)
         pos("lr_step", self.lr_step, zero_ok=True)
@@ -150,6 +156,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # ranks on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def enabled(self) -> bool:
@@ -163,9 +170,9 @@ class Dist:
 def dist_from_env() -> Dist:
     try:
         return Dist(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                    int(os.environ.get("LOCAL_RANK", "0")))
+                    int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError as e:
-        raise TrainError(f"bad RANK/WORLD_SIZE/LOCAL_RANK in the environment: {e}") from None
+        raise TrainError(f"bad RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE in the environment: {e}") from None
 
 
 def code_version() -> dict:
@@ -267,6 +274,7 @@ class Segment:
     val_index: SampleIndex
     net: UNet
     opt: torch.optim.Optimizer
+    workers: int = 0  # loader workers of this rank (cfg.workers, or the machine's default)
     step: int = 0
     loader_state: LoaderState = field(default_factory=LoaderState)
     history: list = field(default_factory=list)
@@ -298,6 +306,8 @@ def train(cfg: TrainConfig, hook: Callable | None = None) -> dict:
     ``hook(step, batch, loss)`` is called on every rank after each optimizer step (tests use it).
     """
     seg = _start(cfg)
+    if seg.dist.main:
+        _announce(seg)
     model = _wrap_ddp(seg)
     _run_steps(seg, model, hook)
     return _finish(seg)
@@ -330,8 +340,9 @@ def _start(cfg: TrainConfig) -> Segment:
     torch.manual_seed(cfg.seed)
     net = UNet(ModelConfig(width=cfg.width))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    workers = cfg.workers if cfg.workers is not None else default_workers(d.local_world_size)
     seg = Segment(cfg=cfg, dist=d, device=device, run=run, index=index, val_index=val_index, net=net, opt=opt,
-                  loader_state=LoaderState(cfg.seed, 0, 0))
+                  workers=workers, loader_state=LoaderState(cfg.seed, 0, 0))
     if saved is not None:
         net.load_state_dict(model_t, strict=True)
         opt.load_state_dict(unflatten_optimizer(optim_t, saved["optimizer"]))
@@ -345,8 +356,46 @@ def _start(cfg: TrainConfig) -> Segment:
             if torch.is_tensor(v) and k != "step":
                 st[k] = v.to(device)
     seg.history.append({"start_step": seg.step, "world_size": d.world_size, "batch_size": cfg.batch_size,
-                        "device": device.type, "workers": cfg.workers})
+                        "device": device.type, "workers": workers})
     return seg
+
+
+def _device_text(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({torch.get_num_threads()} threads)"
+
+
+@torch.no_grad()
+def time_forward(net: torch.nn.Module, *, device: torch.device, resolution: int) -> float:
+    """Seconds of one eval-mode forward pass of one sample (changes no weight, statistic or RNG)."""
+    was = net.training
+    net.eval()
+    x = torch.zeros(1, 3, resolution, resolution, device=device)
+    try:
+        net(x)  # warm-up: first-call allocations
+        t0 = time.perf_counter()
+        net(x)
+        return time.perf_counter() - t0
+    finally:
+        net.train(was)
+
+
+def _announce(seg: Segment) -> None:
+    """Rank 0, before the first step: the start-up line; on a CPU, a warning if the run takes hours."""
+    cfg = seg.cfg
+    emit(startup_line(device=_device_text(seg.device), world_size=seg.dist.world_size, batch_size=cfg.batch_size,
+                      width=cfg.width, workers=seg.workers, workers_auto=cfg.workers is None, start_step=seg.step,
+                      steps=cfg.steps, train_samples=len(seg.index), val_samples=len(seg.val_index)))
+    if seg.device.type != "cpu" or seg.step >= cfg.steps:
+        return
+    # forward + backward ~ 3 forwards; per-sample cost roughly constant in the batch on a CPU
+    sec_per_step = 3.0 * cfg.batch_size * time_forward(seg.net, device=seg.device,
+                                                       resolution=seg.index.resolution or 128)
+    advice = cpu_advice(sec_per_step=sec_per_step, steps_left=cfg.steps - seg.step, batch_size=cfg.batch_size,
+                        width=cfg.width)
+    if advice:
+        emit(advice)
 
 
 def _wrap_ddp(seg: Segment) -> torch.nn.Module:
@@ -366,14 +415,12 @@ def _run_steps(seg: Segment, model: torch.nn.Module, hook: Callable | None) -> N
     cfg, d = seg.cfg, seg.dist
     stream = TrainStream(seg.index, batch_size=cfg.batch_size, seed=cfg.seed, world_size=d.world_size,
                          rank=d.rank, shuffle_window=cfg.shuffle_window, flip=cfg.flip, state=seg.loader_state)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=seg.workers,
                                          pin_memory=seg.device.type == "cuda",
-                                         prefetch_factor=4 if cfg.workers else None)
+                                         prefetch_factor=4 if seg.workers else None)
     bar = None
     if d.main and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=seg.step, desc="train", unit="step", dynamic_ncols=True)
+        bar = Progress(total=cfg.steps, initial=seg.step, global_batch=seg.global_batch, every=cfg.progress_every)
     t_start = time.perf_counter()
     model.train()
     try:
@@ -390,10 +437,7 @@ def _run_steps(seg: Segment, model: torch.nn.Module, hook: Callable | None) -> N
                 if hook is not None:
                     hook(seg.step, batch, seg.last_loss)
                 if bar is not None:
-                    el = time.perf_counter() - t_start
-                    bar.set_postfix(loss=f"{seg.last_loss:.4f}", refresh=False,
-                                    samples_s=f"{seg.steps_run * seg.global_batch / max(el, 1e-9):.0f}")
-                    bar.update(1)
+                    bar.update(seg.last_loss)
                 _on_schedule(seg)
                 if seg.step >= cfg.steps:
                     break

@@ -6,6 +6,7 @@ import json
 import click
 
 from factory.cli.errors import user_errors
+from factory.cli.options import generator_options
 
 
 @click.command()
@@ -39,22 +40,11 @@ def bench(generator, random_weights, weights, resolution, n, batch_size, shard_s
     """
     from factory.generate.bench import run
 
-    options = {}
-    if generator == "bigbigan":
-        if random_weights:
-            options["random_weights"] = True
-        if weights:
-            options["weights"] = weights
-        if dtype != "fp32":
-            options["autocast"] = dtype
-        if channels_last:
-            options["channels_last"] = True
-        if compile_:
-            options["compile"] = True
-    if resolution:
-        options["resolution"] = resolution
-    res = run(generator, n=n, batch_size=batch_size, shard_size=shard_size, device=device,
-                generator_options=options, threads=threads, trace_dir=trace_dir, image_codec=image_codec)
+    options = generator_options(dict(weights=weights, random_weights=random_weights, resolution=resolution,
+                                     dtype=dtype, channels_last=channels_last, compile_=compile_),
+                                model_flags=generator == "bigbigan")
+    res = run(generator=generator, n=n, batch_size=batch_size, shard_size=shard_size, device=device,
+              generator_options=options, threads=threads, trace_dir=trace_dir, image_codec=image_codec)
     if as_json:
         click.echo(json.dumps(res))
         return

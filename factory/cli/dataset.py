@@ -41,6 +41,7 @@ def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_component
       factory filter data/paper.json --where "n_components <= 2 and not (fg_ratio < 0.05)" --out data/strict.json
       factory filter data/demo --max-fg 0.5 --histogram reference --materialize --out data/demo-paper
     """
+    from factory.dataset.info import format_rejections
     from factory.views.views import FilterSpec, run_filter
 
     spec = FilterSpec(max_fg=max_fg, min_fg=min_fg, histogram=histogram, min_components=min_components,
@@ -51,12 +52,13 @@ def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_component
     c = v["counts"]
     if as_json:
         d = {"view_id": v["view_id"], "dataset_id": v["parent"]["dataset_id"], "samples": v["samples"],
-             "predicate": v["predicate"], "counts": c, "rejected": v["rejected"], "out": out}
+             "predicate": v["predicate"], "counts": c, "rejected": v["rejected"],
+             "rejected_in_turn": v["rejected_in_turn"], "out": out}
         if r.materialized:
             d["materialized_dataset_id"] = r.materialized["dataset_id"]
         click.echo(json.dumps(d))
         return
-    rej = ", ".join(f"{k} {n:,}" for k, n in v["rejected"].items()) or "none"
+    rej = format_rejections(v)
     msg = (f"{v['samples']:,} of {c['input']:,} accepted ({v['samples'] / max(1, c['input']):.1%}) "
            f"where {v['predicate']}; rejected by {rej}")
     if r.materialized:

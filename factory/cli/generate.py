@@ -1,9 +1,10 @@
-"""`factory generate`, `factory bench`, `factory embeddings`."""
+"""`factory generate`: flags (or a recipe TOML) -> GenerateConfig -> `factory.generate.engine.generate`."""
 from __future__ import annotations
 
 import click
 
 from factory.cli.errors import user_errors
+from factory.cli.options import generator_options
 from factory.errors import FactoryError
 
 try:  # Python 3.11+
@@ -99,21 +100,7 @@ def generate(ctx, **kw):
         raise FactoryError("--n is required: how many candidates to generate (e.g. --n 2000)")
     if not kw["out"]:
         raise FactoryError("--out is required: a folder or URL for the dataset (e.g. --out data/demo)")
-    options = {}
-    if kw["weights"]:
-        options["weights"] = kw["weights"]
-    if kw["generator_config"]:
-        options["config"] = kw["generator_config"]
-    if kw["random_weights"]:
-        options["random_weights"] = True
-    if kw["resolution"]:
-        options["resolution"] = kw["resolution"]
-    if kw["dtype"] != "fp32":
-        options["autocast"] = kw["dtype"]
-    if kw["channels_last"]:
-        options["channels_last"] = True
-    if kw["compile_"]:
-        options["compile"] = True
+    options = generator_options(kw)
     cfg = GenerateConfig(
         n=kw["n"], out=kw["out"], generator=kw["generator"], generator_options=options, seed=kw["seed"],
         shard_size=kw["shard_size"], latents=kw["latents"], embeddings=kw["embeddings"], z_noise=kw["z_noise"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -38,8 +39,10 @@ def summary_stats(table) -> dict:
     return out
 
 
-def render(manifest: dict, stats: dict, preview: str | None = None, title: str | None = None) -> str:
-    """The card's Markdown: provenance table, filter statistics, preview link, how to load it."""
+def render(manifest: dict, stats: dict, preview: str | None = None, *, title: str | None = None,
+           root: str | None = None) -> str:
+    """The card's Markdown: provenance table, filter statistics, preview link, what the shards hold, how to
+    load it (`root`: the dataset's location, written into the snippet; None: a named placeholder)."""
     spec = manifest.get("spec", {})
     gen = spec.get("generator", {})
     lines = [
@@ -73,23 +76,95 @@ def render(manifest: dict, stats: dict, preview: str | None = None, title: str |
     ]
     if preview:
         lines += [f"![preview]({preview})", ""]
-    lines += [
+    return "\n".join(lines + contents_section(manifest) + load_section(root, manifest))
+
+
+def contents_section(manifest: dict) -> list[str]:
+    """The card's "What the shards hold": every candidate (or a view's), and where the decisions are."""
+    spec = manifest.get("spec", {}) or {}
+    prov = manifest.get("provenance")
+    what = (f"The samples the view `{prov['view_id']}` accepted (predicate above); the flags below still say "
+            "which of them pass the paper's filters." if prov else
+            "**Every generated candidate, rejected ones included**: no filter has removed anything.")
+    return [
+        "## What the shards hold",
+        "",
+        what + " The decisions are in each sample's `KEY.json` (`fg_ratio`, "
+        f"`pass_area` = fg_ratio < {spec.get('max_fg', 0.5)}, `pass_hist_reference` = the authors' histogram "
+        "filter) and in the index (`index/*.parquet`: the same columns and `pass_hist_paper`, `hist`, "
+        "`n_components`...). The paper's default filter is `pass_area and pass_hist_reference`.",
+        "",
+        "Read only the accepted ones through a view (a predicate over the index; no pixel is read):",
+        "",
+        "```sh",
+        "factory filter . --max-fg 0.5 --histogram reference --out view.json   # then: trainers train --data view.json",
+        "factory filter . --max-fg 0.5 --histogram reference --materialize --out ../accepted   # or a compact copy",
+        "```",
+        "",
+        "or with the flags of each sample's JSON, as `select(accepted)` does below.",
+        "",
+    ]
+
+
+def shards_url(root: str | None, manifest: dict) -> list[str]:
+    """The snippet's lines naming the dataset's folder and its shards (brace-expanded, as webdataset reads)."""
+    last = f"{{000000..{len(manifest['shards']) - 1:06d}}}"
+    if root is None:
+        where, note = "path/to/this/dataset", "this dataset's folder (the one holding this README.md)"
+    elif fmt.is_remote_url(root):
+        where, note = root, "where this dataset was written"
+    else:
+        where, note = os.path.abspath(root), "where this dataset was written; change it if you move the folder"
+    lines = [f"DATASET = {json.dumps(where)}  # {note}"]
+    if where.startswith("s3://"):  # stock webdataset has no s3 scheme: stream through the aws CLI
+        return lines + [f'SHARDS = f"pipe:aws s3 cp {{DATASET}}/shards/{last}.tar -"']
+    return lines + [f'SHARDS = DATASET + "/shards/{last}.tar"']
+
+
+def load_section(root: str | None, manifest: dict) -> list[str]:
+    """The card's "Load it": a stock-webdataset snippet that keeps the mask single-channel."""
+    image = fmt.image_member(manifest)
+    return [
         "## Load it",
         "",
-        "With plain webdataset (no factory code needed):",
+        "With plain webdataset (no factory code needed). Stock `.decode(\"pil\")` alone turns the mask into a "
+        "3-channel RGB image, and `.decode(\"l\")` keeps it single-channel but makes the image gray too: "
+        "the `mask.png` handler below keeps the mask single-channel (mode `L`, 0 or 255) and the image RGB.",
         "",
         "```python",
+        "import io",
+        "import json",
+        "",
         "import webdataset as wds",
-        f"ds = wds.WebDataset(\"{{root}}/shards/{{000000..{len(manifest['shards']) - 1:06d}}}.tar\").decode(\"pil\")",
+        "from PIL import Image",
+        "",
+        *shards_url(root, manifest),
+        "",
+        "",
+        "def gray(data):  # the mask as a single-channel PIL image",
+        "    return Image.open(io.BytesIO(data)).convert(\"L\")",
+        "",
+        "",
+        "def accepted(s):  # the paper's default filter, from the sample's JSON (before any pixel is decoded)",
+        "    flags = json.loads(s[\"json\"])",
+        "    return flags[\"pass_area\"] and flags[\"pass_hist_reference\"]",
+        "",
+        "",
+        "ds = (wds.WebDataset(SHARDS, shardshuffle=False)",
+        "      .select(accepted)  # drop this line to read every candidate, rejected ones included",
+        "      .decode(wds.handle_extension(\"mask.png\", gray), \"pil\"))",
         "for s in ds:",
-        f"    image, mask, latent = s[\"{fmt.image_member(manifest)}\"], s[\"mask.png\"], s[\"latent.npy\"]",
+        f"    image, mask, latent = s[\"{image}\"], s[\"mask.png\"], s[\"latent.npy\"]  # RGB, L, float32 [dim_z]",
         "```",
+        "",
+        "The rows of a view, with the same stock reader: "
+        "`rows = {r for rs in json.load(open(\"view.json\"))[\"accepted\"].values() for r in rs}`, "
+        "then `.select(lambda s: int(s[\"__key__\"]) in rows)`.",
         "",
         "Filter without touching pixels: `factory filter . --max-fg 0.5 --histogram reference --out view.json`;",
         "check integrity: `factory verify .`; index: `index/*.parquet`; latents: `latents.zarr` [N, dim_z].",
         "",
     ]
-    return "\n".join(lines)
 
 
 PREVIEW = "preview.png"
@@ -137,7 +212,7 @@ def write_card(root: str, manifest: dict, preview: str | None = None, preview_sa
     title = None
     if prov:
         title = f"Dataset {manifest['dataset_id']} (materialized view of {prov['parent']['dataset_id']})"
-    text = render(manifest, stats, preview, title)
+    text = render(manifest, stats, preview, title=title, root=root)
     if prov:
         text = text.replace(_STATS_HEADING, provenance_section(prov) + "\n" + _STATS_HEADING, 1)
     atomic_write(fmt.join(root, fmt.CARD), text.encode())

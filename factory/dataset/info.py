@@ -51,6 +51,7 @@ def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) ->
             "lineage": v.get("lineage", []),
             "counts": v.get("counts", {}),
             "rejected": v.get("rejected", {}),
+            "rejected_in_turn": v.get("rejected_in_turn"),
             "accept_rate": round(v["samples"] / m["samples"], 4) if m["samples"] else None,
         })
     if stats:
@@ -68,6 +69,35 @@ def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) ->
     return out
 
 
+def format_direction(direction) -> str:
+    """A spec's direction as `info` prints it: "background  sha256 …" (a named one) or "h.npy (file)  sha256 …"."""
+    if not isinstance(direction, dict):
+        return "-" if direction is None else str(direction)
+    rest = {k: v for k, v in direction.items() if k not in ("name", "file")}
+    head = direction.get("name") or (f"{direction['file']} (file)" if direction.get("file") else None)
+    return "  ".join(([head] if head else []) + [f"{k} {v}" for k, v in rest.items()]) or "-"
+
+
+def format_rejections(v: dict) -> str:
+    """The rejections of a view (or its `info`) as one phrase whose counts add up: each filter in turn,
+    among the rows the earlier ones kept (the paper's Table 4), then the overlap ("also rejected by").
+
+    "max_fg 389, then histogram 186 (575 in all; also rejected by histogram 50)". A view written before
+    the in-turn counts existed shows its per-filter counts as they are (a row failing two counts for both).
+    """
+    alone = v.get("rejected") or {}
+    in_turn = v.get("rejected_in_turn")
+    if not alone:
+        return "none"
+    if in_turn is None:
+        return ", ".join(f"{k} {n:,}" for k, n in alone.items())
+    text = ", then ".join(f"{s['filter']} {s['rejected']:,}" for s in in_turn)
+    if len(in_turn) < 2:
+        return text
+    also = ", ".join(f"{s['filter']} {s['also_rejected']:,}" for s in in_turn if s["also_rejected"])
+    return text + f" ({sum(s['rejected'] for s in in_turn):,} in all" + (f"; also rejected by {also})" if also else ")")
+
+
 def format_info(d: dict) -> str:
     """Human-readable `factory info`."""
     lines = []
@@ -77,7 +107,7 @@ def format_info(d: dict) -> str:
                      + (f" ({d['accept_rate']:.1%})" if d.get("accept_rate") is not None else ""))
         lines.append(f"  predicate    {d.get('predicate')}")
         if d.get("rejected"):
-            lines.append("  rejected by  " + ", ".join(f"{k} {v:,}" for k, v in d["rejected"].items()))
+            lines.append("  rejected by  " + format_rejections(d))
         for i, step in enumerate(d.get("lineage", [])):
             lines.append(f"  lineage[{i}]   {step.get('predicate')} -> {step.get('samples'):,} ({step.get('view_id')})")
     else:
@@ -86,7 +116,7 @@ def format_info(d: dict) -> str:
     lines.append(f"  shards       {d['shards']}   bytes {d['bytes']:,}")
     p = d["provenance"]
     lines.append(f"  generator    {p['generator']}  weights sha256 {p.get('weights_sha256') or '-'}")
-    lines.append(f"  direction    {json.dumps(p.get('direction'))}   shift r {p.get('shift_r')}   mask rule {p.get('mask_rule')}")
+    lines.append(f"  direction    {format_direction(p.get('direction'))}   shift r {p.get('shift_r')}   mask rule {p.get('mask_rule')}")
     lines.append(f"  latents      {json.dumps(p.get('latent_source'))}")
     codec = p.get("image_codec") or {}
     if codec:
@@ -106,5 +136,6 @@ def format_info(d: dict) -> str:
         cm = st.get("components_mean", {})
         lines.append(f"    components (mean)   raw {cm.get('raw')}  clean {cm.get('clean')}")
         if st.get("true_iou_mean"):
-            lines.append(f"    true IoU (mean)     {st['true_iou_mean']}")
+            lines.append("    true IoU (mean)     " + "  ".join(
+                f"{k} {'-' if v is None else v}" for k, v in st["true_iou_mean"].items()))
     return "\n".join(lines)

@@ -128,6 +128,7 @@ class ShardResult:
 def commit_shard(
     root: str,
     shard: int,
+    *,
     first_row: int,
     tar: bytes,
     index_rows: dict[str, np.ndarray],

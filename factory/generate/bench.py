@@ -1,7 +1,7 @@
 """End-to-end throughput benchmark: generator -> masks + stats -> encoding -> committed shards.
 
-Runs the same code as `factory generate` (make_shard) in this process, with
-per-stage timers, on a throw-away dataset; plus a generator-only measurement.
+Runs the same code as `factory generate` (the DatasetWriter, make_shards, compute_batch) in this
+process, with per-stage timers, on a throw-away dataset; plus a generator-only measurement.
 """
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ import time
 
 import numpy as np
 
-from factory.dataset.writer import prepare_output
 from factory.device import pick_device
 from factory.generate.compute import (
     Timers,
     cached_generator,
     cc_iterations_for,
     compute_batch,
+    counters,
     sync_device,
 )
 from factory.generate.config import GenerateConfig
-from factory.generate.compute import counters
-from factory.generate.plan import make_plan
+from factory.generate.engine import output_writer
+from factory.generate.plan import Plan, ShardJob, make_plan
 from factory.generate.worker import make_shards
 
 
@@ -120,20 +120,12 @@ def _trace_pass(trace_dir: str, shard_ids, run_shards, device: str) -> dict:
     return {"dir": trace_dir, **occ}
 
 
-def run(generator: str = "shapes", n: int = 512, batch_size: int = 64, shard_size: int | None = None,
-        device: str | None = None, generator_options: dict | None = None, out: str | None = None,
-        generator_iters: int = 3, threads: int | None = None, trace_dir: str | None = None,
-        image_codec: str = "png") -> dict:
-    import torch
-
-    device = pick_device(device)
-    tmp = None
-    if out is None:
-        tmp = tempfile.TemporaryDirectory(prefix="factory-bench-")
-        out = os.path.join(tmp.name, "ds")
-    options = dict(generator_options or {})
+def bench_config(*, generator: str, n: int, batch_size: int, shard_size: int | None, device: str,
+                 options: dict, out: str, image_codec: str) -> GenerateConfig:
+    """The job a benchmark runs; generators other than shapes get a random unit direction
+    (speed does not depend on the direction), saved beside `out`."""
     direction = None
-    if generator != "shapes":  # speed does not depend on the direction: a random unit vector
+    if generator != "shapes":
         from factory.generators import load_generator
 
         dim_z = load_generator(generator, device="cpu", **options).dim_z
@@ -141,53 +133,97 @@ def run(generator: str = "shapes", n: int = 512, batch_size: int = 64, shard_siz
         direction = os.path.join(os.path.dirname(out), "random_direction.npy")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         np.save(direction, v / np.linalg.norm(v))
-    cfg = GenerateConfig(n=n, out=out, generator=generator, generator_options=options, direction=direction,
-                                shard_size=shard_size or n, batch_size=batch_size, device=device, workers=0,
-                                progress=False, overwrite=True, image_codec=image_codec)
-    plan = make_plan(cfg)
-    prepare_output(cfg, plan)
-    gen = cached_generator(generator, options, device)
-    # Warm-up shard-sized pass (compilation, allocator, thread pool) outside the timed region.
-    warm = compute_batch(gen, torch.from_numpy(plan.latent_source.rows(0, batch_size)).to(gen.device),
-                                torch.as_tensor(plan.direction, device=gen.device), plan.spec["shift_r"],
-                                plan.spec["mask_rule"], plan.spec["max_fg"])
-    del warm
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(torch.device(device))
+    return GenerateConfig(n=n, out=out, generator=generator, generator_options=options, direction=direction,
+                          shard_size=shard_size or n, batch_size=batch_size, device=device, workers=0,
+                          progress=False, overwrite=True, image_codec=image_codec)
+
+
+def warm_up(gen, plan: Plan, batch_size: int) -> None:
+    """One batch through the production compute path (compilation, allocator, thread pool), untimed."""
+    import torch
+
+    spec = plan.spec
+    compute_batch(gen, torch.from_numpy(plan.latent_source.rows(0, batch_size)).to(gen.device),
+                  torch.as_tensor(plan.direction, device=gen.device), shift_r=spec["shift_r"],
+                  mask_rule=spec["mask_rule"], max_fg=spec["max_fg"], operators=spec.get("operators"))
+
+
+def timed_passes(plan: Plan, job: ShardJob, *, trace_dir: str | None) -> dict:
+    """1) the end-to-end rate over all shards, uninstrumented so the GPU/CPU overlap is what production
+    gets; 2) per-stage times over (up to 4) shards with a sync after each stage; 3) optionally a trace."""
+    device = job.device
     shard_ids = list(range(plan.n_shards))
-    common = dict(batch_size=batch_size, device=device, threads=threads)
-    # 1) end-to-end rate, uninstrumented so the GPU/CPU overlap is what production gets
     sync_device(device)
     redo0 = counters.get("cc_redo_batches", 0)
     t0 = time.perf_counter()
-    statuses = make_shards(plan.spec, plan.spec_hash, shard_ids, out, generator, options,
-                                  plan.direction, plan.latent_source, **common)
+    statuses = make_shards(job, shard_ids, plan.latent_source)
     sync_device(device)
     wall = time.perf_counter() - t0
     redone = int(counters.get("cc_redo_batches", 0) - redo0)
     bad = [s for s in statuses if not s.get("ok")]
     if bad:
         raise RuntimeError(bad[0]["error"])
-    # 2) per-stage times: a second pass over (up to 4) shards with a sync after each stage
     timers = Timers()
     staged = shard_ids[: max(1, min(4, len(shard_ids)))]
     t0 = time.perf_counter()
-    make_shards(plan.spec, plan.spec_hash, staged, out, generator, options, plan.direction,
-                       plan.latent_source, timers=timers, **common)
+    make_shards(job, staged, plan.latent_source, timers=timers)
     staged_wall = time.perf_counter() - t0
-    staged_n = sum(min(plan.spec["shard_size"], n - k * plan.spec["shard_size"]) for k in staged)
+    S, n = plan.spec["shard_size"], plan.spec["n"]
+    staged_n = sum(min(S, n - k * S) for k in staged)
     trace = None
     if trace_dir:
-        trace = _trace_pass(trace_dir, shard_ids, lambda ids: make_shards(
-            plan.spec, plan.spec_hash, ids, out, generator, options, plan.direction, plan.latent_source,
-            **common), device)
-    gen_rate = generator_rate(gen, 2 * batch_size, generator_iters, device)
+        trace = _trace_pass(trace_dir, shard_ids, lambda ids: make_shards(job, ids, plan.latent_source), device)
+    return {"wall": wall, "redone": redone, "staged_wall": staged_wall, "staged_n": staged_n, "timers": timers,
+            "trace": trace}
+
+
+def run(*, generator: str = "shapes", n: int = 512, batch_size: int = 64, shard_size: int | None = None,
+        device: str | None = None, generator_options: dict | None = None, out: str | None = None,
+        generator_iters: int = 3, threads: int | None = None, trace_dir: str | None = None,
+        image_codec: str = "png") -> dict:
+    """Benchmark `factory generate`'s path on a throw-away dataset (or at `out`); returns the result row."""
+    device = pick_device(device)
+    tmp = None
+    if out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="factory-bench-")
+        out = os.path.join(tmp.name, "ds")
+    options = dict(generator_options or {})
+    cfg = bench_config(generator=generator, n=n, batch_size=batch_size, shard_size=shard_size, device=device,
+                       options=options, out=out, image_codec=image_codec)
+    plan = make_plan(cfg)
+    with output_writer(cfg, plan):
+        gen = cached_generator(generator, options, device)
+        warm_up(gen, plan, batch_size)
+        reset_peak_memory(device)
+        passes = timed_passes(plan, plan.job(out, batch_size=batch_size, device=device, threads=threads),
+                              trace_dir=trace_dir)
+        gen_rate = generator_rate(gen, 2 * batch_size, generator_iters, device)
+    result = result_row(plan, passes, generator=generator, options=options, device=device,
+                        batch_size=batch_size, gen_rate=gen_rate)
+    if tmp is not None:
+        tmp.cleanup()
+    return result
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def result_row(plan: Plan, passes: dict, *, generator: str, options: dict, device: str, batch_size: int,
+               gen_rate: float) -> dict:
+    """The benchmark's result (what `factory bench --json` prints)."""
+    import torch
+
+    n, wall, staged_wall, staged_n = plan.spec["n"], passes["wall"], passes["staged_wall"], passes["staged_n"]
     # generator/masks_stats/transfer run in the main thread; encoding and write overlap with them
     # in background threads, so shares of the staged wall time can add up to more than 1.
-    stages = {k: round(v, 4) for k, v in timers.items()}
+    stages = {k: round(v, 4) for k, v in passes["timers"].items()}
     peak = (torch.cuda.max_memory_allocated(device) if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    result = {
+    return {
         "generator": generator,
         "generator_options": {k: v for k, v in options.items() if k != "weights"},
         "resolution": plan.resolution,
@@ -199,20 +235,17 @@ def run(generator: str = "shapes", n: int = 512, batch_size: int = 64, shard_siz
         "device_name": _device_name(device),
         "torch_threads": torch.get_num_threads(),
         "dtype": options.get("autocast") or "fp32",
-        "image_codec": image_codec,
+        "image_codec": plan.spec["image_codec"]["image"],
         "wall_s": round(wall, 3),
         "candidates_per_s": round(n / wall, 2),
         "generator_images_per_s": round(gen_rate, 2),
         "cc_iterations": cc_iterations_for(device) or "host-checked",
-        "cc_redo_batches": redone,
+        "cc_redo_batches": passes["redone"],
         "staged_run": {"samples": staged_n, "wall_s": round(staged_wall, 3),
                        "candidates_per_s": round(staged_n / staged_wall, 2)},
         "stage_seconds": stages,
         "stage_share": {k: round(v / staged_wall, 3) for k, v in stages.items()},
         "peak_memory_bytes": int(peak),
         "peak_memory_kind": "cuda_max_allocated" if device.startswith("cuda") else "process_max_rss",
-        "trace": trace,
+        "trace": passes["trace"],
     }
-    if tmp is not None:
-        tmp.cleanup()
-    return result

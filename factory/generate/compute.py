@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The compute of one batch on the generator's device: the per-process generator cache, G(z) and
+G(z + r h) in one forward, masks with connected-components cleanup and statistics (with the
+sync-free labelling knob and its exact redo), stage timers and device->host copies."""
 from __future__ import annotations
 
 import json
@@ -70,7 +72,7 @@ def cc_iterations_for(device: str) -> int | None:
     return env_count("FACTORY_CC_ITERATIONS", v, 0, "use auto, 0 (host checks) or a positive count") or None
 
 
-def masks_and_stats(gen, z, img, shifted, mask_rule: str, max_fg: float, operators=None,
+def masks_and_stats(gen, z, img, shifted, *, mask_rule: str, max_fg: float, operators=None,
                     cc_iterations: int | None = None):
     """Masks, CC cleanup and statistics on the generator's device; image quantised to uint8 HWC.
 
@@ -97,23 +99,46 @@ def masks_and_stats(gen, z, img, shifted, mask_rule: str, max_fg: float, operato
     return to_uint8(img), clean, raw, stats
 
 
-def compute_batch(gen, z, direction, shift_r: float, mask_rule: str, max_fg: float, timers: Timers | None = None,
-                  operators=None):
-    """Both forwards, masks and statistics for one batch, all on the generator's device.
+def needs_redo(converged) -> bool:
+    """Whether a sync-free pass left an image unconverged (``cc_converged`` is None when host-checked)."""
+    return converged is not None and not bool(converged.all())
+
+
+def exact_masks_and_stats(gen, z, pair, *, mask_rule: str, max_fg: float, operators=None,
+                          timers: Timers | None = None):
+    """Rare: an image needs more labelling updates than the sync-free pass ran. Redo the batch exactly
+    (host-checked labelling); counted in ``counters["cc_redo_batches"]`` and timed as ``cc_redo``."""
+    t0 = time.perf_counter()
+    out = masks_and_stats(gen, z, *pair, mask_rule=mask_rule, max_fg=max_fg, operators=operators,
+                          cc_iterations=None)
+    counters.add("cc_redo_batches", 1)
+    if timers is not None:
+        timers.add("cc_redo", time.perf_counter() - t0)
+    return out
+
+
+def compute_batch(gen, z, direction, *, shift_r: float, mask_rule: str, max_fg: float, operators=None,
+                  timers: Timers | None = None):
+    """Both forwards, masks and statistics for one batch, all on the generator's device, as a worker
+    computes them: sync-free labelling where ``cc_iterations_for`` says so, and the exact redo of a batch
+    it leaves unconverged.
 
     Returns (image uint8 [B,H,W,3], clean mask bool, raw mask bool, stats dict of tensors).
     """
     dev = str(z.device)
+    rule = dict(mask_rule=mask_rule, max_fg=max_fg, operators=operators)
     t0 = time.perf_counter()
-    img, shifted = generate_pair(gen, z, direction, shift_r)
+    pair = generate_pair(gen, z, direction, shift_r)
     if timers is not None:
         sync_device(dev)
-        t1 = time.perf_counter()
-        timers.add("generator", t1 - t0)
-    out = masks_and_stats(gen, z, img, shifted, mask_rule, max_fg, operators)
+        timers.add("generator", time.perf_counter() - t0)
+    t1 = time.perf_counter()
+    out = masks_and_stats(gen, z, *pair, **rule, cc_iterations=cc_iterations_for(dev))
     if timers is not None:
         sync_device(dev)
         timers.add("masks_stats", time.perf_counter() - t1)
+    if needs_redo(out[3].pop("cc_converged", None)):
+        out = exact_masks_and_stats(gen, z, pair, **rule, timers=timers)
     return out
 
 

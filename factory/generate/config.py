@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""What `factory generate` is asked for (`GenerateConfig` and its validation), the spec's image codec
+entry, and the environment knobs (FACTORY_ENCODER, integer knobs) with their errors."""
 from __future__ import annotations
 
 import os
@@ -18,7 +19,9 @@ CC_RATIO = 0.2
 
 @dataclass
 class GenerateConfig:
-    """Everything `factory generate` was asked for; `spec()` is the part that determines the bytes."""
+    """Everything `factory generate` was asked for. The part that determines the bytes becomes the
+    plan's spec (`factory.generate.plan.make_plan`); the rest (batch size, device, workers, ...) are
+    runtime settings."""
 
     n: int
     out: str

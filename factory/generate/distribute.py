@@ -1,9 +1,12 @@
-"""TODO docstring."""
+"""Running a plan's shards: in this process, or as one task per shard on a dask cluster (a local
+one we start, with a watch that ends its workers with us, or an existing scheduler), with a
+progress bar and the failures of shards collected rather than raised."""
 from __future__ import annotations
 
 import os
 import sys
 import time
+from dataclasses import replace
 
 from factory.dataset.writer import pid_alive
 from factory.generate.config import GenerateConfig
@@ -90,13 +93,11 @@ def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> 
             + (f", waiting on {', '.join(map(str, waiting))}" if 0 < len(waiting) <= 4 else "")
         )
 
-    args = (plan.spec, plan.spec_hash)
-    common = dict(gen_name=plan.generator_name, gen_options=plan.generator_options, direction=plan.direction,
-                  latent_source=plan.latent_source, batch_size=cfg.batch_size, device=cfg.device)
+    job = plan.job(cfg.out, batch_size=cfg.batch_size, device=cfg.device)
     try:
         if workers == 0 and not cfg.scheduler:
             for k in todo:
-                record(make_shard(*args, k, cfg.out, **common))
+                record(make_shard(job, k, plan.latent_source))
             return failures
         client, cluster = start_client(cfg, workers)
         try:
@@ -110,9 +111,10 @@ def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> 
             ):
                 resources = {"GPU": 1}
             sc = client.scatter(plan.latent_source, broadcast=True)
+            job = replace(job, threads=threads)
             futures = [
-                client.submit(make_shard, *args, k, cfg.out, **dict(common, latent_source=sc), threads=threads,
-                              key=f"shard-{plan.spec_hash[:12]}-{k:06d}", resources=resources, pure=False)
+                client.submit(make_shard, job, k, sc, key=f"shard-{plan.spec_hash[:12]}-{k:06d}",
+                              resources=resources, pure=False)
                 for k in todo
             ]
             for fut in as_completed(futures):

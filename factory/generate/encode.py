@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Encoding of samples into tar records: deterministic image (PNG / lossless WebP / JPEG), mask PNG,
+latent .npy and meta JSON members, and the per-process encoder pools (threads or processes)."""
 from __future__ import annotations
 
 import io
@@ -68,6 +69,13 @@ def encode_pool(workers: int, processes: bool):
 
         atexit.register(_POOL[key].shutdown, wait=True)  # before interpreter teardown
     return _POOL[key]
+
+
+def shutdown_encoder_pools() -> None:
+    """Shut down this process's encoder pools (and their processes) now, as interpreter exit would."""
+    while _POOL:
+        _, pool = _POOL.popitem()
+        pool.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------- encoding

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Planning a generation job: resolve the direction and latent source, build the spec (what
+determines the bytes) and its hash, and the `ShardJob` that workers run for each shard."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,23 @@ import numpy as np
 
 from factory import format as fmt
 from factory.errors import FactoryError
-from factory.generate.config import CC_RATIO, GenerateConfig, image_codec_spec
+from factory.generate.config import CC_RATIO, DEFAULT_BATCH, GenerateConfig, image_codec_spec
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What a worker needs to make any shard of a plan (small and picklable: it travels with each
+    task). The latent source is not in it: it is scattered to the workers once and passed beside."""
+
+    root: str
+    spec: dict
+    spec_hash: str
+    generator: str
+    generator_options: dict
+    direction: np.ndarray
+    batch_size: int = DEFAULT_BATCH
+    device: str | None = None
+    threads: int | None = None
 
 
 @dataclass
@@ -24,6 +41,13 @@ class Plan:
     latent_source: object
     generator_name: str
     generator_options: dict
+
+    def job(self, root: str, *, batch_size: int = DEFAULT_BATCH, device: str | None = None,
+            threads: int | None = None) -> ShardJob:
+        """The shard job of this plan, writing into `root`."""
+        return ShardJob(root=root, spec=self.spec, spec_hash=self.spec_hash, generator=self.generator_name,
+                        generator_options=self.generator_options, direction=self.direction,
+                        batch_size=batch_size, device=device, threads=threads)
 
 
 def resolve_direction(gen, direction: str | None, generator_name: str) -> tuple[np.ndarray, dict]:

@@ -1,10 +1,17 @@
-"""TODO docstring."""
+"""One shard on a worker: latents -> generator pair -> masks and statistics -> encoded tar records
+-> committed shard (tar, index fragment, latent rows, sidecar).
+
+Batches are software-pipelined: batch i+1's forwards are queued on the GPU before the CPU waits
+for batch i's results, and encoding runs in a pool while the next batches compute. The commit of
+shard k overlaps with the generation of shard k+1. A worker returns a small status row, never pixels.
+"""
 from __future__ import annotations
 
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
@@ -16,32 +23,30 @@ from factory.generate.compute import (
     Timers,
     cached_generator,
     cc_iterations_for,
-    counters,
+    exact_masks_and_stats,
     generate_pair,
     masks_and_stats,
+    needs_redo,
     sync_device,
     to_host,
 )
-from factory.generate.config import DEFAULT_BATCH, encoder_mode
+from factory.generate.config import encoder_mode
 from factory.generate.encode import (
     ENCODE_CHUNK,
     encode_chunk,
     encode_pool,
     encoder_processes,
 )
+from factory.generate.plan import ShardJob
 
 
-def make_shard(plan_spec: dict, spec_hash: str, shard: int, root: str, gen_name: str, gen_options: dict,
-               direction: np.ndarray, latent_source, batch_size: int = DEFAULT_BATCH, device: str | None = None,
-               threads: int | None = None, timers: Timers | None = None) -> dict:
-    """Generate and commit one shard. Returns a status row (never raises for a data error)."""
-    return make_shards(plan_spec, spec_hash, [shard], root, gen_name, gen_options, direction, latent_source,
-                       batch_size, device, threads, timers)[0]
+def make_shard(job: ShardJob, shard: int, latents, *, timers: Timers | None = None) -> dict:
+    """Generate and commit one shard of `job` from the latent source `latents`. Returns a status row
+    (never raises for a data error)."""
+    return make_shards(job, [shard], latents, timers=timers)[0]
 
 
-def make_shards(plan_spec: dict, spec_hash: str, shard_ids: list[int], root: str, gen_name: str,
-                gen_options: dict, direction: np.ndarray, latent_source, batch_size: int = DEFAULT_BATCH,
-                device: str | None = None, threads: int | None = None, timers: Timers | None = None) -> list[dict]:
+def make_shards(job: ShardJob, shard_ids: list[int], latents, *, timers: Timers | None = None) -> list[dict]:
     """Generate several shards; shard k's tar/index/latents commit overlaps with shard k+1's generation."""
     committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
     pending = []
@@ -49,8 +54,7 @@ def make_shards(plan_spec: dict, spec_hash: str, shard_ids: list[int], root: str
     try:
         for k in shard_ids:
             try:
-                commit = generate_shard(plan_spec, spec_hash, k, root, gen_name, gen_options, direction,
-                                         latent_source, batch_size, device, threads, timers)
+                commit = generate_shard(job, k, latents, timers=timers)
             except (FactoryError, OSError) as e:
                 out.append(failed_row(k, e))
                 continue
@@ -70,113 +74,151 @@ def failed_row(shard: int, e: Exception) -> dict:
     return {"shard": shard, "ok": False, "error": f"shard {shard} ({where}): {e}"}
 
 
-def generate_shard(spec, spec_hash, shard, root, gen_name, gen_options, direction, latent_source,
-                    batch_size, device, threads, timers):
-    """Run the generator and masks for one shard; returns the commit step (encoding runs in a pool meanwhile)."""
+def shard_encoder_pool(device: str, threads: int | None):
+    """Processes when this process drives a GPU (or FACTORY_ENCODER=processes), else threads."""
     import torch
 
-    t_start = time.perf_counter()
-    if threads:
-        torch.set_num_threads(threads)
-    device = pick_device(device)
-    gen = cached_generator(gen_name, gen_options, device)
-    S, N = spec["shard_size"], spec["n"]
-    first = shard * S
-    n = min(S, N - first)
-    z_all = latent_source.rows(first, first + n)
-    h = torch.as_tensor(direction, dtype=torch.float32, device=gen.device)
-    keep_raw = spec["keep_raw_mask"]
-    codec = spec["image_codec"]
     encoder = encoder_mode()
     if encoder == "processes" or (encoder == "auto" and device.startswith("cuda")):
         if device.startswith("cuda"):
             sys.setswitchinterval(0.0005)  # hand the GIL back to the GPU thread quickly
-        pool = encode_pool(encoder_processes(os.cpu_count() or 4, torch.cuda.device_count()), processes=True)
-    else:
-        pool = encode_pool(max(2, threads or 1), processes=False)
-    columns: dict[str, list] = {}
-    futures = []
-    cuda = gen.device.type == "cuda"
-    cc_it = cc_iterations_for(device)
-    starts = list(range(0, n, batch_size))
+        return encode_pool(encoder_processes(os.cpu_count() or 4, torch.cuda.device_count()), processes=True)
+    return encode_pool(max(2, threads or 1), processes=False)
 
-    def batch_to_host(img8, clean, raw, stats, pinned):
-        return to_host({"img": img8, "clean": clean, **({"raw": raw} if keep_raw else {}),
-                         **{f"s_{k}": v for k, v in stats.items()}}, pinned=pinned)
 
-    def launch(b0):
-        z = torch.from_numpy(z_all[b0 : b0 + batch_size]).to(gen.device, non_blocking=True)
+class BatchPipeline:
+    """The device side of one shard's batches: forwards, masks and statistics, host copies, exact redo."""
+
+    def __init__(self, gen, spec: dict, *, direction, device: str, timers: Timers | None):
+        import torch
+
+        self.gen, self.device, self.timers = gen, device, timers
+        self.h = torch.as_tensor(direction, dtype=torch.float32, device=gen.device)
+        self.shift_r = spec["shift_r"]
+        self.rule = dict(mask_rule=spec["mask_rule"], max_fg=spec["max_fg"], operators=spec.get("operators"))
+        self.keep_raw = spec["keep_raw_mask"]
+        self.cuda = gen.device.type == "cuda"
+        self.cc_iterations = cc_iterations_for(device)
+
+    def time(self, stage: str, t0: float) -> None:
+        if self.timers is not None:
+            sync_device(self.device)
+            self.timers.add(stage, time.perf_counter() - t0)
+
+    def launch(self, z_np: np.ndarray):
+        """Queue G(z) and G(z + r h) of a batch; returns (z, (img, shifted)) on the device."""
+        import torch
+
+        z = torch.from_numpy(z_np).to(self.gen.device, non_blocking=True)
         t0 = time.perf_counter()
-        pair = generate_pair(gen, z, h, spec["shift_r"])
-        if timers is not None:
-            sync_device(device)
-            timers.add("generator", time.perf_counter() - t0)
+        pair = generate_pair(self.gen, z, self.h, self.shift_r)
+        self.time("generator", t0)
         return z, pair
 
-    # Software pipeline: batch i+1's forwards are queued on the GPU before the CPU
-    # waits for batch i's results and hands them to the encoder pool.
-    nxt = launch(starts[0]) if starts else None
-    for i, b0 in enumerate(starts):
-        z, (img, shifted) = nxt
+    def host_tensors(self, batch: tuple, *, pinned: bool) -> dict:
+        """Host copies of masks_and_stats' (img8, clean, raw, stats): img, clean, raw (if kept), s_NAME."""
+        img8, clean, raw, stats = batch
+        return to_host({"img": img8, "clean": clean, **({"raw": raw} if self.keep_raw else {}),
+                        **{f"s_{k}": v for k, v in stats.items()}}, pinned=pinned)
+
+    def queue_masks(self, z, pair):
+        """Masks and statistics (sync-free labelling where enabled) and their queued host copies:
+        (host tensors, CUDA event marking the copies' end or None)."""
+        import torch
+
         t0 = time.perf_counter()
-        img8, clean, raw, stats = masks_and_stats(gen, z, img, shifted, spec["mask_rule"], spec["max_fg"],
-                                                  spec.get("operators"), cc_it)
-        if timers is not None:
-            sync_device(device)
-            timers.add("masks_stats", time.perf_counter() - t0)
+        batch = masks_and_stats(self.gen, z, *pair, **self.rule, cc_iterations=self.cc_iterations)
+        self.time("masks_stats", t0)
         t0 = time.perf_counter()
-        host = batch_to_host(img8, clean, raw, stats, pinned=cuda)
+        host = self.host_tensors(batch, pinned=self.cuda)
         done_evt = None
-        if cuda:
+        if self.cuda:
             done_evt = torch.cuda.Event()
             done_evt.record()
-        if timers is not None:
+        if self.timers is not None:
             if done_evt is not None:
                 done_evt.synchronize()
-            timers.add("transfer", time.perf_counter() - t0)
-        nxt = launch(starts[i + 1]) if i + 1 < len(starts) else None
+            self.timers.add("transfer", time.perf_counter() - t0)
+        return host, done_evt
+
+    def collect(self, z, pair, host: dict, done_evt) -> dict:
+        """Wait for a batch's host copies; redo it exactly if the sync-free labelling did not converge.
+        Returns numpy arrays: img, clean, raw (or None) and the statistics under s_NAME."""
         if done_evt is not None:
             done_evt.synchronize()
-        converged = host.pop("s_cc_converged", None)
-        if converged is not None and not bool(converged.all()):
-            # Rare: an image needs more labelling updates than the sync-free pass ran. Redo the batch exactly.
-            t0 = time.perf_counter()
-            img8, clean, raw, stats = masks_and_stats(gen, z, img, shifted, spec["mask_rule"], spec["max_fg"],
-                                                      spec.get("operators"), None)
-            host = batch_to_host(img8, clean, raw, stats, pinned=False)
-            counters.add("cc_redo_batches", 1)
-            if timers is not None:
-                timers.add("cc_redo", time.perf_counter() - t0)
-        img_np = host["img"].numpy()
-        clean_np = host["clean"].numpy()
-        raw_np = host["raw"].numpy() if keep_raw else None
-        stats_np = {k[2:]: v.numpy() for k, v in host.items() if k.startswith("s_")}
-        for k, v in stats_np.items():
-            columns.setdefault(k, []).append(v)
-        fg, pa, ph = stats_np["fg_ratio"], stats_np["pass_area"], stats_np["pass_hist_reference"]
-        for c0 in range(0, img_np.shape[0], ENCODE_CHUNK):
-            c1 = min(c0 + ENCODE_CHUNK, img_np.shape[0])
-            rws = range(first + b0 + c0, first + b0 + c1)
-            metas = [{"key": fmt.sample_key(r), "row": r, "shard": shard, "fg_ratio": float(fg[r - first - b0]),
-                      "pass_area": bool(pa[r - first - b0]), "pass_hist_reference": bool(ph[r - first - b0])}
-                     for r in rws]
-            futures.append(pool.submit(encode_chunk, (
-                [fmt.sample_key(r) for r in rws], img_np[c0:c1], clean_np[c0:c1],
-                None if raw_np is None else raw_np[c0:c1], z_all[b0 + c0 : b0 + c1], metas, codec)))
+        if needs_redo(host.pop("s_cc_converged", None)):
+            batch = exact_masks_and_stats(self.gen, z, pair, **self.rule, timers=self.timers)
+            host = self.host_tensors(batch, pinned=False)
+        out = {k: v.numpy() for k, v in host.items()}
+        out.setdefault("raw", None)
+        return out
+
+
+def submit_encoding(pool, host: dict, *, shard: int, row0: int, latents: np.ndarray, codec: dict) -> list:
+    """Tar records of one batch (rows row0...), in chunks of ENCODE_CHUNK samples, as pool futures."""
+    img, clean, raw = host["img"], host["clean"], host["raw"]
+    fg, pa, ph = host["s_fg_ratio"], host["s_pass_area"], host["s_pass_hist_reference"]
+    futures = []
+    for c0 in range(0, img.shape[0], ENCODE_CHUNK):
+        c1 = min(c0 + ENCODE_CHUNK, img.shape[0])
+        rws = range(row0 + c0, row0 + c1)
+        metas = [{"key": fmt.sample_key(r), "row": r, "shard": shard, "fg_ratio": float(fg[r - row0]),
+                  "pass_area": bool(pa[r - row0]), "pass_hist_reference": bool(ph[r - row0])}
+                 for r in rws]
+        futures.append(pool.submit(encode_chunk, (
+            [fmt.sample_key(r) for r in rws], img[c0:c1], clean[c0:c1],
+            None if raw is None else raw[c0:c1], latents[c0:c1], metas, codec)))
+    return futures
+
+
+def generate_shard(job: ShardJob, shard: int, latents, *, timers: Timers | None = None):
+    """Run the generator and masks for one shard; returns the commit step (encoding runs in a pool meanwhile)."""
+    import torch
+
+    t_start = time.perf_counter()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    device = pick_device(job.device)
+    gen = cached_generator(job.generator, job.generator_options, device)
+    spec, bs = job.spec, job.batch_size
+    first = shard * spec["shard_size"]
+    n = min(spec["shard_size"], spec["n"] - first)
+    z_all = latents.rows(first, first + n)
+    pool = shard_encoder_pool(device, job.threads)
+    batches = BatchPipeline(gen, spec, direction=job.direction, device=device, timers=timers)
+    columns: dict[str, list] = {}
+    futures = []
+    starts = list(range(0, n, bs))
+    nxt = batches.launch(z_all[starts[0] : starts[0] + bs]) if starts else None
+    for i, b0 in enumerate(starts):
+        z, pair = nxt
+        host, done_evt = batches.queue_masks(z, pair)
+        nxt = batches.launch(z_all[starts[i + 1] : starts[i + 1] + bs]) if i + 1 < len(starts) else None
+        host = batches.collect(z, pair, host, done_evt)
+        for k, v in host.items():
+            if k.startswith("s_"):
+                columns.setdefault(k[2:], []).append(v)
+        futures += submit_encoding(pool, host, shard=shard, row0=first + b0, latents=z_all[b0 : b0 + bs],
+                                   codec=spec["image_codec"])
     rows = {k: np.concatenate(v) for k, v in columns.items()}
     rows["key"] = np.array([fmt.sample_key(first + i) for i in range(n)], dtype=object)
     rows["shard"] = np.full(n, shard, np.int32)
     rows["row"] = np.arange(first, first + n, dtype=np.int64)
+    return partial(commit_encoded, job, shard, futures=futures, rows=rows, latents=z_all, timers=timers,
+                   t_start=t_start)
 
-    def commit() -> dict:
-        t0 = time.perf_counter()
-        tar = tar_join([f.result() for f in futures])
-        t1 = time.perf_counter()
-        res = commit_shard(root, shard, first, tar, rows, z_all, spec_hash)
-        if timers is not None:
-            timers.add("encoding_wait", t1 - t0)
-            timers.add("write", time.perf_counter() - t1)
-        return {"shard": shard, "ok": True, "samples": n, "seconds": time.perf_counter() - t_start,
-                "result": res.to_json()}
 
-    return commit
+def commit_encoded(job: ShardJob, shard: int, *, futures: list, rows: dict, latents: np.ndarray,
+                   timers: Timers | None, t_start: float) -> dict:
+    """Join the shard's encoded records and commit it; the status row of a made shard."""
+    t0 = time.perf_counter()
+    tar = tar_join([f.result() for f in futures])
+    t1 = time.perf_counter()
+    first = shard * job.spec["shard_size"]
+    res = commit_shard(job.root, shard, first_row=first, tar=tar, index_rows=rows, latents=latents,
+                       spec_hash=job.spec_hash)
+    if timers is not None:
+        timers.add("encoding_wait", t1 - t0)
+        timers.add("write", time.perf_counter() - t1)
+    return {"shard": shard, "ok": True, "samples": latents.shape[0], "seconds": time.perf_counter() - t_start,
+            "result": res.to_json()}

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""`filter --materialize`: the accepted samples of a view copied into a new compact dataset.
+
+Keys and rows are renumbered (the index column ``parent_row`` and each KEY.json's ``parent_*``
+name the sample in the parent); the folder is written by the same DatasetWriter as `generate`'s
+(lock, spec check, resume from sidecars, manifest last), so a killed materialize resumes.
+"""
 from __future__ import annotations
 
 import json
@@ -11,8 +16,12 @@ import numpy as np
 from factory import __version__
 from factory import format as fmt
 from factory.dataset.reader import decode_npy, load_index, read_shard_samples
+from factory.dataset.shards import commit_shard, tar_bytes
+from factory.dataset.writer import DatasetWriter
 from factory.errors import FactoryError
 from factory.format import parent_url_for
+
+OTHER_SPEC = "{root} holds another dataset ({diff}); use another --out, or pass --overwrite to replace it"
 
 
 def materialize_spec(parent: fmt.Resolved, view: dict, shard_size: int) -> dict:
@@ -27,20 +36,105 @@ def materialize_spec(parent: fmt.Resolved, view: dict, shard_size: int) -> dict:
     }
 
 
-def materialize_view(url: str, view: dict, out: str, shard_size: int | None = None, overwrite: bool = False,
-                     allow_remote_shards: bool = False, log=None) -> dict:
-    """Write the accepted samples of `view` as a new compact dataset at `out`; returns its manifest."""
+class ParentShards:
+    """The parent's shards, read one at a time (the samples and index rows of the last one kept)."""
+
+    def __init__(self, parent: fmt.Resolved):
+        self.parent = parent
+        self.entries = {s["shard"]: s for s in parent.manifest["shards"]}
+        starts = sorted((s["first_row"], s["shard"]) for s in parent.manifest["shards"])
+        self.first_rows = np.array([a for a, _ in starts], np.int64)
+        self.shard_of_row = np.array([b for _, b in starts], np.int64)
+        self.cache: dict[int, tuple[dict, Any]] = {}
+
+    def shards_of(self, rows: np.ndarray) -> np.ndarray:
+        """The parent shard of each parent row."""
+        return self.shard_of_row[np.searchsorted(self.first_rows, rows, side="right") - 1]
+
+    def read(self, pid: int):
+        """(samples by key, index table) of parent shard `pid`."""
+        if pid not in self.cache:
+            self.cache.clear()
+            samples = read_shard_samples(self.parent.root, self.entries[pid])
+            idx = load_index(self.parent.root, self.parent.manifest, shards=[pid])
+            self.cache[pid] = (samples, idx)
+        return self.cache[pid]
+
+    def index_positions(self, pid: int, idx, rows_here: np.ndarray) -> np.ndarray:
+        """Positions of `rows_here` in parent shard `pid`'s index table."""
+        prow = idx.column("row").to_numpy()
+        pos = np.searchsorted(prow, rows_here)
+        if np.any(pos >= len(prow)) or np.any(prow[np.minimum(pos, len(prow) - 1)] != rows_here):
+            raise fmt.FormatError(f"index of shard {pid} lacks rows the view accepts; the parent changed")
+        return pos
+
+    def copied_members(self, pid: int, samples: dict, *, k: int, new_row: int, old_row: int) -> tuple[list, Any]:
+        """One sample's members renamed to its new key (meta JSON rewritten), and its latent."""
+        old_key = fmt.sample_key(int(old_row))
+        if old_key not in samples:
+            raise fmt.FormatError(
+                f"{fmt.join(self.parent.root, self.entries[pid]['path'])}: sample {old_key} accepted by the view is missing"
+            )
+        new_key = fmt.sample_key(int(new_row))
+        parts = samples[old_key]
+        lat = decode_npy(parts.get(fmt.EXT_LATENT, b""), f"{self.entries[pid]['path']}:{old_key}")
+        out_members = []
+        for ext, body in parts.items():
+            if ext == fmt.EXT_META:
+                try:
+                    meta = json.loads(body)
+                except ValueError:
+                    meta = {}
+                meta.update({"key": new_key, "row": int(new_row), "shard": k,
+                             "parent_key": old_key, "parent_row": int(old_row),
+                             "parent_dataset_id": self.parent.manifest["dataset_id"]})
+                body = fmt.canonical_json(meta)
+            out_members.append((f"{new_key}.{ext}", body))
+        return sorted(out_members), lat
+
+
+def copy_shard(source: ParentShards, *, k: int, new_rows: np.ndarray, src_rows: np.ndarray, dim_z: int):
+    """Materialized shard k: (tar members in key order, latents [n, dim_z], parent index rows as a table)."""
     import pyarrow as pa
 
-    from factory.dataset.shards import (
-        commit_shard,
-        create_latents,
-        read_sidecars,
-        tar_bytes,
-    )
-    from factory.dataset.writer import DatasetLock, check_writable, spec_diff, wipe
-    from factory.fsio import atomic_write, exists, remove_temp_files
+    src_shards = source.shards_of(src_rows)
+    members: list[tuple[str, bytes]] = []
+    latents = np.zeros((len(new_rows), dim_z), np.float32)
+    idx_parts = []
+    first = int(new_rows[0]) if len(new_rows) else 0
+    for pid in np.unique(src_shards):
+        pid = int(pid)
+        samples, idx = source.read(pid)
+        sel = src_shards == pid
+        rows_here = src_rows[sel]
+        idx_parts.append(idx.take(pa.array(source.index_positions(pid, idx, rows_here))))
+        for new_row, old_row in zip(new_rows[sel], rows_here):
+            sample_members, lat = source.copied_members(pid, samples, k=k, new_row=new_row, old_row=old_row)
+            latents[int(new_row) - first] = lat
+            members.extend(sample_members)
+    return members, latents, pa.concat_tables(idx_parts)
 
+
+def renumbered_index_rows(idx, *, k: int, new_rows: np.ndarray, src_rows: np.ndarray) -> dict:
+    """The index rows of materialized shard k: the parent's columns, renumbered, plus parent_row."""
+    rows = {}
+    for name in idx.column_names:
+        col = idx.column(name)
+        if name == "hist":
+            rows[name] = np.asarray(col.combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                                    np.float32).reshape(-1, fmt.HIST_BINS)
+        else:
+            rows[name] = col.to_numpy(zero_copy_only=False)
+    rows["parent_row"] = src_rows.copy()
+    rows["key"] = np.array([fmt.sample_key(int(r)) for r in new_rows], dtype=object)
+    rows["shard"] = np.full(len(new_rows), k, np.int32)
+    rows["row"] = new_rows
+    return rows
+
+
+def materialize_view(url: str, view: dict, out: str, *, shard_size: int | None = None, overwrite: bool = False,
+                     allow_remote_shards: bool = False, log=None) -> dict:
+    """Write the accepted samples of `view` as a new compact dataset at `out`; returns its manifest."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     parent = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
     root = out.rstrip("/")
@@ -52,125 +146,31 @@ def materialize_view(url: str, view: dict, out: str, shard_size: int | None = No
     mspec = materialize_spec(parent, view, S)
     mhash = fmt.sha256_bytes(fmt.canonical_json(mspec))
     accepted_rows = np.array(sorted(r for rows in view["accepted"].values() for r in rows), np.int64)
-    M = len(accepted_rows)
-    n_shards = (M + S - 1) // S
-    entries = {s["shard"]: s for s in parent.manifest["shards"]}
-    starts = sorted((s["first_row"], s["shard"]) for s in parent.manifest["shards"])
-    first_rows = np.array([a for a, _ in starts], np.int64)
-    shard_of_row = np.array([b for _, b in starts], np.int64)
-
-    check_writable(root)
-    with DatasetLock(root):
-        remove_temp_files(root)
-        spec_url = fmt.join(root, fmt.SPEC)
-        manifest_url = fmt.join(root, fmt.MANIFEST)
-        if exists(spec_url):
-            try:
-                old = json.loads(fmt.read_bytes(spec_url))
-            except ValueError:
-                old = {}
-            if old.get("spec_hash") != mhash:
-                if not overwrite:
-                    diff = spec_diff(old.get("spec", {}) or {}, mspec)
-                    raise FactoryError(
-                        f"{root} holds another dataset ({'; '.join(diff[:4]) or 'spec differs'}); "
-                        "use another --out, or pass --overwrite to replace it"
-                    )
-                wipe(root)
-        elif exists(manifest_url) or exists(fmt.join(root, fmt.SHARD_DIR)):
-            if not overwrite:
-                raise FactoryError(f"{root} already holds files of another dataset; use another --out or pass --overwrite")
-            wipe(root)
-        if not exists(spec_url):
-            atomic_write(spec_url, json.dumps({"spec_hash": mhash, "spec": mspec}, indent=1, sort_keys=True).encode())
-        dim_z = int(parent.manifest["dim_z"])
-        if not exists(fmt.join(root, fmt.LATENTS)):
-            create_latents(root, M, dim_z, S)
-        done = {k: v for k, v in read_sidecars(root).items() if v.get("spec_hash") == mhash}
-        todo = [k for k in range(n_shards) if k not in done]
-        if not todo and exists(manifest_url):
-            log(f"{root}: complete ({M} samples in {n_shards} shards); nothing to do")
-            return json.loads(fmt.read_bytes(manifest_url))
-        if done:
-            log(f"{root}: resuming, {len(done)} of {n_shards} shards already committed")
-        cache: dict[int, tuple[dict, Any]] = {}
-
-        def parent_shard(pid: int):
-            if pid not in cache:
-                cache.clear()
-                samples = read_shard_samples(parent.root, entries[pid])
-                idx = load_index(parent.root, parent.manifest, shards=[pid])
-                cache[pid] = (samples, idx)
-            return cache[pid]
-
+    dim_z = int(parent.manifest["dim_z"])
+    writer = DatasetWriter(root, spec=mspec, spec_hash=mhash, samples=len(accepted_rows), dim_z=dim_z,
+                           shard_size=S, other_spec=OTHER_SPEC, overwrite=overwrite)
+    source = ParentShards(parent)
+    with writer:
+        done, todo, manifest = writer.resume(log)
+        if manifest is not None:
+            return manifest
         for k in todo:
-            new_rows = np.arange(k * S, min((k + 1) * S, M), dtype=np.int64)
+            new_rows = np.arange(k * S, min((k + 1) * S, len(accepted_rows)), dtype=np.int64)
             src_rows = accepted_rows[new_rows]
-            src_shards = shard_of_row[np.searchsorted(first_rows, src_rows, side="right") - 1]
-            members: list[tuple[str, bytes]] = []
-            latents = np.zeros((len(new_rows), dim_z), np.float32)
-            idx_parts = []
-            for pid in np.unique(src_shards):
-                pid = int(pid)
-                samples, idx = parent_shard(pid)
-                sel = src_shards == pid
-                rows_here = src_rows[sel]
-                prow = idx.column("row").to_numpy()
-                pos = np.searchsorted(prow, rows_here)
-                if np.any(pos >= len(prow)) or np.any(prow[np.minimum(pos, len(prow) - 1)] != rows_here):
-                    raise fmt.FormatError(f"index of shard {pid} lacks rows the view accepts; the parent changed")
-                idx_parts.append(idx.take(pa.array(pos)))
-                for new_row, old_row in zip(new_rows[sel], rows_here):
-                    old_key = fmt.sample_key(int(old_row))
-                    if old_key not in samples:
-                        raise fmt.FormatError(
-                            f"{fmt.join(parent.root, entries[pid]['path'])}: sample {old_key} accepted by the view is missing"
-                        )
-                    new_key = fmt.sample_key(int(new_row))
-                    parts = samples[old_key]
-                    lat = decode_npy(parts.get(fmt.EXT_LATENT, b""), f"{entries[pid]['path']}:{old_key}")
-                    latents[int(new_row) - k * S] = lat
-                    out_members = []
-                    for ext, body in parts.items():
-                        if ext == fmt.EXT_META:
-                            try:
-                                meta = json.loads(body)
-                            except ValueError:
-                                meta = {}
-                            meta.update({"key": new_key, "row": int(new_row), "shard": k,
-                                         "parent_key": old_key, "parent_row": int(old_row),
-                                         "parent_dataset_id": parent.manifest["dataset_id"]})
-                            body = fmt.canonical_json(meta)
-                        out_members.append((f"{new_key}.{ext}", body))
-                    members.extend(sorted(out_members))
-            idx = pa.concat_tables(idx_parts)
-            rows = {}
-            for name in idx.column_names:
-                col = idx.column(name)
-                if name == "hist":
-                    rows[name] = np.asarray(col.combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                                            np.float32).reshape(-1, fmt.HIST_BINS)
-                else:
-                    rows[name] = col.to_numpy(zero_copy_only=False)
-            rows["parent_row"] = src_rows.copy()
-            rows["key"] = np.array([fmt.sample_key(int(r)) for r in new_rows], dtype=object)
-            rows["shard"] = np.full(len(new_rows), k, np.int32)
-            rows["row"] = new_rows
-            res = commit_shard(root, k, k * S, tar_bytes(members), rows, latents, mhash)
+            members, latents, idx = copy_shard(source, k=k, new_rows=new_rows, src_rows=src_rows, dim_z=dim_z)
+            rows = renumbered_index_rows(idx, k=k, new_rows=new_rows, src_rows=src_rows)
+            res = commit_shard(root, k, first_row=k * S, tar=tar_bytes(members), index_rows=rows, latents=latents,
+                               spec_hash=mhash)
             done[k] = res.to_json()
-        manifest = materialized_manifest(parent, view, mspec, mhash, done, n_shards, url, root)
-        from factory.dataset.card import write_card
-
-        write_card(root, manifest)
-        atomic_write(manifest_url, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        manifest = materialized_manifest(parent=parent, view=view, mspec=mspec, mhash=mhash,
+                                         shards=writer.shard_entries(done), root=root)
+        writer.finish(manifest)
     return manifest
 
 
-def materialized_manifest(parent: fmt.Resolved, view: dict, mspec: dict, mhash: str, done: dict,
-                           n_shards: int, url: str, root: str) -> dict:
-    shards = [dict(done[k]) for k in range(n_shards)]
-    for s in shards:
-        s.pop("spec_hash", None)
+def materialized_manifest(*, parent: fmt.Resolved, view: dict, mspec: dict, mhash: str, shards: list[dict],
+                          root: str) -> dict:
+    """manifest.json of a materialized view from its shard entries (see DatasetWriter.shard_entries)."""
     latents_sha = fmt.sha256_bytes("".join(s["latents_sha256"] for s in shards).encode())
     pm = parent.manifest
     return {

@@ -164,20 +164,25 @@ def _input_rows(url: str, res: fmt.Resolved, shard_ids: list[int], row_col: np.n
     return base
 
 
-def _apply_steps(steps: list[tuple[str, Any]], table, base: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
-    """Rows that pass every step, and how many input rows each step rejects."""
+def _apply_steps(steps: list[tuple[str, Any]], table, base: np.ndarray) -> tuple[np.ndarray, dict, list]:
+    """Rows that pass every step; how many input rows each step rejects alone (a row failing two steps
+    counts for both); and the steps in turn, as the paper's Table 4: `rejected` among the rows the earlier
+    steps kept (these add up to every rejected row), `also_rejected` among those they had already rejected."""
     import pyarrow as pa
 
     mask = base.copy()
-    rejected: dict[str, int] = {}
+    alone: dict[str, int] = {}
+    in_turn: list[dict] = []
     for name, node in steps:
         try:
             ok = evaluate(node, table).to_numpy(zero_copy_only=False).astype(bool)
         except pa.ArrowException as e:
             raise PredicateError(f"--where: cannot evaluate '{render(node)}' on the index: {e}") from None
-        rejected[name] = int((base & ~ok).sum())
+        alone[name] = int((base & ~ok).sum())
+        kept = int((mask & ~ok).sum())
+        in_turn.append({"filter": name, "rejected": kept, "also_rejected": alone[name] - kept})
         mask &= ok
-    return mask, rejected
+    return mask, alone, in_turn
 
 
 def _lineage(res: fmt.Resolved, step: dict) -> list[dict]:
@@ -201,7 +206,7 @@ def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
     shard_col = table.column("shard").to_numpy()
     row_col = table.column("row").to_numpy()
     base = _input_rows(url, res, shard_ids, row_col)
-    mask, rejected = _apply_steps(steps, table, base)
+    mask, rejected, in_turn = _apply_steps(steps, table, base)
     own = predicate_of(steps)
     prev_pred = res.view["predicate"] if res.view is not None else None
     predicate = combine_predicates([prev_pred, own]) if prev_pred else own
@@ -223,6 +228,7 @@ def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
         "counts": {"candidates": n, "input": int(base.sum()), "accepted": int(mask.sum()),
                    "rejected": int(base.sum() - mask.sum())},
         "rejected": rejected,
+        "rejected_in_turn": in_turn,
         "accepted_sha256": acc_sha,
         "code_version": __version__,
         "accepted": accepted,
@@ -253,11 +259,13 @@ def write_view(view: dict, out: str, overwrite: bool = False) -> bool:
             old = b""
         if old == data:
             return False
-        if not overwrite:
-            try:
-                old_id = json.loads(old).get("view_id")
-            except (ValueError, AttributeError):
-                old_id = None
+        try:
+            old_id = json.loads(old).get("view_id")
+        except (ValueError, AttributeError):
+            old_id = None
+        # the same view id is the same parent, predicate and accepted rows: only the statistics around them
+        # (e.g. counts a newer version adds) differ, so the file is brought up to date in place
+        if not overwrite and old_id != view["view_id"]:
             raise FactoryError(
                 f"{out} already holds {'view ' + old_id if old_id else 'another file'}; views are immutable: "
                 "choose another --out or pass --overwrite"

@@ -1,0 +1,158 @@
+"""What a newcomer sees from `trainers` (issue 19, items 10-13): the start-up line, progress lines off a
+terminal, the CPU warning, the default loader workers, `train --help`, and eval's named measures."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from trainers_fixtures import small_dataset
+
+import trainers.train
+from trainers.cli import main
+from trainers.metrics import pysod_available
+from trainers.progress import (
+    CPU_RUN_FLAGS,
+    MAX_DEFAULT_WORKERS,
+    Progress,
+    available_cpus,
+    cpu_advice,
+    default_workers,
+)
+from trainers.unet import ModelConfig, UNet
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> Path:
+    return small_dataset(tmp_path_factory)
+
+
+def _train_args(ds, out, *extra):
+    return ["train", "--data", str(ds), "--out", str(out), "--steps", "5", "--batch-size", "4", "--width", "8",
+            "--holdout-permille", "100", "--val-max", "4", "--device", "cpu", "--shuffle-window", "20", *extra]
+
+
+# ----------------------------------------------------------------------------- 12: --help
+
+
+def test_train_help_shows_one_percent_sign():
+    res = CliRunner().invoke(main, ["train", "--help"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # click wraps the help text
+    assert "int(sha256(key),16) % 1000 < this" in text and "%%" not in text
+    assert "--progress-every SECONDS" in text and "CPUs per rank, max 8" in text
+
+
+# ----------------------------------------------------------------------------- 13: loader workers
+
+
+@pytest.mark.parametrize("cpus, ranks, want", [(2, 1, 2), (1, 1, 1), (16, 1, MAX_DEFAULT_WORKERS),
+                                               (16, 8, 2), (2, 4, 0)])
+def test_default_workers_follow_the_machine(monkeypatch, cpus, ranks, want):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert available_cpus() == cpus
+    assert default_workers(ranks) == want
+
+
+def test_default_workers_never_make_torch_warn():
+    loader = torch.utils.data.DataLoader(list(range(4)), num_workers=default_workers())
+    assert default_workers() <= available_cpus()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "suggested max number of worker" is a UserWarning
+        loader.check_worker_number_rationality()
+
+
+# ----------------------------------------------------------------------------- 10: start-up and progress
+
+
+def test_train_cli_startup_line_and_progress_lines_off_a_terminal(ds, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # a 1-CPU machine: 1 worker
+    res = CliRunner().invoke(main, _train_args(ds, tmp_path / "run", "--progress-every", "0"))
+    assert res.exit_code == 0, res.output
+    err = res.stderr
+    first = err.splitlines()[0]
+    assert first.startswith("train: device cpu") and "1 rank x batch 4 = 4 samples/step" in first
+    assert "U-Net width 8" in first and "1 loader worker per rank (auto: 1 CPU;" in first and "5 steps" in first
+    lines = [ln for ln in err.splitlines() if ln.startswith("train: step ")]
+    assert len(lines) == 5 and lines[-1].startswith("train: step 5/5 ")  # --progress-every 0: every step
+    assert all(" s/step " in ln and " ETA " in ln and " loss " in ln for ln in lines)
+    assert "\r" not in err and "warning" not in err  # plain lines, no bar; a tiny run gets no CPU warning
+    assert json.loads((tmp_path / "run" / "card.json").read_text())["training"]["history"][0]["workers"] == 1
+
+
+def test_progress_lines_every_n_seconds_not_every_step(capsys):
+    p = Progress(total=10, initial=0, global_batch=4, every=3600, tty=False)
+    for _ in range(10):
+        p.update(0.5)
+    p.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train: step 3/10 ")  # first report after 3 steps, then 1 h
+
+
+def test_cpu_warning_for_the_papers_settings(ds, tmp_path, monkeypatch):
+    # pretend one forward pass takes 100 s (the paper's batch 95 / width 64 takes minutes per step on a CPU)
+    monkeypatch.setattr(trainers.train, "time_forward", lambda net, device, resolution: 100.0)
+    res = CliRunner().invoke(main, _train_args(ds, tmp_path / "run", "--workers", "0", "--no-progress"))
+    assert res.exit_code == 0, res.output
+    warn = [ln for ln in res.stderr.splitlines() if "warning" in ln]
+    assert len(warn) == 1 and "20.0 min per step" in warn[0] and "5 steps about 1.7 h" in warn[0]
+    assert CPU_RUN_FLAGS in warn[0]
+
+
+def test_cpu_advice_only_for_long_runs():
+    paper = cpu_advice(sec_per_step=75.0, steps_left=12_000, batch_size=95, width=64)
+    assert "batch 95 at width 64" in paper and "10.4 days" in paper and "--batch-size 8 --width 16" in paper
+    assert cpu_advice(sec_per_step=0.3, steps_left=2_000, batch_size=8, width=16) is None
+
+
+def test_time_forward_changes_nothing():
+    torch.manual_seed(0)
+    net = UNet(ModelConfig(width=8)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert trainers.train.time_forward(net, device=torch.device("cpu"), resolution=32) > 0
+    assert net.training and torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- 11: eval names its measures
+
+
+def _pred_folder(root: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    for stem in ("a", "b"):
+        (root / "p").mkdir(parents=True, exist_ok=True)
+        (root / "m").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(90, 160, (12, 16)).astype(np.uint8)).save(root / "p" / f"{stem}.png")
+        m = np.zeros((12, 16), np.uint8)
+        m[3:9, 4:12] = 255
+        Image.fromarray(m).save(root / "m" / f"{stem}.png")
+    return root / "p", root / "m"
+
+
+def test_eval_names_the_papers_and_pysods_measures(tmp_path):
+    preds, masks = _pred_folder(tmp_path)
+    base = ["eval", "--predictions", str(preds), "--masks", str(masks)]
+    res = CliRunner().invoke(main, base + ["--no-pysod", "--json", str(tmp_path / "a.json")])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("predictions: "))
+    assert "MAE=" in line and "(the paper's protocol" in line and "mean |p - gt|" in line
+    assert not any(ln.startswith(("predictions pysod", "note:")) for ln in res.output.splitlines())
+    if not pysod_available():
+        pytest.skip("pysodmetrics not installed")
+    res = CliRunner().invoke(main, base + ["--pysod", "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    py = next(ln for ln in res.output.splitlines() if ln.startswith("predictions pysod: "))
+    assert "pysod_MAE=" in py and "pysodmetrics' own normalisation, not the paper's" in py and "min-max" in py
+    assert any(ln.startswith("note: MAE is the paper's") for ln in res.output.splitlines())
+    got = json.loads((tmp_path / "b.json").read_text())["predictions"]
+    assert {"MAE", "pysod_MAE", "maxF", "pysod_maxF"} <= set(got)  # JSON keys unchanged
+    assert got["MAE"] != pytest.approx(got["pysod_MAE"], abs=1e-3)  # low-contrast maps: the two differ
