@@ -47,10 +47,12 @@ dozen for adversarial spirals and serpentines).
 """
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from factory import format as fmt
 
 __all__ = [
     "GRAY_WEIGHTS",
@@ -72,7 +74,7 @@ __all__ = [
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 GRAY = torch.tensor(GRAY_WEIGHTS)
 MaskRule = Literal["luminance", "mean-threshold", "operators"]
-MASK_RULES: tuple[str, ...] = get_args(MaskRule)  # the one list of mask rules (generate's --mask-rule)
+MASK_RULES: tuple[str, ...] = fmt.MASK_RULES  # the one list (format records it in specs); MaskRule types it
 
 # float32 pooling of pointers is exact while H*W <= 2**24.
 _MAX_PIXELS = 1 << 24

@@ -82,23 +82,45 @@ def pytest_sessionstart(session):
     session.config._factory_subreaper = _become_subreaper()
 
 
-def _stop_own_helpers() -> None:
-    """Stop the helper processes this interpreter legitimately keeps (encoder pools, the
-    multiprocessing forkserver and resource tracker), as interpreter exit would."""
+def _stop_own_helpers() -> int | None:
+    """Stop the encoder pools and the multiprocessing forkserver this interpreter legitimately
+    keeps, as interpreter exit would; return the resource tracker's pid (stopped last, since a
+    stray process holding its pipe would make stopping it wait forever)."""
     from factory.generate.encode import shutdown_encoder_pools
 
     shutdown_encoder_pools()
     import multiprocessing.forkserver as forkserver
     import multiprocessing.resource_tracker as resource_tracker
 
-    for helper in (forkserver._forkserver, resource_tracker._resource_tracker):
-        try:
-            helper._stop()
-        except Exception:  # noqa: BLE001 - already stopped or never started
-            pass
+    try:
+        forkserver._forkserver._stop()
+    except Exception:  # noqa: BLE001 - already stopped or never started
+        pass
+    return resource_tracker._resource_tracker._pid
 
 
-def _living_descendants(grace_s: float) -> list:
+def _stop_resource_tracker(grace_s: float = 5.0) -> None:
+    import multiprocessing.resource_tracker as resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    if tracker._fd is None:
+        return
+    os.close(tracker._fd)  # EOF on its pipe ends it
+    tracker._fd = None
+    pid, tracker._pid = tracker._pid, None
+    deadline = time.monotonic() + grace_s
+    try:
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.1)
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    except (ChildProcessError, ProcessLookupError):  # already reaped
+        pass
+
+
+def _living_descendants(grace_s: float, *, ignore: set) -> list:
     import psutil
 
     me = psutil.Process()
@@ -110,7 +132,8 @@ def _living_descendants(grace_s: float) -> list:
                     os.waitpid(child.pid, os.WNOHANG)
             except (psutil.Error, ChildProcessError):
                 pass
-        alive = [p for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in me.children(recursive=True)
+                 if p.pid not in ignore and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.2)
@@ -121,9 +144,10 @@ def pytest_sessionfinish(session, exitstatus):
         return
     import psutil
 
-    _stop_own_helpers()
-    alive = _living_descendants(ORPHAN_GRACE_S)
+    tracker = _stop_own_helpers()
+    alive = _living_descendants(ORPHAN_GRACE_S, ignore={tracker})
     if not alive:
+        _stop_resource_tracker()
         return
     lines = []
     for p in alive:
@@ -132,6 +156,7 @@ def pytest_sessionfinish(session, exitstatus):
             p.kill()
         except psutil.Error:
             pass
+    _stop_resource_tracker()
     sys.stderr.write(f"\nERROR: {len(alive)} process(es) started by the tests outlived them (killed now):\n"
                      + "\n".join(lines) + "\n")
     session.exitstatus = 1

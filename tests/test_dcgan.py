@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -235,3 +236,19 @@ def test_gradients_reach_z_never_the_weights(name, options):
     z = torch.randn(2, gen.dim_z, requires_grad=True)
     gen(z).square().mean().backward()
     assert z.grad is not None and float(z.grad.abs().sum()) > 0
+
+
+def test_random_directions_take_the_generators_width(tmp_path):
+    """`directions random` defaults --dim to the generator's dim_z (read off a dcgan weights file)."""
+    from click.testing import CliRunner
+
+    from factory.cli import main
+
+    _, sd = synthetic(nz=8)
+    weights = save(tmp_path, sd)
+    r = CliRunner().invoke(main, ["directions", "random", "--n", "3", "--generator", "dcgan", "--weights", str(weights),
+                                  "--out", str(tmp_path / "d.npy")])
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "d.npy").shape == (3, 8)
+    r = CliRunner().invoke(main, ["directions", "random", "--n", "3", "--out", str(tmp_path / "s.npy")])
+    assert r.exit_code == 0 and np.load(tmp_path / "s.npy").shape == (3, 120)

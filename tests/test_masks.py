@@ -441,3 +441,13 @@ def test_process_batch_sync_free_matches():
         cc_cleanup(raw, backend="opencv")
     with pytest.raises(ValueError, match="scipy"):
         cc_cleanup(raw, backend="scipy", iterations=8)
+
+
+def test_mask_rule_list_is_one_list():
+    """The CLI's choices (factory.format.MASK_RULES) are exactly the rules masks implements."""
+    from typing import get_args
+
+    from factory import format as fmt
+    from factory import masks
+
+    assert get_args(masks.MaskRule) == fmt.MASK_RULES == masks.MASK_RULES

@@ -182,3 +182,29 @@ def test_the_documented_plugin_is_complete():
     assert (g.dim_z, g.resolution) == (16, 8)
     check_output(g)
     assert set(g.named_directions()) == {"background"}
+
+
+def test_generators_list_cli(plugins):
+    """`factory generators list`: a table of every name (built-in, entry point, module:function
+    given) with dim_z and resolution, and --json with the same rows."""
+    from click.testing import CliRunner
+
+    from factory.cli import main
+
+    r = CliRunner().invoke(main, ["generators", "list", "tinygen:make"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].split() == ["name", "dim_z", "res", "origin", "source"]
+    table = {(c[0], c[3]): c for c in (ln.split() for ln in lines[1:] if not ln.startswith(" "))}
+    assert table["shapes", "builtin"][1:3] == ["120", "128"]
+    assert table["dcgan", "builtin"][1:3] == ["-", "-"]  # read off the weights file
+    assert table["tiny", "entry"][1:3] == ["16", "32"]
+    assert table["tinygen:make", "module"][1:3] == ["16", "32"]
+    assert any("shadowed by the built-in" in ln for ln in lines if ln.startswith("    "))
+    r = CliRunner().invoke(main, ["generators", "list", "tinygen:make", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {(d["name"], d["origin"]): d for d in json.loads(r.output)}
+    assert (rows["tinygen:make", "module"]["dim_z"], rows["tinygen:make", "module"]["resolution"]) == (16, 32)
+    assert rows["shapes", "builtin"]["dim_z"] == 120 and rows["tiny", "entry point"]["source"].startswith("factory-tinygen")
+    r = CliRunner().invoke(main, ["generators", "list", "nosuchpkg.mod:make"])
+    assert r.exit_code != 0 and r.output.count("\n") == 1 and "nosuchpkg" in r.output

@@ -5,12 +5,13 @@ import json
 
 import click
 
+from factory import format as fmt
 from factory.cli.errors import user_errors
-from factory.cli.options import generator_options
+from factory.cli.options import GENERATOR_HELP, generator_options
 
 
 @click.command()
-@click.option("--generator", default="shapes", show_default=True, help="shapes | bigbigan")
+@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
 @click.option("--random-weights", is_flag=True, help="bigbigan: full-size model with random weights (speed does not depend on values).")
 @click.option("--weights", help="bigbigan: a weights file instead of random weights.")
 @click.option("--resolution", type=int, help="shapes: 128 (default) or 64.")
@@ -20,7 +21,7 @@ from factory.cli.options import generator_options
 @click.option("--dtype", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32", show_default=True)
 @click.option("--channels-last", is_flag=True, help="bigbigan: channels_last memory format.")
 @click.option("--compile", "compile_", is_flag=True, help="bigbigan: torch.compile the generator.")
-@click.option("--image-codec", type=click.Choice(["png", "webp", "jpeg"]), default="png", show_default=True,
+@click.option("--image-codec", type=click.Choice(list(fmt.IMAGE_CODECS)), default="png", show_default=True,
               help="Image member codec, as in `factory generate`.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present).")
 @click.option("--threads", type=int, help="torch CPU threads.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from factory.cli.errors import user_errors
+from factory.cli.options import GENERATOR_HELP
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,25 +21,32 @@ def directions():
 
 @directions.command("random")
 @click.option("--n", "n", type=int, required=True, help="Number of directions (> 0).")
-@click.option("--dim", type=int, default=120, show_default=True, help="Latent width (dim_z).")
+@click.option("--dim", type=int, help="Latent width (default: the --generator's dim_z).")
+@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
+@click.option("--weights", help="Generator weights file (dcgan, bigbigan: dim_z is read from it).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of numpy's default_rng.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npy [N, DIM] float32.")
 @user_errors
-def random_cmd(n, dim, seed, out):
-    """Write N unit Gaussian directions (a baseline set of candidates).
+def random_cmd(n, dim, generator, weights, seed, out):
+    """Write N unit Gaussian directions (a baseline set of candidates) of the generator's width.
 
     \b
-    Example:
-      factory directions random --n 120 --dim 120 --seed 0 --out dirs/random.npy
+    Examples:
+      factory directions random --n 120 --seed 0 --out dirs/random.npy
+      factory directions random --n 64 --generator dcgan --weights weights.tar --out dirs/dcgan-random.npy
     """
     from factory.directions.common import write_random_directions
 
+    if dim is None:
+        from factory.generators import load_generator
+
+        dim = load_generator(generator, device="cpu", **({"weights": weights} if weights else {})).dim_z
     arr = write_random_directions(out, n, dim, seed)
     click.echo(f"wrote {arr.shape[0]} unit directions of width {arr.shape[1]} to {out}")
 
 
 @directions.command("score")
-@click.option("--generator", default="shapes", show_default=True, help="Generator name: shapes | bigbigan.")
+@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
 @click.option("--weights", help="Generator weights file (bigbigan).")
 @click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
 @click.option("--candidates", type=click.Path(dir_okay=False), required=True, help="Candidate directions .npy [K, dim_z] (rows are normalised).")
@@ -103,7 +111,7 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
 
 
 @directions.command("discover")
-@click.option("--generator", default="shapes", show_default=True, help="Generator name: shapes | bigbigan.")
+@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
 @click.option("--weights", help="Generator weights file (bigbigan).")
 @click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
 @click.option("--n-directions", type=int, required=True, help="K, the number of directions to learn.")

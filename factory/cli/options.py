@@ -1,6 +1,8 @@
 """Generator flags -> generator options: the one mapping shared by `factory generate` and `factory bench`."""
 from __future__ import annotations
 
+GENERATOR_HELP = ("Generator: shapes | bigbigan | dcgan | an installed plug-in's name | package.module:function "
+                  "(`factory generators list` shows them).")
 MODEL_FLAGS = ("weights", "generator_config", "random_weights", "dtype", "channels_last", "compile_")
 
 

@@ -2,8 +2,6 @@
 JSON-able dict and as the human-readable text."""
 from __future__ import annotations
 
-import json
-
 from factory import format as fmt
 from factory.dataset.card import summary_stats
 from factory.dataset.reader import accepted_flags, index_schema, load_index
@@ -98,6 +96,16 @@ def format_rejections(v: dict) -> str:
     return text + f" ({sum(s['rejected'] for s in in_turn):,} in all" + (f"; also rejected by {also})" if also else ")")
 
 
+def format_pairs(d: dict | None) -> str:
+    """``{"kind": "gaussian", "dim_z": 120}`` -> ``kind gaussian   dim_z 120`` (None values left out)."""
+    if not d:
+        return "-"
+    first = [k for k in ("kind", "name", "image") if k in d]
+    keys = first + [k for k in d if k not in first]
+    return "   ".join(f"{k} {d[k]:,}" if isinstance(d[k], int) and not isinstance(d[k], bool) and d[k] >= 10_000
+                      else f"{k} {d[k]}" for k in keys if d[k] is not None)
+
+
 def format_info(d: dict) -> str:
     """Human-readable `factory info`."""
     lines = []
@@ -117,10 +125,10 @@ def format_info(d: dict) -> str:
     p = d["provenance"]
     lines.append(f"  generator    {p['generator']}  weights sha256 {p.get('weights_sha256') or '-'}")
     lines.append(f"  direction    {format_direction(p.get('direction'))}   shift r {p.get('shift_r')}   mask rule {p.get('mask_rule')}")
-    lines.append(f"  latents      {json.dumps(p.get('latent_source'))}")
+    lines.append(f"  latents      {format_pairs(p.get('latent_source'))}")
     codec = p.get("image_codec") or {}
     if codec:
-        lines.append(f"  images       {json.dumps(codec)}")
+        lines.append(f"  members      {format_pairs(codec)}")
     lines.append(f"  seed         {p.get('seed')}   recipe {p.get('recipe') or '-'}   code {p.get('code_version')}")
     if d.get("materialized_from"):
         mf = d["materialized_from"]

@@ -2,6 +2,8 @@
 
 ``config`` (the settings that decide the bytes vs runtime settings), ``plan`` (shards, latents, direction),
 ``compute`` (generator pair, masks, statistics), ``encode`` (tar records), ``worker`` (one shard),
-``distribute`` (dask), ``engine`` (``generate()``: output folder, resume, manifest, card), ``bench``
-(the same path with per-stage timers).
+``distribute`` (dask), ``engine`` (``generate()``: the spec, the shards to make, the manifest's fields),
+``bench`` (the same path with per-stage timers). The output folder itself (lock, spec check, wipe, resume
+from sidecars, manifest last, card) is ``factory.dataset.writer.DatasetWriter``'s, shared with
+``filter --materialize``.
 """

@@ -62,13 +62,42 @@ def encode_pool(workers: int, processes: bool):
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            _POOL[key] = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("forkserver"))
+            _POOL[key] = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("forkserver"),
+                                             initializer=exit_with_owner, initargs=(os.getpid(),))
         else:
             _POOL[key] = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="encode")
         import atexit
 
         atexit.register(_POOL[key].shutdown, wait=True)  # before interpreter teardown
     return _POOL[key]
+
+
+def exit_with_owner(owner_pid: int) -> None:
+    """Pool-process initializer: exit when the process that made the pool is gone. A SIGKILLed
+    dask worker runs no shutdown, and its pool processes (children of the forkserver, not of the
+    worker) would otherwise live on, and keep the forkserver and resource tracker alive."""
+    import threading
+    import time
+
+    def owner_alive() -> bool:
+        try:
+            os.kill(owner_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:  # a zombie (dead, not yet reaped) answers kill(0) too
+            with open(f"/proc/{owner_pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except OSError:
+            return True
+
+    def watch():
+        while owner_alive():
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="encoder-owner-watch").start()
 
 
 def shutdown_encoder_pools() -> None:

@@ -223,7 +223,7 @@ def load_generator(name: str, **options) -> Generator:
     return gen
 
 
-def _describe(name: str, fn: Callable | None, origin: str, source: str, probe: bool, note: str = "") -> GeneratorInfo:
+def _describe(name: str, fn: Callable | None, *, origin: str, source: str, probe: bool, note: str = "") -> GeneratorInfo:
     info = dict(_INFO.get(name, {})) if origin == "builtin" else {}
     if fn is not None and origin != "builtin":
         for k in ("dim_z", "resolution"):  # declared on the factory (a function attribute or class attribute)
@@ -255,7 +255,7 @@ def describe_generators(extra: Iterable[str] = (), *, probe: bool = True) -> lis
     one shadowed by a built-in of the same name is listed with a note saying so.
     """
     _load_builtins()
-    rows = [_describe(n, fn, "builtin", f"{fn.__module__}:{fn.__qualname__}", probe) for n, fn in sorted(_REGISTRY.items())]
+    rows = [_describe(n, fn, origin="builtin", source=f"{fn.__module__}:{fn.__qualname__}", probe=probe) for n, fn in sorted(_REGISTRY.items())]
     for ep in _entry_points():
         if ep.name in _REGISTRY:
             rows.append(GeneratorInfo(ep.name, None, None, "entry point", _ep_source(ep),
@@ -266,8 +266,8 @@ def describe_generators(extra: Iterable[str] = (), *, probe: bool = True) -> lis
         except FactoryError as e:
             rows.append(GeneratorInfo(ep.name, None, None, "entry point", _ep_source(ep), note=str(e)))
             continue
-        rows.append(_describe(ep.name, fn, origin, source, probe))
+        rows.append(_describe(ep.name, fn, origin=origin, source=source, probe=probe))
     for name in extra:
         fn, origin, source = resolve(name)
-        rows.append(_describe(name, fn, origin, source, probe))
+        rows.append(_describe(name, fn, origin=origin, source=source, probe=probe))
     return rows
