@@ -24,7 +24,7 @@ CHUNK = 1 << 22  # bytes read at a time when hashing a file
 
 
 def factory_home() -> Path:
-    """$FACTORY_HOME (default ~/.cache/factory): where weights/ and embeddings/ live."""
+    """$FACTORY_HOME (default ~/.cache/factory): where weights/, embeddings/ and cache/ live."""
     return Path(os.environ.get("FACTORY_HOME") or Path.home() / ".cache" / "factory").expanduser()
 
 
@@ -121,6 +121,80 @@ def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """True for an fsspec URL of a remote store (s3://, gs://, https://...), False for a local path."""
+    s = os.fspath(path)
+    return "://" in s and not s.startswith("file://")
+
+
+def cache_dir() -> Path:
+    """$FACTORY_HOME/cache: local copies of remote files, one folder per sha256."""
+    return factory_home() / "cache"
+
+
+def fetch_copy(url: str) -> tuple[str, str]:
+    """(local path, sha256) of a file: a local path as it is (hashed), a remote URL downloaded once
+    into $FACTORY_HOME/cache/<sha256>/<basename> (hashed while it streams, renamed into place)."""
+    if not is_url(url):
+        path, digest = os.fspath(url), sha256_file(url)
+        _CHECKED[(path, digest)] = path
+        return path, digest
+    fs, path = fmt.get_fs(url)
+    tmp_dir = cache_dir() / "partial"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}"
+    h = hashlib.sha256()
+    try:
+        try:
+            with fs.open(path, "rb") as src, open(tmp, "wb") as dst:
+                while b := src.read(CHUNK):
+                    h.update(b)
+                    dst.write(b)
+        except FileNotFoundError:
+            raise FactoryError(f"file not found: {url}") from None
+        digest = h.hexdigest()
+        dest = cache_dir() / digest / os.path.basename(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _CHECKED[(os.fspath(url), digest)] = str(dest)
+    return str(dest), digest
+
+
+# Files whose sha256 this process has checked: (url, sha256) -> local path.
+_CHECKED: dict = {}
+
+
+def forget_checked() -> None:
+    """Forget which files this process has checked: the next `local_copy` finds and checks them again."""
+    _CHECKED.clear()
+
+
+def local_copy(url: str, sha256: str) -> str:
+    """A local path holding exactly the bytes with this sha256: a local file as it is, a remote URL
+    downloaded once per host into $FACTORY_HOME/cache/<sha256>/<basename>. The sha256 is checked
+    once per process; a file with other content raises a one-line FactoryError."""
+    key = (os.fspath(url), sha256)
+    if key in _CHECKED:
+        return _CHECKED[key]
+    if is_url(url):
+        cached = cache_dir() / sha256 / os.path.basename(fmt.get_fs(url)[1])
+        path, got = (str(cached), sha256_file(cached)) if cached.exists() else fetch_copy(url)
+    else:
+        path = os.fspath(url)
+        if not os.path.exists(path):
+            raise FactoryError(f"file not found on this worker: {path}; put it on a shared file system or an "
+                               "object store (s3://...) that every worker reads")
+        got = sha256_file(path)
+    if got != sha256:
+        raise FactoryError(f"{url} has sha256 {got[:12]}, the job expects {sha256[:12]}; the file changed "
+                           "since the job started")
+    _CHECKED[key] = path
+    return path
 
 
 # ---------------------------------------------------------------- safe readers

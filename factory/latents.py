@@ -7,40 +7,65 @@ independently of batch size, shard size or worker count.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from factory import embeddings
+from factory import format as fmt
 from factory.errors import FactoryError
-from factory.fsio import load_npy_matrix, read_npy, sha256_file
+from factory.fsio import fetch_copy, is_url, load_npy_matrix, local_copy, read_npy
 
 BLOCK = 1024
 _TAG = {"gaussian": 1, "embeddings": 2}
 
+# The matrix each process reads rows from, opened once: (path or URL, sha256) -> array (a memmap for .npy).
+_MATRICES: dict = {}
+
+
+def open_matrix(path: str, sha256: str | None) -> np.ndarray:
+    """The [N, dim_z] matrix behind a latent source, opened once per process and checked against
+    its sha256: a .npy (local, or a URL copied once per host by `fsio.local_copy`) memory-mapped,
+    a zarr array (local or URL) read whole."""
+    key = (path, sha256)
+    if key not in _MATRICES:
+        if path.endswith(".npy"):
+            m = read_npy(local_copy(path, sha256), mmap=True)  # checked in the client by load_npy_matrix
+        else:
+            m = _read_zarr(path, sha256)
+        _MATRICES.clear()  # one job's matrix per process
+        _MATRICES[key] = m
+    return _MATRICES[key]
+
+
+def _read_zarr(path: str, sha256: str | None) -> np.ndarray:
+    import zarr
+
+    if not is_url(path) and not os.path.exists(path):
+        raise FactoryError(f"embeddings array not found on this worker: {path}; import the store on every worker "
+                           "or pass --embeddings s3://.../FILE.npy (or a shared path) that every worker reads")
+    z = zarr.open_array(path, mode="r")
+    data = z[:]
+    got = z.attrs.get("source_sha256") or fmt.sha256_bytes(np.ascontiguousarray(data, np.float32).tobytes())
+    if sha256 and got != sha256:
+        raise FactoryError(f"embeddings {path} have sha256 {got[:12]}, the job expects {sha256[:12]}; "
+                           "the store changed since the job started")
+    return data
+
 
 @dataclass(frozen=True)
 class LatentSource:
-    """A reproducible source of latents. `describe()` goes into the dataset spec."""
+    """A reproducible source of latents: a small spec (kind, seed, noise; for a file its path or URL and
+    sha256), so it travels with every task. `describe()` goes into the dataset spec."""
 
     kind: str  # gaussian | embeddings | file
     dim_z: int
     seed: int = 0
-    path: str | None = None  # embeddings or latents file (resolved local path / zarr URL)
+    path: str | None = None  # embeddings or latents file: local path or fsspec URL
     name: str | None = None  # embeddings store name, when used
     z_noise: float = 0.0
     sha256: str | None = None
     rows_available: int | None = None
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def __getstate__(self):  # never ship a loaded matrix to dask workers
-        state = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_cache"}
-        return state
-
-    def __setstate__(self, state):
-        for k, v in state.items():
-            object.__setattr__(self, k, v)
-        object.__setattr__(self, "_cache", {})
 
     def describe(self) -> dict:
         d = {"kind": self.kind, "seed": self.seed, "dim_z": self.dim_z}
@@ -52,16 +77,9 @@ class LatentSource:
 
     # -- data
     def _matrix(self) -> np.ndarray:
-        if "m" not in self._cache:
-            if self.path is None:
-                raise FactoryError("latent source has no file")
-            if self.path.endswith(".npy"):
-                self._cache["m"] = read_npy(self.path, mmap=True)  # checked by from_file
-            else:
-                import zarr
-
-                self._cache["m"] = zarr.open_array(self.path, mode="r")[:]
-        return self._cache["m"]
+        if self.path is None:
+            raise FactoryError("latent source has no file")
+        return open_matrix(self.path, self.sha256)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Latents of samples [start, stop) as float32 [stop - start, dim_z]."""
@@ -101,9 +119,15 @@ def gaussian(dim_z: int, seed: int) -> LatentSource:
 
 
 def from_file(path: str, dim_z: int) -> LatentSource:
-    """Row i of a checked float .npy [N, dim_z] is sample i's latent."""
-    arr = load_npy_matrix(path, "latents", dim_z)
-    return LatentSource("file", dim_z, 0, path=os.path.abspath(path), sha256=sha256_file(path), rows_available=arr.shape[0])
+    """Row i of a checked float .npy [N, dim_z] (a local path or an fsspec URL) is sample i's latent."""
+    if is_url(path):
+        local, digest = fetch_copy(path)
+        arr = load_npy_matrix(local, "latents", dim_z)
+        where = path
+    else:
+        arr = load_npy_matrix(path, "latents", dim_z)
+        where, digest = fetch_copy(os.path.abspath(path))
+    return LatentSource("file", dim_z, 0, path=where, sha256=digest, rows_available=arr.shape[0])
 
 
 def from_embeddings(name_or_path: str, dim_z: int, seed: int, z_noise: float) -> LatentSource:
@@ -120,3 +144,17 @@ def from_embeddings(name_or_path: str, dim_z: int, seed: int, z_noise: float) ->
         "embeddings", dim_z, seed, path=ref.path, name=ref.name, z_noise=float(z_noise),
         sha256=ref.sha256, rows_available=ref.shape[0],
     )
+
+
+def file_rows(path: str) -> int | None:
+    """Rows of a .npy latents file (local path or URL) from its header alone; None when the header is
+    unreadable (the full check of `from_file` then names the problem)."""
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    fs, where = fmt.get_fs(path)
+    try:
+        with fs.open(where, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            shape, _, _ = read_header[version](f)
+    except (OSError, ValueError, EOFError, KeyError):
+        return None
+    return int(shape[0]) if len(shape) == 2 else None

@@ -204,7 +204,8 @@ def s3_server():
     s3fs.S3FileSystem.clear_instance_cache()
     fs = fsspec.filesystem("s3")
     bucket = "factory-test"
-    fs.mkdir(bucket)
+    if not fs.exists(bucket):  # moto keeps its buckets per process, across servers
+        fs.mkdir(bucket)
     yield {"fs": fs, "bucket": bucket, "env": env}
     s3fs.S3FileSystem.clear_instance_cache()
     mp.undo()

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
+from factory import format as fmt
 from factory.cli.errors import user_errors
-from factory.cli.options import generator_options
+from factory.cli.options import GENERATOR_HELP, generator_options
 from factory.errors import FactoryError
 
 try:  # Python 3.11+
@@ -38,11 +39,26 @@ def _recipe_defaults(ctx: click.Context, recipe: str | None) -> dict:
     return out
 
 
+def _latents_rows(latents: str, n: int | None) -> int | None:
+    """--n for --latents FILE.npy: the file's rows by default; another number is refused."""
+    if latents == "gaussian":
+        return n
+    from factory.latents import file_rows
+
+    rows = file_rows(latents)
+    if not rows:
+        return n  # the full check of the file names its problem
+    if n is not None and n != rows:
+        raise FactoryError(f"--n {n} differs from the {rows} rows of latents file {latents}; "
+                           f"omit --n (exact latents make one sample per row) or pass --n {rows}")
+    return rows
+
+
 @click.command()
 @click.option("--n", "n", type=int, help="Number of candidates to generate (every one gets an index row).")
 @click.option("--out", help="Output folder or fsspec URL (s3://bucket/prefix, ...).")
-@click.option("--generator", default="shapes", show_default=True, help="Generator name: shapes | bigbigan.")
-@click.option("--weights", help="Generator weights file (bigbigan: BigBiGAN_x1.pth or .safetensors).")
+@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
+@click.option("--weights", help="Generator weights file, a path or URL (bigbigan: BigBiGAN_x1.pth or .safetensors).")
 @click.option("--generator-config", help="Generator config JSON (default: the generator's full config).")
 @click.option("--random-weights", is_flag=True, help="bigbigan: deterministic random weights (benchmarks only).")
 @click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
@@ -52,18 +68,18 @@ def _recipe_defaults(ctx: click.Context, recipe: str | None) -> dict:
 @click.option("--compile", "compile_", is_flag=True, help="bigbigan: torch.compile the generator (GPU, ~15 s once per worker).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latent source.")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
-@click.option("--latents", default="gaussian", show_default=True, help="'gaussian' (z ~ N(0, I)) or FILE.npy (exactly these latents, in order).")
-@click.option("--embeddings", help="Sample near real-image embeddings: a stored NAME, a .npy or a zarr array (paper eq. 6).")
+@click.option("--latents", default="gaussian", show_default=True, help="'gaussian' (z ~ N(0, I)) or FILE.npy (exactly these latents, in order; --n defaults to its rows); a path or URL.")
+@click.option("--embeddings", help="Sample near real-image embeddings: a stored NAME, a .npy or a zarr array, a path or URL (paper eq. 6).")
 @click.option("--z-noise", type=float, default=0.0, show_default=True, help="alpha of z = E_i + alpha * N(0, I) with --embeddings.")
 @click.option("--direction", help="Segmenting direction: a name known to the generator, or FILE (.npy / torch tensor file).")
 @click.option("--shift-r", type=float, default=5.0, show_default=True, help="Shift along the direction: G(z + r h).")
-@click.option("--mask-rule", type=click.Choice(["luminance", "mean-threshold", "operators"]), default="luminance",
+@click.option("--mask-rule", type=click.Choice(list(fmt.MASK_RULES)), default="luminance",
               show_default=True, help="Foreground rule; 'operators' (paper eq. 5) needs --operators.")
 @click.option("--operators", type=click.Path(dir_okay=False),
               help="Fitted colour operators [2,3,4] .npy for --mask-rule operators (operators_selected.npy of `factory directions score`).")
 @click.option("--max-fg", type=float, default=0.5, show_default=True, help="Size filter threshold stored as pass_area (fg_ratio < max-fg).")
 @click.option("--keep-raw-mask", is_flag=True, help="Also store the mask before connected-components cleanup (KEY.rawmask.png).")
-@click.option("--image-codec", type=click.Choice(["png", "webp", "jpeg"]), default="png", show_default=True,
+@click.option("--image-codec", type=click.Choice(list(fmt.IMAGE_CODECS)), default="png", show_default=True,
               help="Image member: png (KEY.png), webp (lossless, KEY.webp: ~1.8x faster to encode than PNG on natural images, ~15% smaller) or "
                    "jpeg (lossy, KEY.jpg, --jpeg-quality). Masks are always lossless PNG.")
 @click.option("--png-level", type=int, default=1, show_default=True, help="zlib level of image PNGs (--image-codec png).")
@@ -71,7 +87,8 @@ def _recipe_defaults(ctx: click.Context, recipe: str | None) -> dict:
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Candidates per generator batch (two forwards each).")
 @click.option("--device", help="Device for workers (default: one CUDA worker per GPU, else CPU).")
 @click.option("--workers", type=int, help="Local worker processes (default: GPUs, else min(4, CPUs)); 0 = run in this process.")
-@click.option("--scheduler", help="Address of an existing dask scheduler (tcp://host:8786).")
+@click.option("--scheduler", help="Address of an existing dask scheduler (tcp://host:8786); see docs/cluster.md.")
+@click.option("--dashboard", is_flag=True, help="Start the local cluster's dask dashboard on a free port (address on stderr).")
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML (manifests/*.toml); flags override it.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset with another spec at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -96,6 +113,7 @@ def generate(ctx, **kw):
     from factory.generate.engine import generate as run
 
     kw.update(_recipe_defaults(ctx, kw.get("recipe")))
+    kw["n"] = _latents_rows(kw["latents"], kw["n"])
     if kw["n"] is None:
         raise FactoryError("--n is required: how many candidates to generate (e.g. --n 2000)")
     if not kw["out"]:
@@ -108,7 +126,7 @@ def generate(ctx, **kw):
         png_level=kw["png_level"], image_codec=kw["image_codec"], jpeg_quality=kw["jpeg_quality"],
         keep_raw_mask=kw["keep_raw_mask"], batch_size=kw["batch_size"],
         device=kw["device"], workers=kw["workers"], scheduler=kw["scheduler"], overwrite=kw["overwrite"],
-        recipe=kw["recipe"], progress=not kw["quiet"], operators=kw["operators"],
+        recipe=kw["recipe"], progress=not kw["quiet"], operators=kw["operators"], dashboard=kw["dashboard"],
     )
     manifest = run(cfg)
     click.echo(f"{cfg.out}: {manifest['samples']} samples in {len(manifest['shards'])} shards, id {manifest['dataset_id']}")

@@ -12,7 +12,12 @@ from factory.cli.errors import user_errors
 
 @click.group()
 def generators():
-    """Generators that `--generator` accepts (built-in, plug-in entry points, package.module:function)."""
+    """Generators that `--generator` accepts (built-in, plug-in entry points, package.module:function).
+
+    \b
+    Example:
+      factory generators list
+    """
 
 
 @generators.command("list")

@@ -44,6 +44,7 @@ class GenerateConfig:
     device: str | None = None
     workers: int | None = None
     scheduler: str | None = None
+    dashboard: bool = False  # the local cluster's dask dashboard, on a free port
     overwrite: bool = False
     recipe: str | None = None
     progress: bool = True

@@ -55,17 +55,42 @@ def start_client(cfg: GenerateConfig, workers: int):
     import torch
 
     gpus = torch.cuda.device_count() if (cfg.device is None or str(cfg.device).startswith("cuda")) else 0
-    dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error"})
+    dask.config.set({"distributed.worker.daemon": False, "distributed.logging.distributed": "error",
+                     "distributed.scheduler.allowed-failures": ALLOWED_FAILURES})
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        n_workers=workers, threads_per_worker=1, processes=True,
+        dashboard_address=":0" if cfg.dashboard else None,
+        # without the dashboard the scheduler's bare HTTP server (health checks) takes a free local port
+        scheduler_kwargs=None if cfg.dashboard else {"dashboard_address": "127.0.0.1:0"},
         resources={"GPU": 1} if gpus else None, silence_logs=40,
     )
     client = Client(cluster)
+    if cfg.dashboard:
+        import importlib.util
+
+        note = "" if importlib.util.find_spec("bokeh") else " (its pages need bokeh: pip install 'bokeh>=3.1')"
+        print(f"dask dashboard: {client.dashboard_link}{note}", file=sys.stderr, flush=True)
     from distributed import WorkerPlugin
 
     plugin = type("ParentWatch", (ParentWatch, WorkerPlugin), {})(os.getpid())
     client.register_plugin(plugin)
     return client, cluster
+
+
+# Attempts of a shard that may die with their worker: the scheduler's, then the client resubmits.
+ALLOWED_FAILURES = 10
+RESUBMITS = 3
+
+
+def task_resources(client, cfg: GenerateConfig) -> dict | None:
+    """{"GPU": 1} when the cluster's workers declare GPU resources (one shard per GPU at a time).
+    On an existing scheduler this waits for a first worker (workers may join later)."""
+    if cfg.scheduler and not client.scheduler_info()["workers"]:
+        print(f"waiting for dask workers on {cfg.scheduler}", file=sys.stderr, flush=True)
+        client.wait_for_workers(1)
+    if any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()):
+        return {"GPU": 1}
+    return None
 
 
 def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> list[dict]:
@@ -101,30 +126,10 @@ def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> 
             return failures
         client, cluster = start_client(cfg, workers)
         try:
-            from distributed import as_completed
-
             ncpu = os.cpu_count() or 1
             threads = None if cfg.scheduler else max(1, ncpu // max(1, workers))
-            resources = None
-            if not cfg.scheduler and cluster is not None and any(
-                w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()
-            ):
-                resources = {"GPU": 1}
-            sc = client.scatter(plan.latent_source, broadcast=True)
-            job = replace(job, threads=threads)
-            futures = [
-                client.submit(make_shard, job, k, sc, key=f"shard-{plan.spec_hash[:12]}-{k:06d}",
-                              resources=resources, pure=False)
-                for k in todo
-            ]
-            for fut in as_completed(futures):
-                try:
-                    record(fut.result())
-                except Exception as e:  # a worker died too often (KilledWorker) or similar
-                    failures.append({"shard": -1, "ok": False, "error": f"{type(e).__name__}: {e}"})
-            retried = lost_attempts(client, [f.key for f in futures])
-            if retried:
-                tqdm.write(f"{retried} shard attempt(s) were lost with a worker and retried", file=sys.stderr)
+            run_on_dask(client, replace(job, threads=threads), plan, todo, record=record,
+                        resources=task_resources(client, cfg))
         finally:
             client.close()
             if cluster is not None:
@@ -132,6 +137,37 @@ def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> 
     finally:
         bar.close()
     return failures
+
+
+def run_on_dask(client, job, plan: Plan, todo: list[int], *, record, resources: dict | None) -> None:
+    """One task per shard; each carries the job and the latent source (small specs: workers open files
+    themselves), never scattered data, so a lost worker loses only its running shard. A shard whose
+    attempts all died with workers is resubmitted under a new key, RESUBMITS times."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    def submit(k: int, attempt: int):
+        key = f"shard-{plan.spec_hash[:12]}-{k:06d}" + (f"-r{attempt}" if attempt else "")
+        fut = client.submit(make_shard, job, k, plan.latent_source, key=key, resources=resources, pure=False)
+        shard_of[fut.key] = (k, attempt)
+        held.append(fut)  # kept until the end, so the scheduler keeps each task's lost-attempt count
+        return fut
+
+    shard_of: dict = {}
+    held: list = []
+    queue = as_completed([submit(k, 0) for k in todo])
+    for fut in queue:
+        k, attempt = shard_of[fut.key]
+        try:
+            record(fut.result())
+        except Exception as e:  # the shard's workers kept dying (KilledWorker) or similar
+            if attempt < RESUBMITS:
+                queue.add(submit(k, attempt + 1))
+            else:
+                record({"shard": k, "ok": False, "error": f"shard {k}: {type(e).__name__}: {e}"})
+    retried = lost_attempts(client, [f.key for f in held])
+    if retried:
+        tqdm.write(f"{retried} shard attempt(s) were lost with a worker and retried", file=sys.stderr)
 
 
 def lost_attempts(client, keys) -> int:

@@ -9,13 +9,15 @@ import numpy as np
 
 from factory import format as fmt
 from factory.errors import FactoryError
+from factory.fsio import fetch_copy, is_url, local_copy
 from factory.generate.config import CC_RATIO, DEFAULT_BATCH, GenerateConfig, image_codec_spec
 
 
 @dataclass(frozen=True)
 class ShardJob:
     """What a worker needs to make any shard of a plan (small and picklable: it travels with each
-    task). The latent source is not in it: it is scattered to the workers once and passed beside."""
+    task, beside the latent source, itself a small spec). The direction is one vector; operators
+    travel in the spec; a weights file travels as its path or URL and sha256 (`worker_options`)."""
 
     root: str
     spec: dict
@@ -26,6 +28,14 @@ class ShardJob:
     batch_size: int = DEFAULT_BATCH
     device: str | None = None
     threads: int | None = None
+    weights_sha256: str | None = None
+
+    def worker_options(self) -> dict:
+        """The generator options on this worker: the weights file as a local copy checked by sha256
+        (a URL downloaded once per host, see `fsio.local_copy`)."""
+        if not self.weights_sha256:
+            return self.generator_options
+        return {**self.generator_options, "weights": local_copy(self.generator_options["weights"], self.weights_sha256)}
 
 
 @dataclass
@@ -41,13 +51,27 @@ class Plan:
     latent_source: object
     generator_name: str
     generator_options: dict
+    weights_sha256: str | None = None
 
     def job(self, root: str, *, batch_size: int = DEFAULT_BATCH, device: str | None = None,
             threads: int | None = None) -> ShardJob:
         """The shard job of this plan, writing into `root`."""
         return ShardJob(root=root, spec=self.spec, spec_hash=self.spec_hash, generator=self.generator_name,
                         generator_options=self.generator_options, direction=self.direction,
-                        batch_size=batch_size, device=device, threads=threads)
+                        batch_size=batch_size, device=device, threads=threads, weights_sha256=self.weights_sha256)
+
+
+def resolve_weights(options: dict) -> tuple[dict, str | None]:
+    """(options to load the generator with here, sha256 of the weights file or None). A weights URL
+    is copied once into $FACTORY_HOME/cache; workers get the path or URL and check the sha256."""
+    weights = options.get("weights")
+    if not isinstance(weights, (str, os.PathLike)):
+        return options, None
+    weights = os.fspath(weights) if is_url(weights) else os.path.expanduser(weights)
+    if not (is_url(weights) or os.path.isfile(weights)):
+        return options, None  # the generator names the missing file
+    local, digest = fetch_copy(weights)
+    return {**options, "weights": local}, digest
 
 
 def resolve_direction(gen, direction: str | None, generator_name: str) -> tuple[np.ndarray, dict]:
@@ -95,7 +119,8 @@ def make_plan(cfg: GenerateConfig) -> Plan:
     from factory.generators import load_generator
 
     cfg.validate()
-    gen = load_generator(cfg.generator, device="cpu", **cfg.generator_options)
+    load_options, weights_sha256 = resolve_weights(cfg.generator_options)
+    gen = load_generator(cfg.generator, device="cpu", **load_options)
     direction, dir_desc = resolve_direction(gen, cfg.direction, cfg.generator)
     src = resolve_latents(cfg, gen.dim_z)
     spec = {
@@ -121,4 +146,4 @@ def make_plan(cfg: GenerateConfig) -> Plan:
     spec_hash = fmt.sha256_bytes(fmt.canonical_json(spec))
     n_shards = (cfg.n + cfg.shard_size - 1) // cfg.shard_size
     return Plan(spec, spec_hash, n_shards, gen.dim_z, gen.resolution, direction, src, cfg.generator,
-                dict(cfg.generator_options))
+                dict(cfg.generator_options), weights_sha256)

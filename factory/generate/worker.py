@@ -179,7 +179,7 @@ def generate_shard(job: ShardJob, shard: int, latents, *, timers: Timers | None 
     if job.threads:
         torch.set_num_threads(job.threads)
     device = pick_device(job.device)
-    gen = cached_generator(job.generator, job.generator_options, device)
+    gen = cached_generator(job.generator, job.worker_options(), device)
     spec, bs = job.spec, job.batch_size
     first = shard * spec["shard_size"]
     n = min(spec["shard_size"], spec["n"] - first)

@@ -1,0 +1,143 @@
+"""An external dask cluster started the way users start one: `dask scheduler` and `dask worker
+--nworkers 2 --nthreads 1 --resources GPU=1` as separate processes on 127.0.0.1, `factory generate
+--scheduler tcp://...` writing to S3 (moto) with its embeddings read from S3.
+
+The job starts before any worker exists (every worker joins late), one worker process is SIGKILLed
+mid-run, and the shards must be byte-identical to a local in-process run of the same command.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from factory.cli import main
+
+pytestmark = pytest.mark.s3
+
+REPO = Path(__file__).resolve().parent.parent
+DASK = str(Path(sys.executable).with_name("dask"))
+SPEC = ["generate", "--generator", "shapes", "--resolution", "64", "--n", "360", "--shard-size", "40",
+        "--seed", "5", "--z-noise", "0.3", "--quiet"]
+
+
+def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """A process in its own session (so the whole group can be stopped), output to `log`."""
+    with open(log, "wb") as f:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(p: subprocess.Popen) -> None:
+    """Stop a process and everything in its group: SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            p.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # the group's other members (worker processes) may outlive its leader for a moment
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(cond, timeout: float, what: str, procs=()):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return
+        for p in procs:
+            assert p.poll() is None or p.returncode == 0, f"{what}: a process exited with {p.returncode}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def worker_processes(cli: subprocess.Popen) -> list[psutil.Process]:
+    """The worker processes of a `dask worker --nworkers N` command (its nannies run inside it)."""
+    return [c for c in psutil.Process(cli.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+
+
+def listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_external_cluster_late_workers_s3_and_a_killed_worker(s3_server, free_port, tmp_path, torch_one_thread):
+    fs, bucket = s3_server["fs"], s3_server["bucket"]
+    E = np.random.default_rng(3).standard_normal((300, 120)).astype(np.float32)
+    (tmp_path / "emb").mkdir()
+    np.save(tmp_path / "emb" / "imagenet_z.npy", E)
+    fs.put(str(tmp_path / "emb" / "imagenet_z.npy"), f"{bucket}/emb/imagenet_z.npy")
+    sha = hashlib.sha256((tmp_path / "emb" / "imagenet_z.npy").read_bytes()).hexdigest()
+
+    # the same command run locally, in this process
+    local = tmp_path / "local"
+    r = CliRunner().invoke(main, SPEC + ["--embeddings", str(tmp_path / "emb" / "imagenet_z.npy"),
+                                         "--workers", "0", "--out", str(local)])
+    assert r.exit_code == 0, r.output
+
+    env = {**os.environ, **s3_server["env"], "PYTHONUNBUFFERED": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    client_env = {**env, "FACTORY_HOME": str(tmp_path / "client-home")}
+    worker_env = {**env, "FACTORY_HOME": str(tmp_path / "worker-home")}  # another host: nothing shared but S3
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    root = f"s3://{bucket}/cluster-ds"
+    procs = []
+    try:
+        sched = start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                      env, tmp_path / "scheduler.log")
+        procs.append(sched)
+        wait_for(lambda: listening(port), 60, "the scheduler", procs)
+        job = start([sys.executable, "-m", "factory.cli", *SPEC, "--embeddings", f"s3://{bucket}/emb/imagenet_z.npy",
+                     "--scheduler", address, "--out", root], client_env, tmp_path / "generate.log")
+        procs.append(job)
+        wait_for(lambda: "waiting for dask workers" in (tmp_path / "generate.log").read_text(), 60,
+                 "the job to wait for workers", procs)
+        workers = start([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1", "--resources", "GPU=1",
+                         "--no-dashboard"], worker_env, tmp_path / "workers.log")
+        procs.append(workers)
+
+        def first_shard() -> bool:
+            fs.invalidate_cache()
+            return fs.exists(f"{bucket}/cluster-ds/done") and len(fs.ls(f"{bucket}/cluster-ds/done")) >= 1
+
+        wait_for(first_shard, 120, "a first committed shard on S3", procs)
+        victims = worker_processes(workers)
+        assert len(victims) == 2, [" ".join(v.cmdline()) for v in victims]
+        victims[0].send_signal(signal.SIGKILL)
+        fs.invalidate_cache()
+        assert len(fs.ls(f"{bucket}/cluster-ds/done")) < 9, "the job ended before a worker was killed"
+        job.wait(timeout=240)
+        log = (tmp_path / "generate.log").read_text()
+        assert job.returncode == 0, log[-3000:]
+    finally:
+        for p in reversed(procs):
+            stop(p)
+
+    fs.invalidate_cache()
+    remote = json.loads(fs.cat(f"{bucket}/cluster-ds/manifest.json"))
+    ref = json.loads((local / "manifest.json").read_text())
+    assert remote["dataset_id"] == ref["dataset_id"] and remote["samples"] == 360
+    assert remote["spec"]["latents"] == ref["spec"]["latents"] and remote["spec"]["latents"]["name"] == "imagenet_z"
+    for s in ref["shards"]:
+        got = hashlib.sha256(fs.cat(f"{bucket}/cluster-ds/{s['path']}")).hexdigest()
+        assert got == hashlib.sha256((local / s["path"]).read_bytes()).hexdigest() == s["sha256"], s["path"]
+    # the workers fetched the embeddings from S3 themselves, once per host, checked by sha256
+    assert (tmp_path / "worker-home" / "cache" / sha / "imagenet_z.npy").read_bytes() == \
+        (tmp_path / "emb" / "imagenet_z.npy").read_bytes()
