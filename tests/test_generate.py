@@ -436,3 +436,16 @@ def test_cuda_worker_labelling_modes_give_the_same_shards(tmp_path, monkeypatch)
             assert counters.get("cc_redo_batches", 0) > before
     for k in ("0", "1"):
         assert hashes[k][0] == hashes["auto"][0] and hashes[k][1].equals(hashes["auto"][1])
+
+
+def test_bigbigan_recipes_encode_lossless_webp():
+    """The BigBiGAN recipes default to lossless WebP images (the codec that can reach the GPU
+    target's encoding budget); the shapes recipe keeps PNG."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent / "manifests"
+    recipes = sorted(p for p in root.glob("*.toml") if "bigbigan" in p.name)
+    assert len(recipes) == 4
+    for p in recipes:
+        assert tomllib.loads(p.read_text())["generate"]["image_codec"] == "webp", p.name
+    assert "image_codec" not in tomllib.loads((root / "shapes-demo.toml").read_text()).get("generate", {})
