@@ -129,6 +129,12 @@ def is_url(path: str | os.PathLike) -> bool:
     return "://" in s and not s.startswith("file://")
 
 
+def file_name(path: str | os.PathLike) -> str:
+    """The file's own name, without its folder or URL (what a spec records, so that the same file
+    elsewhere is the same input: identity is its sha256, not its location)."""
+    return os.fspath(path).rstrip("/").rsplit("/", 1)[-1]
+
+
 def cache_dir() -> Path:
     """$FACTORY_HOME/cache: local copies of remote files, one folder per sha256."""
     return factory_home() / "cache"

@@ -141,7 +141,8 @@ def test_weights_from_s3_give_the_same_shards(s3_server, tmp_path, monkeypatch):
         r = CliRunner().invoke(main, args + ["--weights", weights, "--out", str(tmp_path / where)])
         assert r.exit_code == 0, r.output
         man = json.loads((tmp_path / where / "manifest.json").read_text())
-        digests[where] = (man["dataset_id"], man["spec"]["generator"]["weights_sha256"],
+        assert man["spec"]["generator"]["weights_source"] == "netG.pth"  # its name, not where it lives
+        digests[where] = (man["dataset_id"], man["spec"],
                           [_h.sha256((tmp_path / where / s["path"]).read_bytes()).hexdigest() for s in man["shards"]])
     assert digests["local"] == digests["s3"]
     # a worker on another host: the job carries the URL and sha256, the worker makes its own copy

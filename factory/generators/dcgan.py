@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from factory.errors import FactoryError
+from factory.fsio import file_name
 from factory.generators import register
 
 CHECKPOINT_KEY = "netG_state_dict"
@@ -332,7 +333,7 @@ class DCGANGenerator:
             "name": "dcgan",
             "config": asdict(self.config),
             "weights_sha256": self.weights_sha256,
-            "weights_source": self.weights_source,
+            "weights_source": file_name(self.weights_source),  # name only: the sha256 identifies it
             "state_dict_key": self.state_dict_key,
             "precision": {"dtype": str(self.dtype).replace("torch.", ""), "autocast": self.autocast,
                           "channels_last": self.channels_last, "compile": self.compile},

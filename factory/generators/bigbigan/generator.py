@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from factory.errors import FactoryError
-from factory.fsio import sha256_file
+from factory.fsio import file_name, sha256_file
 from factory.generators import register
 from factory.generators.bigbigan.checkpoint import (
     check_state_dict,
@@ -125,7 +125,7 @@ class BigBiGANGenerator:
             "name": "bigbigan",
             "config": asdict(self.config),
             "weights_sha256": self.weights_sha256,
-            "weights_source": self.weights_source,
+            "weights_source": file_name(self.weights_source),  # name only: the sha256 identifies it
             "precision": self.precision(),
         }
 
