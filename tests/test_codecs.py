@@ -81,7 +81,7 @@ def test_codec_datasets_verify_card_and_stock_webdataset(datasets):
         assert f'"image": "{codec}"' in (ds / "README.md").read_text()
         info = CliRunner().invoke(main, ["info", str(ds)])
         line = [ln for ln in info.output.splitlines() if ln.startswith("  members")]
-        assert info.exit_code == 0 and len(line) == 1 and f"image {codec}   mask png" in line[0], info.output
+        assert info.exit_code == 0 and len(line) == 1 and f"image {codec}   " in line[0] and "mask png" in line[0], info.output
         man = json.loads((ds / "manifest.json").read_text())
         s0 = next(iter(wds.WebDataset([str(ds / man["shards"][0]["path"])], shardshuffle=False).decode("pil")))
         assert s0[ext].size == (64, 64) and s0[ext].mode == "RGB"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 
 import pytest
 from click.testing import CliRunner
@@ -20,37 +19,11 @@ pytestmark = pytest.mark.s3
 BUCKET = "factory-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3(request):
-    pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    import fsspec
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = fsspec.filesystem("s3")
-    fs.mkdir(BUCKET)
-    yield fs
-    s3fs.S3FileSystem.clear_instance_cache()
-    mp.undo()
-    server.stop()
+def s3(s3_server):
+    """The session's moto S3 server (tests/conftest.py); its bucket is BUCKET."""
+    assert s3_server["bucket"] == BUCKET
+    return s3_server["fs"]
 
 
 def cli(*args):
