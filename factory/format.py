@@ -36,10 +36,16 @@ EXT_MASK = "mask.png"
 EXT_RAW_MASK = "rawmask.png"
 EXT_LATENT = "latent.npy"
 EXT_META = "json"
+# Teacher probability maps (`trainers relabel`, `factory relabel`): 8-bit gray PNG, p = value / 255;
+# a pixel is teacher foreground when value >= TEACHER_FG_MIN (p >= 0.5).
+EXT_TEACHER = "teacher.png"
+TEACHER_FG_MIN = 128
 # Image codecs of `factory generate --image-codec` -> member extension (manifest "members"."image")
 # and the PIL format name a reader must find. Masks are always PNG (lossless).
 IMAGE_CODECS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 IMAGE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
+# Foreground rules a spec may record (`factory generate --mask-rule`; factory.masks implements them).
+MASK_RULES = ("luminance", "mean-threshold", "operators")
 TAR_MTIME = 0  # fixed so shards are byte-reproducible
 
 HIST_BINS = 12  # bins of the index's smoothed histogram (torch.histc over [-1, 1], the authors' filter)
@@ -66,6 +72,26 @@ INDEX_COLUMNS: dict[str, str] = {
     "pass_hist_reference": "bool",
     "pass_hist_paper": "bool",
 }
+
+
+# Index columns a relabelled dataset adds (`factory relabel`): agreement of the GAN mask (M, KEY.mask.png)
+# and the teacher's probability p (T = p >= 0.5): IoU(M, T) (1.0 when both are empty), mean p on M,
+# mean 1 - p off M (NaN where M, resp. its complement, is empty), the fraction of T, the
+# 8-connected components of T.
+TEACHER_COLUMNS: dict[str, str] = {
+    "teacher_iou": "float32",
+    "teacher_conf_fg": "float32",
+    "teacher_conf_bg": "float32",
+    "teacher_fg_ratio": "float32",
+    "teacher_components": "int32",
+}
+
+# Teacher maps (`trainers relabel --out MAPS`): MAPS/parts/NNNNNN.tar holds KEY.teacher.png for the
+# accepted rows of the parent's shard NNNNNN (keys of the parent dataset), MAPS/parts/NNNNNN.json marks a
+# part done, MAPS/maps.json (written last) names the parent, the teacher and every part.
+MAPS_KIND = "teacher-maps"
+MAPS_MANIFEST = "maps.json"
+MAPS_PART_DIR = "parts"
 
 
 class FormatError(ValueError):
@@ -247,6 +273,38 @@ def validate_manifest(obj: Any, where: str = "manifest", allow_remote_shards: bo
         total += n
     if total != obj["samples"]:
         raise FormatError(f"{where}: samples is {obj['samples']} but the shards hold {total}")
+    return obj
+
+
+def maps_part_name(shard: int) -> str:
+    return f"{MAPS_PART_DIR}/{shard:06d}.tar"
+
+
+def validate_maps(obj: Any, where: str = "maps") -> dict:
+    """Check a teacher-maps manifest (maps.json); return it unchanged or raise FormatError."""
+    if not isinstance(obj, dict) or obj.get("kind") != MAPS_KIND:
+        raise FormatError(f"{where}: not a teacher-maps manifest (kind {MAPS_KIND!r}); make one with trainers relabel")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise FormatError(f"{where}: format_version {obj.get('format_version')!r} is not supported "
+                          f"(this code reads {FORMAT_VERSION})")
+    parent = _require(obj, "parent", dict, where)
+    _require(parent, "dataset_id", str, f"{where}: parent")
+    teacher = _require(obj, "teacher", dict, where)
+    if not _HEX64.match(str(_require(teacher, "sha256", str, f"{where}: teacher"))):
+        raise FormatError(f"{where}: teacher sha256 is not a 64-digit lowercase hex digest")
+    _require(obj, "samples", int, where)
+    total = 0
+    for i, p in enumerate(_require(obj, "parts", list, where)):
+        w = f"{where}: parts[{i}]"
+        if not isinstance(p, dict):
+            raise FormatError(f"{w} must be an object")
+        _require(p, "shard", int, w)
+        check_relative_path(_require(p, "path", str, w), w)
+        if not _HEX64.match(str(_require(p, "sha256", str, w))):
+            raise FormatError(f"{w}: sha256 is not a 64-digit lowercase hex digest")
+        total += _require(p, "samples", int, w)
+    if total != obj["samples"]:
+        raise FormatError(f"{where}: samples is {obj['samples']} but the parts hold {total}")
     return obj
 
 

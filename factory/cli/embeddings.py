@@ -1,11 +1,13 @@
-"""`factory embeddings ...`: import and list named embedding sets (thin wrappers over factory.embeddings)."""
+"""`factory embeddings ...`: import, invert, export and list named embedding sets (thin wrappers over factory.embeddings)."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import click
 
 from factory.cli.errors import user_errors
+from factory.cli.options import GENERATOR_HELP
 
 
 @click.group()
@@ -15,6 +17,7 @@ def embeddings():
     \b
     Example:
       factory embeddings import BigBiGAN_ImageNet_z.npy --name imagenet
+      factory embeddings invert --generator shapes --resolution 64 --images photos/ --name mine
       factory embeddings list
     """
 
@@ -57,3 +60,84 @@ def embeddings_list(as_json):
             click.echo(json.dumps({"name": r.name, "rows": r.shape[0], "dim": r.shape[1], "sha256": r.sha256, "path": r.path}))
         else:
             click.echo(f"{r.name}\t{r.shape[0]} x {r.shape[1]}\t{r.sha256[:16]}\t{r.path}")
+
+
+@embeddings.command("invert")
+@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
+@click.option("--weights", help="Generator weights file (as for `factory generate`).")
+@click.option("--generator-config", help="Generator config JSON (default: the generator's full config).")
+@click.option("--random-weights", is_flag=True, help="bigbigan: deterministic random weights (tests only).")
+@click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
+@click.option("--dtype", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32", show_default=True,
+              help="bigbigan/dcgan: precision of the generator.")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format (GPU).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the generator (GPU).")
+@click.option("--images", required=True, help="Folder or fsspec URL of images (rows follow sorted file names).")
+@click.option("--name", required=True, help="Name of the new embedding store (for `generate --embeddings NAME`).")
+@click.option("--steps", type=int, default=200, show_default=True, help="Adam steps per image and restart.")
+@click.option("--batch", type=int, default=64, show_default=True, help="Images per batch = per resumable chunk.")
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Adam step size (cosine-decayed to 5%).")
+@click.option("--restarts", type=int, default=2, show_default=True, help="Seeded random starts per image; the best is kept.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the starts.")
+@click.option("--prior-weight", type=float, default=0.5, show_default=True,
+              help="Weight of the --prior term.")
+@click.option("--prior", type=click.Choice(["gaussian", "shell"]), default="gaussian", show_default=True,
+              help="gaussian: ||z||^2/(2 dim_z), the N(0, I) NLL (a MAP estimate); shell: (||z||^2/dim_z - 1)^2, "
+                   "which keeps ||z|| in the typical set (docs/embeddings.md compares them).")
+@click.option("--grad-weight", type=float, default=1.0, show_default=True, help="Weight of the image-gradient MSE.")
+@click.option("--scales", type=int, default=3, show_default=True, help="Scales of the pixel MSE (2x pooling each).")
+@click.option("--upscale", is_flag=True, help="Enlarge images smaller than the generator's resolution (with a warning).")
+@click.option("--device", help="Device (default: cuda when present, else cpu).")
+@click.option("--overwrite", is_flag=True, help="Replace a stored set (or an unfinished run) of that name.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def embeddings_invert(**kw):
+    """Find each image's latent by optimisation (GAN inversion) and store them as NAME.
+
+    Every image is centre-cropped and resized to the generator's resolution; z
+    minimises multi-scale pixel MSE + image-gradient MSE + a prior on z.
+    Chunks of --batch images are committed as they finish: rerunning the same
+    command after a crash resumes. Each row's reconstruction MSE, PSNR and the
+    image's sha256 are stored beside it (NAME.zarr/rows.parquet).
+
+    \b
+    Example:
+      factory embeddings invert --generator shapes --resolution 64 \\
+          --images data/shapes-photos/images --name my-photos --steps 200 --restarts 2
+      factory generate --resolution 64 --embeddings my-photos --z-noise 0.2 --n 2000 --out data/near
+    """
+    from factory import inversion
+    from factory.cli.options import generator_options
+
+    settings = inversion.InvertSettings(
+        steps=kw["steps"], batch=kw["batch"], lr=kw["lr"], restarts=kw["restarts"], seed=kw["seed"],
+        prior_weight=kw["prior_weight"], prior=kw["prior"], grad_weight=kw["grad_weight"], scales=kw["scales"],
+    )
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *a, **k: click.echo(f"warning: {message}", err=True)
+        res = inversion.invert(
+            kw["generator"], kw["images"], kw["name"], generator_options=generator_options(kw), settings=settings,
+            device=kw["device"], overwrite=kw["overwrite"], upscale=kw["upscale"], progress=not kw["quiet"],
+        )
+    if res.chunks_resumed:
+        click.echo(f"resumed: {res.chunks_resumed} chunk(s) were already done", err=True)
+    r = res.ref
+    click.echo(f"{r.name}: {r.shape[0]} x {r.shape[1]} float32, mean PSNR {res.mean_psnr:.2f} dB, "
+               f"sha256 {r.sha256} -> {r.path}")
+
+
+@embeddings.command("export")
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output FILE.npy.")
+@user_errors
+def embeddings_export(name, out):
+    """Write a stored set's rows to FILE.npy [N, dim_z] float32 (to share, or for `generate --latents`).
+
+    \b
+    Example:
+      factory embeddings export my-photos --out my-photos.npy
+    """
+    from factory import embeddings as emb
+
+    path, ref = emb.export_npy(name, out)
+    click.echo(f"{ref.name}: {ref.shape[0]} x {ref.shape[1]} -> {path}")
