@@ -18,6 +18,7 @@ Modules (each imports only those above it, and factory.format):
   benchmarks.py  benchmark layouts (ECSSD, DUTS-TE, DUT-OMRON, CUB, Flowers, folder)
   evaluate.py    the evaluation protocol (the authors'), prediction folders
   table.py       `trainers benchmark`: ours beside the paper's published rows
+  relabel.py     `trainers relabel`: a teacher's probability maps of a dataset or view (resumable)
   cli.py, cli_train.py   the `trainers` console script (click group `main`): parse, call, print
 """
 from __future__ import annotations

@@ -33,6 +33,8 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda (= cuda:LOCAL_RANK), cuda:N")
 @click.option("--mask", type=click.Choice(["clean", "raw"]), default="clean", show_default=True,
               help="train on the cleaned masks or the raw ones (datasets made with --keep-raw-mask)")
+@click.option("--mask-source", type=click.Choice(["mask", "teacher", "intersection"]), default="mask",
+              show_default=True, help="train on the GAN mask, the teacher's (relabelled datasets; p >= 0.5), or both")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="random horizontal flips (seeded)")
 @click.option("--shuffle-window", default=2000, show_default=True, type=click.IntRange(min=1),
               help="samples shuffled together (consecutive shards in a seeded shard order)")
@@ -46,7 +48,7 @@ import click
               help="seconds between progress lines when stderr is not a terminal (logs, pipes)")
 @click.option("--audit", is_flag=True, hidden=True, help="write RUN/audit/rank-R.json (rows per step, digest)")
 def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers, seed, holdout_permille, val_max,
-          checkpoint_every, val_every, device, mask, flip, shuffle_window, deterministic, resume,
+          checkpoint_every, val_every, device, mask, mask_source, flip, shuffle_window, deterministic, resume,
           allow_remote_shards, progress, progress_every, audit):
     """Train the U-Net on a dataset or view (the paper's recipe by default).
 
@@ -54,6 +56,7 @@ def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers
     Examples:
       trainers train --data /data/bigbigan-imagenet --out runs/unet
       trainers train --data views/paper.json --out runs/unet --resume
+      trainers train --data data/relabelled --mask-source teacher --out runs/round2
       torchrun --standalone --nproc-per-node 8 -m trainers.cli train --data s3://b/ds --out runs/unet --batch-size 12
     """
     from trainers.train import TrainConfig
@@ -62,7 +65,8 @@ def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers
     cfg = TrainConfig(data=data, out=out, steps=steps, lr=lr, lr_step=lr_step, lr_gamma=lr_gamma,
                       batch_size=batch_size, width=width, workers=workers, seed=seed,
                       holdout_permille=holdout_permille, val_max=val_max, checkpoint_every=checkpoint_every,
-                      val_every=val_every, device=device, mask=mask, flip=flip, shuffle_window=shuffle_window,
+                      val_every=val_every, device=device, mask=mask, mask_source=mask_source, flip=flip,
+                      shuffle_window=shuffle_window,
                       deterministic=deterministic, resume=resume, allow_remote_shards=allow_remote_shards,
                       progress=progress, progress_every=progress_every, audit=audit)
     card = run_training(cfg)

@@ -48,7 +48,6 @@ seeking; fsspec files of object stores seek with range reads).
 from __future__ import annotations
 
 import hashlib
-import re
 import tarfile
 from dataclasses import dataclass
 from typing import Iterator
@@ -60,7 +59,7 @@ from factory import format as fmt
 from trainers import TrainersError
 
 DEFAULT_SHUFFLE_WINDOW = 2000
-_KEY = re.compile(r"^[0-9]+$")
+MASK_SOURCES = ("mask", "teacher", "intersection")  # --mask-source: the GAN mask, the teacher's, both
 
 
 class DataError(TrainersError, ValueError):
@@ -104,17 +103,23 @@ class SampleIndex:
     mask_member: str
     resolution: int | None
     image_member: str = fmt.EXT_IMAGE
+    mask_source: str = "mask"
+
+    def mask_members(self) -> tuple[str, ...]:
+        """The members the training mask is made of (``mask_source``)."""
+        return {"mask": (self.mask_member,), "teacher": (fmt.EXT_TEACHER,),
+                "intersection": (self.mask_member, fmt.EXT_TEACHER)}[self.mask_source]
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
 
 def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permille: int = 0,
-                mask: str = "clean") -> SampleIndex:
+                mask: str = "clean", mask_source: str = "mask") -> SampleIndex:
     """Accepted samples of a dataset/view for ``split`` in {"train", "val", "all"}.
 
     ``train`` excludes the hold-out (keys whose bucket < holdout_permille),
-    ``val`` is the hold-out only, ``all`` ignores it.
+    ``val`` is the hold-out only, ``all`` ignores it. ``mask_source``: one of MASK_SOURCES.
     """
     if split not in ("train", "val", "all"):
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
@@ -123,6 +128,7 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
     if mask not in ("clean", "raw"):
         raise DataError(f"mask must be 'clean' or 'raw', got {mask!r}")
     manifest = resolved.manifest
+    check_mask_source(manifest, mask_source)
     if mask == "raw" and not manifest.get("spec", {}).get("keep_raw_mask", False):
         raise DataError(f"dataset {manifest['dataset_id']} has no raw masks (it was generated without "
                         f"--keep-raw-mask); train with --mask clean")
@@ -166,18 +172,26 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
         holdout_permille=holdout_permille,
         mask_member=fmt.EXT_MASK if mask == "clean" else fmt.EXT_RAW_MASK,
         resolution=manifest.get("resolution"),
-        image_member=fmt.image_member(manifest),
+        image_member=fmt.image_member(manifest), mask_source=mask_source,
     )
 
 
+def check_mask_source(manifest: dict, mask_source: str) -> None:
+    if mask_source not in MASK_SOURCES:
+        raise DataError(f"--mask-source must be one of {', '.join(MASK_SOURCES)}, got {mask_source!r}")
+    if mask_source != "mask" and "teacher" not in (manifest.get("members") or {}):
+        raise DataError(f"dataset {manifest['dataset_id']} has no teacher masks (KEY.{fmt.EXT_TEACHER}); "
+                        "make a relabelled one with trainers relabel + factory relabel, or use --mask-source mask")
+
+
 def open_index(url: str, *, split: str = "train", holdout_permille: int = 0, mask: str = "clean",
-               allow_remote_shards: bool = False) -> SampleIndex:
+               mask_source: str = "mask", allow_remote_shards: bool = False) -> SampleIndex:
     """Open a dataset folder/URL or a view JSON and build the sample index of ``split``."""
     try:
         resolved = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
     except fmt.FormatError as e:
         raise DataError(str(e)) from None
-    return build_index(resolved, split=split, holdout_permille=holdout_permille, mask=mask)
+    return build_index(resolved, split=split, holdout_permille=holdout_permille, mask=mask, mask_source=mask_source)
 
 
 # ----------------------------------------------------------------------------- planner
@@ -263,30 +277,13 @@ def plan_epoch(index: SampleIndex, state: LoaderState, *, world_size: int, batch
 # ----------------------------------------------------------------------------- reading
 
 
-def _check_member(ti: tarfile.TarInfo, shard: ShardInfo) -> tuple[int, str]:
-    """Validate one tar header; return (row, extension)."""
-    name = ti.name
-    where = f"shard {shard.url}: member {name!r}"
-    if not ti.isreg():
-        kind = "link" if (ti.issym() or ti.islnk()) else "directory" if ti.isdir() else "special file"
-        raise DataError(f"{where} is a {kind}; shards hold regular files only (corrupt or hostile shard)")
-    if not name or "\x00" in name or name.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", name):
-        raise DataError(f"{where} has an absolute or empty name")
-    if ti.size > fmt.MAX_MEMBER_BYTES:
-        raise DataError(f"{where} declares {ti.size} bytes, over the {fmt.MAX_MEMBER_BYTES} byte limit")
-    parts = re.split(r"[\\/]", name)
-    if ".." in parts:
-        raise DataError(f"{where} leaves the shard ('..')")
-    if len(parts) != 1:
-        raise DataError(f"{where} is inside a folder; shard members are flat KEY.EXT names")
-    key, dot, ext = name.partition(".")
-    if not dot or not _KEY.match(key):
-        raise DataError(f"{where} is not KEY.EXT with a numeric key")
-    row = fmt.key_row(key)
-    if not shard.first_row <= row < shard.first_row + shard.samples:
-        raise DataError(f"{where}: row {row} does not belong to shard {shard.shard} "
-                        f"(rows {shard.first_row}..{shard.first_row + shard.samples - 1})")
-    return row, ext
+def check_member(ti: tarfile.TarInfo, shard: ShardInfo) -> tuple[int, str]:
+    """Validate one tar header by the format's rule; return (row, extension)."""
+    try:
+        return fmt.check_member(ti, url=shard.url, shard=shard.shard, first_row=shard.first_row,
+                                samples=shard.samples)
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
 
 
 def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...]) -> dict[int, dict[str, bytes]]:
@@ -306,7 +303,7 @@ def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...]) -> dic
                 if ti is None:
                     break
                 name = ti.name
-                row, ext = _check_member(ti, shard)
+                row, ext = check_member(ti, shard)
                 if row not in wanted or ext not in exts:
                     continue
                 fh = tf.extractfile(ti)
@@ -349,19 +346,24 @@ def flip_bit(seed: int, epoch: int, row: int) -> bool:
     return bool(hashlib.blake2b(f"{seed}:{epoch}:{row}".encode(), digest_size=1).digest()[0] & 1)
 
 
-def decode_sample(members: dict[str, bytes], mask_member: str, where: str,
+def decode_sample(members: dict[str, bytes], mask_member: str | tuple[str, ...], where: str,
                   image_member: str = fmt.EXT_IMAGE) -> tuple[np.ndarray, np.ndarray]:
     """(image float32 [3,H,W] in [-1,1], mask float32 [1,H,W] in {0,1}) from encoded members.
 
     ``image_member``: the manifest's image extension (png, webp or jpg; ``fmt.image_member``).
+    ``mask_member``: one mask member, or several whose foregrounds are intersected (``SampleIndex.mask_members``);
+    a mask is foreground above 127, a teacher map (KEY.teacher.png) from ``fmt.TEACHER_FG_MIN`` (p >= 0.5).
     """
     img = decode_image(members[image_member], "RGB", f"{where}.{image_member}", fmt.IMAGE_FORMATS[image_member])
-    mask = decode_image(members[mask_member], "L", f"{where}.{mask_member}")
-    if img.shape[:2] != mask.shape:
-        raise DataError(f"{where}: image {img.shape[:2]} and mask {mask.shape} differ in size")
+    fg = None
+    for name in (mask_member,) if isinstance(mask_member, str) else mask_member:
+        mask = decode_image(members[name], "L", f"{where}.{name}")
+        if img.shape[:2] != mask.shape:
+            raise DataError(f"{where}: image {img.shape[:2]} and {name} {mask.shape} differ in size")
+        this = mask >= fmt.TEACHER_FG_MIN if name == fmt.EXT_TEACHER else mask > 127
+        fg = this if fg is None else fg & this
     image = img.transpose(2, 0, 1).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-    m = (mask > 127).astype(np.float32)[None]
-    return image, m
+    return image, fg.astype(np.float32)[None]
 
 
 class ShardReader:
@@ -369,7 +371,7 @@ class ShardReader:
 
     def __init__(self, index: SampleIndex, rows_needed: np.ndarray):
         self.index = index
-        self.exts = (index.image_member, index.mask_member)
+        self.exts = (index.image_member, *index.mask_members())
         pos = np.searchsorted(index.rows, rows_needed)
         self._shard_of = dict(zip(rows_needed.tolist(), index.shards[pos].tolist()))
         self._by_shard: dict[int, set[int]] = {}
@@ -398,7 +400,7 @@ def make_batch(index: SampleIndex, reader: ShardReader, rows: np.ndarray, *, see
     for r in rows.tolist():
         s = reader.shard_of(r)
         where = f"shard {index.shard_info[s].url}: key {fmt.sample_key(r)}"
-        image, mask = decode_sample(reader.take(r), index.mask_member, where, index.image_member)
+        image, mask = decode_sample(reader.take(r), index.mask_members(), where, index.image_member)
         if flip and flip_bit(seed, epoch, r):
             image, mask = image[:, :, ::-1], mask[:, :, ::-1]
         images.append(image)

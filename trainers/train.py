@@ -70,7 +70,8 @@ METRICS_FILE = "metrics.jsonl"
 
 # Recipe fields that must not change when a run is resumed (steps may grow).
 _FIXED_ON_RESUME = ("lr", "lr_step", "lr_gamma", "batch_size", "width", "seed", "holdout_permille", "mask",
-                    "flip", "shuffle_window", "betas")
+                    "mask_source", "flip", "shuffle_window", "betas")
+_RECIPE_DEFAULTS = {"mask_source": "mask"}  # fields older checkpoints lack
 
 
 class TrainError(TrainersError, ValueError):
@@ -98,6 +99,7 @@ class TrainConfig:
     val_every: int = 1000
     device: str = "auto"
     mask: str = "clean"
+    mask_source: str = "mask"  # mask | teacher | intersection (trainers.data.MASK_SOURCES)
     flip: bool = True
     shuffle_window: int = DEFAULT_SHUFFLE_WINDOW
     deterministic: bool = True
@@ -137,7 +139,8 @@ class TrainConfig:
             "optimizer": "adam", "betas": list(self.betas), "lr": self.lr, "lr_step": self.lr_step,
             "lr_gamma": self.lr_gamma, "steps": self.steps, "batch_size": self.batch_size,
             "batch_size_is": "per rank", "width": self.width, "seed": self.seed,
-            "holdout_permille": self.holdout_permille, "mask": self.mask, "flip": self.flip,
+            "holdout_permille": self.holdout_permille, "mask": self.mask, "mask_source": self.mask_source,
+            "flip": self.flip,
             "shuffle_window": self.shuffle_window, "loss": "binary_cross_entropy_with_logits (per pixel, mean)",
             "amp": "bf16 autocast on CUDA, fp32 on CPU", "deterministic": self.deterministic,
         }
@@ -242,8 +245,8 @@ def _set_determinism(cfg: TrainConfig, device: torch.device) -> None:
 def _check_resume(cfg: TrainConfig, saved: dict, index: SampleIndex) -> None:
     recipe = saved["recipe"]
     now = cfg.recipe()
-    diff = [f"{k}: checkpoint {recipe.get(k)!r}, now {now[k]!r}" for k in _FIXED_ON_RESUME
-            if recipe.get(k) != now[k]]
+    diff = [f"{k}: checkpoint {recipe.get(k, _RECIPE_DEFAULTS.get(k))!r}, now {now[k]!r}" for k in _FIXED_ON_RESUME
+            if recipe.get(k, _RECIPE_DEFAULTS.get(k)) != now[k]]
     if diff:
         raise TrainError("--resume with a different recipe: " + "; ".join(diff) +
                          " (only --steps, --workers, --device, --checkpoint-every, --val-every may change)")
@@ -291,7 +294,8 @@ class Segment:
     def data_desc(self) -> dict:
         return {"url": self.cfg.data, "dataset_id": self.index.dataset_id, "view_id": self.index.view_id,
                 "train_samples": len(self.index), "val_samples": len(self.val_index),
-                "resolution": self.index.resolution, "mask_member": self.index.mask_member}
+                "resolution": self.index.resolution, "mask_member": self.index.mask_member,
+                "mask_source": self.index.mask_source}
 
     def checkpoint_state(self) -> dict:
         """What state.json records beside the step and the optimizer (trainers.checkpoint)."""
@@ -324,7 +328,8 @@ def _start(cfg: TrainConfig) -> Segment:
     run = Path(cfg.out)
     try:
         index, val_index = (open_index(cfg.data, split=split, holdout_permille=cfg.holdout_permille, mask=cfg.mask,
-                                       allow_remote_shards=cfg.allow_remote_shards) for split in ("train", "val"))
+                                       mask_source=cfg.mask_source, allow_remote_shards=cfg.allow_remote_shards)
+                            for split in ("train", "val"))
     except DataError as e:
         raise TrainError(str(e)) from None
     saved = None
@@ -538,7 +543,7 @@ def _card(seg: Segment) -> dict:
                   "width": cfg.width},
         "data": {
             "url": cfg.data, "dataset_id": index.dataset_id, "view_id": index.view_id,
-            "resolution": index.resolution, "mask_member": index.mask_member,
+            "resolution": index.resolution, "mask_member": index.mask_member, "mask_source": index.mask_source,
             "train_samples": len(index), "val_samples": len(val_index),
             "holdout": {"permille": cfg.holdout_permille, "rule": holdout_rule(cfg.holdout_permille),
                         "meaning": "samples whose key satisfies the rule are validation only, never trained on"},

@@ -10,11 +10,12 @@ import click
 
 from factory import __version__
 from factory.cli.bench import bench
-from factory.cli.dataset import filter_cmd, info, preview, verify
+from factory.cli.dataset import filter_cmd, info, preview, relabel, verify
 from factory.cli.directions import directions
 from factory.cli.embeddings import embeddings
 from factory.cli.errors import FactoryGroup
 from factory.cli.generate import generate
+from factory.cli.generators import generators
 from factory.cli.testworld import testworld
 from factory.cli.weights import weights
 
@@ -31,7 +32,7 @@ def main():
     """
 
 
-for _command in (generate, embeddings, bench, testworld, weights, filter_cmd, info, verify, preview, directions):
+for _command in (generate, generators, embeddings, bench, testworld, weights, filter_cmd, info, verify, preview, relabel, directions):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

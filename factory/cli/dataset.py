@@ -142,3 +142,32 @@ def preview(dataset, out, n, allow_remote_shards):
 
     r = write_preview(dataset, out, n=n, allow_remote_shards=allow_remote_shards)
     click.echo(f"{out}: {r['samples_shown']} samples, {r['bytes']:,} bytes")
+
+
+@click.command("relabel")
+@click.argument("dataset")
+@click.option("--maps", required=True, help="Teacher maps of DATASET written by `trainers relabel --out MAPS`.")
+@click.option("--out", required=True, help="Folder/URL of the new dataset (resumable; images copied byte for byte).")
+@click.option("--shard-size", type=int, help="Samples per new shard (default: the parent's).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset with other content at --out.")
+@click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
+@user_errors
+def relabel(dataset, maps, out, shard_size, overwrite, allow_remote_shards):
+    """Write DATASET (a dataset or view) with a teacher's masks and agreement columns as a new dataset.
+
+    Each sample gains KEY.teacher.png; the index gains teacher_iou, teacher_conf_fg, teacher_conf_bg,
+    teacher_fg_ratio and teacher_components (filter on them with --where).
+
+    \b
+    Examples:
+      trainers relabel --model runs/round1 --data data/paper.json --out data/maps
+      factory relabel data/paper.json --maps data/maps --out data/teacher
+      factory filter data/teacher --where "teacher_iou >= 0.5" --out data/agree.json
+    """
+    from factory.views.relabel import relabel_dataset
+
+    m = relabel_dataset(dataset, maps, out, shard_size=shard_size, overwrite=overwrite,
+                        allow_remote_shards=allow_remote_shards)
+    t = m["provenance"]["teacher"]
+    click.echo(f"{out}: dataset {m['dataset_id']}, {m['samples']:,} samples in {len(m['shards'])} shards, "
+               f"teacher {t['label']} ({t['sha256'][:16]}...)")

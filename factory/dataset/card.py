@@ -173,10 +173,13 @@ _STATS_HEADING = "## Filter statistics"
 
 def provenance_section(prov: dict) -> str:
     """The card's "Provenance" section of a materialized view (placed before the filter statistics)."""
+    made = ("Relabelled by `factory relabel` (teacher sha256 `" + prov["teacher"]["sha256"] + "`; each sample "
+            "gains KEY.teacher.png and the index the agreement columns `teacher_*`)"
+            if prov.get("kind") == "relabelled" else "Materialized by `factory filter --materialize`")
     return "\n".join([
         "## Provenance",
         "",
-        f"Materialized by `factory filter --materialize` from dataset `{prov['parent']['dataset_id']}` "
+        f"{made} from dataset `{prov['parent']['dataset_id']}` "
         f"(at `{prov['parent']['url']}`), view `{prov['view_id']}`.",
         "",
         f"Predicate: `{prov['predicate']}`",
@@ -211,7 +214,8 @@ def write_card(root: str, manifest: dict, preview: str | None = None, preview_sa
     prov = manifest.get("provenance")
     title = None
     if prov:
-        title = f"Dataset {manifest['dataset_id']} (materialized view of {prov['parent']['dataset_id']})"
+        how = "relabelled" if prov.get("kind") == "relabelled" else "materialized view"
+        title = f"Dataset {manifest['dataset_id']} ({how} of {prov['parent']['dataset_id']})"
     text = render(manifest, stats, preview, title=title, root=root)
     if prov:
         text = text.replace(_STATS_HEADING, provenance_section(prov) + "\n" + _STATS_HEADING, 1)

@@ -133,6 +133,9 @@ def format_info(d: dict) -> str:
     if d.get("materialized_from"):
         mf = d["materialized_from"]
         lines.append(f"  materialized from {mf['parent']['dataset_id']} ({mf['parent']['url']}) where {mf['predicate']}")
+        if mf.get("kind") == "relabelled":
+            lines.append(f"  relabelled   by teacher {mf['teacher'].get('label')} (sha256 {mf['teacher']['sha256']}); "
+                         f"index columns {', '.join(mf.get('agreement_columns', []))}")
     for name in ("filter_stats", "filter_stats_accepted"):
         st = d.get(name)
         if not st or not st.get("samples"):
