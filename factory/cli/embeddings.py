@@ -7,7 +7,7 @@ import warnings
 import click
 
 from factory.cli.errors import user_errors
-from factory.cli.options import GENERATOR_HELP
+from factory.cli.options import generator_flags, generator_options
 
 
 @click.group()
@@ -63,15 +63,7 @@ def embeddings_list(as_json):
 
 
 @embeddings.command("invert")
-@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
-@click.option("--weights", help="Generator weights file (as for `factory generate`).")
-@click.option("--generator-config", help="Generator config JSON (default: the generator's full config).")
-@click.option("--random-weights", is_flag=True, help="bigbigan: deterministic random weights (tests only).")
-@click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
-@click.option("--dtype", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32", show_default=True,
-              help="bigbigan/dcgan: precision of the generator.")
-@click.option("--channels-last", is_flag=True, help="channels_last memory format (GPU).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the generator (GPU).")
+@generator_flags
 @click.option("--images", required=True, help="Folder or fsspec URL of images (rows follow sorted file names).")
 @click.option("--name", required=True, help="Name of the new embedding store (for `generate --embeddings NAME`).")
 @click.option("--steps", type=int, default=200, show_default=True, help="Adam steps per image and restart.")
@@ -107,7 +99,6 @@ def embeddings_invert(**kw):
       factory generate --resolution 64 --embeddings my-photos --z-noise 0.2 --n 2000 --out data/near
     """
     from factory import inversion
-    from factory.cli.options import generator_options
 
     settings = inversion.InvertSettings(
         steps=kw["steps"], batch=kw["batch"], lr=kw["lr"], restarts=kw["restarts"], seed=kw["seed"],

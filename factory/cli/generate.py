@@ -5,7 +5,7 @@ import click
 
 from factory import format as fmt
 from factory.cli.errors import user_errors
-from factory.cli.options import GENERATOR_HELP, generator_options
+from factory.cli.options import generator_flags, generator_options
 from factory.errors import FactoryError
 
 try:  # Python 3.11+
@@ -57,15 +57,7 @@ def _latents_rows(latents: str, n: int | None) -> int | None:
 @click.command()
 @click.option("--n", "n", type=int, help="Number of candidates to generate (every one gets an index row).")
 @click.option("--out", help="Output folder or fsspec URL (s3://bucket/prefix, ...).")
-@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
-@click.option("--weights", help="Generator weights file, a path or URL (bigbigan: BigBiGAN_x1.pth or .safetensors).")
-@click.option("--generator-config", help="Generator config JSON (default: the generator's full config).")
-@click.option("--random-weights", is_flag=True, help="bigbigan: deterministic random weights (benchmarks only).")
-@click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
-@click.option("--dtype", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32", show_default=True,
-              help="bigbigan: precision (fp32 is the exact path; bf16 is ~20x faster on a GPU).")
-@click.option("--channels-last", is_flag=True, help="bigbigan: channels_last memory format (GPU).")
-@click.option("--compile", "compile_", is_flag=True, help="bigbigan: torch.compile the generator (GPU, ~15 s once per worker).")
+@generator_flags
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latent source.")
 @click.option("--shard-size", type=int, default=1000, show_default=True, help="Samples per shard.")
 @click.option("--latents", default="gaussian", show_default=True, help="'gaussian' (z ~ N(0, I)) or FILE.npy (exactly these latents, in order; --n defaults to its rows); a path or URL.")
