@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 from trainers_fixtures import small_dataset
 
+import trainers.progress
 import trainers.train
 from trainers.cli import main
 from trainers.metrics import pysod_available
@@ -95,6 +96,19 @@ def test_progress_lines_every_n_seconds_not_every_step(capsys):
     p.close()
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("train: step 3/10 ")  # first report after 3 steps, then 1 h
+
+
+def test_eta_follows_the_recent_rate(capsys, monkeypatch):
+    """After a slow start (a busy machine), the ETA is made from the steps since the last line."""
+    clock = iter([0.0] + [1.0 + 10.0 * i for i in range(10)] + [101.0 + i for i in range(10)])
+    monkeypatch.setattr(trainers.progress.time, "perf_counter", lambda: next(clock))
+    p = Progress(total=100, initial=0, global_batch=4, every=5, tty=False)
+    for _ in range(20):
+        p.update(0.5)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("train: step 2/100  10 s/step"), lines
+    # steps 11-16 took 1 s each (the average since the start would say 7 s/step, ETA 9.8 min)
+    assert lines[-1].startswith("train: step 16/100  1 s/step") and "ETA 84 s" in lines[-1], lines
 
 
 def test_cpu_warning_for_the_papers_settings(ds, tmp_path, monkeypatch):

@@ -119,6 +119,7 @@ class Progress:
         self.t0 = time.perf_counter()
         self.t_first = None  # end of the first step: later steps are timed from here (no start-up cost)
         self.last_line = None
+        self.mark = None  # (time, steps done) at the last line: the rate is measured since then
         self.bar = None
         if _stderr_is_tty() if tty is None else tty:
             from tqdm import tqdm
@@ -126,6 +127,10 @@ class Progress:
             self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
     def sec_per_step(self, now: float) -> float:
+        """Seconds per step over the steps since the last line (the recent rate, so an ETA made on
+        a busy machine recovers when it frees up); before the second line, since the first step."""
+        if self.mark is not None and self.done > self.mark[1]:
+            return (now - self.mark[0]) / (self.done - self.mark[1])
         if self.done >= 2:
             return (now - self.t_first) / (self.done - 1)
         return (now - self.t0) / max(self.done, 1)
@@ -147,7 +152,7 @@ class Progress:
         else:
             due = now - self.last_line >= self.every
         if due:
-            self.last_line = now
+            self.last_line, self.mark = now, (now, self.done)
             emit(progress_line(step=self.step, total=self.total, sec_per_step=sps,
                                global_batch=self.global_batch, loss=loss))
 
