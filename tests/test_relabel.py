@@ -242,3 +242,21 @@ def test_relabel_resumes_after_sigkill_with_the_same_bytes(work, tmp_path):
                                                 str(derived)]))
     assert "resuming, 2 of 3" in res.output
     assert _files(derived) == before
+
+
+def test_one_relabel_writer_per_folder(work, tmp_path):
+    """A folder another live process is relabelling into is refused in one line; a lock left by a
+    dead process is taken over."""
+    import socket
+
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}")  # alive: this test process
+    args = ["relabel", "--model", str(work["run"]), "--data", str(work["parent"]), "--out", str(maps),
+            "--device", "cpu", "--batch-size", "16"]
+    res = CliRunner().invoke(trainers_main, args)
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "being written by another trainers relabel" in res.output
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (maps / ".lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
+    _ok(CliRunner().invoke(trainers_main, args))
+    assert (maps / "maps.json").exists() and not (maps / ".lock").exists()
