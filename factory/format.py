@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -526,3 +527,63 @@ def parent_url_for(view_url: str, root: str) -> str:
     rel = os.path.relpath(os.path.abspath(root), os.path.dirname(os.path.abspath(view_url)))
     return rel.replace(os.sep, "/")
 
+
+# ------------------------------------------------------------------ one writer per folder
+# The lock every writer of a local dataset or maps folder honours (factory's DatasetWriter,
+# `trainers relabel`): FOLDER/.lock made with O_EXCL, holding "host pid"; a lock whose process is
+# gone (same host) is taken over.
+
+
+class FolderBusy(Exception):
+    """Another live process holds the folder's lock (message names it)."""
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """``with FolderLock(path, what):`` the lock on local folder ``path``; raises FolderBusy, naming
+    ``what`` holds it, while another live process does."""
+
+    def __init__(self, path: str | os.PathLike, what: str, *, name: str | None = None):
+        self.path, self.what, self.held = os.path.join(os.fspath(path), LOCK), what, False
+        self.name = name or os.fspath(path)  # how messages name the folder
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    host, pid = open(self.path).read().split()
+                except (OSError, ValueError):
+                    host, pid = "", "0"
+                if host == socket.gethostname() and not pid_alive(int(pid) if pid.isdigit() else 0):
+                    os.unlink(self.path)  # stale: its writer died
+                    continue
+                raise FolderBusy(f"{self.name} is being written by another {self.what} "
+                                 f"({host} pid {pid}); wait for it to finish, or delete {self.path} if that "
+                                 "process is gone") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{socket.gethostname()} {os.getpid()}")
+            self.held = True
+            return self
+        raise FolderBusy(f"cannot take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        if self.held:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False

@@ -1,10 +1,9 @@
-"""Small file helpers shared by the trainers modules: atomic writes, canonical JSON, sha256, a folder lock."""
+"""Small file helpers shared by the trainers modules: atomic writes, canonical JSON, sha256."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -44,52 +43,3 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-class FolderBusy(FileExistsError):
-    """Another live process holds the folder's lock (message names it)."""
-
-
-class FolderLock:
-    """``with FolderLock(folder, what):`` one writer per local output folder: an O_EXCL ``.lock`` holding
-    host and pid; a lock left by a dead process on this host is taken over. A second writer gets
-    ``FolderBusy`` with a one-line message."""
-
-    def __init__(self, folder: str | os.PathLike, what: str):
-        self.path, self.what, self.held = Path(folder) / ".lock", what, False
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                host, pid = (self.path.read_text().split() + ["", "0"])[:2]
-                if host == socket.gethostname() and not _alive(int(pid) if pid.isdigit() else 0):
-                    self.path.unlink(missing_ok=True)  # stale: its writer died
-                    continue
-                raise FolderBusy(f"{self.path.parent} is being written by another {self.what} ({host} pid {pid}); "
-                                      f"wait for it, or delete {self.path} if that process is gone") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
-            return self
-        raise FolderBusy(f"cannot take the lock {self.path}")
-
-    def __exit__(self, *exc):
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -32,7 +32,7 @@ from trainers import TrainersError, __version__
 from trainers.checkpoint import WEIGHTS_FILE, model_label, open_model
 from trainers.data import DataError, SampleIndex, build_index, decode_image, read_shard
 from trainers.device import resolve_device
-from trainers.fileio import FolderBusy, FolderLock, atomic_write, json_bytes, sha256_bytes, sha256_file
+from trainers.fileio import atomic_write, json_bytes, sha256_bytes, sha256_file
 from trainers.progress import emit, fmt_duration
 from trainers.unet import ModelConfig, foreground_probability
 
@@ -160,9 +160,9 @@ def relabel(cfg: RelabelConfig) -> dict:
     if cfg.batch_size < 1:
         raise RelabelError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     try:
-        with FolderLock(cfg.out, "trainers relabel"):
+        with fmt.FolderLock(cfg.out, "trainers relabel"):
             return write_maps(cfg)
-    except FolderBusy as e:
+    except fmt.FolderBusy as e:
         raise RelabelError(str(e)) from None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 from factory import format as fmt
 from factory.dataset.card import write_card
@@ -22,58 +21,27 @@ DIFF_LIMIT = 6  # spec differences named when a folder holds another dataset
 
 
 class DatasetLock:
-    """An exclusive lock on a local output folder (O_EXCL file; stale locks of dead processes are taken over)."""
+    """The lock on a local output folder (``format.FolderLock``); nothing to lock on object stores."""
 
     def __init__(self, root: str):
         self.root = root
         fs, path = fmt.get_fs(root)
-        self.path = os.path.join(path, fmt.LOCK) if is_local(fs) else None
-        self.held = False
+        self.lock = fmt.FolderLock(path, "factory process", name=root) if is_local(fs) else None
 
     def __enter__(self):
-        if self.path is None:
-            return self
-        me = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
+        if self.lock is not None:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    host, pid = open(self.path).read().split()
-                except (OSError, ValueError):
-                    host, pid = "", "0"
-                if host == socket.gethostname() and not pid_alive(int(pid)):
-                    os.unlink(self.path)  # stale: its writer died
-                    continue
-                raise FactoryError(
-                    f"{self.root} is being written by another factory process ({host} pid {pid}); "
-                    f"wait for it to finish, or delete {self.path} if that process is gone"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
-            return self
-        raise FactoryError(f"cannot take the lock {self.path}")
+                self.lock.__enter__()
+            except fmt.FolderBusy as e:
+                raise FactoryError(str(e)) from None
+        return self
 
     def __exit__(self, *exc):
-        if self.held and self.path:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            self.held = False
+        if self.lock is not None:
+            self.lock.__exit__(*exc)
 
 
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+pid_alive = fmt.pid_alive
 
 
 def check_writable(root: str) -> None:

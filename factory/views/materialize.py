@@ -132,40 +132,63 @@ def renumbered_index_rows(idx, *, k: int, new_rows: np.ndarray, src_rows: np.nda
     return rows
 
 
-def materialize_view(url: str, view: dict, out: str, *, shard_size: int | None = None, overwrite: bool = False,
-                     allow_remote_shards: bool = False, log=None) -> dict:
-    """Write the accepted samples of `view` as a new compact dataset at `out`; returns its manifest."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    parent = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+def derived_root(parent: fmt.Resolved, out: str, shard_size: int | None) -> tuple[str, int]:
+    """(root, samples per shard) of a dataset derived from ``parent``: never the parent itself; the
+    parent's shard size unless one is given."""
     root = out.rstrip("/")
-    if fmt.is_remote_url(root) is False and os.path.abspath(root) == os.path.abspath(parent.root):
+    if not fmt.is_remote_url(root) and os.path.abspath(root) == os.path.abspath(parent.root):
         raise FactoryError(f"--out {out} is the parent dataset itself; choose a new folder")
     S = int(shard_size or parent.manifest.get("spec", {}).get("shard_size") or 1000)
     if S <= 0:
         raise FactoryError(f"--shard-size must be positive, got {S}")
-    mspec = materialize_spec(parent, view, S)
-    mhash = fmt.sha256_bytes(fmt.canonical_json(mspec))
-    accepted_rows = np.array(sorted(r for rows in view["accepted"].values() for r in rows), np.int64)
-    dim_z = int(parent.manifest["dim_z"])
-    writer = DatasetWriter(root, spec=mspec, spec_hash=mhash, samples=len(accepted_rows), dim_z=dim_z,
+    return root, S
+
+
+def write_derived(root: str, *, spec: dict, parent_rows: np.ndarray, dim_z: int, shard_size: int, overwrite: bool,
+                  log, make_shard, make_manifest) -> dict:
+    """Write (or resume) a dataset whose sample i comes from the parent's row ``parent_rows[i]``, on the
+    DatasetWriter. ``make_shard(k, new_rows, src_rows)`` -> (members, latents, index rows) of shard k;
+    ``make_manifest(spec_hash, shard_entries)`` -> manifest.json. Returns the manifest."""
+    S = shard_size
+    spec_hash = fmt.sha256_bytes(fmt.canonical_json(spec))
+    writer = DatasetWriter(root, spec=spec, spec_hash=spec_hash, samples=len(parent_rows), dim_z=dim_z,
                            shard_size=S, other_spec=OTHER_SPEC, overwrite=overwrite)
-    source = ParentShards(parent)
     with writer:
         done, todo, manifest = writer.resume(log)
         if manifest is not None:
             return manifest
         for k in todo:
-            new_rows = np.arange(k * S, min((k + 1) * S, len(accepted_rows)), dtype=np.int64)
-            src_rows = accepted_rows[new_rows]
-            members, latents, idx = copy_shard(source, k=k, new_rows=new_rows, src_rows=src_rows, dim_z=dim_z)
-            rows = renumbered_index_rows(idx, k=k, new_rows=new_rows, src_rows=src_rows)
+            new_rows = np.arange(k * S, min((k + 1) * S, len(parent_rows)), dtype=np.int64)
+            members, latents, rows = make_shard(k, new_rows, parent_rows[new_rows])
             res = commit_shard(root, k, first_row=k * S, tar=tar_bytes(members), index_rows=rows, latents=latents,
-                               spec_hash=mhash)
+                               spec_hash=spec_hash)
             done[k] = res.to_json()
-        manifest = materialized_manifest(parent=parent, view=view, mspec=mspec, mhash=mhash,
-                                         shards=writer.shard_entries(done), root=root)
+        manifest = make_manifest(spec_hash, writer.shard_entries(done))
         writer.finish(manifest)
     return manifest
+
+
+def materialize_view(url: str, view: dict, out: str, *, shard_size: int | None = None, overwrite: bool = False,
+                     allow_remote_shards: bool = False, log=None) -> dict:
+    """Write the accepted samples of `view` as a new compact dataset at `out`; returns its manifest."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    parent = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    root, S = derived_root(parent, out, shard_size)
+    mspec = materialize_spec(parent, view, S)
+    accepted_rows = np.array(sorted(r for rows in view["accepted"].values() for r in rows), np.int64)
+    dim_z = int(parent.manifest["dim_z"])
+    source = ParentShards(parent)
+
+    def make_shard(k, new_rows, src_rows):
+        members, latents, idx = copy_shard(source, k=k, new_rows=new_rows, src_rows=src_rows, dim_z=dim_z)
+        return members, latents, renumbered_index_rows(idx, k=k, new_rows=new_rows, src_rows=src_rows)
+
+    return write_derived(
+        root, spec=mspec, parent_rows=accepted_rows, dim_z=dim_z, shard_size=S, overwrite=overwrite, log=log,
+        make_shard=make_shard,
+        make_manifest=lambda mhash, shards: materialized_manifest(parent=parent, view=view, mspec=mspec, mhash=mhash,
+                                                                  shards=shards, root=root),
+    )
 
 
 def materialized_manifest(*, parent: fmt.Resolved, view: dict, mspec: dict, mhash: str, shards: list[dict],

@@ -9,18 +9,15 @@ teacher's sha256 and the maps. Written by the DatasetWriter, so a killed relabel
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 
 from factory import __version__
 from factory import format as fmt
-from factory.dataset.shards import commit_shard, tar_bytes
-from factory.dataset.writer import DatasetWriter
 from factory.errors import FactoryError
 from factory.format import parent_url_for
-from factory.views.materialize import OTHER_SPEC, ParentShards, copy_shard, renumbered_index_rows
+from factory.views.materialize import ParentShards, copy_shard, derived_root, renumbered_index_rows, write_derived
 
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -127,35 +124,21 @@ def relabel_dataset(url: str, maps_url: str, out: str, *, shard_size: int | None
     """Write dataset or view ``url`` with the teacher maps at ``maps_url`` as a new dataset at ``out``."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     parent = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
-    root = out.rstrip("/")
-    if not fmt.is_remote_url(root) and os.path.abspath(root) == os.path.abspath(parent.root):
-        raise FactoryError(f"--out {out} is the parent dataset itself; choose a new folder")
+    root, S = derived_root(parent, out, shard_size)
     maps = TeacherMaps(maps_url, parent)
-    S = int(shard_size or parent.manifest.get("spec", {}).get("shard_size") or 1000)
-    if S <= 0:
-        raise FactoryError(f"--shard-size must be positive, got {S}")
     spec = relabel_spec(parent, maps, S)
-    spec_hash = fmt.sha256_bytes(fmt.canonical_json(spec))
-    rows_all = accepted_rows(parent)
     dim_z = int(parent.manifest["dim_z"])
-    writer = DatasetWriter(root, spec=spec, spec_hash=spec_hash, samples=len(rows_all), dim_z=dim_z, shard_size=S,
-                           other_spec=OTHER_SPEC, overwrite=overwrite)
     source = ParentShards(parent)
-    with writer:
-        done, todo, manifest = writer.resume(log)
-        if manifest is not None:
-            return manifest
-        for k in todo:
-            new_rows = np.arange(k * S, min((k + 1) * S, len(rows_all)), dtype=np.int64)
-            members, latents, rows = relabel_shard(source, maps, k=k, new_rows=new_rows, src_rows=rows_all[new_rows],
-                                                   dim_z=dim_z)
-            res = commit_shard(root, k, first_row=k * S, tar=tar_bytes(members), index_rows=rows, latents=latents,
-                               spec_hash=spec_hash)
-            done[k] = res.to_json()
-        manifest = relabelled_manifest(parent=parent, maps=maps, spec=spec, spec_hash=spec_hash,
-                                       shards=writer.shard_entries(done), root=root)
-        writer.finish(manifest)
-    return manifest
+
+    def make_shard(k, new_rows, src_rows):
+        return relabel_shard(source, maps, k=k, new_rows=new_rows, src_rows=src_rows, dim_z=dim_z)
+
+    return write_derived(
+        root, spec=spec, parent_rows=accepted_rows(parent), dim_z=dim_z, shard_size=S, overwrite=overwrite, log=log,
+        make_shard=make_shard,
+        make_manifest=lambda spec_hash, shards: relabelled_manifest(parent=parent, maps=maps, spec=spec,
+                                                                    spec_hash=spec_hash, shards=shards, root=root),
+    )
 
 
 def relabelled_manifest(*, parent: fmt.Resolved, maps: TeacherMaps, spec: dict, spec_hash: str, shards: list[dict],
