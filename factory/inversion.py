@@ -23,7 +23,6 @@ import io
 import json
 import math
 import shutil
-import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from factory import embeddings as emb
 from factory import format as fmt
 from factory.errors import FactoryError
 from factory.fsio import atomic_json, atomic_save_npy, read_npy
+from factory.progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 WORK_VERSION = 1
@@ -266,12 +266,10 @@ def _done_chunk(work: Path, k: int, n_rows: int) -> dict | None:
 
 def _run_chunks(gen, fs, paths: list[str], work: Path, *, settings: InvertSettings, progress: bool) -> int:
     """Invert every chunk without a committed part; return how many were already done."""
-    from tqdm import tqdm
-
     B, n = settings.batch, len(paths)
     chunks = list(range(math.ceil(n / B)))
     done = [k for k in chunks if _done_chunk(work, k, min(B, n - k * B)) is not None]
-    bar = tqdm(total=n, unit="img", desc="invert", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+    bar = progress_bar(total=n, unit="img", desc="invert", disable=not progress, dynamic_ncols=True,
                smoothing=0.1, bar_format=BAR_FORMAT)
     try:
         bar.update(sum(min(B, n - k * B) for k in done))

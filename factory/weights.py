@@ -15,6 +15,7 @@ from pathlib import Path
 
 from factory.errors import FactoryError
 from factory.fsio import factory_home, sha256_file
+from factory.progress import progress_bar
 
 try:
     import tomllib
@@ -132,7 +133,6 @@ def fetch(name: str, *, url: str | None = None, sha256: str | None = None, to: s
 
 def _download(url: str, part: Path, *, start: int, size_hint: int, progress: bool, timeout: float) -> int:
     """Stream url into part, resuming at byte `start`. Returns the offset it resumed from."""
-    from tqdm import tqdm
 
     headers = {"User-Agent": "factory-weights/1"}
     if start:
@@ -155,7 +155,7 @@ def _download(url: str, part: Path, *, start: int, size_hint: int, progress: boo
             mode, offset = "wb", 0
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else (size_hint or None)
-        bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+        bar = progress_bar(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                    desc=part.name.removesuffix(".part"), disable=not progress)
         try:
             with open(part, mode) as f, bar:

@@ -184,3 +184,18 @@ def test_card_snippet_runs_on_stock_webdataset_with_a_single_channel_mask(ds):
     via_view = run_snippet(code.replace(".select(accepted)", ".select(lambda s: int(s[\"__key__\"]) in _rows)")
                            .replace("import io", f"import io\n_rows = {sorted(rows)!r}", 1))
     assert sorted(s["__key__"] for s in via_view) == want  # the spec's max_fg is the paper's 0.5
+
+
+def test_piped_progress_is_plain_lines_with_rate_and_eta(tmp_path, monkeypatch):
+    """With stderr not a terminal, progress comes as whole lines (no carriage returns), each with
+    the rate and the ETA, at most one per FACTORY_PROGRESS_SECONDS."""
+    import factory.progress as progress
+
+    monkeypatch.setattr(progress, "PIPED_SECONDS", 0.0)
+    r = CliRunner().invoke(main, ["generate", "--generator", "shapes", "--resolution", "32", "--n", "60",
+                                  "--shard-size", "20", "--workers", "0", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("generate:")]
+    assert "\r" not in r.stderr and len(lines) >= 3, r.stderr
+    assert all("cand/s" in ln and "<" in ln for ln in lines[1:])  # rate, elapsed<remaining
+    assert lines[-1].startswith("generate: 100%") and "shards 3/3" in lines[-1]

@@ -18,6 +18,7 @@ from factory.device import torch_device
 from factory.directions.common import open_generator, seed_of
 from factory.errors import FactoryError
 from factory.fsio import atomic_json, atomic_save_npy, atomic_write
+from factory.progress import progress_bar
 
 # ----------------------------------------------------------------- discover
 
@@ -245,11 +246,10 @@ def _train_step(gen, tr: Training, cfg: DiscoverConfig, step: int) -> dict[str, 
 
 def _train(gen, tr: Training, cfg: DiscoverConfig, *, out: Path, start: int) -> dict[str, float]:
     """Steps ``start..cfg.steps`` with the lr warm-up boost and periodic checkpoints; the metrics' EMA."""
-    from tqdm import tqdm
 
     tr.rec.train()
     ema: dict[str, float] = {}
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"discover {cfg.n_directions} directions",
+    bar = progress_bar(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"discover {cfg.n_directions} directions",
                unit="step", disable=not cfg.progress, dynamic_ncols=True)
     base_lrs = {n: [pg["lr"] for pg in o.param_groups] for n, o in tr.opts.items()}
     for step in bar:

@@ -13,6 +13,7 @@ from factory.directions.common import chunk_size, render_shifted, seed_of
 from factory.directions.io import read_numeric_npy
 from factory.errors import FactoryError
 from factory.masks import GRAY, apply_operators
+from factory.progress import progress_bar
 
 __all__ = [
     "load_operators",
@@ -98,7 +99,6 @@ def fit_operators(gen, dirs: torch.Tensor, *, scale: float = 5.0, steps: int = 2
     ``dirs [K, dim_z]`` unit rows on ``gen.device``; returns ``[K,2,3,4]`` float32 (detached).
     Step ``t`` draws its latents from a generator seeded by ``(seed, t)``.
     """
-    from tqdm import tqdm
 
     dev = gen.device
     K, D = dirs.shape
@@ -114,7 +114,7 @@ def fit_operators(gen, dirs: torch.Tensor, *, scale: float = 5.0, steps: int = 2
                 ops[k0 : k0 + chunk] = lstsq_operators(x, y)
     ops.requires_grad_(True)
     opt = torch.optim.Adam([ops], lr=lr)
-    bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     for t in bar:
         g = torch.Generator().manual_seed(seed_of(seed, 1, t))
         z = torch.randn(batch, D, generator=g).to(dev)

@@ -15,6 +15,7 @@ from factory.directions.operators import (
 )
 from factory.errors import FactoryError
 from factory.masks import gray
+from factory.progress import progress_bar
 
 # ----------------------------------------------------------------- refine
 
@@ -82,13 +83,12 @@ def refine_direction(gen, h0: torch.Tensor, cfg: RefineConfig, *, scale: float =
                      progress: bool = False, desc: str = "refine") -> torch.Tensor:
     """Maximise ``refine_objective`` over unit directions by Adam from ``h0`` (cosine-decayed lr, fresh
     latents each step, step ``t`` seeded by ``(seed, t)``). Returns the unit direction (detached)."""
-    from tqdm import tqdm
 
     dev = gen.device
     D = h0.shape[0]
     v = (h0 / h0.norm()).detach().clone().float().to(dev).requires_grad_(True)
     opt = torch.optim.Adam([v], lr=cfg.lr)
-    bar = tqdm(range(cfg.steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(range(cfg.steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     for t in bar:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * t / max(1, cfg.steps)))

@@ -12,6 +12,7 @@ from factory.dataset.writer import pid_alive
 from factory.generate.config import GenerateConfig
 from factory.generate.plan import Plan
 from factory.generate.worker import make_shard
+from factory.progress import progress_bar
 
 
 def default_workers() -> int:
@@ -94,19 +95,16 @@ def task_resources(client, cfg: GenerateConfig) -> dict | None:
 
 
 def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> list[dict]:
-    from tqdm import tqdm
-
     S = cfg.shard_size
     total = sum(min(S, cfg.n - k * S) for k in todo)
     workers = cfg.workers if cfg.workers is not None else default_workers()
-    bar = tqdm(total=total, unit="cand", desc="generate", disable=not cfg.progress, dynamic_ncols=True,
+    bar = progress_bar(total=total, unit="cand", desc="generate", disable=not cfg.progress, dynamic_ncols=True,
                smoothing=0.1)
     failures = []
 
     def record(status):
         if status.get("ok"):
             done[status["shard"]] = status["result"]
-            bar.update(status["samples"])
         else:
             failures.append(status)
         failed = {f["shard"] for f in failures}
@@ -115,8 +113,10 @@ def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> 
             f"shards {len(done)}/{plan.n_shards}"
             + (f", failed {len(failures)}" if failures else "")
             # at the tail of a job, say what it is still waiting for (no silent hang)
-            + (f", waiting on {', '.join(map(str, waiting))}" if 0 < len(waiting) <= 4 else "")
+            + (f", waiting on {', '.join(map(str, waiting))}" if 0 < len(waiting) <= 4 else ""),
+            refresh=False,  # shown by the update below, at most once per PIPED_SECONDS when piped
         )
+        bar.update(status["samples"] if status.get("ok") else 0)
 
     job = plan.job(cfg.out, batch_size=cfg.batch_size, device=cfg.device)
     try:
@@ -144,7 +144,6 @@ def run_on_dask(client, job, plan: Plan, todo: list[int], *, record, resources: 
     themselves), never scattered data, so a lost worker loses only its running shard. A shard whose
     attempts all died with workers is resubmitted under a new key, RESUBMITS times."""
     from distributed import as_completed
-    from tqdm import tqdm
 
     def submit(k: int, attempt: int):
         key = f"shard-{plan.spec_hash[:12]}-{k:06d}" + (f"-r{attempt}" if attempt else "")
@@ -167,6 +166,8 @@ def run_on_dask(client, job, plan: Plan, todo: list[int], *, record, resources: 
                 record({"shard": k, "ok": False, "error": f"shard {k}: {type(e).__name__}: {e}"})
     retried = lost_attempts(client, [f.key for f in held])
     if retried:
+        from tqdm import tqdm
+
         tqdm.write(f"{retried} shard attempt(s) were lost with a worker and retried", file=sys.stderr)
 
 
