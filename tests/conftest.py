@@ -207,6 +207,30 @@ def s3_server():
     if not fs.exists(bucket):  # moto keeps its buckets per process, across servers
         fs.mkdir(bucket)
     yield {"fs": fs, "bucket": bucket, "env": env}
-    s3fs.S3FileSystem.clear_instance_cache()
+    close_s3_sessions()
     mp.undo()
     server.stop()
+
+
+def close_s3_sessions() -> None:
+    """Close the aiohttp sessions of every cached S3 filesystem (else interpreter exit warns
+    "Unclosed client session"), then drop them. Asynchronous instances are zarr's: their sessions
+    live on zarr's event loop."""
+    import s3fs
+    from fsspec.asyn import sync
+
+    for inst in list(s3fs.S3FileSystem._cache.values()):
+        client = getattr(inst, "_s3", None)
+        if client is None:
+            continue
+        try:
+            if inst.asynchronous:
+                from zarr.core.sync import sync as zarr_sync
+
+                zarr_sync(client.__aexit__(None, None, None), timeout=5)
+            elif inst.loop is not None:
+                sync(inst.loop, client.__aexit__, None, None, None, timeout=5)
+        except Exception:  # noqa: BLE001 - already closed, or its loop is gone
+            pass
+        inst._s3 = None
+    s3fs.S3FileSystem.clear_instance_cache()
