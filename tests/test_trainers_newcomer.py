@@ -170,3 +170,18 @@ def test_eval_names_the_papers_and_pysods_measures(tmp_path):
     got = json.loads((tmp_path / "b.json").read_text())["predictions"]
     assert {"MAE", "pysod_MAE", "maxF", "pysod_maxF"} <= set(got)  # JSON keys unchanged
     assert got["MAE"] != pytest.approx(got["pysod_MAE"], abs=1e-3)  # low-contrast maps: the two differ
+
+
+def test_rate_lines_for_piped_counters(capsys, monkeypatch):
+    """eval / predict / relabel counters: piped, whole lines with done/total, rate and ETA."""
+    from trainers.progress import RateLine, count_bar
+
+    clock = iter([0.0, 5.0, 10.0, 12.0, 13.0])
+    monkeypatch.setattr(trainers.progress.time, "perf_counter", lambda: next(clock))
+    line = RateLine(40, what="eval", unit="img", every=10)
+    line.update(10)  # t = 5: not yet due
+    line.update(10)  # t = 10: 20 img in 10 s
+    line.close()     # t = 12: the final line
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["eval: 20/40 img (50%), 2.0 img/s, ETA 10 s", "eval: 20/40 img (50%), 1.7 img/s, ETA 12 s"]
+    assert isinstance(count_bar(3, what="eval", unit="img"), RateLine)  # capsys: stderr is not a terminal

@@ -6,8 +6,9 @@ contract), so a team can train and evaluate without the generation stack.
 Modules (each imports only those above it, and factory.format):
   fileio.py      atomic writes, canonical JSON, sha256
   device.py      the one --device helper (resolve_device)
-  progress.py    what `trainers train` prints on stderr: start-up line, CPU warning, progress lines,
-                 the default number of loader workers (stdlib only)
+  progress.py    what long commands print on stderr: train's start-up line, CPU warning and progress
+                 lines, RateLine / count_bar for eval, predict and relabel (lines when piped), the
+                 default number of loader workers (stdlib only)
   unet.py        the U-Net and its ModelConfig (ours, and the authors' bilinear / 2-logit variant); no I/O
   authors.py     the paper authors' released .pth checkpoints: safe reading, strict checks, key names
   checkpoint.py  weights on disk: run folder (model.safetensors + model.json), --model, convert,

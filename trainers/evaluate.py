@@ -41,6 +41,7 @@ from trainers.checkpoint import open_model
 from trainers.device import resolve_device
 from trainers.fileio import atomic_write
 from trainers.metrics import METRIC_PROTOCOL, SegmentationMetrics
+from trainers.progress import count_bar
 from trainers.unet import ModelConfig, foreground_probability
 
 SHORT_SIDE = 128
@@ -125,9 +126,7 @@ class _EvalMode:
 
 
 def _progress(total, desc):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc=desc)
+    return count_bar(total, what=desc, unit="img")
 
 
 def evaluate_model(model: torch.nn.Module | str | os.PathLike, dataset: Benchmark | Iterable[Sample], *,

@@ -159,3 +159,39 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class RateLine:
+    """Progress as lines on stderr: done of total, rate and ETA, one line every ``every`` seconds
+    (and at the end, ``update(0, final=True)`` or ``close()``); the form piped logs get."""
+
+    def __init__(self, total: int | None, *, what: str, unit: str = "samples", enabled: bool = True,
+                 every: float = 10.0):
+        self.total, self.what, self.unit, self.enabled, self.every, self.done = total, what, unit, enabled, every, 0
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n: int, *, final: bool = False) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if not self.enabled or not (final or now - self.last >= self.every):
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        if self.total:
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            emit(f"{self.what}: {self.done:,}/{self.total:,} {self.unit} ({self.done / self.total:.0%}), "
+                 f"{rate:.1f} {self.unit}/s, ETA {fmt_duration(eta)}")
+        else:
+            emit(f"{self.what}: {self.done:,} {self.unit}, {rate:.1f} {self.unit}/s")
+
+    def close(self) -> None:
+        self.update(0, final=True)
+
+
+def count_bar(total: int | None, *, what: str, unit: str):
+    """A counter with ``update(n)`` and ``close()``: a tqdm bar on a terminal, RateLine lines otherwise."""
+    if _stderr_is_tty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit=unit, desc=what)
+    return RateLine(total, what=what, unit=unit)

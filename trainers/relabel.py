@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +32,8 @@ from trainers.checkpoint import WEIGHTS_FILE, model_label, open_model
 from trainers.data import DataError, SampleIndex, build_index, decode_image, read_shard
 from trainers.device import resolve_device
 from trainers.fileio import atomic_write, json_bytes, sha256_bytes, sha256_file
-from trainers.progress import emit, fmt_duration
+from trainers.progress import RateLine
 from trainers.unet import ModelConfig, foreground_probability
-
-PROGRESS_SECONDS = 10.0
 
 
 class RelabelError(TrainersError, ValueError):
@@ -106,25 +103,6 @@ def predict_part(net: torch.nn.Module, index: SampleIndex, shard: int, *, device
     return out
 
 
-class RateLine:
-    """Progress on stderr: samples done, samples/s and ETA, one line every PROGRESS_SECONDS (and at the end)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.done = total, enabled, 0
-        self.t0 = self.last = time.perf_counter()
-
-    def update(self, n: int, *, final: bool = False) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if not self.enabled or not (final or now - self.last >= PROGRESS_SECONDS):
-            return
-        self.last = now
-        rate = self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        emit(f"relabel: {self.done:,}/{self.total:,} samples ({self.done / max(self.total, 1):.0%}), "
-             f"{rate:.1f} samples/s, ETA {fmt_duration(eta)}")
-
-
 def open_parent(cfg: RelabelConfig) -> SampleIndex:
     try:
         resolved = fmt.open_dataset(cfg.data, allow_remote_shards=cfg.allow_remote_shards)
@@ -180,7 +158,7 @@ def write_maps(cfg: RelabelConfig) -> dict:
     device = resolve_device(cfg.device)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     net = open_model(cfg.model, device).eval()
-    line = RateLine(len(index), cfg.progress)
+    line = RateLine(len(index), what="relabel", enabled=cfg.progress)
     line.update(sum(d["samples"] for d in done.values()))
     for k in (s for s in shards if s not in done):
         try:
