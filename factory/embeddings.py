@@ -15,7 +15,7 @@ import numpy as np
 
 from factory import format as fmt
 from factory.errors import FactoryError
-from factory.fsio import exists, factory_home, fetch_copy, is_url, load_npy_matrix, sha256_file
+from factory.fsio import atomic_save_npy, exists, factory_home, fetch_copy, is_url, load_npy_matrix, sha256_file
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -39,11 +39,7 @@ class EmbeddingRef:
 
 def import_npy(path: str, name: str, overwrite: bool = False) -> EmbeddingRef:
     """Store FILE.npy as a compressed zarr array named `name`."""
-    import numcodecs
-    import zarr
-
-    if not _NAME.match(name):
-        raise FactoryError(f"embedding name {name!r} must be 1-64 letters, digits, '_', '-' or '.'")
+    check_name(name)
     arr = load_npy_matrix(path, "embeddings")
     digest = sha256_file(path)
     dest = store_dir() / f"{name}.zarr"
@@ -56,23 +52,36 @@ def import_npy(path: str, name: str, overwrite: bool = False) -> EmbeddingRef:
                 f"embeddings {name!r} already exist with other content ({existing.sha256[:12]}); "
                 "choose another --name or pass --overwrite"
             )
-        shutil.rmtree(dest)
+    return write_store(dest, arr, attrs={"source": os.path.basename(path), "source_sha256": digest,
+                                         "source_dtype": str(arr.dtype)})
+
+
+def write_store(dest: Path, arr: np.ndarray, *, attrs: dict, rows: dict | None = None) -> EmbeddingRef:
+    """Write ``arr`` [N, dim_z] (any float array, a memmap included: copied in chunks) as the float32
+    zarr store ``dest`` with ``attrs`` (source_sha256 among them) and, when given, the per-row table
+    ``rows`` as dest/ROWS_FILE. Built under a temporary name: the store appears complete or not at all."""
+    import numcodecs
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zarr
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{name}.zarr.tmp-{os.getpid()}")
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    rows = min(arr.shape[0], 65536)
+    chunk = min(arr.shape[0], 65536)
     z = zarr.create_array(
-        store=str(tmp), shape=arr.shape, chunks=(rows, arr.shape[1]), dtype="float32",
+        store=str(tmp), shape=arr.shape, chunks=(chunk, arr.shape[1]), dtype="float32",
         zarr_format=2, compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
         fill_value=0.0,
     )
-    for i in range(0, arr.shape[0], rows):
-        z[i : i + rows] = np.asarray(arr[i : i + rows], dtype=np.float32)
-    z.attrs.update(
-        {"source": os.path.basename(path), "source_sha256": digest, "shape": list(arr.shape),
-         "source_dtype": str(arr.dtype), "dtype": "float32"}
-    )
+    for i in range(0, arr.shape[0], chunk):
+        z[i : i + chunk] = np.asarray(arr[i : i + chunk], dtype=np.float32)
+    z.attrs.update({**attrs, "shape": list(arr.shape), "dtype": "float32"})
+    if rows is not None:
+        pq.write_table(pa.table(rows), str(tmp / ROWS_FILE))
+    if dest.exists():
+        shutil.rmtree(dest)
     os.replace(tmp, dest)
     return _ref(dest)
 
@@ -150,11 +159,6 @@ def store_rows(name: str, arr: np.ndarray, *, attrs: dict, rows: dict | None = N
     """Store `arr` [N, dim_z] as NAME.zarr (float32, content-addressed: source_sha256 is the sha256 of
     its float32 bytes) with `attrs` and, when given, the per-row table `rows` (column -> N values)
     as NAME.zarr/rows.parquet; the store appears under its name complete or not at all."""
-    import numcodecs
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import zarr
-
     check_name(name)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] == 0 or not np.isfinite(arr).all():
@@ -162,24 +166,7 @@ def store_rows(name: str, arr: np.ndarray, *, attrs: dict, rows: dict | None = N
     dest = store_dir() / f"{name}.zarr"
     if dest.exists() and not overwrite:
         raise FactoryError(f"embeddings {name!r} already exist; choose another --name or pass --overwrite")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{name}.zarr.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    z = zarr.create_array(
-        store=str(tmp), shape=arr.shape, chunks=(min(arr.shape[0], 65536), arr.shape[1]), dtype="float32",
-        zarr_format=2, compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
-        fill_value=0.0,
-    )
-    z[:] = arr
-    z.attrs.update({**attrs, "source_sha256": fmt.sha256_bytes(arr.tobytes()), "shape": list(arr.shape),
-                    "dtype": "float32"})
-    if rows is not None:
-        pq.write_table(pa.table(rows), str(tmp / ROWS_FILE))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-    return _ref(dest)
+    return write_store(dest, arr, attrs={**attrs, "source_sha256": fmt.sha256_bytes(arr.tobytes())}, rows=rows)
 
 
 def read_store(name_or_path: str) -> tuple[np.ndarray, EmbeddingRef]:
@@ -203,8 +190,6 @@ def read_rows(name_or_path: str) -> dict | None:
 
 def export_npy(name_or_path: str, out: str) -> tuple[Path, EmbeddingRef]:
     """Write a store's rows to `out` (.npy, float32, atomically), e.g. to share or to pass as --latents."""
-    from factory.fsio import atomic_save_npy
-
     if not str(out).endswith(".npy"):
         raise FactoryError(f"--out must end in .npy, got {out!r}")
     arr, ref = read_store(name_or_path)
