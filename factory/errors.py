@@ -1,5 +1,5 @@
-"""User-facing errors: one line naming the problem and the fix. The CLI prints them without a traceback."""
+"""User-facing errors: one line naming the problem and the fix. The CLI prints them without a traceback.
+The root lives in the contract (factory.format) so that trainers shares it."""
+from factory.format import FactoryError
 
-
-class FactoryError(Exception):
-    """An error caused by user input or environment, reported as one line."""
+__all__ = ["FactoryError"]

@@ -95,7 +95,12 @@ MAPS_MANIFEST = "maps.json"
 MAPS_PART_DIR = "parts"
 
 
-class FormatError(ValueError):
+class FactoryError(Exception):
+    """The one root of every error a user can cause (input, files, environment), in factory and in
+    trainers (which sees only this contract): reported by each CLI as one line, no traceback."""
+
+
+class FormatError(FactoryError, ValueError):
     """A dataset, view or manifest does not follow the contract (message names the file)."""
 
 
@@ -534,7 +539,7 @@ def parent_url_for(view_url: str, root: str) -> str:
 # gone (same host) is taken over.
 
 
-class FolderBusy(Exception):
+class FolderBusy(FactoryError):
     """Another live process holds the folder's lock (message names it)."""
 
 

@@ -24,8 +24,10 @@ Modules (each imports only those above it, and factory.format):
 """
 from __future__ import annotations
 
+from factory.format import FactoryError
+
 __version__ = "0.1.0"
 
 
-class TrainersError(Exception):
+class TrainersError(FactoryError):
     """An error caused by user input or files, reported by the CLI as one line."""
