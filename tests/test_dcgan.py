@@ -126,7 +126,7 @@ def test_wrong_shape(tmp_path):
     _, sd = synthetic()  # ngf=4: main.3 is [8, 4, 4, 4]
     bad = dict(sd, **{"main.3.weight": torch.randn(8, 5, 4, 4)})
     msg = error(tmp_path, bad)
-    assert "nz=8 ngf=4 nc=3 16px" in msg and "main.3.weight (file [8, 5, 4, 4], expected [8, 4, 4, 4])" in msg
+    assert "nz=8 ngf=4 nc=3 16px" in msg and "main.3.weight (file [8, 5, 4, 4], model [8, 4, 4, 4])" in msg
     five = dict(sd, **{"main.6.weight": torch.randn(4, 5, 4, 4)})
     assert "nc=5" in error(tmp_path, five)
     nan = dict(sd, **{"main.0.weight": torch.full_like(sd["main.0.weight"], float("nan"))})
@@ -153,7 +153,7 @@ def test_files_and_options(tmp_path):
     with pytest.raises(FactoryError, match="not a torch checkpoint .*HTML page"):
         load_generator("dcgan", weights=tmp_path / "page.pth")
     (tmp_path / "cut.pth").write_bytes(save(tmp_path, sd).read_bytes()[:300])
-    with pytest.raises(FactoryError, match="not a readable torch checkpoint"):
+    with pytest.raises(FactoryError, match="corrupt or truncated torch checkpoint"):
         load_generator("dcgan", weights=tmp_path / "cut.pth")
     with pytest.raises(FactoryError, match="not found"):
         load_generator("dcgan", weights=tmp_path / "nope.pth")

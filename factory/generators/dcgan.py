@@ -29,14 +29,9 @@ generators (e.g. MNIST) are accepted: their channel is repeated to RGB, as the p
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
 import json
 import math
-import pickle
-import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,16 +40,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import file_name
 from factory.generators import register
+from factory.generators.torchcore import (
+    check_options,
+    compiled,
+    load_strict,
+    precision_scope,
+    read_torch_weights,
+    state_dict_digest,
+    weights_digest,
+)
 
 CHECKPOINT_KEY = "netG_state_dict"
 _OPTIONS = ("weights", "config", "random_weights", "seed", "device", "dtype", "resolution", "autocast",
             "channels_last", "compile")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-_AUTOCAST = (None, "fp32", "tf32", "bf16")
 
 
 def packaged_face_weights() -> Path | None:
@@ -144,11 +145,6 @@ class DCGAN(nn.Module):
 # ---------------------------------------------------------------------------------- loading
 
 
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {s[0] if s else ''}"[:200]
-
-
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
     """(state dict, the checkpoint key it came from or None) from a torch file, weights_only=True."""
     path = Path(path).expanduser()
@@ -160,17 +156,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]
         if not head:
             raise FactoryError(f"{path}: empty file, not a checkpoint (an interrupted download?)")
         raise FactoryError(f"{path}: not a torch checkpoint (first bytes {head!r}; an HTML page or text file?)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
-        raise FactoryError(
-            f"{path}: refused: the pickle references code or objects other than tensors{what}, which "
-            f"weights_only loading does not run; save the generator's state_dict() instead"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
-        raise FactoryError(f"{path}: not a readable torch checkpoint ({_one_line(e)})") from None
+    obj = read_torch_weights(path, hint="download or save it again")
     key = None
     if isinstance(obj, dict) and CHECKPOINT_KEY in obj:
         key, obj = CHECKPOINT_KEY, obj[CHECKPOINT_KEY]
@@ -189,7 +175,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]
 
 
 def infer_config(sd: Mapping[str, torch.Tensor], source: str = "state dict") -> DCGANConfig:
-    """The DCGANConfig a state dict describes (shapes are checked afterwards by check_state_dict)."""
+    """The DCGANConfig a state dict describes (shapes are checked afterwards by load_strict)."""
     convs = sorted(int(k.split(".")[1]) for k in sd
                    if k.startswith("main.") and k.endswith(".weight") and k.count(".") == 2
                    and k.split(".")[1].isdigit() and sd[k].dim() == 4)
@@ -213,35 +199,9 @@ def infer_config(sd: Mapping[str, torch.Tensor], source: str = "state dict") -> 
         raise FactoryError(f"{source}: {e} (read off the state dict: {cfg})") from None
 
 
-def check_state_dict(sd: Mapping[str, torch.Tensor], model: DCGAN, source: str) -> dict[str, torch.Tensor]:
-    """Every key and shape of the model, nothing else (``num_batches_tracked`` may be absent);
-    floating, finite parameters. Returns the state dict completed for ``load_state_dict(strict=True)``."""
-    expected = model.state_dict()
-    optional = {k for k in expected if k.endswith(".num_batches_tracked")}
-    missing = [k for k in expected if k not in sd and k not in optional]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k} (file {list(sd[k].shape)}, expected {list(expected[k].shape)})"
-              for k in expected if k in sd and sd[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {', '.join(missing[:4])}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:4])}")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches: {'; '.join(shapes[:3])}")
-    if problems:
-        raise FactoryError(f"{source} does not match a DCGAN generator with {model.cfg.short()}: {' | '.join(problems)}")
-    out = dict(sd)
-    for k in optional:
-        out.setdefault(k, expected[k])
-    for k, v in out.items():
-        if k in optional:
-            continue
-        if not v.is_floating_point():
-            raise FactoryError(f"{source}: {k} has dtype {v.dtype}, expected floating point")
-        if not torch.isfinite(v).all():
-            raise FactoryError(f"{source}: {k} contains NaN or inf values")
-    return out
+def num_batches_tracked(model: DCGAN) -> list[str]:
+    """BatchNorm's counters: they play no part in eval mode, so a file may lack them."""
+    return [k for k in model.state_dict() if k.endswith(".num_batches_tracked")]
 
 
 @torch.no_grad()
@@ -264,31 +224,6 @@ def random_state_dict(cfg: DCGANConfig, seed: int = 0) -> dict[str, torch.Tensor
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _cuda_flags(device: torch.device, autocast: str | None):
-    """Scope cuDNN/TF32 switches to one call: deterministic cuDNN (transposed convolutions may
-    otherwise pick atomics-based algorithms), TF32 only when asked for."""
-    if device.type != "cuda":
-        yield
-        return
-    b = torch.backends
-    old = (b.cudnn.deterministic, b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
-    b.cudnn.deterministic, b.cudnn.benchmark = True, False
-    b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = autocast == "tf32"
-    try:
-        yield
-    finally:
-        b.cudnn.deterministic, b.cudnn.benchmark, b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = old
-
-
 # ---------------------------------------------------------------------------------- the generator
 
 
@@ -309,9 +244,7 @@ class DCGANGenerator:
         self.weights_sha256, self.weights_source, self.state_dict_key = weights_sha256, weights_source, state_dict_key
         self.autocast = None if autocast == "fp32" else autocast
         self.channels_last, self.compile = channels_last, compile
-        self._fn = module
-        if compile:
-            self._fn = torch.compile(module, mode=compile if isinstance(compile, str) else None, dynamic=False)
+        self._fn = compiled(module, compile)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.dim_z:
@@ -320,9 +253,8 @@ class DCGANGenerator:
         x = z.to(device=self.device, dtype=self.dtype).reshape(z.shape[0], self.dim_z, 1, 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        amp = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.autocast == "bf16"
-               else contextlib.nullcontext())
-        with _cuda_flags(self.device, self.autocast), amp:
+        # deterministic cuDNN: transposed convolutions may otherwise pick atomics-based algorithms
+        with precision_scope(self.device, self.autocast, deterministic=True):
             out = self._fn(x)
         if out.shape[1] == 1:
             out = out.expand(-1, 3, -1, -1)
@@ -362,17 +294,8 @@ def load_dcgan(*, weights: str | Path | None = None, config: Any = None, random_
     """
     if unknown:
         raise FactoryError(f"dcgan: unknown option(s) {', '.join(sorted(unknown))}; known options: {', '.join(_OPTIONS)}")
-    if autocast not in _AUTOCAST:
-        raise FactoryError(f"dcgan: autocast={autocast!r}; choose one of {_AUTOCAST}")
-    dt = torch.float32 if dtype is None else (_DTYPES.get(dtype) if isinstance(dtype, str) else dtype)
-    if not isinstance(dt, torch.dtype) or dt not in _DTYPES.values():
-        raise FactoryError(f"dcgan: dtype={dtype!r}; choose one of float32, float64, bfloat16, float16")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise FactoryError(f"dcgan: bad device {device!r} ({e}); use 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FactoryError(f"dcgan: device={device!r} but CUDA is not available here; use device='cpu'")
+    opts = check_options(device=device, dtype=dtype, autocast=autocast, channels_last=channels_last,
+                         compile=compile, prefix="dcgan: ")
 
     if weights is not None and random_weights:
         raise FactoryError("dcgan: pass either weights=PATH or random_weights=True, not both")
@@ -385,15 +308,11 @@ def load_dcgan(*, weights: str | Path | None = None, config: Any = None, random_
                 f"dcgan: config {DCGANConfig.from_any(config).short()} disagrees with {path}, which holds "
                 f"{cfg.short()}; omit config"
             )
-        sha, source = _sha256(path), str(path)
+        sha, source = weights_digest(path), str(path)
     elif random_weights:
         cfg = DCGANConfig.from_any(config)
         sd, key = random_state_dict(cfg, seed), None
-        h = hashlib.sha256()
-        for k, v in sd.items():
-            h.update(k.encode())
-            h.update(v.numpy().tobytes())
-        sha, source = h.hexdigest(), f"random(seed={int(seed)})"
+        sha, source = state_dict_digest(sd), f"random(seed={int(seed)})"
     else:
         hint = packaged_face_weights()
         hint = f" (the installed gan-face-generate package ships one: {hint})" if hint else ""
@@ -404,10 +323,11 @@ def load_dcgan(*, weights: str | Path | None = None, config: Any = None, random_
             f"({cfg.n_layers} transposed convolutions); omit resolution"
         )
     model = DCGAN(cfg)
-    model.load_state_dict(check_state_dict(sd, model, source), strict=True)
-    model.eval().requires_grad_(False)
-    model.to(device=dev, dtype=dt)
-    if channels_last:
+    load_strict(model, sd, source=source, what=f"a DCGAN generator with {cfg.short()}",
+                optional=num_batches_tracked(model))
+    model.to(device=opts.device, dtype=opts.dtype)
+    if opts.channels_last:
         model.to(memory_format=torch.channels_last)
-    return DCGANGenerator(model, device=dev, dtype=dt, weights_sha256=sha, weights_source=source,
-                          state_dict_key=key, autocast=autocast, channels_last=channels_last, compile=compile)
+    return DCGANGenerator(model, device=opts.device, dtype=opts.dtype, weights_sha256=sha, weights_source=source,
+                          state_dict_key=key, autocast=opts.autocast, channels_last=opts.channels_last,
+                          compile=opts.compile)

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from factory.errors import FactoryError
-from factory.fsio import ReadError, read_torch_file
+from factory.format import FactoryError
 from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
+from factory.generators.torchcore import check_state_dict as torchcore_check
+from factory.generators.torchcore import one_line, read_torch_weights
 
 WEIGHTS_HINT = (
     "get the authors' BigBiGAN_x1.pth with `factory weights fetch bigbigan` "
@@ -67,20 +68,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own error types
             raise FactoryError(
-                f"{path}: corrupt or truncated safetensors file ({_one_line(e)}); download it again"
+                f"{path}: corrupt or truncated safetensors file ({one_line(e)}); download it again"
             ) from None
     else:
-        try:
-            obj = read_torch_file(path)
-        except ReadError as e:
-            msg = _one_line(e.cause)[:200]
-            if e.reason == "objects":
-                raise FactoryError(
-                    f"{path}: refused: the checkpoint's pickle references code or objects other than "
-                    f"tensors, which weights_only loading does not run ({msg}); only plain state "
-                    f"dicts are accepted — do not load this file with weights_only=False unless you trust it"
-                ) from None
-            raise FactoryError(f"{path}: corrupt or truncated torch checkpoint ({msg}); download it again") from None
+        obj = read_torch_weights(path, hint="download it again")
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise FactoryError(f"{path}: not a plain state dict (got {type(obj).__name__}); {WEIGHTS_HINT}")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
@@ -89,36 +80,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {s[0] if s else ''}".strip()
+def match_terms(cfg: BigBiGANConfig, source: str) -> dict[str, str]:
+    """How a state-dict mismatch names the model and the fix (torchcore's `what` and `hint`)."""
+    return {"what": f"BigBiGAN ({cfg.short()})",
+            "hint": f"; `factory weights inspect {source}` tells which config a file matches"}
 
 
 def check_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module, cfg: BigBiGANConfig, source: str) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [
-        f"{k} (file {list(sd[k].shape)}, model {list(expected[k])})"
-        for k in expected if k in sd and tuple(sd[k].shape) != expected[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {', '.join(missing[:4])}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:4])}")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches: {'; '.join(shapes[:3])}")
-    if problems:
-        raise FactoryError(
-            f"{source} does not match BigBiGAN ({cfg.short()}): {' | '.join(problems)}; "
-            f"`factory weights inspect {source}` tells which config a file matches"
-        )
-    for k, v in sd.items():
-        if not v.is_floating_point():
-            raise FactoryError(f"{source}: {k} has dtype {v.dtype}, expected floating point")
-        if not torch.isfinite(v).all():
-            raise FactoryError(f"{source}: {k} contains NaN or inf values")
+    """Every key and shape of the model, nothing else, floating and finite; one FactoryError line."""
+    torchcore_check(sd, model, source=source, **match_terms(cfg, source))
 
 
 def infer_config(sd: Mapping[str, torch.Tensor]) -> BigBiGANConfig:

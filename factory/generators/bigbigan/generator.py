@@ -28,8 +28,6 @@ shared/reference/bigbigan/README.md. Two execution paths share one set of weight
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,40 +36,24 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from factory.errors import FactoryError
-from factory.fsio import file_name, sha256_file
+from factory.format import FactoryError
+from factory.fsio import file_name
 from factory.generators import register
-from factory.generators.bigbigan.checkpoint import (
-    check_state_dict,
-    random_state_dict,
-    read_state_dict,
-)
+from factory.generators.bigbigan.checkpoint import match_terms, random_state_dict, read_state_dict
 from factory.generators.bigbigan.fused import FusedBigBiGAN
 from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
+from factory.generators.torchcore import (
+    check_options,
+    compiled,
+    load_strict,
+    precision_scope,
+    state_dict_digest,
+    weights_digest,
+)
 
 # ----------------------------------------------------------------------------------------------
 # The generator object the engine uses
 # ----------------------------------------------------------------------------------------------
-
-_AUTOCAST = (None, "bf16", "tf32")
-_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-@contextlib.contextmanager
-def _tf32(enabled: bool | None):
-    """Scope CUDA's TF32 switches to one call: True (autocast="tf32"), False (the exact fp32 path:
-    cuDNN convolutions default to TF32 otherwise), None (leave them, e.g. under bf16 autocast)."""
-    if enabled is None:
-        yield
-        return
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
 
 class BigBiGANGenerator:
     """Protocol object: `dim_z`, `resolution`, `device`, `__call__(z)`, `identity()`."""
@@ -99,10 +81,7 @@ class BigBiGANGenerator:
             if channels_last:
                 module.to(memory_format=torch.channels_last)
             self.runner = module
-        self._fn = self.runner
-        if compile:
-            mode = compile if isinstance(compile, str) else None
-            self._fn = torch.compile(self.runner, mode=mode, dynamic=False)
+        self._fn = compiled(self.runner, compile)
 
     # protocol ---------------------------------------------------------------------------------
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
@@ -110,15 +89,9 @@ class BigBiGANGenerator:
             shape = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise FactoryError(f"bigbigan expects z of shape [B, {self.dim_z}], got {shape}")
         z = z.to(device=self.device, dtype=self.dtype)
-        tf32 = {None: False, "tf32": True}.get(self.autocast)
-        with _tf32(tf32), self._autocast_ctx():
+        with precision_scope(self.device, self.autocast):
             out = self._fn(z)
         return out.float().contiguous()
-
-    def _autocast_ctx(self):
-        if self.autocast == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def identity(self) -> dict:
         return {
@@ -154,7 +127,7 @@ class BigBiGANGenerator:
                 hooks.append(blk.register_forward_hook(
                     lambda m, inp, o, key=f"blocks.{i}.{j}_out": acts.__setitem__(key, o)))
         try:
-            with torch.no_grad(), _tf32(False):
+            with torch.no_grad(), precision_scope(self.device, None):
                 acts["image"] = self.module(z.to(device=self.device, dtype=self.dtype))
         finally:
             for h in hooks:
@@ -178,32 +151,19 @@ def load_bigbigan(*, weights: str | Path | None = None, config: Any = None, devi
     fused (default: on with any fast path) selects the fused inference graph.
     """
     cfg = BigBiGANConfig.from_any(config)
-    if autocast not in _AUTOCAST:
-        raise FactoryError(f"autocast={autocast!r}; choose one of {_AUTOCAST}")
-    if dtype not in _DTYPES:
-        raise FactoryError(f"dtype={dtype!r}; choose one of {[str(d) for d in _DTYPES]}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise FactoryError(f"bad device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FactoryError(f"device={device!r} but CUDA is not available here; use device='cpu'")
+    opts = check_options(device=device, dtype=dtype, autocast=autocast, channels_last=channels_last,
+                         compile=compile)
     model = BigBiGAN(cfg)
     if weights is not None and random_weights:
         raise FactoryError("pass either weights=PATH or random_weights=True, not both")
     if weights is not None:
         path = Path(weights).expanduser()
         sd = read_state_dict(path)
-        check_state_dict(sd, model, cfg, str(path))
-        sha = sha256_file(str(path))
+        sha = weights_digest(path)
         source = str(path)
     elif random_weights:
         sd = random_state_dict(model, seed)
-        h = hashlib.sha256()
-        for k, v in sd.items():
-            h.update(k.encode())
-            h.update(v.numpy().tobytes())
-        sha = h.hexdigest()
+        sha = state_dict_digest(sd)
         source = f"random(seed={int(seed)})"
     else:
         raise FactoryError(
@@ -211,14 +171,13 @@ def load_bigbigan(*, weights: str | Path | None = None, config: Any = None, devi
             "download it with `factory weights fetch bigbigan` and pass weights=PATH "
             "(or random_weights=True for benchmarks)"
         )
-    model.load_state_dict(sd, strict=True)
-    model.eval().requires_grad_(False)  # gradients flow to z (directions), never to weights
+    load_strict(model, sd, source=source, **match_terms(cfg, source))
     model.fold_spectral_norm()
     if fused is None:
-        fused = autocast is not None or channels_last or bool(compile)
+        fused = opts.autocast is not None or opts.channels_last or bool(opts.compile)
     # the fused graph is folded in float64 from the fp32 weights, then cast to dtype
-    fused_module = FusedBigBiGAN(model, dtype=dtype, channels_last=channels_last) if fused else None
-    model.to(device=dev, dtype=dtype)
-    return BigBiGANGenerator(model, device=dev, dtype=dtype, weights_sha256=sha, weights_source=source,
-                             autocast=autocast, channels_last=channels_last, compile=compile,
+    fused_module = FusedBigBiGAN(model, dtype=opts.dtype, channels_last=opts.channels_last) if fused else None
+    model.to(device=opts.device, dtype=opts.dtype)
+    return BigBiGANGenerator(model, device=opts.device, dtype=opts.dtype, weights_sha256=sha, weights_source=source,
+                             autocast=opts.autocast, channels_last=opts.channels_last, compile=opts.compile,
                              fused_module=fused_module)
