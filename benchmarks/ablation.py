@@ -180,7 +180,7 @@ def training_mask_iou(view: Path, mask: str, column: str) -> tuple[int, float]:
     import pyarrow.parquet as pq
 
     from factory import format as fmt
-    from trainers.data import open_index
+    from trainers.data.stream import open_index
 
     index = open_index(str(view), split="train", holdout_permille=HOLDOUT_PERMILLE, mask=mask)
     resolved = fmt.open_dataset(str(view))
@@ -200,15 +200,15 @@ def native_eval(run_dir: Path, test_dir: Path, device: str) -> dict:
 
     `trainers eval` feeds every image at shorter side 128; a U-Net trained on 64 px
     samples then sees objects twice as large as in training. This isolates that
-    scale gap. Same metrics (trainers.metrics), same model, same images.
+    scale gap. Same metrics (trainers.eval.metrics), same model, same images.
     """
     import torch
 
-    from trainers.benchmarks import open_benchmark
-    from trainers.checkpoint import load_model
+    from trainers.eval.layouts import open_benchmark
+    from trainers.model.checkpoint import load_model
     from trainers.device import resolve_device
-    from trainers.evaluate import image_to_input, predict_batch
-    from trainers.metrics import SegmentationMetrics
+    from trainers.eval.evaluate import image_to_input, predict_batch
+    from trainers.eval.metrics import SegmentationMetrics
 
     dev = resolve_device(device)
     model = load_model(run_dir, dev)

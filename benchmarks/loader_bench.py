@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from factory.generate.bench import cpu_name
-from trainers import data as td  # noqa: E402
+from trainers.data import stream as td  # noqa: E402
 
 
 def ensure_dataset(path: Path, n: int, resolution: int) -> Path:
@@ -85,7 +85,7 @@ def time_train_steps(device: str, batch_size: int, resolution: int, width: int, 
     """U-Net training steps/s on synthetic tensors (the trainer's step: bf16 autocast on CUDA, BCE, Adam)."""
     import torch.nn.functional as F
 
-    from trainers.unet import ModelConfig, UNet
+    from trainers.model.unet import ModelConfig, UNet
 
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not deterministic

@@ -194,7 +194,7 @@ def iou_native(a) -> None:
     import torch
     from PIL import Image
 
-    from trainers.checkpoint import open_model
+    from trainers.model.checkpoint import open_model
 
     net = open_model(a.model, "cpu").eval()
     held = Path(a.held)

@@ -75,11 +75,11 @@ def scored(run_dir: Path, kind: str, root: Path, *, short: int | None, device: s
 def score(run_dir: Path, kind: str, root: Path, *, short: int | None, device: str) -> dict:
     import torch
 
-    from trainers.benchmarks import open_benchmark
-    from trainers.checkpoint import load_model
+    from trainers.eval.layouts import open_benchmark
+    from trainers.model.checkpoint import load_model
     from trainers.device import resolve_device
-    from trainers.evaluate import image_to_input, predict_batch
-    from trainers.metrics import SegmentationMetrics
+    from trainers.eval.evaluate import image_to_input, predict_batch
+    from trainers.eval.metrics import SegmentationMetrics
 
     dev = resolve_device(device)
     model = load_model(run_dir, dev)
@@ -101,7 +101,7 @@ def training_mask_iou(url: Path, mask_source: str, generator) -> dict:
     from PIL import Image
 
     from factory import format as fmt
-    from trainers.data import open_index, read_shard
+    from trainers.data.stream import open_index, read_shard
 
     index = open_index(str(url), split="train", holdout_permille=HOLDOUT_PERMILLE, mask_source=mask_source)
     exts = (*index.mask_members(), fmt.EXT_LATENT)

@@ -88,7 +88,7 @@ def test_codec_datasets_verify_card_and_stock_webdataset(datasets):
 
 
 def test_trainers_read_every_codec(datasets):
-    from trainers.data import iter_batches, open_index
+    from trainers.data.stream import iter_batches, open_index
 
     got = {c: next(iter_batches(open_index(str(d), split="all"), batch_size=24)) for c, d in datasets.items()}
     assert open_index(str(datasets["jpeg"]), split="all").image_member == "jpg"
@@ -130,7 +130,7 @@ def test_encodings_are_deterministic_and_masks_lossless():
 
 
 def test_materialized_view_keeps_the_codec(datasets, tmp_path):
-    from trainers.data import iter_batches, open_index
+    from trainers.data.stream import iter_batches, open_index
 
     out = tmp_path / "mat"
     run(["filter", str(datasets["webp"]), "--max-fg", "0.5", "--materialize", "--out", str(out)])

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from trainers.benchmarks import (
+from trainers.eval.layouts import (
     BenchmarkError,
     discover,
     flowers_foreground,
@@ -19,9 +19,9 @@ from trainers.benchmarks import (
     parse_dataset_spec,
 )
 from trainers.cli import main
-from trainers.evaluate import evaluate_model, network_input_size
-from trainers.checkpoint import save_model
-from trainers.unet import ModelConfig, UNet
+from trainers.eval.evaluate import evaluate_model, network_input_size
+from trainers.model.checkpoint import save_model
+from trainers.model.unet import ModelConfig, UNet
 
 PAPER = ("maxF", "IoU", "accuracy", "MAE")
 
@@ -251,7 +251,7 @@ def test_eval_pascal_s_120(shared, run8, tmp_path):
 
 
 def test_eval_model_is_batch_independent(run8, tmp_path):
-    from trainers.checkpoint import load_model
+    from trainers.model.checkpoint import load_model
 
     make_ecssd(tmp_path / "E")
     model = load_model(run8)

@@ -1,4 +1,4 @@
-"""trainers.metrics against an independent, straightforward per-image per-threshold loop."""
+"""trainers.eval.metrics against an independent, straightforward per-image per-threshold loop."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from trainers.cli import main
-from trainers.metrics import SegmentationMetrics, image_curves
+from trainers.eval.metrics import SegmentationMetrics, image_curves
 
 BETA_SQ = 0.3
 

@@ -156,7 +156,7 @@ def test_filter_on_agreement(work, tmp_path):
 
 
 def test_mask_source_trains_and_decodes(work, tmp_path):
-    from trainers.data import iter_batches, open_index
+    from trainers.data.stream import iter_batches, open_index
 
     members = _members(work["derived"])
     for source in ("teacher", "intersection"):

@@ -72,7 +72,7 @@ def test_generate_filter_verify_read_on_s3(s3, tmp_path):
     assert all(x["png"].shape == (64, 64, 3) for x in got)
 
     # training data read through the S3 view by trainers holds exactly those keys
-    from trainers.data import iter_batches, open_index
+    from trainers.data.stream import iter_batches, open_index
 
     idx = open_index(view_url, split="all")
     rows = [r for b in iter_batches(idx, batch_size=16) for r in b["row"].tolist()]

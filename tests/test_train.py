@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from trainers_fixtures import small_dataset
 
-from trainers.data import LoaderState, open_index, plan_epoch
+from trainers.data.stream import LoaderState, open_index, plan_epoch
 from trainers.train import TrainConfig, TrainError, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def test_training_decreases_the_loss(ds, tmp_path):
 
 def test_train_cli_writes_model_and_card(ds, tmp_path):
     from trainers.cli import main
-    from trainers.checkpoint import load_model
+    from trainers.model.checkpoint import load_model
 
     out = tmp_path / "cli-run"
     args = ["train", "--data", str(ds), "--out", str(out), "--steps", "2", "--batch-size", "4", "--width", "8",
@@ -108,6 +108,37 @@ def test_train_cli_writes_model_and_card(ds, tmp_path):
     assert card["code"]["trainers"]
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "already holds a run; pass --resume" in again.output
+
+
+def test_cli_prints_a_bad_manifest_as_one_line(tmp_path):
+    from trainers.cli import main
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text("{")
+    res = CliRunner().invoke(main, ["train", "--data", str(bad), "--out", str(tmp_path / "run"), "--steps", "1"])
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("Error: manifest ") and "not valid JSON" in res.output
+    assert res.output.count("\n") == 1 and "Traceback" not in res.output
+
+
+def test_the_group_prints_every_factory_error_as_one_line():
+    """The one error wrapper: any FactoryError (FormatError, TrainersError, ...) raised by a subcommand."""
+    import click
+
+    from factory.format import FormatError
+    from trainers.cli import TrainersGroup
+
+    @click.group(cls=TrainersGroup)
+    def group():
+        pass
+
+    @group.command()
+    def broken():
+        raise FormatError("shard 000003.tar is not in the manifest; rerun factory verify")
+
+    res = CliRunner().invoke(group, ["broken"])
+    assert res.exit_code == 1 and res.output == "Error: shard 000003.tar is not in the manifest; rerun factory verify\n"
 
 
 def test_two_rank_gloo_ddp(ds, tmp_path):

@@ -17,7 +17,7 @@ from trainers_fixtures import small_dataset
 import trainers.progress
 import trainers.train
 from trainers.cli import main
-from trainers.metrics import pysod_available
+from trainers.eval.metrics import pysod_available
 from trainers.progress import (
     CPU_RUN_FLAGS,
     MAX_DEFAULT_WORKERS,
@@ -26,7 +26,7 @@ from trainers.progress import (
     cpu_advice,
     default_workers,
 )
-from trainers.unet import ModelConfig, UNet
+from trainers.model.unet import ModelConfig, UNet
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from trainers.checkpoint import (
+from trainers.model.checkpoint import (
     INFO_FILE,
     WEIGHTS_FILE,
     ModelFileError,
@@ -15,7 +15,7 @@ from trainers.checkpoint import (
     save_model,
 )
 from trainers.cli import main
-from trainers.unet import ModelConfig, UNet, normalize_images
+from trainers.model.unet import ModelConfig, UNet, normalize_images
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from trainers import TrainersError
+from trainers.errors import TrainersError
 
 
 class DeviceError(TrainersError, ValueError):

@@ -27,13 +27,14 @@ import torch
 from PIL import Image
 
 from factory import format as fmt
-from trainers import TrainersError, __version__
-from trainers.checkpoint import WEIGHTS_FILE, model_label, open_model
-from trainers.data import DataError, SampleIndex, build_index, decode_image, read_shard
+from trainers import __version__
+from trainers.errors import TrainersError
+from trainers.model.checkpoint import WEIGHTS_FILE, model_label, open_model
+from trainers.data.stream import DataError, SampleIndex, build_index, decode_image, read_shard
 from trainers.device import resolve_device
 from trainers.fileio import atomic_write, json_bytes, sha256_bytes, sha256_file
 from trainers.progress import RateLine
-from trainers.unet import ModelConfig, foreground_probability
+from trainers.model.unet import ModelConfig, foreground_probability
 
 
 class RelabelError(TrainersError, ValueError):

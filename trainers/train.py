@@ -7,10 +7,10 @@ step consumes W x batch_size samples.
 
 Run folder (``--out RUN``)::
 
-    RUN/model.safetensors, RUN/model.json   final weights (trainers.checkpoint.save_model format)
+    RUN/model.safetensors, RUN/model.json   final weights (trainers.model.checkpoint.save_model format)
     RUN/card.json                           model card: data ids, recipe, code version, hold-out metrics
     RUN/metrics.jsonl                       one line per validation
-    RUN/checkpoint.json, RUN/checkpoints/   newest training checkpoint (format: trainers/checkpoint.py)
+    RUN/checkpoint.json, RUN/checkpoints/   newest training checkpoint (format: trainers/model/checkpoint.py)
 
 ``resume=True`` continues bit-exactly on CPU: the weights after a stop at step k
 and a resume equal those of an uninterrupted run. A checkpoint's state.json
@@ -40,8 +40,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from trainers import TrainersError, __version__
-from trainers.checkpoint import (
+from trainers import __version__
+from trainers.errors import TrainersError
+from trainers.model.checkpoint import (
     POINTER_FILE,
     CheckpointError,
     load_checkpoint,
@@ -49,7 +50,7 @@ from trainers.checkpoint import (
     save_model,
     unflatten_optimizer,
 )
-from trainers.data import (
+from trainers.data.stream import (
     DEFAULT_SHUFFLE_WINDOW,
     DataError,
     LoaderState,
@@ -61,9 +62,9 @@ from trainers.data import (
 )
 from trainers.device import resolve_device
 from trainers.fileio import atomic_write, json_bytes
-from trainers.metrics import SegmentationMetrics
+from trainers.eval.metrics import SegmentationMetrics
 from trainers.progress import Progress, cpu_advice, default_workers, emit, startup_line
-from trainers.unet import ModelConfig, UNet
+from trainers.model.unet import ModelConfig, UNet
 
 CARD_FILE = "card.json"
 METRICS_FILE = "metrics.jsonl"
@@ -99,7 +100,7 @@ class TrainConfig:
     val_every: int = 1000
     device: str = "auto"
     mask: str = "clean"
-    mask_source: str = "mask"  # mask | teacher | intersection (trainers.data.MASK_SOURCES)
+    mask_source: str = "mask"  # mask | teacher | intersection (trainers.data.stream.MASK_SOURCES)
     flip: bool = True
     shuffle_window: int = DEFAULT_SHUFFLE_WINDOW
     deterministic: bool = True
@@ -199,7 +200,7 @@ def code_version() -> dict:
 @torch.no_grad()
 def validate(net: torch.nn.Module, index: SampleIndex, *, device: torch.device, batch_size: int,
              limit: int | None) -> dict:
-    """Hold-out metrics: per-pixel BCE, IoU / accuracy at p >= 0.5, maxF, MAE (trainers.metrics protocol)."""
+    """Hold-out metrics: per-pixel BCE, IoU / accuracy at p >= 0.5, maxF, MAE (trainers.eval.metrics protocol)."""
     if len(index) == 0:
         return {}
     was = net.training
@@ -298,7 +299,7 @@ class Segment:
                 "mask_source": self.index.mask_source}
 
     def checkpoint_state(self) -> dict:
-        """What state.json records beside the step and the optimizer (trainers.checkpoint)."""
+        """What state.json records beside the step and the optimizer (trainers.model.checkpoint)."""
         return {"recipe": self.cfg.recipe(), "loader": self.loader_state.to_dict(),
                 "world_size": self.dist.world_size, "data": self.data_desc(), "history": self.history,
                 "seeds": {"seed": self.cfg.seed}, "code": code_version()}
@@ -561,6 +562,6 @@ def _card(seg: Segment) -> dict:
         "validation": {"split": "hold-out of the synthetic data (see data.holdout)",
                        "limit": cfg.val_max or None, "metrics": seg.last_val,
                        "protocol": "BCE per pixel; IoU/accuracy at p >= 0.5 per image; maxF beta^2=0.3 "
-                                   "(trainers.metrics)"},
+                                   "(trainers.eval.metrics)"},
         "code": code_version(),
     }

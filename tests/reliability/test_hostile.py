@@ -81,7 +81,7 @@ def _png_with_size(w: int, h: int) -> bytes:
 
 
 def test_decompression_bomb_refused_before_decoding():
-    from trainers.data import DataError, decode_sample
+    from trainers.data.stream import DataError, decode_sample
 
     with pytest.raises(fmt.FormatError, match="declares 10000x10000 pixels"):
         fmt.open_image_checked(_png_with_size(10_000, 10_000), "shard 0: key 0000000000.png")
@@ -121,8 +121,8 @@ def test_safetensors_header_lying_about_sizes(tmp_path):
 
 
 def test_model_safetensors_lying_about_sizes(tmp_path):
-    from trainers.checkpoint import load_model, save_model
-    from trainers.unet import ModelConfig, UNet
+    from trainers.model.checkpoint import load_model, save_model
+    from trainers.model.unet import ModelConfig, UNet
 
     run = tmp_path / "run"
     save_model(run, UNet(ModelConfig(width=4)), ModelConfig(width=4), {})

@@ -1,5 +1,5 @@
-"""`trainers train`: thin click command over trainers.train.train (registered in trainers/cli.py,
-whose group turns TrainersError into a one-line error)."""
+"""`trainers train`: thin click command over trainers.train.train (attached to the group in
+trainers/cli/__init__.py, which turns every FactoryError into a one-line error)."""
 from __future__ import annotations
 
 import click

@@ -7,13 +7,13 @@ Default protocol = the paper authors' (their ``SegmentationInference(resize_to=1
     to [-1, 1] and fed to the U-Net;
   - the foreground probability (sigmoid of our 1-logit head, softmax channel 1
     of the authors' 2-logit head) is resized bilinearly (align_corners=False)
-    to the ground truth's size and scored there with trainers.metrics
+    to the ground truth's size and scored there with trainers.eval.metrics
     (IoU / accuracy at p >= 0.5, maxF over p > k/255);
-  - CUB and Flowers arrive already centre-cropped to 128x128 (benchmarks.py).
+  - CUB and Flowers arrive already centre-cropped to 128x128 (layouts.py).
 Consecutive samples with the same network input size are batched together;
 BatchNorm runs in eval mode, so batching never changes a prediction.
 
-``--model`` anywhere means a run folder or an authors' ``.pth`` (trainers.checkpoint.open_model);
+``--model`` anywhere means a run folder or an authors' ``.pth`` (trainers.model.checkpoint.open_model);
 the functions here take a loaded module or such a path.
 """
 from __future__ import annotations
@@ -29,20 +29,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from trainers import TrainersError
-from trainers.benchmarks import (
+from trainers.errors import TrainersError
+from trainers.eval.layouts import (
     Benchmark,
     BenchmarkError,
     Sample,
     files_by_stem,
     open_benchmark,
 )
-from trainers.checkpoint import open_model
+from trainers.model.checkpoint import open_model
 from trainers.device import resolve_device
 from trainers.fileio import atomic_write
-from trainers.metrics import METRIC_PROTOCOL, SegmentationMetrics
+from trainers.eval.metrics import METRIC_PROTOCOL, SegmentationMetrics
 from trainers.progress import count_bar
-from trainers.unet import ModelConfig, foreground_probability
+from trainers.model.unet import ModelConfig, foreground_probability
 
 SHORT_SIDE = 128
 PROTOCOL = ("the authors' (shorter side 128 = their SegmentationInference(resize_to=128), probability "

@@ -11,7 +11,7 @@ in their file.
 Reading is ``torch.load(weights_only=True)`` (tensors and plain containers only; never an
 arbitrary pickle), a DataParallel ``module.`` prefix is stripped, and every key, shape and dtype
 must be exactly the architecture's (no ``strict=False``); any problem is one line naming the
-file and the key. trainers/checkpoint.py uses this to serve ``--model FILE.pth`` and ``convert``.
+file and the key. trainers/model/checkpoint.py uses this to serve ``--model FILE.pth`` and ``convert``.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from trainers import TrainersError
-from trainers.unet import ModelConfig, UNet
+from trainers.errors import TrainersError
+from trainers.model.unet import ModelConfig, UNet
 
 AUTHORS_CONFIG = ModelConfig(width=64, out_channels=2, upsampling="bilinear", conv_bias=True, head="softmax")
 SOURCE_FORMAT = "authors-unet-pth"  # recorded in model.json of a converted run

@@ -1,4 +1,4 @@
-"""Evaluation benchmarks as distributed: layouts, splits, ground-truth decoding.
+"""Evaluation datasets as distributed: folder layouts, splits, ground-truth decoding.
 
 Each kind reads the folder a user unpacked (shared/reference/benchmarks.md):
 
@@ -30,7 +30,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
-from trainers import TrainersError
+from trainers.errors import TrainersError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CROP_SIZE = 128

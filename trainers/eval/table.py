@@ -2,7 +2,7 @@
 
 The published numbers (acc / IoU / maxFβ) are those of shared/reference/benchmarks.md: the paper's
 Tables 1 and 2 (BigBiGAN and E-BigBiGAN), its Table 4 ablation on ECSSD, and later work. Our row is
-measured with trainers.evaluate's protocol (the authors'); a benchmark not found is "not run".
+measured with trainers.eval.evaluate's protocol (the authors'); a benchmark not found is "not run".
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import os
 
 import torch
 
-from trainers.benchmarks import DISPLAY, BenchmarkError, discover, open_benchmark
-from trainers.evaluate import PROTOCOL, evaluate_model, model_on
-from trainers.metrics import PAPER_LEGEND, PYSOD_LEGEND
+from trainers.eval.layouts import DISPLAY, BenchmarkError, discover, open_benchmark
+from trainers.eval.evaluate import PROTOCOL, evaluate_model, model_on
+from trainers.eval.metrics import PAPER_LEGEND, PYSOD_LEGEND
 
 # Published acc / IoU / maxFβ (shared/reference/benchmarks.md, Tables 1, 2 and 4 of the paper and
 # later work); None = not reported.

@@ -25,7 +25,7 @@ sigmoid; ``head="softmax"``: 2 logits, foreground = softmax(logits)[:, 1]
 (``foreground_probability``). Input: RGB in [-1, 1].
 
 Module names: ``inc``, ``downs.K`` (MaxPool, DoubleConv), ``ups.K`` (``up``, ``conv``), ``head``;
-trainers/authors.py maps them to the authors' state-dict names. Weights on disk: trainers/checkpoint.py.
+trainers/model/authors.py maps them to the authors' state-dict names. Weights on disk: trainers/model/checkpoint.py.
 """
 from __future__ import annotations
 

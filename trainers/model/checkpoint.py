@@ -7,7 +7,7 @@ Run folder model (what ``train`` and ``convert`` write and every command reads):
 
 Both are written atomically (temp file + os.replace), the JSON last, so a folder with a readable
 model.json always has matching weights. ``open_model`` takes a run folder or one of the paper
-authors' ``.pth`` files (trainers/authors.py); ``convert_authors`` turns such a file into a run
+authors' ``.pth`` files (trainers/model/authors.py); ``convert_authors`` turns such a file into a run
 folder whose model.json records the source file's name and sha256.
 
 Training checkpoints (``trainers train``)::
@@ -31,15 +31,15 @@ from pathlib import Path
 
 import torch
 
-from trainers import TrainersError
-from trainers.authors import (
+from trainers.errors import TrainersError
+from trainers.model.authors import (
     AUTHORS_CONFIG,
     SOURCE_FORMAT,
     load_authors_model,
     read_authors_state,
 )
 from trainers.fileio import atomic_write, json_bytes, sha256_bytes, sha256_file
-from trainers.unet import ModelConfig, UNet
+from trainers.model.unet import ModelConfig, UNet
 
 WEIGHTS_FILE = "model.safetensors"
 INFO_FILE = "model.json"
@@ -108,7 +108,7 @@ def read_model_info(run_dir: str | os.PathLike) -> dict:
     path = run / INFO_FILE
     if not path.is_file():
         raise ModelFileError(f"{path} is missing: a run folder holds {WEIGHTS_FILE} and {INFO_FILE} "
-                             f"written by trainers.checkpoint.save_model")
+                             f"written by trainers.model.checkpoint.save_model")
     try:
         info = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

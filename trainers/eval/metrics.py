@@ -47,7 +47,7 @@ import warnings
 
 import numpy as np
 
-from trainers import TrainersError
+from trainers.errors import TrainersError
 
 BETA_SQ = 0.3
 N_THRESHOLDS = 255

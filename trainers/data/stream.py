@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from factory import format as fmt
-from trainers import TrainersError
+from trainers.errors import TrainersError
 
 DEFAULT_SHUFFLE_WINDOW = 2000
 MASK_SOURCES = ("mask", "teacher", "intersection")  # --mask-source: the GAN mask, the teacher's, both
