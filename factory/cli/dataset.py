@@ -41,7 +41,7 @@ def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_component
       factory filter data/paper.json --where "n_components <= 2 and not (fg_ratio < 0.05)" --out data/strict.json
       factory filter data/demo --max-fg 0.5 --histogram reference --materialize --out data/demo-paper
     """
-    from factory.dataset.info import format_rejections
+    from factory.dataset.info import format_filter_line
     from factory.views.views import FilterSpec, run_filter
 
     spec = FilterSpec(max_fg=max_fg, min_fg=min_fg, histogram=histogram, min_components=min_components,
@@ -58,9 +58,7 @@ def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_component
             d["materialized_dataset_id"] = r.materialized["dataset_id"]
         click.echo(json.dumps(d))
         return
-    rej = format_rejections(v)
-    msg = (f"{v['samples']:,} of {c['input']:,} accepted ({v['samples'] / max(1, c['input']):.1%}) "
-           f"where {v['predicate']}; rejected by {rej}")
+    msg = format_filter_line(v)
     if r.materialized:
         m = r.materialized
         click.echo(f"{out}: dataset {m['dataset_id']}, {m['samples']:,} samples in {len(m['shards'])} shards; {msg}")
@@ -124,24 +122,33 @@ def verify(dataset, allow_remote_shards, workers, as_json):
 
 @click.command()
 @click.argument("dataset")
-@click.option("--out", required=True, help="PNG file to write (path or URL).")
-@click.option("--n", "n", type=int, default=64, show_default=True, help="Samples on the contact sheet.")
+@click.option("--out", help="PNG file to write (path or URL).")
+@click.option("--html", "html_out", help="Self-contained HTML page to write instead (or as well): the browse "
+              "page over the first N samples, pictures inside, for a dataset card.")
+@click.option("--n", "n", type=int, default=64, show_default=True, help="Samples shown.")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
 @user_errors
-def preview(dataset, out, n, allow_remote_shards):
+def preview(dataset, out, html_out, n, allow_remote_shards):
     """Contact sheet of images with masks overlaid, fg-ratio histogram and filter pass rates.
 
     For a view, the sheet shows accepted samples and the histogram splits accepted/rejected.
+    --html writes the page of `factory browse` over the first N samples as one file.
 
     \b
     Examples:
       factory preview data/demo --out demo.png
       factory preview data/paper.json --out paper.png --n 36
+      factory preview data/demo --html demo.html
     """
+    from factory.browse.export import write_preview_html
     from factory.dataset.preview import write_preview
 
-    r = write_preview(dataset, out, n=n, allow_remote_shards=allow_remote_shards)
-    click.echo(f"{out}: {r['samples_shown']} samples, {r['bytes']:,} bytes")
+    if not out and not html_out:
+        raise click.UsageError("give --out PREVIEW.png or --html PREVIEW.html (or both)")
+    for target, write in ((out, write_preview), (html_out, write_preview_html)):
+        if target:
+            r = write(dataset, target, n=n, allow_remote_shards=allow_remote_shards)
+            click.echo(f"{target}: {r['samples_shown']} samples, {r['bytes']:,} bytes")
 
 
 @click.command("relabel")

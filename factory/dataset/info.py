@@ -96,6 +96,14 @@ def format_rejections(v: dict) -> str:
     return text + f" ({sum(s['rejected'] for s in in_turn):,} in all" + (f"; also rejected by {also})" if also else ")")
 
 
+def format_filter_line(v: dict) -> str:
+    """`factory filter`'s line about a view (or the same counts of a filter not written yet): accepted of
+    its input, the predicate, the rejections in turn."""
+    c = v["counts"]
+    return (f"{v['samples']:,} of {c['input']:,} accepted ({v['samples'] / max(1, c['input']):.1%}) "
+            f"where {v['predicate']}; rejected by {format_rejections(v)}")
+
+
 def format_pairs(d: dict | None) -> str:
     """``{"kind": "gaussian", "dim_z": 120}`` -> ``kind gaussian   dim_z 120`` (None values left out)."""
     if not d:

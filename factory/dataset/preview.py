@@ -21,20 +21,20 @@ from factory.fsio import atomic_write
 TINT = np.array([255, 0, 0], np.float32)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """uint8 HxWx3 image with a red tint over `mask` (bool HxW) and a solid red contour."""
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45, color: np.ndarray = TINT) -> np.ndarray:
+    """uint8 HxWx3 image with a tint of `color` (red) over `mask` (bool HxW) and a solid contour of it."""
     img = image.astype(np.float32)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, -1)
     m = mask.astype(bool)
     out = img.copy()
-    out[m] = (1 - alpha) * img[m] + alpha * TINT
+    out[m] = (1 - alpha) * img[m] + alpha * color
     inner = m.copy()
     inner[1:, :] &= m[:-1, :]
     inner[:-1, :] &= m[1:, :]
     inner[:, 1:] &= m[:, :-1]
     inner[:, :-1] &= m[:, 1:]
-    out[m & ~inner] = TINT
+    out[m & ~inner] = color
     return out.clip(0, 255).astype(np.uint8)
 
 

@@ -129,28 +129,35 @@ def _as_rows_by_shard(shard_col: np.ndarray, row_col: np.ndarray, mask: np.ndarr
     return acc
 
 
-def _index_table(res: fmt.Resolved, steps: list[tuple[str, Any]]):
+def check_steps(res: fmt.Resolved, steps: list[tuple[str, Any]]):
+    """Type-check every step against the index schema; return the schema (PredicateError names the problem)."""
+    schema = index_schema(res.root, res.manifest)
+    for _, node in steps:
+        if check_types(node, schema) != "bool":
+            raise PredicateError(f"--where: '{render(node)}' is not a condition (compare it, e.g. '{render(node)} > 0')")
+    return schema
+
+
+def index_table(res: fmt.Resolved, steps: list[tuple[str, Any]]):
     """The index columns the steps need (plus shard and row), after type-checking every step."""
     import pyarrow as pa
 
     needed = {"shard", "row"}
     for _, node in steps:
         needed |= columns_of(node)
-    schema = index_schema(res.root, res.manifest)
-    for _, node in steps:
-        if check_types(node, schema) != "bool":
-            raise PredicateError(f"--where: '{render(node)}' is not a condition (compare it, e.g. '{render(node)} > 0')")
+    schema = check_steps(res, steps)
     table = load_index(res.root, res.manifest, columns=sorted(needed))
     if table is None:
         table = pa.table({c: pa.array([], schema.field(c).type) for c in sorted(needed)})
     return table
 
 
-def _input_rows(url: str, res: fmt.Resolved, shard_ids: list[int], row_col: np.ndarray) -> np.ndarray:
+def input_rows(url: str, res: fmt.Resolved, row_col: np.ndarray) -> np.ndarray:
     """Bool flag per index row: True where the input (the whole dataset, or a view's accepted rows) has it."""
     n = len(row_col)
     if res.accepted is None:
         return np.ones(n, bool)
+    shard_ids = [s["shard"] for s in res.manifest["shards"]]
     missing = set(res.accepted) - set(shard_ids)
     if missing:
         raise fmt.FormatError(f"{url}: view lists shards {sorted(missing)} that the parent dataset does not have")
@@ -164,13 +171,30 @@ def _input_rows(url: str, res: fmt.Resolved, shard_ids: list[int], row_col: np.n
     return base
 
 
-def _apply_steps(steps: list[tuple[str, Any]], table, base: np.ndarray) -> tuple[np.ndarray, dict, list]:
+@dataclass
+class Outcome:
+    """A filter's steps evaluated over an index: the input rows, the accepted ones, each step's verdict per
+    row (over every row of the index), and the counts `factory filter` reports."""
+
+    base: np.ndarray
+    mask: np.ndarray
+    passed: dict[str, np.ndarray]
+    rejected: dict[str, int]
+    in_turn: list[dict]
+
+    def counts(self) -> dict:
+        n_in, n_acc = int(self.base.sum()), int(self.mask.sum())
+        return {"candidates": len(self.base), "input": n_in, "accepted": n_acc, "rejected": n_in - n_acc}
+
+
+def apply_steps(steps: list[tuple[str, Any]], table, base: np.ndarray) -> Outcome:
     """Rows that pass every step; how many input rows each step rejects alone (a row failing two steps
     counts for both); and the steps in turn, as the paper's Table 4: `rejected` among the rows the earlier
     steps kept (these add up to every rejected row), `also_rejected` among those they had already rejected."""
     import pyarrow as pa
 
     mask = base.copy()
+    passed: dict[str, np.ndarray] = {}
     alone: dict[str, int] = {}
     in_turn: list[dict] = []
     for name, node in steps:
@@ -178,11 +202,12 @@ def _apply_steps(steps: list[tuple[str, Any]], table, base: np.ndarray) -> tuple
             ok = evaluate(node, table).to_numpy(zero_copy_only=False).astype(bool)
         except pa.ArrowException as e:
             raise PredicateError(f"--where: cannot evaluate '{render(node)}' on the index: {e}") from None
+        passed[name] = ok
         alone[name] = int((base & ~ok).sum())
         kept = int((mask & ~ok).sum())
         in_turn.append({"filter": name, "rejected": kept, "also_rejected": alone[name] - kept})
         mask &= ok
-    return mask, alone, in_turn
+    return Outcome(base, mask, passed, alone, in_turn)
 
 
 def _lineage(res: fmt.Resolved, step: dict) -> list[dict]:
@@ -195,21 +220,24 @@ def _lineage(res: fmt.Resolved, step: dict) -> list[dict]:
     return lineage
 
 
-def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
-                 view_url: str | None = None) -> dict:
-    """Evaluate `spec` on the index of dataset/view `url` and return the view dict (not written)."""
-    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+def view_predicate(res: fmt.Resolved, spec: FilterSpec) -> tuple[str, str]:
+    """(the spec's own predicate, the new view's whole predicate: the input view's AND the spec's)."""
+    own = predicate_of(spec.steps())
+    prev_pred = res.view["predicate"] if res.view is not None else None
+    return own, (combine_predicates([prev_pred, own]) if prev_pred else own)
+
+
+def view_from_index(url: str, res: fmt.Resolved, spec: FilterSpec, table, *, view_url: str | None = None) -> dict:
+    """The view of `spec` on dataset/view `url` (opened as `res`) from its index `table` (not written).
+    `table` holds at least shard, row and every column the spec reads (`index_table`)."""
     steps = spec.steps()
-    table = _index_table(res, steps)
+    check_steps(res, steps)
     shard_ids = [s["shard"] for s in res.manifest["shards"]]
-    n = table.num_rows
     shard_col = table.column("shard").to_numpy()
     row_col = table.column("row").to_numpy()
-    base = _input_rows(url, res, shard_ids, row_col)
-    mask, rejected, in_turn = _apply_steps(steps, table, base)
-    own = predicate_of(steps)
-    prev_pred = res.view["predicate"] if res.view is not None else None
-    predicate = combine_predicates([prev_pred, own]) if prev_pred else own
+    out = apply_steps(steps, table, input_rows(url, res, row_col))
+    mask = out.mask
+    own, predicate = view_predicate(res, spec)
     accepted = _as_rows_by_shard(shard_col, row_col, mask, shard_ids)
     acc_sha = fmt.accepted_sha256(accepted)
     parent_id = res.manifest["dataset_id"]
@@ -225,14 +253,21 @@ def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
         "filters": filters,
         "lineage": _lineage(res, {"view_id": vid, "predicate": own, "samples": int(mask.sum())}),
         "samples": int(mask.sum()),
-        "counts": {"candidates": n, "input": int(base.sum()), "accepted": int(mask.sum()),
-                   "rejected": int(base.sum() - mask.sum())},
-        "rejected": rejected,
-        "rejected_in_turn": in_turn,
+        "counts": out.counts(),
+        "rejected": out.rejected,
+        "rejected_in_turn": out.in_turn,
         "accepted_sha256": acc_sha,
         "code_version": __version__,
         "accepted": accepted,
     }
+
+
+def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
+                 view_url: str | None = None) -> dict:
+    """Evaluate `spec` on the index of dataset/view `url` and return the view dict (not written)."""
+    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    table = index_table(res, spec.steps())
+    return view_from_index(url, res, spec, table, view_url=view_url)
 
 
 def view_bytes(view: dict) -> bytes:
