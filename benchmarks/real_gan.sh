@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
 # The paper's whole chain on a real pretrained GAN, sized for a 2-core CPU (docs/real-gan.md):
-# the DigiFace-1M DCGAN of gan-face-generate==1.1.1 (64x64 faces, nz = 100).
+# the DigiFace-1M DCGAN of gan-face-generate==1.1.1 (64x64 faces, nz = 100), once per discovery seed.
 #
-#   discover (Voynov & Babenko 2020) -> score (paper §3.2) -> generate -> verify -> filter
-#   -> preview -> info -> trainers train -> eval / predict on held-out generated faces
+#   discover (Voynov & Babenko 2020) -> score (paper §3.2, and with our refinement) -> generate -> verify
+#   -> filter -> preview -> info -> trainers train -> eval / predict on held-out generated faces
 #
 # Run from anywhere in the active venv (pip install --no-deps gan-face-generate==1.1.1 first):
-#     bash benchmarks/real_gan.sh                 # everything, ~12 min on 2 idle CPU cores (much more under load)
-#     OUT=/tmp/rg bash benchmarks/real_gan.sh     # elsewhere (default data/real-gan, git-ignored)
-# Every run output goes under $OUT; the pictures the doc shows are copied to $IMG (docs/img/real-gan).
-# Wall time of each step is appended to $OUT/times.tsv. Discovery resumes from its checkpoint, and
-# generate resumes, so a rerun skips work already done (delete $OUT to start over).
+#     SEEDS="2 3 4" bash benchmarks/real_gan.sh     # the doc's numbers: every seed, then the seed table
+#     SEEDS=2 OUT=/tmp/rg bash benchmarks/real_gan.sh
+# Seeds run one after the other; to use more processes run one seed per call (same OUT), then call once more
+# with every seed: finished steps are skipped and the table is written (BASELINE=0 TABLE=0 for the one-seed
+# calls: no random-candidates baseline, no table). Only discovery's seed changes between
+# seeds; the datasets' latents (seeds 0 and 1), the scorer's latents and the U-Net recipe are the same.
+# Outputs: $OUT/seed-S/ per seed (commands.log, logs/, times.tsv with each step's wall seconds, every JSON
+# the doc quotes), $OUT/score-random/ (random candidates: independent of the seed), $OUT/seeds.json and
+# $OUT/seeds.md (the table). The doc's pictures are copied from the first seed to $IMG (docs/img/real-gan).
+# A step that finished leaves $OUT/seed-S/.done/STEP, so a rerun resumes (discovery also from its
+# checkpoint); delete $OUT to start over. Discovery and scoring pin torch to --threads 1 (bit-identical reruns).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 OUT=${OUT:-data/real-gan}
 IMG=${IMG:-docs/img/real-gan}
+SEEDS=${SEEDS:-2}
 export FACTORY_HOME=${FACTORY_HOME:-/tmp/fh-gan}
 mkdir -p "$OUT" "$IMG"
 W=$(python -c "import importlib.util,os;s=importlib.util.find_spec('gan_face_generate');print(os.path.join(os.path.dirname(s.origin),'weights.tar') if s else '')")
 [ -f "$W" ] || { echo "gan-face-generate is not installed: pip install --no-deps gan-face-generate==1.1.1" >&2; exit 1; }
 TOOLS="python benchmarks/real_gan_tools.py"
-PLUGIN_PATH="$ROOT/benchmarks"   # real_gan_grad:make, the built-in dcgan with gradients on (see below)
+G="--generator dcgan --weights $W"
 
 # ---- the sizes used in docs/real-gan.md
 K=32                 # directions to discover (ortho deformator, K <= dim_z = 100)
@@ -33,118 +39,116 @@ N=2000               # candidates of the training dataset
 N_HELD=600           # candidates of the held-out dataset (another latent seed)
 TRAIN_STEPS=600; TRAIN_LR_STEP=400; TRAIN_BATCH=16; TRAIN_WIDTH=16   # paper: 12000 / 8000 / 95 / 64
 
-step() {  # step NAME command...   (runs it, logs its output, records wall seconds)
+D=$OUT  # the folder step() writes its logs and marks into
+step() {  # step NAME command...   (skipped when done; logs its output, records wall seconds)
   local name=$1; shift
+  [ -e "$D/.done/$name" ] && return 0
   local t0; t0=$(date +%s.%N)
-  echo "== $name: $*" | tee -a "$OUT/commands.log"
-  "$@" > "$OUT/logs/$name.log" 2>&1 || { echo "step $name failed, see $OUT/logs/$name.log" >&2; tail -5 "$OUT/logs/$name.log" >&2; exit 1; }
-  tail -3 "$OUT/logs/$name.log" | tr '\r' '\n' | tail -2
-  printf '%s\t%.1f\n' "$name" "$(echo "$(date +%s.%N) - $t0" | bc)" >> "$OUT/times.tsv"
+  echo "== $name: $*" | tee -a "$D/commands.log"
+  "$@" > "$D/logs/$name.log" 2>&1 || { echo "step $name failed, see $D/logs/$name.log" >&2; tail -5 "$D/logs/$name.log" >&2; exit 1; }
+  tail -2 "$D/logs/$name.log"
+  printf '%s\t%.1f\n' "$name" "$(echo "$(date +%s.%N) - $t0" | bc)" >> "$D/times.tsv"
+  touch "$D/.done/$name"
 }
-mkdir -p "$OUT/logs"
-python -c "import torch,platform,os;print('torch',torch.__version__,'| cpus',os.cpu_count(),'| threads',torch.get_num_threads(),'|',platform.processor() or platform.machine())" > "$OUT/machine.txt"
-uptime >> "$OUT/machine.txt"
+fresh() { [ -e "$D/.done/$1" ] || { shift; rm -rf "$@"; }; }  # fresh STEP DIR...: clear a step's leftovers
+machine() {
+  python -c "import torch,platform,os;print('torch',torch.__version__,'| cpus',os.cpu_count(),'| threads',torch.get_num_threads(),'|',platform.processor() or platform.machine())"
+  uptime
+}
+mkdir -p "$OUT/logs" "$OUT/.done"
+machine >> "$OUT/machine.txt"
 
-# ---- 0. the built-in generator carries no gradient (so built-in discovery cannot move its directions)
-step check_grad $TOOLS check-grad "$W" "$OUT/check-grad.json"
-step discover_builtin_1 factory directions discover --generator dcgan --weights "$W" --n-directions $K \
-  --deformator ortho --diff-input --batch $DISCOVER_BATCH --steps 1 --quiet --out "$OUT/discover-builtin/s1.npy"
-step discover_builtin_20 factory directions discover --generator dcgan --weights "$W" --n-directions $K \
-  --deformator ortho --diff-input --batch $DISCOVER_BATCH --steps 20 --quiet --out "$OUT/discover-builtin/s20.npy"
-$TOOLS same-dirs "$OUT/discover-builtin/s1.npy" "$OUT/discover-builtin/s20.npy" | tee "$OUT/discover-builtin/same.json"
+one_seed() {
+  local S=$1
+  D=$OUT/seed-$S
+  mkdir -p "$D/logs" "$D/.done"
+  machine >> "$D/machine.txt"
+  # ---- 1. discovery
+  step discover factory directions discover $G --n-directions $K --deformator ortho --diff-input \
+    --batch $DISCOVER_BATCH --steps $DISCOVER_STEPS --checkpoint-every 100 --seed "$S" --quiet --out "$D/discover/found.npy"
+  # ---- 2. the paper's selection, and with our refinement
+  step score factory directions score $G --candidates "$D/discover/found.npy" \
+    --steps $SCORE_STEPS --batch 4 --eval-n 32 --quiet --out "$D/score"
+  step score_refined factory directions score $G --candidates "$D/discover/found.npy" --steps $SCORE_STEPS \
+    --batch 4 --eval-n 32 --refine-steps $REFINE_STEPS --refine-top 2 --quiet --out "$D/score-refined"
+  step direction_stats $TOOLS direction-stats "$W" "$D/discover/found.npy" "$D/direction-stats.json" \
+    "$D/score/direction.npy" "$D/score-refined/direction.npy"
+  step strips $TOOLS strips "$W" "$D/discover/found.npy" "$D/strips.png" --top 8 --n 2 \
+    --scores "$D/score/scores.json" --json "$D/strips.json"
+  # ---- 3. datasets: the paper's selection (training seed 0, held-out seed 1), the refined direction
+  step generate factory generate $G --direction "$D/score/direction.npy" --n $N --seed 0 --quiet --out "$D/faces"
+  step verify factory verify "$D/faces"
+  step filter factory filter "$D/faces" --max-fg 0.5 --histogram reference --json --overwrite --out "$D/faces-paper.json"
+  step preview factory preview "$D/faces-paper.json" --n 64 --out "$D/preview.png"
+  step info factory info "$D/faces-paper.json" --json
+  step generate_held factory generate $G --direction "$D/score/direction.npy" --n $N_HELD --seed 1 --quiet --out "$D/faces-held"
+  step filter_held factory filter "$D/faces-held" --max-fg 0.5 --histogram reference --json --overwrite \
+    --out "$D/faces-held-paper.json"
+  step generate_refined factory generate $G --direction "$D/score-refined/direction.npy" --n $N --seed 0 --quiet \
+    --out "$D/faces-refined"
+  step filter_refined factory filter "$D/faces-refined" --max-fg 0.5 --histogram reference --json --overwrite \
+    --out "$D/faces-refined-paper.json"
+  step preview_refined factory preview "$D/faces-refined-paper.json" --n 64 --out "$D/preview-refined.png"
+  step info_refined factory info "$D/faces-refined-paper.json" --json
+  # ---- 4. the U-Net on the paper selection's masks; held-out generated faces
+  fresh train "$D/unet"
+  step train trainers train --data "$D/faces-paper.json" --out "$D/unet" --steps $TRAIN_STEPS \
+    --lr-step $TRAIN_LR_STEP --batch-size $TRAIN_BATCH --width $TRAIN_WIDTH --workers 1 --holdout-permille 100 \
+    --val-every 150 --checkpoint-every $TRAIN_STEPS --device cpu --no-progress
+  fresh export_held "$D/held"; fresh export_train "$D/train-sample"; fresh predict "$D/preds"
+  step export_held $TOOLS export "$D/faces-held-paper.json" "$D/held" --n 300
+  step export_train $TOOLS export "$D/faces-paper.json" "$D/train-sample" --n 300
+  step prior $TOOLS prior "$D/train-sample" "$D/held" "$D/prior.json"
+  step eval trainers eval --model "$D/unet" --dataset folder="$D/held" --device cpu --json "$D/eval-held.json"
+  step iou_native $TOOLS iou-native "$D/unet" "$D/held" "$D/iou-native-held.json"
+  step predict trainers predict --model "$D/unet" --images "$D/held/images" --out "$D/preds" --device cpu
+  step unet_figure $TOOLS unet-figure "$D/held" "$D/preds" "$D/unet-predictions.png" --n 12 --cols 2 --zoom 2
+  # ---- 4b. the refined direction's faces: its masks cover the face, often more than half the crop, so the
+  # paper's max-fg 0.5 keeps few; the size filter is relaxed to 0.8 (everything else the same)
+  step filter_refined_080 factory filter "$D/faces-refined" --max-fg 0.8 --histogram reference --json --overwrite \
+    --out "$D/faces-refined-080.json"
+  step info_refined_080 factory info "$D/faces-refined-080.json" --json
+  step generate_refined_held factory generate $G --direction "$D/score-refined/direction.npy" --n $N_HELD --seed 1 \
+    --quiet --out "$D/faces-refined-held"
+  step filter_refined_held factory filter "$D/faces-refined-held" --max-fg 0.8 --histogram reference --json \
+    --overwrite --out "$D/faces-refined-held-080.json"
+  fresh train_refined "$D/unet-refined"
+  step train_refined trainers train --data "$D/faces-refined-080.json" --out "$D/unet-refined" --steps $TRAIN_STEPS \
+    --lr-step $TRAIN_LR_STEP --batch-size $TRAIN_BATCH --width $TRAIN_WIDTH --workers 1 --holdout-permille 100 \
+    --val-every 150 --checkpoint-every $TRAIN_STEPS --device cpu --no-progress
+  fresh export_held_refined "$D/held-refined"; fresh export_train_refined "$D/train-sample-refined"
+  fresh predict_refined "$D/preds-refined"
+  step export_held_refined $TOOLS export "$D/faces-refined-held-080.json" "$D/held-refined" --n 300
+  step export_train_refined $TOOLS export "$D/faces-refined-080.json" "$D/train-sample-refined" --n 300
+  step prior_refined $TOOLS prior "$D/train-sample-refined" "$D/held-refined" "$D/prior-refined.json"
+  step eval_refined trainers eval --model "$D/unet-refined" --dataset folder="$D/held-refined" --device cpu \
+    --json "$D/eval-held-refined.json"
+  step iou_native_refined $TOOLS iou-native "$D/unet-refined" "$D/held-refined" "$D/iou-native-held-refined.json"
+  step predict_refined trainers predict --model "$D/unet-refined" --images "$D/held-refined/images" \
+    --out "$D/preds-refined" --device cpu
+  step unet_figure_refined $TOOLS unet-figure "$D/held-refined" "$D/preds-refined" "$D/unet-predictions-refined.png" \
+    --n 12 --cols 2 --zoom 2
+  D=$OUT
+}
 
-# ---- 1. discovery, through the gradient-enabled plug-in (same network, same pixels: check_grad)
-step discover env PYTHONPATH="$PLUGIN_PATH" factory directions discover --generator real_gan_grad:make --weights "$W" \
-  --n-directions $K --deformator ortho --diff-input --batch $DISCOVER_BATCH --steps $DISCOVER_STEPS \
-  --checkpoint-every 100 --seed 2 --quiet --out "$OUT/discover/found.npy"
-step random factory directions random --n $K --dim 100 --seed 0 --out "$OUT/random.npy"
+for S in $SEEDS; do one_seed "$S"; done
 
-# ---- 2. the paper's selection (built-in dcgan), on discovered and on random candidates
-step score factory directions score --generator dcgan --weights "$W" --candidates "$OUT/discover/found.npy" \
-  --steps $SCORE_STEPS --batch 4 --eval-n 32 --quiet --out "$OUT/score"
-step score_random factory directions score --generator dcgan --weights "$W" --candidates "$OUT/random.npy" \
-  --steps $SCORE_STEPS --batch 4 --eval-n 32 --quiet --out "$OUT/score-random"
-# refinement (our addition) needs gradients: the built-in generator refuses it (error kept in the log) ...
-factory directions score --generator dcgan --weights "$W" --candidates "$OUT/random.npy" --steps 1 --eval-n 4 \
-  --refine-steps 2 --refine-top 1 --quiet --out "$OUT/score-refine-builtin" > "$OUT/logs/score_refine_builtin.log" 2>&1 \
-  && echo "refine on the built-in dcgan: ran" || echo "refine on the built-in dcgan: failed (see logs/score_refine_builtin.log)"
-# ... the plug-in runs it
-step score_refined env PYTHONPATH="$PLUGIN_PATH" factory directions score --generator real_gan_grad:make --weights "$W" \
-  --candidates "$OUT/discover/found.npy" --steps $SCORE_STEPS --batch 4 --eval-n 32 \
-  --refine-steps $REFINE_STEPS --refine-top 2 --quiet --out "$OUT/score-refined"
-step direction_stats $TOOLS direction-stats "$W" "$OUT/discover/found.npy" "$OUT/direction-stats.json" \
-  "$OUT/score/direction.npy" "$OUT/score-random/direction.npy" "$OUT/score-refined/direction.npy"
-step strips $TOOLS strips "$W" "$OUT/discover/found.npy" "$OUT/strips.png" --top 8 --n 2 \
-  --scores "$OUT/score/scores.json" --json "$OUT/strips.json"
+# ---- the baseline: the paper's selection among random candidates (the same for every seed)
+if [ "${BASELINE:-1}" = 1 ]; then
+  step random factory directions random --n $K --dim 100 --seed 0 --out "$OUT/random.npy"
+  step score_random factory directions score $G --candidates "$OUT/random.npy" \
+    --steps $SCORE_STEPS --batch 4 --eval-n 32 --quiet --out "$OUT/score-random"
+fi
+[ "${TABLE:-1}" = 1 ] || exit 0
 
-# ---- 3. dataset from the paper's selection: generate, verify, filter, preview, info
-step generate factory generate --generator dcgan --weights "$W" --direction "$OUT/score/direction.npy" \
-  --n $N --seed 0 --quiet --out "$OUT/faces"
-step verify factory verify "$OUT/faces"
-step filter factory filter "$OUT/faces" --max-fg 0.5 --histogram reference --json --overwrite --out "$OUT/faces-paper.json"
-step preview factory preview "$OUT/faces-paper.json" --n 64 --out "$OUT/preview.png"
-step info factory info "$OUT/faces-paper.json" --json
-# held-out faces: same direction, another latent seed
-step generate_held factory generate --generator dcgan --weights "$W" --direction "$OUT/score/direction.npy" \
-  --n $N_HELD --seed 1 --quiet --out "$OUT/faces-held"
-step filter_held factory filter "$OUT/faces-held" --max-fg 0.5 --histogram reference --json --overwrite \
-  --out "$OUT/faces-held-paper.json"
-# the refined direction's dataset, for comparison
-step generate_refined factory generate --generator dcgan --weights "$W" --direction "$OUT/score-refined/direction.npy" \
-  --n $N --seed 0 --quiet --out "$OUT/faces-refined"
-step filter_refined factory filter "$OUT/faces-refined" --max-fg 0.5 --histogram reference --json --overwrite \
-  --out "$OUT/faces-refined-paper.json"
-step preview_refined factory preview "$OUT/faces-refined-paper.json" --n 64 --out "$OUT/preview-refined.png"
-step info_refined factory info "$OUT/faces-refined-paper.json" --json
-
-# ---- 4. the U-Net: train, then held-out generated faces
-rm -rf "$OUT/unet"
-step train trainers train --data "$OUT/faces-paper.json" --out "$OUT/unet" --steps $TRAIN_STEPS \
-  --lr-step $TRAIN_LR_STEP --batch-size $TRAIN_BATCH --width $TRAIN_WIDTH --workers 1 --holdout-permille 100 \
-  --val-every 150 --checkpoint-every $TRAIN_STEPS --device cpu --no-progress
-rm -rf "$OUT/held" "$OUT/train-sample" "$OUT/preds"
-step export_held $TOOLS export "$OUT/faces-held-paper.json" "$OUT/held" --n 300
-step export_train $TOOLS export "$OUT/faces-paper.json" "$OUT/train-sample" --n 300
-step prior $TOOLS prior "$OUT/train-sample" "$OUT/held" "$OUT/prior.json"
-step eval trainers eval --model "$OUT/unet" --dataset folder="$OUT/held" --device cpu --json "$OUT/eval-held.json"
-step iou_native $TOOLS iou-native "$OUT/unet" "$OUT/held" "$OUT/iou-native-held.json"
-step predict trainers predict --model "$OUT/unet" --images "$OUT/held/images" --out "$OUT/preds" --device cpu
-step unet_figure $TOOLS unet-figure "$OUT/held" "$OUT/preds" "$OUT/unet-predictions.png" --n 12 --cols 2 --zoom 2
-# A 5x longer run of the same recipe (--steps 3000 --lr-step 2000 --val-every 500 --checkpoint-every 3000,
-# out $OUT/unet-3000) was started by hand in docs/real-gan.md's session and stopped at ~1,100 steps for lack
-# of wall time on the shared machine (its metrics.jsonl has steps 500 and 1000); it is not part of this script.
-
-# ---- 4b. the refined direction's faces: its masks cover the face, often more than half the crop, so the
-# paper's max-fg 0.5 keeps only 20 %; here the size filter is relaxed to 0.8 (everything else the same)
-step filter_refined_080 factory filter "$OUT/faces-refined" --max-fg 0.8 --histogram reference --json --overwrite \
-  --out "$OUT/faces-refined-080.json"
-step info_refined_080 factory info "$OUT/faces-refined-080.json" --json
-step generate_refined_held factory generate --generator dcgan --weights "$W" --direction "$OUT/score-refined/direction.npy" \
-  --n $N_HELD --seed 1 --quiet --out "$OUT/faces-refined-held"
-step filter_refined_held factory filter "$OUT/faces-refined-held" --max-fg 0.8 --histogram reference --json --overwrite \
-  --out "$OUT/faces-refined-held-080.json"
-rm -rf "$OUT/unet-refined" "$OUT/held-refined" "$OUT/train-sample-refined" "$OUT/preds-refined"
-step train_refined trainers train --data "$OUT/faces-refined-080.json" --out "$OUT/unet-refined" --steps $TRAIN_STEPS \
-  --lr-step $TRAIN_LR_STEP --batch-size $TRAIN_BATCH --width $TRAIN_WIDTH --workers 1 --holdout-permille 100 \
-  --val-every 150 --checkpoint-every $TRAIN_STEPS --device cpu --no-progress
-step export_held_refined $TOOLS export "$OUT/faces-refined-held-080.json" "$OUT/held-refined" --n 300
-step export_train_refined $TOOLS export "$OUT/faces-refined-080.json" "$OUT/train-sample-refined" --n 300
-step prior_refined $TOOLS prior "$OUT/train-sample-refined" "$OUT/held-refined" "$OUT/prior-refined.json"
-step eval_refined trainers eval --model "$OUT/unet-refined" --dataset folder="$OUT/held-refined" --device cpu \
-  --json "$OUT/eval-held-refined.json"
-step iou_native_refined $TOOLS iou-native "$OUT/unet-refined" "$OUT/held-refined" "$OUT/iou-native-held-refined.json"
-step predict_refined trainers predict --model "$OUT/unet-refined" --images "$OUT/held-refined/images" \
-  --out "$OUT/preds-refined" --device cpu
-step unet_figure_refined $TOOLS unet-figure "$OUT/held-refined" "$OUT/preds-refined" "$OUT/unet-predictions-refined.png" \
-  --n 12 --cols 2 --zoom 2
-
-# ---- 5. the pictures of docs/real-gan.md (PNG, 256-colour palettes where needed to stay under ~300 KB)
+# ---- 5. the seed table, and the doc's pictures (first seed; PNG, 256-colour palettes to stay under ~300 KB)
+$TOOLS seeds "$OUT" $SEEDS
+F=$OUT/seed-${SEEDS%% *}
 for f in strips.png preview.png preview-refined.png unet-predictions.png unet-predictions-refined.png; do
-  $TOOLS shrink "$OUT/$f" "$IMG/$f" --max-side 1000 --colors 256
+  $TOOLS shrink "$F/$f" "$IMG/$f" --max-side 1000 --colors 256
 done
-$TOOLS shrink "$OUT/score/figure1.png" "$IMG/score-figure1.png" --max-side 1000
-$TOOLS shrink "$OUT/score/figure2.png" "$IMG/score-figure2.png" --max-side 1000 --colors 256
+$TOOLS shrink "$F/score/figure1.png" "$IMG/score-figure1.png" --max-side 1000
+$TOOLS shrink "$F/score/figure2.png" "$IMG/score-figure2.png" --max-side 1000 --colors 256
 $TOOLS shrink "$OUT/score-random/figure1.png" "$IMG/score-random-figure1.png" --max-side 1000
-$TOOLS shrink "$OUT/score-refined/figure2.png" "$IMG/score-refined-figure2.png" --max-side 1000 --colors 256
-ls -la "$IMG"
-cat "$OUT/times.tsv"
+$TOOLS shrink "$F/score-refined/figure2.png" "$IMG/score-refined-figure2.png" --max-side 1000 --colors 256
+cat "$OUT/seeds.md"

@@ -3,8 +3,7 @@
 Only public entry points are used (factory.generators.load_generator, factory.format); nothing
 here changes how the factory or the trainers compute anything.
 
-    python benchmarks/real_gan_tools.py check-grad W OUT.json
-    python benchmarks/real_gan_tools.py same-dirs A.npy B.npy              # did discovery move the directions?
+    python benchmarks/real_gan_tools.py same-dirs A.npy B.npy              # are two direction files the same?
     python benchmarks/real_gan_tools.py direction-stats W FOUND.npy OUT.json DIR.npy...   # fg of +h / -h, cosines
     python benchmarks/real_gan_tools.py strips W DIRS.npy OUT.png [--top 8] [--scores scores.json] [--json J]
     python benchmarks/real_gan_tools.py export DATASET|VIEW OUTDIR [--n 300]   # images/ + masks/ (folder kind)
@@ -12,6 +11,7 @@ here changes how the factory or the trainers compute anything.
     python benchmarks/real_gan_tools.py iou-native RUN HELD_FOLDER OUT.json   # at the images' own size
     python benchmarks/real_gan_tools.py unet-figure HELD_FOLDER PRED_FOLDER OUT.png [--n 12]
     python benchmarks/real_gan_tools.py shrink IN.png OUT.png [--max-side 1000] [--colors 256]
+    python benchmarks/real_gan_tools.py seeds OUT SEED...      # the per-seed table: OUT/seeds.json, OUT/seeds.md
 """
 from __future__ import annotations
 
@@ -26,31 +26,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def _gen(weights, grad=False):
-    if grad:
-        sys.path.insert(0, str(HERE))
-        from real_gan_grad import make
-
-        return make(weights=weights, device="cpu")
+def _gen(weights):
     from factory.generators import load_generator
 
     return load_generator("dcgan", weights=weights, device="cpu")
-
-
-def check_grad(a) -> None:
-    """The built-in dcgan's output carries no gradient; the plug-in's does, with the same pixels."""
-    import torch
-
-    g0, g1 = _gen(a.weights), _gen(a.weights, grad=True)
-    z = torch.randn(8, g0.dim_z, generator=torch.Generator().manual_seed(0))
-    h = torch.zeros(g0.dim_z, requires_grad=True)
-    y0, y1 = g0(z + h), g1(z + h)
-    res = {"builtin_output_requires_grad": bool(y0.requires_grad),
-           "plugin_output_requires_grad": bool(y1.requires_grad),
-           "max_abs_pixel_difference": float((y0 - y1.detach()).abs().max()),
-           "dim_z": g0.dim_z, "resolution": g0.resolution, "torch": torch.__version__}
-    Path(a.out).write_text(json.dumps(res, indent=2))
-    print(json.dumps(res))
 
 
 def same_dirs(a) -> None:
@@ -266,10 +245,102 @@ def shrink(a) -> None:
     print(json.dumps({"in": a.inp, "out": a.out, "size": im.size, "bytes": os.path.getsize(a.out)}))
 
 
+def _find(obj, key):
+    """The first value of ``key`` in a nested JSON object (depth first), else None."""
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj[key]
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for v in obj:
+            r = _find(v, key)
+            if r is not None:
+                return r
+    return None
+
+
+def _mask_shape(weights, h_sel, h_ref, n=128, seed=123, r=5.0) -> dict:
+    """What the paper selection's masks look like: their mean's left/right and top/bottom imbalance, and their
+    IoU with the refined direction's (face) masks on the same latents."""
+    import torch
+
+    from factory.masks import luminance_mask
+
+    g = _gen(weights)
+    z = torch.randn(n, g.dim_z, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        x = g(z)
+        ms = luminance_mask(x, g(z + r * torch.from_numpy(h_sel)[None])).numpy().astype(bool)
+        mr = luminance_mask(x, g(z + r * torch.from_numpy(h_ref)[None])).numpy().astype(bool)
+    ms, mr = ms.reshape(n, *ms.shape[-2:]), mr.reshape(n, *mr.shape[-2:])
+    mean = ms.mean(0)
+    w, hgt = mean.shape[1] // 2, mean.shape[0] // 2
+    iou = [float((a & b).sum() / max(1, (a | b).sum())) for a, b in zip(ms, mr)]
+    return {"fg": float(ms.mean()), "left_minus_right": float(mean[:, :w].mean() - mean[:, w:].mean()),
+            "top_minus_bottom": float(mean[:hgt].mean() - mean[hgt:].mean()),
+            "iou_with_refined_masks": float(np.mean(iou))}
+
+
+def _times(folder: Path) -> float:
+    f = folder / "times.tsv"
+    return sum(float(line.split("\t")[1]) for line in f.read_text().splitlines() if "\t" in line) if f.is_file() else 0.0
+
+
+def seeds(a) -> None:
+    """One row per discovery seed: the paper's selection (which candidate, what its masks look like, the U-Net's
+    IoU against the constant mask's) and the refined arm; mean and spread over seeds."""
+    import importlib.util
+
+    out = Path(a.out)
+    spec = importlib.util.find_spec("gan_face_generate")
+    weights = os.path.join(os.path.dirname(spec.origin), "weights.tar")
+    rows = []
+    for sd in a.seeds:
+        d = out / f"seed-{sd}"
+        rd = lambda name: json.loads((d / name).read_text())  # noqa: E731
+        sc, rf, fd = rd("score/scores.json"), rd("score-refined/scores.json"), rd("discover/found.json")
+        sel = sc["rows"][sc["selected"]]
+        row = {"seed": sd, "discover_accuracy": fd["validation"]["accuracy"], "run": fd.get("run"),
+               "selected": sc["selected"], "distance": sel["distance"], "loss_relative": sel["loss_relative"],
+               "flipped": sc["flipped"],
+               "masks": _mask_shape(weights, np.load(d / "score/direction.npy"), np.load(d / "score-refined/direction.npy")),
+               "refined_from": rf["refined"]["chosen_start"] if rf.get("refined") else None,
+               "seconds": _times(d)}
+        for arm, sfx in (("paper", ""), ("refined", "-refined")):
+            row[arm] = {"iou_native": rd(f"iou-native-held{sfx}.json")["IoU_native"],
+                        "iou_protocol": _find(rd(f"eval-held{sfx}.json"), "IoU"),
+                        "iou_constant": rd(f"prior{sfx}.json")["constant_mask_IoU_mean"]}
+            row[arm]["gain_over_constant"] = row[arm]["iou_native"] - row[arm]["iou_constant"]
+        rows.append(row)
+
+    def stat(get):
+        v = np.array([get(r) for r in rows], float)
+        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "min": float(v.min()), "max": float(v.max())}
+
+    summary = {arm: {k: stat(lambda r, arm=arm, k=k: r[arm][k])
+                     for k in ("iou_native", "iou_protocol", "iou_constant", "gain_over_constant")}
+               for arm in ("paper", "refined")}
+    res = {"seeds": a.seeds, "rows": rows, "summary": summary}
+    (out / "seeds.json").write_text(json.dumps(res, indent=2))
+    lines = ["| seed | discover acc | selected | distance | masks: left-right / IoU with face masks | paper: U-Net IoU (64 px) "
+             "| constant mask | refined: U-Net IoU (64 px) | constant mask | wall s |", "|" + "---|" * 10]
+    for r in rows:
+        m = r["masks"]
+        lines.append(f"| {r['seed']} | {r['discover_accuracy']:.2f} | {r['selected']} | {r['distance']:.2f} "
+                     f"| {m['left_minus_right']:+.2f} / {m['iou_with_refined_masks']:.2f} "
+                     f"| {r['paper']['iou_native']:.3f} | {r['paper']['iou_constant']:.3f} "
+                     f"| {r['refined']['iou_native']:.3f} | {r['refined']['iou_constant']:.3f} | {r['seconds']:.0f} |")
+    for arm in ("paper", "refined"):
+        for k, v in summary[arm].items():
+            lines.append(f"\n{arm} {k}: mean {v['mean']:.3f}, sd {v['sd']:.3f}, range {v['min']:.3f}..{v['max']:.3f}")
+    (out / "seeds.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sp = p.add_subparsers(dest="cmd", required=True)
-    c = sp.add_parser("check-grad"); c.add_argument("weights"); c.add_argument("out"); c.set_defaults(f=check_grad)
     c = sp.add_parser("same-dirs"); c.add_argument("a"); c.add_argument("b"); c.set_defaults(f=same_dirs)
     c = sp.add_parser("direction-stats"); c.add_argument("weights"); c.add_argument("found"); c.add_argument("out")
     c.add_argument("directions", nargs="+"); c.add_argument("--n", type=int, default=256)
@@ -292,6 +363,8 @@ def main() -> None:
     c = sp.add_parser("shrink"); c.add_argument("inp"); c.add_argument("out")
     c.add_argument("--max-side", type=int, default=1000); c.add_argument("--colors", type=int, default=0)
     c.set_defaults(f=shrink)
+    c = sp.add_parser("seeds"); c.add_argument("out"); c.add_argument("seeds", nargs="+", type=int)
+    c.set_defaults(f=seeds)
     a = p.parse_args()
     a.f(a)
 

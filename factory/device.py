@@ -1,6 +1,8 @@
 """The factory's one device choice: `--device` when given, else this dask worker's GPU, else cuda:0, else cpu."""
 from __future__ import annotations
 
+import contextlib
+
 from factory.errors import FactoryError
 
 
@@ -30,3 +32,26 @@ def torch_device(device: str | None):
         return torch.device(pick_device(device))
     except (RuntimeError, TypeError) as e:
         raise FactoryError(f"bad --device {device!r} ({e}); use 'cpu' or 'cuda'") from None
+
+
+@contextlib.contextmanager
+def pinned_threads(n: int):
+    """torch's CPU threads set to ``n`` for the block, restored after. CPU kernels may split a sum by thread,
+    so a run's floats can depend on the thread count; a pinned count makes reruns bit-identical."""
+    import torch
+
+    if not (isinstance(n, int) and n > 0):
+        raise FactoryError(f"--threads must be a positive number of CPU threads, got {n!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_record(device) -> dict:
+    """What a result's floats depend on besides its config: torch version, CPU threads, device."""
+    import torch
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device)}

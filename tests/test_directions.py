@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -311,3 +312,66 @@ def test_score_refine_bad_input(flag, value, frag, candidates, tmp_path):
     res = CliRunner().invoke(main, ["directions", "score", "--resolution", "64", "--candidates", str(candidates[0]),
                                     "--steps", "1", "--quiet", "--out", str(tmp_path / "o"), flag, value])
     one_line_error(res, frag)
+
+
+def _without_wall_times(obj):
+    if isinstance(obj, dict):
+        return {k: _without_wall_times(v) for k, v in obj.items() if not k.startswith("seconds")}
+    return [_without_wall_times(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def _tiny_discover_and_score(root, threads: int) -> dict[str, str]:
+    """A tiny discover + score run in a child process whose torch starts with ``threads`` CPU threads; the sha256
+    of every file it writes (the JSON files without their wall times)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    code = ("import sys, torch; from factory.cli import main; "
+            "assert torch.get_num_threads() == int(sys.argv[1]); main(sys.argv[2:])")
+    base = ["--generator", "shapes", "--resolution", "32", "--quiet"]
+    root.mkdir()
+    for args in (["directions", "discover", *base, "--n-directions", "6", "--batch", "6", "--steps", "8",
+                  "--deformator", "ortho", "--diff-input", "--out", "found.npy"],
+                 ["directions", "score", *base, "--candidates", "found.npy", "--steps", "6", "--batch", "2",
+                  "--eval-n", "4", "--refine-steps", "3", "--refine-top", "1", "--refine-batch", "2",
+                  "--out", "score"]):  # relative paths: the two runs' JSON files name the same paths
+        res = subprocess.run([sys.executable, "-c", code, str(threads), *args], env=env, cwd=root,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+    hashes = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix == ".png":
+            continue
+        data = p.read_bytes()
+        if p.suffix == ".json":
+            data = json.dumps(_without_wall_times(json.loads(data)), sort_keys=True).encode()
+        hashes[str(p.relative_to(root))] = hashlib.sha256(data).hexdigest()
+    return hashes
+
+
+def test_discover_and_score_are_bit_identical_whatever_the_thread_count(tmp_path):
+    one, two = _tiny_discover_and_score(tmp_path / "t1", 1), _tiny_discover_and_score(tmp_path / "t2", 2)
+    assert {"found.npy", "found.json", "score/direction.npy", "score/scores.parquet", "score/scores.json"} <= set(one)
+    assert one == two
+    for f in ("found.json", "score/scores.json"):
+        run_rec = json.loads((tmp_path / "t2" / f).read_text())["run"]
+        assert run_rec == {"torch": torch.__version__, "threads": 1, "device": "cpu"}, run_rec
+    assert torch.get_num_threads() >= 1
+
+
+def test_pinned_threads_restores_the_count_and_refuses_nonsense():
+    from factory.device import pinned_threads
+    from factory.errors import FactoryError
+
+    before = torch.get_num_threads()
+    with pinned_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(FactoryError, match="--threads must be"):
+        with pinned_threads(0):
+            pass

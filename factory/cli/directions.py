@@ -68,11 +68,13 @@ def random_cmd(n, dim, generator, weights, seed, out):
 @click.option("--refine-batch", type=int, default=16, show_default=True, help="Latents per refinement step.")
 @click.option("--refine-lr", type=float, default=0.01, show_default=True, help="Adam learning rate of the refinement.")
 @click.option("--device", help="Device (default: cuda when present, else cpu).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="torch CPU threads, pinned (a CPU run's floats can depend on the count; recorded in the JSON).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def score_cmd(generator, weights, resolution, candidates, names, scale, steps, batch, lr, keep_best, loss_kind, eval_n,
-              seed, refine_steps, refine_top, refine_batch, refine_lr, device, out, quiet):
+              seed, refine_steps, refine_top, refine_batch, refine_lr, device, threads, out, quiet):
     """Score candidate directions by two fitted colour operators and select the segmenting one.
 
     Writes OUT/scores.parquet and OUT/scores.json (index, name, loss, distance,
@@ -94,7 +96,8 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
 
     cfg = ScoreConfig(generator=generator, candidates=candidates, out=out, weights=weights,
                         resolution=resolution, names=names, scale=scale, steps=steps, batch=batch, lr=lr,
-                        keep_best=keep_best, loss=loss_kind, eval_n=eval_n, seed=seed, device=device, progress=not quiet,
+                        keep_best=keep_best, loss=loss_kind, eval_n=eval_n, seed=seed, device=device, threads=threads,
+                        progress=not quiet,
                         refine_top=refine_top, refine=RefineConfig(steps=refine_steps, batch=refine_batch, lr=refine_lr))
     s = score(cfg)
     name = f" ({s['selected_name']})" if s["selected_name"] else ""
@@ -125,11 +128,13 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
 @click.option("--diff-input", is_flag=True, help="The reconstructor also sees G(z + eps d) - G(z).")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between atomic checkpoints in OUT-stem.ckpt/.")
 @click.option("--device", help="Device (default: cuda when present, else cpu).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="torch CPU threads, pinned (a CPU run's floats can depend on the count; recorded in the JSON).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npy [K, dim_z]; a .json goes beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def discover_cmd(generator, weights, resolution, n_directions, steps, batch, lr, seed, deformator, axes_init,
-                 diff_input, checkpoint_every, device, out, quiet):
+                 diff_input, checkpoint_every, device, threads, out, quiet):
     """Learn K interpretable latent directions (Voynov & Babenko 2020) to use as candidates.
 
     A matrix of K unit directions and a CNN that, from (G(z), G(z + eps d_k)),
@@ -146,7 +151,8 @@ def discover_cmd(generator, weights, resolution, n_directions, steps, batch, lr,
     cfg = DiscoverConfig(generator=generator, out=out, n_directions=n_directions, weights=weights,
                            resolution=resolution, steps=steps, batch=batch, lr=lr, seed=seed,
                            deformator=deformator, random_init=not axes_init, rec_diff=diff_input,
-                           checkpoint_every=checkpoint_every, device=device, progress=not quiet)
+                           checkpoint_every=checkpoint_every, device=device, threads=threads,
+                           progress=not quiet)
     s = discover(cfg, log=lambda m: click.echo(m, err=True))
     v = s["validation"]
     click.echo(f"wrote {s['shape'][0]} unit directions to {out} (validation accuracy {v['accuracy']:.2f}, "

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from factory import format as fmt
-from factory.device import torch_device
+from factory.device import pinned_threads, run_record, torch_device
 from factory.directions.common import open_generator, seed_of
 from factory.errors import FactoryError
 from factory.fsio import atomic_json, atomic_save_npy, atomic_write
@@ -67,6 +67,7 @@ class DiscoverConfig:
     seed: int = 2
     checkpoint_every: int = 200
     device: str | None = None
+    threads: int = 1  # torch CPU threads, pinned: the floats of a CPU run can depend on the count
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -275,6 +276,11 @@ def discover(cfg: DiscoverConfig, log=None) -> dict:
     """
     log = log or (lambda m: None)
     cfg.validate()
+    with pinned_threads(cfg.threads):
+        return _discover(cfg, log)
+
+
+def _discover(cfg: DiscoverConfig, log) -> dict:
     out = Path(cfg.out)
     gen, device, tr, start = _open(cfg, out, log)
     t0 = time.perf_counter()
@@ -289,6 +295,7 @@ def discover(cfg: DiscoverConfig, log=None) -> dict:
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "extra")},
         "generator": gen.identity(),
         "device": str(device),
+        "run": run_record(device),
         "steps": cfg.steps,
         "train_metrics_ema": ema,
         "validation": val,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factory.device import torch_device
+from factory.device import pinned_threads, run_record, torch_device
 from factory.directions.common import (
     auto_names,
     load_candidates,
@@ -67,6 +67,7 @@ class ScoreConfig:
     eval_n: int = 32
     seed: int = 0
     device: str | None = None
+    threads: int = 1  # torch CPU threads, pinned: the floats of a CPU run can depend on the count
     progress: bool = True
     figures: bool = True
     refine_top: int = 3  # refine this many kept candidates (largest distance first); keep the best objective
@@ -99,6 +100,11 @@ def score(cfg: ScoreConfig, log=None) -> dict:
     Returns the JSON summary (also written as ``scores.json``).
     """
     cfg.validate()
+    with pinned_threads(cfg.threads):
+        return _score(cfg)
+
+
+def _score(cfg: ScoreConfig) -> dict:
     t_start = time.perf_counter()
     device = torch_device(cfg.device)
     gen = open_generator(cfg.generator, device, cfg.resolution, cfg.weights)
@@ -159,6 +165,7 @@ def score(cfg: ScoreConfig, log=None) -> dict:
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "figures")},
         "generator": gen.identity(),
         "device": str(gen.device),
+        "run": run_record(gen.device),
         "candidates": K,
         "kept": n_keep,
         "seconds_fit": t_fit,
