@@ -20,6 +20,7 @@ from trainers.eval.layouts import (
 )
 from trainers.cli import main
 from trainers.eval.evaluate import evaluate_model, network_input_size
+from trainers.eval.metrics import pysod_available
 from trainers.model.checkpoint import save_model
 from trainers.model.unet import ModelConfig, UNet
 
@@ -320,3 +321,35 @@ def test_help_has_examples():
     for cmd in ([], ["eval"], ["predict"], ["benchmark"]):
         res = runner.invoke(main, cmd + ["--help"])
         assert res.exit_code == 0 and "Example" in res.output and "trainers " in res.output
+
+
+def _pred_folder(root: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    for stem in ("a", "b"):
+        (root / "p").mkdir(parents=True, exist_ok=True)
+        (root / "m").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(90, 160, (12, 16)).astype(np.uint8)).save(root / "p" / f"{stem}.png")
+        m = np.zeros((12, 16), np.uint8)
+        m[3:9, 4:12] = 255
+        Image.fromarray(m).save(root / "m" / f"{stem}.png")
+    return root / "p", root / "m"
+
+
+def test_eval_names_the_papers_and_pysods_measures(tmp_path):
+    preds, masks = _pred_folder(tmp_path)
+    base = ["eval", "--predictions", str(preds), "--masks", str(masks)]
+    res = CliRunner().invoke(main, base + ["--no-pysod", "--json", str(tmp_path / "a.json")])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("predictions: "))
+    assert "MAE=" in line and "(the paper's protocol" in line and "mean |p - gt|" in line
+    assert not any(ln.startswith(("predictions pysod", "note:")) for ln in res.output.splitlines())
+    if not pysod_available():
+        pytest.skip("pysodmetrics not installed")
+    res = CliRunner().invoke(main, base + ["--pysod", "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    py = next(ln for ln in res.output.splitlines() if ln.startswith("predictions pysod: "))
+    assert "pysod_MAE=" in py and "pysodmetrics' own normalisation, not the paper's" in py and "min-max" in py
+    assert any(ln.startswith("note: MAE is the paper's") for ln in res.output.splitlines())
+    got = json.loads((tmp_path / "b.json").read_text())["predictions"]
+    assert {"MAE", "pysod_MAE", "maxF", "pysod_maxF"} <= set(got)  # JSON keys unchanged
+    assert got["MAE"] != pytest.approx(got["pysod_MAE"], abs=1e-3)  # low-contrast maps: the two differ

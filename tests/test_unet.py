@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from click.testing import CliRunner
 
 from trainers.model.checkpoint import (
@@ -15,7 +17,7 @@ from trainers.model.checkpoint import (
     save_model,
 )
 from trainers.cli import main
-from trainers.model.unet import ModelConfig, UNet, normalize_images
+from trainers.model.unet import ModelConfig, UNet, pixels_to_input
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -64,7 +66,19 @@ def test_padding_does_not_leak_between_crops(small):
 def test_rejects_bad_input(small):
     with pytest.raises(ValueError, match="expects"):
         small(torch.zeros(1, 4, 16, 16))
-    assert normalize_images(torch.tensor([0.0, 1.0])).tolist() == [-1.0, 1.0]
+
+
+def test_pixels_to_input_is_the_one_scaling():
+    """Train (data/stream), eval and relabel feed the U-Net through pixels_to_input: v / 127.5 - 1 in float32."""
+    from trainers.eval.evaluate import image_to_input
+
+    v = np.arange(256, dtype=np.uint8)
+    x = pixels_to_input(v)
+    assert x.dtype == np.float32 and x[0] == -1.0 and x[255] == 1.0 and x[128] > 0 > x[127]
+    assert np.array_equal(x, (torch.arange(256, dtype=torch.float32) / 127.5 - 1.0).numpy())
+    rgb = np.stack([v.reshape(16, 16), v[::-1].reshape(16, 16), np.full((16, 16), 7, np.uint8)], axis=-1)
+    got = image_to_input(Image.fromarray(rgb), short=16)
+    assert torch.equal(got, torch.from_numpy(x[rgb].transpose(2, 0, 1).copy()))
 
 
 def test_config_validation():

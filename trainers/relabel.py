@@ -30,11 +30,11 @@ from factory import format as fmt
 from trainers import __version__
 from trainers.errors import TrainersError
 from trainers.model.checkpoint import WEIGHTS_FILE, model_label, open_model
-from trainers.data.stream import DataError, SampleIndex, build_index, decode_image, read_shard
+from trainers.data.stream import SampleIndex, build_index, decode_image, read_shard
 from trainers.device import resolve_device
 from trainers.fileio import atomic_write, json_bytes, sha256_bytes, sha256_file
 from trainers.progress import RateLine
-from trainers.model.unet import ModelConfig, foreground_probability
+from trainers.model.unet import ModelConfig, foreground_probability, pixels_to_input
 
 
 class RelabelError(TrainersError, ValueError):
@@ -97,19 +97,14 @@ def predict_part(net: torch.nn.Module, index: SampleIndex, shard: int, *, device
         batch = rows[b0:b0 + batch_size].tolist()
         images = [decode_image(encoded[r][index.image_member], "RGB",
                                f"shard {info.url}: key {fmt.sample_key(r)}", expect) for r in batch]
-        x = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5)
-                             - np.float32(1.0))
+        x = torch.from_numpy(pixels_to_input(np.stack(images).transpose(0, 3, 1, 2)))
         probs = foreground_probability(net(x.to(device)), config)[:, 0].to("cpu", torch.float64).numpy()
         out += [(f"{fmt.sample_key(r)}.{fmt.EXT_TEACHER}", png_of_probability(p)) for r, p in zip(batch, probs)]
     return out
 
 
 def open_parent(cfg: RelabelConfig) -> SampleIndex:
-    try:
-        resolved = fmt.open_dataset(cfg.data, allow_remote_shards=cfg.allow_remote_shards)
-    except fmt.FormatError as e:
-        raise RelabelError(str(e)) from None
-    return build_index(resolved, split="all")
+    return build_index(fmt.open_dataset(cfg.data, allow_remote_shards=cfg.allow_remote_shards), split="all")
 
 
 def maps_spec(index: SampleIndex, teacher: str, batch_size: int) -> dict:
@@ -138,11 +133,8 @@ def relabel(cfg: RelabelConfig) -> dict:
     One writer per folder (a second `trainers relabel` into it is refused)."""
     if cfg.batch_size < 1:
         raise RelabelError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    try:
-        with fmt.FolderLock(cfg.out, "trainers relabel"):
-            return write_maps(cfg)
-    except fmt.FolderBusy as e:
-        raise RelabelError(str(e)) from None
+    with fmt.FolderLock(cfg.out, "trainers relabel"):
+        return write_maps(cfg)
 
 
 def write_maps(cfg: RelabelConfig) -> dict:
@@ -162,10 +154,7 @@ def write_maps(cfg: RelabelConfig) -> dict:
     line = RateLine(len(index), what="relabel", enabled=cfg.progress)
     line.update(sum(d["samples"] for d in done.values()))
     for k in (s for s in shards if s not in done):
-        try:
-            members = predict_part(net, index, k, device=device, batch_size=cfg.batch_size)
-        except DataError as e:
-            raise RelabelError(str(e)) from None
+        members = predict_part(net, index, k, device=device, batch_size=cfg.batch_size)
         tar = part_tar(members)
         path = fmt.maps_part_name(k)
         atomic_write(out / path, tar)

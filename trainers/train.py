@@ -44,7 +44,6 @@ from trainers import __version__
 from trainers.errors import TrainersError
 from trainers.model.checkpoint import (
     POINTER_FILE,
-    CheckpointError,
     load_checkpoint,
     save_checkpoint,
     save_model,
@@ -52,7 +51,6 @@ from trainers.model.checkpoint import (
 )
 from trainers.data.stream import (
     DEFAULT_SHUFFLE_WINDOW,
-    DataError,
     LoaderState,
     SampleIndex,
     TrainStream,
@@ -327,18 +325,12 @@ def _start(cfg: TrainConfig) -> Segment:
         torch.cuda.set_device(device)
     _set_determinism(cfg, device)
     run = Path(cfg.out)
-    try:
-        index, val_index = (open_index(cfg.data, split=split, holdout_permille=cfg.holdout_permille, mask=cfg.mask,
-                                       mask_source=cfg.mask_source, allow_remote_shards=cfg.allow_remote_shards)
-                            for split in ("train", "val"))
-    except DataError as e:
-        raise TrainError(str(e)) from None
+    index, val_index = (open_index(cfg.data, split=split, holdout_permille=cfg.holdout_permille, mask=cfg.mask,
+                                   mask_source=cfg.mask_source, allow_remote_shards=cfg.allow_remote_shards)
+                        for split in ("train", "val"))
     saved = None
     if cfg.resume:
-        try:
-            saved, model_t, optim_t = load_checkpoint(run)
-        except CheckpointError as e:
-            raise TrainError(str(e)) from None
+        saved, model_t, optim_t = load_checkpoint(run)
         _check_resume(cfg, saved, index)
     elif (run / POINTER_FILE).exists() or (run / "model.json").exists():
         raise TrainError(f"{run} already holds a run; pass --resume to continue it, or choose a new --out")

@@ -57,6 +57,7 @@ import torch
 
 from factory import format as fmt
 from trainers.errors import TrainersError
+from trainers.model.unet import pixels_to_input
 
 DEFAULT_SHUFFLE_WINDOW = 2000
 MASK_SOURCES = ("mask", "teacher", "intersection")  # --mask-source: the GAN mask, the teacher's, both
@@ -362,7 +363,7 @@ def decode_sample(members: dict[str, bytes], mask_member: str | tuple[str, ...],
             raise DataError(f"{where}: image {img.shape[:2]} and {name} {mask.shape} differ in size")
         this = mask >= fmt.TEACHER_FG_MIN if name == fmt.EXT_TEACHER else mask > 127
         fg = this if fg is None else fg & this
-    image = img.transpose(2, 0, 1).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    image = pixels_to_input(img.transpose(2, 0, 1))
     return image, fg.astype(np.float32)[None]
 
 

@@ -42,7 +42,7 @@ from trainers.device import resolve_device
 from trainers.fileio import atomic_write
 from trainers.eval.metrics import METRIC_PROTOCOL, SegmentationMetrics
 from trainers.progress import count_bar
-from trainers.model.unet import ModelConfig, foreground_probability
+from trainers.model.unet import ModelConfig, foreground_probability, pixels_to_input
 
 SHORT_SIDE = 128
 PROTOCOL = ("the authors' (shorter side 128 = their SegmentationInference(resize_to=128), probability "
@@ -64,8 +64,7 @@ def image_to_input(image: Image.Image, short: int = SHORT_SIDE) -> torch.Tensor:
     size = network_input_size(*image.size, short=short)
     if size != image.size:
         image = image.resize(size, Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
-    return x / 127.5 - 1.0
+    return torch.from_numpy(pixels_to_input(image)).permute(2, 0, 1)
 
 
 @torch.inference_mode()

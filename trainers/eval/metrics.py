@@ -56,15 +56,12 @@ IOU_THRESHOLD = 0.5  # p >= 0.5 is foreground for IoU and accuracy
 METRIC_PROTOCOL = ("IoU, accuracy at p >= 0.5; maxF over p > k/255, k = 0..254, beta^2 = 0.3; "
                    "pysod_* = pysodmetrics' own conventions, not the paper's")
 
-PAPER_KEYS = ("maxF", "IoU", "accuracy", "MAE")
 # What the two families measure, for output beside the numbers (trainers eval, trainers benchmark).
 PAPER_LEGEND = "the paper's protocol, on the probabilities as they are; MAE = mean |p - gt| per image"
 PYSOD_LEGEND = ("pysodmetrics' own normalisation, not the paper's: each map min-max stretched to [0, 1] per image, "
                 "gt > 128, 256 thresholds")
 MAE_NOTE = ("MAE is the paper's (the probabilities as the model gives them); pysod_MAE first stretches each map to "
             "[0, 1], so the two differ, most on low-contrast maps; --no-pysod leaves the pysod_* measures out")
-PYSOD_KEYS = ("pysod_maxF", "pysod_meanF", "pysod_adpF", "pysod_Smeasure",
-              "pysod_maxE", "pysod_meanE", "pysod_adpE", "pysod_MAE")
 
 
 class MissingDependency(TrainersError, ImportError):
@@ -245,7 +242,3 @@ class SegmentationMetrics:
         if self._pysod is not None:
             out.update(self._pysod.results())
         return out
-
-    def f_curve(self) -> np.ndarray:
-        """Mean over images of the per-image F at each threshold k/255, k = 0..254."""
-        return self._f_sum / max(self.n, 1)

@@ -57,7 +57,7 @@ class ModelFileError(TrainersError, ValueError):
 
 
 class CheckpointError(TrainersError, ValueError):
-    """A training checkpoint that is absent or corrupt (trainers.train reports it as a TrainError)."""
+    """A training checkpoint that is absent or corrupt."""
 
 
 # ----------------------------------------------------------------------------- run folder model

@@ -33,6 +33,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -173,6 +174,7 @@ def foreground_probability(logits: torch.Tensor, config: ModelConfig) -> torch.T
     return torch.sigmoid(logits)
 
 
-def normalize_images(x: torch.Tensor) -> torch.Tensor:
-    """Map images in [0, 1] to the network's input range [-1, 1]."""
-    return x * 2.0 - 1.0
+def pixels_to_input(pixels) -> np.ndarray:
+    """8-bit pixel values (uint8 or float, any layout) -> the network's float32 input in [-1, 1]:
+    v / 127.5 - 1, in float32 (what train, eval and relabel all feed the U-Net)."""
+    return np.asarray(pixels).astype(np.float32) / np.float32(127.5) - np.float32(1.0)

@@ -1,5 +1,6 @@
-"""What a newcomer sees from `trainers` (issue 19, items 10-13): the start-up line, progress lines off a
-terminal, the CPU warning, the default loader workers, `train --help`, and eval's named measures."""
+"""What `trainers` prints while it works (trainers/progress.py): the start-up line, progress lines off a
+terminal with an ETA that follows the recent rate, the CPU warning, the default loader workers, the
+progress flags in `train --help`, and the rate lines of eval / predict / relabel counters."""
 from __future__ import annotations
 
 import json
@@ -7,17 +8,14 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 from trainers_fixtures import small_dataset
 
 import trainers.progress
 import trainers.train
 from trainers.cli import main
-from trainers.eval.metrics import pysod_available
 from trainers.progress import (
     CPU_RUN_FLAGS,
     MAX_DEFAULT_WORKERS,
@@ -135,41 +133,6 @@ def test_time_forward_changes_nothing():
     assert trainers.train.time_forward(net, device=torch.device("cpu"), resolution=32) > 0
     assert net.training and torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-
-
-# ----------------------------------------------------------------------------- 11: eval names its measures
-
-
-def _pred_folder(root: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    for stem in ("a", "b"):
-        (root / "p").mkdir(parents=True, exist_ok=True)
-        (root / "m").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(90, 160, (12, 16)).astype(np.uint8)).save(root / "p" / f"{stem}.png")
-        m = np.zeros((12, 16), np.uint8)
-        m[3:9, 4:12] = 255
-        Image.fromarray(m).save(root / "m" / f"{stem}.png")
-    return root / "p", root / "m"
-
-
-def test_eval_names_the_papers_and_pysods_measures(tmp_path):
-    preds, masks = _pred_folder(tmp_path)
-    base = ["eval", "--predictions", str(preds), "--masks", str(masks)]
-    res = CliRunner().invoke(main, base + ["--no-pysod", "--json", str(tmp_path / "a.json")])
-    assert res.exit_code == 0, res.output
-    line = next(ln for ln in res.output.splitlines() if ln.startswith("predictions: "))
-    assert "MAE=" in line and "(the paper's protocol" in line and "mean |p - gt|" in line
-    assert not any(ln.startswith(("predictions pysod", "note:")) for ln in res.output.splitlines())
-    if not pysod_available():
-        pytest.skip("pysodmetrics not installed")
-    res = CliRunner().invoke(main, base + ["--pysod", "--json", str(tmp_path / "b.json")])
-    assert res.exit_code == 0, res.output
-    py = next(ln for ln in res.output.splitlines() if ln.startswith("predictions pysod: "))
-    assert "pysod_MAE=" in py and "pysodmetrics' own normalisation, not the paper's" in py and "min-max" in py
-    assert any(ln.startswith("note: MAE is the paper's") for ln in res.output.splitlines())
-    got = json.loads((tmp_path / "b.json").read_text())["predictions"]
-    assert {"MAE", "pysod_MAE", "maxF", "pysod_maxF"} <= set(got)  # JSON keys unchanged
-    assert got["MAE"] != pytest.approx(got["pysod_MAE"], abs=1e-3)  # low-contrast maps: the two differ
 
 
 def test_rate_lines_for_piped_counters(capsys, monkeypatch):
