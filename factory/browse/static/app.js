@@ -195,6 +195,8 @@
   }
 
   function apply() {
+    clearTimeout(typing);
+    if (whereInput.value.trim() === state.where) return;
     state.where = whereInput.value.trim();
     state.offset = 0;
     load();
@@ -301,8 +303,8 @@
   }
 
   // ------------------------------------------------------------------ wiring
-  layout();
   let typing = null;
+  layout();
   whereInput.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(apply, 600); });
   show.addEventListener("change", () => { state.show = show.value; state.offset = 0; load(); });
   sort.addEventListener("change", () => { state.sort = sort.value; state.offset = 0; load(); });
