@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference files in ../shared (or $FACTORY_SHARED), skipped with a reason when absent."""
+"""Shared fixtures: the reference files in ../shared (or $FACTORY_SHARED), skipped with a reason when absent;
+the small shapes dataset and views the trainers tests read."""
 from __future__ import annotations
 
 import os
@@ -47,6 +48,46 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """A 60-sample, 3-shard, 64 px shapes dataset (the factory's engine, in-process), made once per session;
+    its manifest says its size (``samples``, ``resolution``)."""
+    from factory.generate.config import GenerateConfig
+    from factory.generate.engine import generate
+
+    root = tmp_path_factory.mktemp("small-dataset") / "ds"
+    generate(GenerateConfig(n=60, out=str(root), generator="shapes", generator_options={"resolution": 64},
+                            shard_size=20, workers=0, progress=False))
+    return root
+
+
+def write_view(dataset: Path, path: Path, keep) -> tuple[Path, dict]:
+    """A view JSON (format.view_id) accepting the rows r with keep(r); parent given by relative URL."""
+    import json
+
+    from factory import format as fmt
+
+    manifest = json.loads((dataset / fmt.MANIFEST).read_text())
+    accepted = {}
+    for s in manifest["shards"]:
+        accepted[str(s["shard"])] = [r for r in range(s["first_row"], s["first_row"] + s["samples"]) if keep(r)]
+    predicate = "test predicate"
+    view = {
+        "kind": fmt.VIEW_KIND, "format_version": fmt.FORMAT_VERSION,
+        "view_id": fmt.view_id(manifest["dataset_id"], predicate, fmt.sha256_bytes(fmt.canonical_json(accepted))),
+        "parent": {"dataset_id": manifest["dataset_id"], "url": os.path.relpath(dataset, path.parent)},
+        "predicate": predicate, "samples": sum(len(v) for v in accepted.values()), "accepted": accepted,
+    }
+    path.write_text(json.dumps(view))
+    return path, view
+
+
+@pytest.fixture()
+def view_of():
+    """``view_of(dataset, path, keep) -> (path, view)``: writes a view JSON accepting the rows r with keep(r)."""
+    return write_view
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainers_fixtures import N_SAMPLES, RESOLUTION, small_dataset, write_view
 
 from trainers.data import stream as td
 from trainers.data.stream import (
@@ -25,10 +24,6 @@ from trainers.data.stream import (
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture(scope="session")
-def ds(tmp_path_factory) -> Path:
-    return small_dataset(tmp_path_factory)
 
 
 class _FakeWorker:
@@ -45,42 +40,43 @@ def _run_worker(stream, wid, nw, monkeypatch):
         monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: None)
 
 
-def _tar_member(ds: Path, shard: int, name: str) -> bytes:
-    with tarfile.open(ds / "shards" / f"{shard:06d}.tar") as tf:
+def _tar_member(small_dataset: Path, shard: int, name: str) -> bytes:
+    with tarfile.open(small_dataset / "shards" / f"{shard:06d}.tar") as tf:
         return tf.extractfile(name).read()
 
 
-def test_dataset_reads_exactly_the_manifest_samples(ds):
+def test_dataset_reads_exactly_the_manifest_samples(small_dataset):
     from PIL import Image
 
-    manifest = json.loads((ds / "manifest.json").read_text())
-    idx = open_index(str(ds), split="all")
-    assert len(idx) == manifest["samples"] == N_SAMPLES
+    manifest = json.loads((small_dataset / "manifest.json").read_text())
+    idx = open_index(str(small_dataset), split="all")
+    assert len(idx) == manifest["samples"] > 0
+    side = manifest["resolution"]
     rows = []
     for b in td.iter_batches(idx, batch_size=40):
         assert b["image"].dtype == torch.float32 and b["mask"].dtype == torch.float32
-        assert b["image"].shape[1:] == (3, RESOLUTION, RESOLUTION)
-        assert b["mask"].shape[1:] == (1, RESOLUTION, RESOLUTION)
+        assert b["image"].shape[1:] == (3, side, side)
+        assert b["mask"].shape[1:] == (1, side, side)
         assert -1.0 <= float(b["image"].min()) and float(b["image"].max()) <= 1.0
         assert set(torch.unique(b["mask"]).tolist()) <= {0.0, 1.0}
         rows += b["row"].tolist()
         if len(rows) == 40:  # compare one sample with the tar's PNGs decoded directly
             r = rows[5]
-            png = np.asarray(Image.open(io.BytesIO(_tar_member(ds, 0, f"{r:010d}.png"))).convert("RGB"))
-            mpng = np.asarray(Image.open(io.BytesIO(_tar_member(ds, 0, f"{r:010d}.mask.png"))))
+            png = np.asarray(Image.open(io.BytesIO(_tar_member(small_dataset, 0, f"{r:010d}.png"))).convert("RGB"))
+            mpng = np.asarray(Image.open(io.BytesIO(_tar_member(small_dataset, 0, f"{r:010d}.mask.png"))))
             np.testing.assert_allclose(b["image"][5].numpy(), png.transpose(2, 0, 1) / 127.5 - 1, atol=1e-6)
             np.testing.assert_array_equal(b["mask"][5, 0].numpy(), (mpng > 127).astype(np.float32))
     expected = [r for s in manifest["shards"] for r in range(s["first_row"], s["first_row"] + s["samples"])]
     assert rows == expected
 
 
-def test_one_epoch_of_the_stream_is_a_prefix_of_the_order_without_repeats(ds):
-    idx = open_index(str(ds), split="all")
+def test_one_epoch_of_the_stream_is_a_prefix_of_the_order_without_repeats(small_dataset):
+    idx = open_index(str(small_dataset), split="all")
     stream = TrainStream(idx, batch_size=10, seed=3, flip=False, shuffle_window=40)
     batches = list(stream)
-    assert len(batches) == len(stream) == N_SAMPLES // 10
+    assert len(batches) == len(stream) == len(idx) // 10
     rows = np.concatenate([b["row"].numpy() for b in batches])
-    assert len(set(rows.tolist())) == rows.size == (N_SAMPLES // 10) * 10  # remainder dropped
+    assert len(set(rows.tolist())) == rows.size == (len(idx) // 10) * 10  # remainder dropped
     order = td.epoch_order(idx, 3, 0, 40)
     np.testing.assert_array_equal(rows, idx.rows[order[: rows.size]])
     # another epoch, another order; same seed + epoch, same order
@@ -88,8 +84,9 @@ def test_one_epoch_of_the_stream_is_a_prefix_of_the_order_without_repeats(ds):
     np.testing.assert_array_equal(td.epoch_order(idx, 3, 0, 40), order)
 
 
-def test_view_yields_exactly_its_keys_and_never_decodes_rejected_ones(ds, tmp_path, monkeypatch):
-    view_path, view = write_view(ds, tmp_path / "view.json", lambda r: r % 3 != 1)
+def test_view_yields_exactly_its_keys_and_never_decodes_rejected_ones(small_dataset, view_of, tmp_path,
+                                                                       monkeypatch):
+    view_path, view = view_of(small_dataset, tmp_path / "view.json", lambda r: r % 3 != 1)
     accepted = sorted(r for rows in view["accepted"].values() for r in rows)
     decoded = []
     real = td.decode_image
@@ -108,35 +105,35 @@ def test_view_yields_exactly_its_keys_and_never_decodes_rejected_ones(ds, tmp_pa
     assert len(decoded) == 2 * len(got)
 
 
-def test_view_with_changed_parent_is_refused(ds, tmp_path):
-    view_path, view = write_view(ds, tmp_path / "view.json", lambda r: True)
+def test_view_with_changed_parent_is_refused(small_dataset, view_of, tmp_path):
+    view_path, view = view_of(small_dataset, tmp_path / "view.json", lambda r: True)
     view["parent"]["dataset_id"] = "ds-" + "0" * 32
     view_path.write_text(json.dumps(view))
     with pytest.raises(DataError, match="parent changed"):
         open_index(str(view_path))
 
 
-def test_holdout_is_disjoint_from_training_and_follows_the_rule(ds):
-    all_ = open_index(str(ds), split="all")
-    tr = open_index(str(ds), split="train", holdout_permille=200)
-    va = open_index(str(ds), split="val", holdout_permille=200)
+def test_holdout_is_disjoint_from_training_and_follows_the_rule(small_dataset):
+    all_ = open_index(str(small_dataset), split="all")
+    tr = open_index(str(small_dataset), split="train", holdout_permille=200)
+    va = open_index(str(small_dataset), split="val", holdout_permille=200)
     assert set(tr.rows.tolist()).isdisjoint(va.rows.tolist())
     assert sorted(tr.rows.tolist() + va.rows.tolist()) == all_.rows.tolist()
     assert 0 < len(va) < len(all_)
     import hashlib
     for r in va.rows.tolist():
         assert int(hashlib.sha256(f"{r:010d}".encode()).hexdigest(), 16) % 1000 < 200
-    assert len(open_index(str(ds), split="val", holdout_permille=0)) == 0
+    assert len(open_index(str(small_dataset), split="val", holdout_permille=0)) == 0
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_ddp_split_is_exact(ds, world, workers, monkeypatch):
-    idx = open_index(str(ds), split="all")
+def test_ddp_split_is_exact(small_dataset, world, workers, monkeypatch):
+    idx = open_index(str(small_dataset), split="all")
     B = 7
     state = LoaderState(5, 2, 0)
     plan = plan_epoch(idx, state, world_size=world, batch_size=B, workers=workers, shuffle_window=20)
-    steps = N_SAMPLES // (world * B)
+    steps = len(idx) // (world * B)
     seen = []
     for r in range(world):
         n_batches = sum(len(w) for w in plan[r])
@@ -153,8 +150,8 @@ def test_ddp_split_is_exact(ds, world, workers, monkeypatch):
     assert set(seen) == set(idx.rows[order[: steps * world * B]].tolist())
 
 
-def test_resume_mid_epoch_with_another_world_size_covers_the_rest(ds):
-    idx = open_index(str(ds), split="all")
+def test_resume_mid_epoch_with_another_world_size_covers_the_rest(small_dataset):
+    idx = open_index(str(small_dataset), split="all")
     B = 5
     order = idx.rows[td.epoch_order(idx, 1, 0, 30)]
     # 3 ranks run 2 steps, then the job resumes on 2 ranks
@@ -167,15 +164,15 @@ def test_resume_mid_epoch_with_another_world_size_covers_the_rest(ds):
     later = [x for r in range(2) for w in rest[r] for b in w for x in b.tolist()]
     assert len(later) == len(set(later))
     assert done_prefix.isdisjoint(later)
-    remaining = N_SAMPLES - consumed_steps * 3 * B
+    remaining = len(idx) - consumed_steps * 3 * B
     assert len(later) == (remaining // (2 * B)) * 2 * B
     assert set(later) == set(order[consumed_steps * 3 * B: consumed_steps * 3 * B + len(later)].tolist())
     assert [len(sum(rest[r], [])) for r in range(2)] == [remaining // (2 * B)] * 2
     assert done_prefix <= set(done)
 
 
-def test_dataloader_with_two_workers_keeps_step_order(ds):
-    idx = open_index(str(ds), split="all")
+def test_dataloader_with_two_workers_keeps_step_order(small_dataset):
+    idx = open_index(str(small_dataset), split="all")
     stream = TrainStream(idx, batch_size=8, seed=2, shuffle_window=32)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
     got = list(loader)
@@ -185,9 +182,10 @@ def test_dataloader_with_two_workers_keeps_step_order(ds):
         assert torch.equal(a["row"], b["row"]) and torch.equal(a["image"], b["image"])
 
 
-def test_flip_is_seeded_per_sample(ds):
-    idx = open_index(str(ds), split="all")
-    plain = {int(r): im for b in TrainStream(idx, batch_size=8, seed=4, flip=False) for r, im in zip(b["row"], b["image"])}
+def test_flip_is_seeded_per_sample(small_dataset):
+    idx = open_index(str(small_dataset), split="all")
+    plain = {int(r): im for b in TrainStream(idx, batch_size=8, seed=4, flip=False)
+             for r, im in zip(b["row"], b["image"])}
     flipped = list(TrainStream(idx, batch_size=8, seed=4, flip=True))
     n_flip = 0
     for b in flipped:

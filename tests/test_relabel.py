@@ -20,7 +20,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from scipy import ndimage
-from trainers_fixtures import write_view
 
 from factory.cli import main as factory_main
 from trainers.cli import main as trainers_main
@@ -177,8 +176,8 @@ def test_mask_source_trains_and_decodes(work, tmp_path):
     assert res.exit_code == 1 and "has no teacher masks" in res.output and len(res.output.strip().splitlines()) == 1
 
 
-def test_relabel_of_a_view_and_mismatched_maps(work, tmp_path):
-    view, _ = write_view(work["parent"], tmp_path / "odd.json", lambda r: r % 2 == 1)
+def test_relabel_of_a_view_and_mismatched_maps(work, view_of, tmp_path):
+    view, _ = view_of(work["parent"], tmp_path / "odd.json", lambda r: r % 2 == 1)
     maps, derived = tmp_path / "maps", tmp_path / "derived"
     res = CliRunner().invoke(factory_main, ["relabel", str(view), "--maps", str(work["maps"]), "--out", str(derived)])
     assert res.exit_code == 1 and "make maps of this parent with trainers relabel" in res.output

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from trainers_fixtures import small_dataset
 
 from trainers.data.stream import LoaderState, open_index, plan_epoch
 from trainers.train import TrainConfig, TrainError, train
@@ -27,13 +26,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="session")
-def ds(tmp_path_factory) -> Path:
-    return small_dataset(tmp_path_factory)
 
-
-def _cfg(ds, out, **kw) -> TrainConfig:
-    base = dict(data=str(ds), out=str(out), steps=8, batch_size=4, width=8, workers=0, seed=1,
+def _cfg(small_dataset, out, **kw) -> TrainConfig:
+    base = dict(data=str(small_dataset), out=str(out), steps=8, batch_size=4, width=8, workers=0, seed=1,
                 holdout_permille=100, val_max=8, checkpoint_every=3, val_every=0, device="cpu", progress=False,
                 shuffle_window=20)
     base.update(kw)
@@ -50,9 +45,9 @@ class _Kill(Exception):
     pass
 
 
-def test_stop_and_resume_is_bit_identical(ds, tmp_path):
+def test_stop_and_resume_is_bit_identical(small_dataset, tmp_path):
     ref = tmp_path / "ref"
-    train(_cfg(ds, ref))
+    train(_cfg(small_dataset, ref))
 
     run = tmp_path / "run"
 
@@ -61,13 +56,13 @@ def test_stop_and_resume_is_bit_identical(ds, tmp_path):
             raise _Kill()
 
     with pytest.raises(_Kill):
-        train(_cfg(ds, run), hook=kill_at_5)
+        train(_cfg(small_dataset, run), hook=kill_at_5)
     state = json.loads((run / "checkpoints" / "step-00000003" / "state.json").read_text())
     assert state["step"] == 3 and state["loader"] == {"seed": 1, "epoch": 0, "consumed": 12}
     with pytest.raises(TrainError, match="--resume"):
-        train(_cfg(ds, run))
+        train(_cfg(small_dataset, run))
     # resume with 2 loader workers: the batches (hence the weights) do not depend on the worker count
-    train(_cfg(ds, run, resume=True, workers=2))
+    train(_cfg(small_dataset, run, resume=True, workers=2))
     # compare tensors, not file bytes: the header's metadata order of safetensors files is not stable
     a, b = _weights(run), _weights(ref)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -75,24 +70,24 @@ def test_stop_and_resume_is_bit_identical(ds, tmp_path):
     assert card["training"]["steps"] == 8
     assert [h["start_step"] for h in card["training"]["history"]] == [0, 3]
     with pytest.raises(TrainError, match="different recipe"):
-        train(_cfg(ds, run, resume=True, steps=10, lr=0.5))
+        train(_cfg(small_dataset, run, resume=True, steps=10, lr=0.5))
 
 
-def test_training_decreases_the_loss(ds, tmp_path):
+def test_training_decreases_the_loss(small_dataset, tmp_path):
     losses = []
-    train(_cfg(ds, tmp_path / "run", steps=14, lr=3e-3, checkpoint_every=0, batch_size=8),
+    train(_cfg(small_dataset, tmp_path / "run", steps=14, lr=3e-3, checkpoint_every=0, batch_size=8),
           hook=lambda step, batch, loss: losses.append(loss))
     assert len(losses) == 14
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.02, losses
 
 
-def test_train_cli_writes_model_and_card(ds, tmp_path):
+def test_train_cli_writes_model_and_card(small_dataset, tmp_path):
     from trainers.cli import main
     from trainers.model.checkpoint import load_model
 
     out = tmp_path / "cli-run"
-    args = ["train", "--data", str(ds), "--out", str(out), "--steps", "2", "--batch-size", "4", "--width", "8",
-            "--workers", "0", "--holdout-permille", "100", "--device", "cpu", "--no-progress"]
+    args = ["train", "--data", str(small_dataset), "--out", str(out), "--steps", "2", "--batch-size", "4",
+            "--width", "8", "--workers", "0", "--holdout-permille", "100", "--device", "cpu", "--no-progress"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     for name in ("model.safetensors", "model.json", "card.json"):
@@ -100,7 +95,7 @@ def test_train_cli_writes_model_and_card(ds, tmp_path):
     model = load_model(out)
     assert model.config.width == 8 and model.extra["step"] == 2
     card = json.loads((out / "card.json").read_text())
-    manifest = json.loads((ds / "manifest.json").read_text())
+    manifest = json.loads((small_dataset / "manifest.json").read_text())
     assert card["data"]["dataset_id"] == manifest["dataset_id"] and card["data"]["view_id"] is None
     assert card["data"]["holdout"]["rule"] == "int(sha256(key).hexdigest(), 16) % 1000 < 100"
     assert card["recipe"]["lr"] == 1e-3 and card["recipe"]["lr_step"] == 8000
@@ -141,11 +136,11 @@ def test_the_group_prints_every_factory_error_as_one_line():
     assert res.exit_code == 1 and res.output == "Error: shard 000003.tar is not in the manifest; rerun factory verify\n"
 
 
-def test_two_rank_gloo_ddp(ds, tmp_path):
+def test_two_rank_gloo_ddp(small_dataset, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "trainers.cli", "train", "--data", str(ds), "--out", str(out), "--steps", "3",
+           "-m", "trainers.cli", "train", "--data", str(small_dataset), "--out", str(out), "--steps", "3",
            "--batch-size", "4", "--width", "8", "--workers", "0", "--seed", "2", "--holdout-permille", "0",
            "--shuffle-window", "20", "--device", "cpu", "--no-progress", "--checkpoint-every", "0", "--audit"]
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -156,7 +151,7 @@ def test_two_rank_gloo_ddp(ds, tmp_path):
     r0 = {x for b in a[0]["rows"] for x in b}
     r1 = {x for b in a[1]["rows"] for x in b}
     assert len(r0) == len(r1) == 12 and r0.isdisjoint(r1)
-    idx = open_index(str(ds), split="train", holdout_permille=0)
+    idx = open_index(str(small_dataset), split="train", holdout_permille=0)
     plan = plan_epoch(idx, LoaderState(2, 0, 0), world_size=2, batch_size=4, workers=1, shuffle_window=20)
     assert a[0]["rows"] == [b.tolist() for b in plan[0][0][:3]]
     assert a[1]["rows"] == [b.tolist() for b in plan[1][0][:3]]

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from trainers_fixtures import small_dataset
 
 import trainers.progress
 import trainers.train
@@ -29,14 +28,10 @@ from trainers.model.unet import ModelConfig, UNet
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-@pytest.fixture(scope="module")
-def ds(tmp_path_factory) -> Path:
-    return small_dataset(tmp_path_factory)
-
-
-def _train_args(ds, out, *extra):
-    return ["train", "--data", str(ds), "--out", str(out), "--steps", "5", "--batch-size", "4", "--width", "8",
-            "--holdout-permille", "100", "--val-max", "4", "--device", "cpu", "--shuffle-window", "20", *extra]
+def _train_args(small_dataset, out, *extra):
+    return ["train", "--data", str(small_dataset), "--out", str(out), "--steps", "5", "--batch-size", "4",
+            "--width", "8", "--holdout-permille", "100", "--val-max", "4", "--device", "cpu",
+            "--shuffle-window", "20", *extra]
 
 
 # ----------------------------------------------------------------------------- 12: --help
@@ -72,9 +67,9 @@ def test_default_workers_never_make_torch_warn():
 # ----------------------------------------------------------------------------- 10: start-up and progress
 
 
-def test_train_cli_startup_line_and_progress_lines_off_a_terminal(ds, tmp_path, monkeypatch):
+def test_train_cli_startup_line_and_progress_lines_off_a_terminal(small_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # a 1-CPU machine: 1 worker
-    res = CliRunner().invoke(main, _train_args(ds, tmp_path / "run", "--progress-every", "0"))
+    res = CliRunner().invoke(main, _train_args(small_dataset, tmp_path / "run", "--progress-every", "0"))
     assert res.exit_code == 0, res.output
     err = res.stderr
     first = err.splitlines()[0]
@@ -109,10 +104,10 @@ def test_eta_follows_the_recent_rate(capsys, monkeypatch):
     assert lines[-1].startswith("train: step 16/100  1 s/step") and "ETA 84 s" in lines[-1], lines
 
 
-def test_cpu_warning_for_the_papers_settings(ds, tmp_path, monkeypatch):
+def test_cpu_warning_for_the_papers_settings(small_dataset, tmp_path, monkeypatch):
     # pretend one forward pass takes 100 s (the paper's batch 95 / width 64 takes minutes per step on a CPU)
     monkeypatch.setattr(trainers.train, "time_forward", lambda net, device, resolution: 100.0)
-    res = CliRunner().invoke(main, _train_args(ds, tmp_path / "run", "--workers", "0", "--no-progress"))
+    res = CliRunner().invoke(main, _train_args(small_dataset, tmp_path / "run", "--workers", "0", "--no-progress"))
     assert res.exit_code == 0, res.output
     warn = [ln for ln in res.stderr.splitlines() if "warning" in ln]
     assert len(warn) == 1 and "20.0 min per step" in warn[0] and "5 steps about 1.7 h" in warn[0]
