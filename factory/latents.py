@@ -17,7 +17,7 @@ from factory.errors import FactoryError
 from factory.fsio import fetch_copy, is_url, load_npy_matrix, local_copy, read_npy
 
 BLOCK = 1024
-_TAG = {"gaussian": 1, "embeddings": 2}
+_TAG = {"gaussian": 1, "embeddings": 2, "truncated": 3}
 
 # The matrix each process reads rows from, opened once: (path or URL, sha256) -> array (a memmap for .npy).
 _MATRICES: dict = {}
@@ -58,7 +58,7 @@ class LatentSource:
     """A reproducible source of latents: a small spec (kind, seed, noise; for a file its path or URL and
     sha256), so it travels with every task. `describe()` goes into the dataset spec."""
 
-    kind: str  # gaussian | embeddings | file
+    kind: str  # gaussian | truncated | embeddings | file
     dim_z: int
     seed: int = 0
     path: str | None = None  # embeddings or latents file: local path or fsspec URL
@@ -66,10 +66,14 @@ class LatentSource:
     z_noise: float = 0.0
     sha256: str | None = None
     rows_available: int | None = None
+    bound: float = 0.0  # truncated: scale * TruncatedNormal(-bound, bound)
+    scale: float = 1.0
 
     def describe(self) -> dict:
         d = {"kind": self.kind, "seed": self.seed, "dim_z": self.dim_z}
-        if self.kind == "embeddings":
+        if self.kind == "truncated":
+            d.update(bound=self.bound, scale=self.scale)
+        elif self.kind == "embeddings":
             d.update(name=self.name, sha256=self.sha256, rows=self.rows_available, z_noise=self.z_noise)
         elif self.kind == "file":
             d.update(sha256=self.sha256, rows=self.rows_available)
@@ -102,6 +106,8 @@ class LatentSource:
         rng = np.random.default_rng([self.seed, _TAG[self.kind], b])
         if self.kind == "gaussian":
             return rng.standard_normal((BLOCK, self.dim_z), dtype=np.float32)
+        if self.kind == "truncated":
+            return truncated_block(rng, (BLOCK, self.dim_z), self.bound) * np.float32(self.scale)
         m = self._matrix()
         idx = rng.integers(0, m.shape[0], size=BLOCK)
         noise = rng.standard_normal((BLOCK, self.dim_z), dtype=np.float32)
@@ -116,6 +122,23 @@ class LatentSource:
 def gaussian(dim_z: int, seed: int) -> LatentSource:
     """N(0, I) latents drawn block by block from ``seed``."""
     return LatentSource("gaussian", dim_z, seed)
+
+
+def truncated(dim_z: int, seed: int, *, bound: float, scale: float) -> LatentSource:
+    """``scale * TruncatedNormal(-bound, bound)`` latents drawn block by block from ``seed`` (BigGAN's truncation trick)."""
+    if not (np.isfinite(bound) and bound > 0 and np.isfinite(scale) and scale > 0):
+        raise FactoryError(f"truncated latents need bound > 0 and scale > 0, got bound={bound}, scale={scale}")
+    return LatentSource("truncated", dim_z, seed, bound=float(bound), scale=float(scale))
+
+
+def truncated_block(rng: np.random.Generator, shape: tuple, bound: float) -> np.ndarray:
+    """Standard normal values with every |x| > bound redrawn (from the same generator) until none is left."""
+    out = rng.standard_normal(shape, dtype=np.float32)
+    bad = np.abs(out) > bound
+    while bad.any():
+        out[bad] = rng.standard_normal(int(bad.sum()), dtype=np.float32)
+        bad = np.abs(out) > bound
+    return out
 
 
 def from_file(path: str, dim_z: int) -> LatentSource:

@@ -46,12 +46,14 @@ def to_uint8(img):
     return ((img.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def generate_pair(gen, z, direction, shift_r: float):
-    """G(z) and G(z + r h) in one forward of 2B (asynchronous on CUDA)."""
+def generate_pair(gen, z, direction, shift_r: float, labels=None):
+    """G(z) and G(z + r h) in one forward of 2B (asynchronous on CUDA); ``labels`` [B] (class-conditional
+    generators) condition both images of a pair alike."""
     import torch
 
+    zz = torch.cat([z, z + shift_r * direction[None, :]], 0)
     with torch.no_grad():
-        both = gen(torch.cat([z, z + shift_r * direction[None, :]], 0))
+        both = gen(zz) if labels is None else gen(zz, labels=torch.cat([labels, labels], 0))
     return both[: z.shape[0]], both[z.shape[0]:]
 
 

@@ -100,12 +100,16 @@ def resolve_direction(gen, direction: str | None, generator_name: str) -> tuple[
     return vec, {"file": os.path.basename(direction), "sha256": fmt.sha256_bytes(vec.tobytes())}
 
 
-def resolve_latents(cfg: GenerateConfig, dim_z: int):
-    from factory.latents import from_embeddings, from_file, gaussian
+def resolve_latents(cfg: GenerateConfig, dim_z: int, prior: dict | None = None):
+    """The job's latent source; ``prior`` is the generator's ``latent_prior()`` (e.g. BigGAN's truncated
+    normal), used in place of N(0, I) for ``--latents gaussian``."""
+    from factory.latents import from_embeddings, from_file, gaussian, truncated
 
     if cfg.embeddings:
         return from_embeddings(cfg.embeddings, dim_z, cfg.seed, cfg.z_noise)
     if cfg.latents == "gaussian":
+        if prior and prior.get("kind") == "truncated":
+            return truncated(dim_z, cfg.seed, bound=prior["bound"], scale=prior["scale"])
         return gaussian(dim_z, cfg.seed)
     src = from_file(cfg.latents, dim_z)
     if cfg.n > src.rows_available:
@@ -122,7 +126,7 @@ def make_plan(cfg: GenerateConfig) -> Plan:
     load_options, weights_sha256 = resolve_weights(cfg.generator_options)
     gen = load_generator(cfg.generator, device="cpu", **load_options)
     direction, dir_desc = resolve_direction(gen, cfg.direction, cfg.generator)
-    src = resolve_latents(cfg, gen.dim_z)
+    src = resolve_latents(cfg, gen.dim_z, gen.latent_prior() if hasattr(gen, "latent_prior") else None)
     spec = {
         "format_version": fmt.FORMAT_VERSION,
         "generator": gen.identity(),
@@ -137,6 +141,8 @@ def make_plan(cfg: GenerateConfig) -> Plan:
         "image_codec": image_codec_spec(cfg),
         "keep_raw_mask": bool(cfg.keep_raw_mask),
     }
+    if hasattr(gen, "labels"):  # class-conditional: sample i's class from (seed, i), recorded with it
+        spec["labels"] = {"seed": cfg.seed}
     if cfg.mask_rule == "operators":  # only then, so that other specs (and their hashes) are unchanged
         from factory.directions.operators import load_operators
 

@@ -105,13 +105,15 @@ class BatchPipeline:
             sync_device(self.device)
             self.timers.add(stage, time.perf_counter() - t0)
 
-    def launch(self, z_np: np.ndarray):
-        """Queue G(z) and G(z + r h) of a batch; returns (z, (img, shifted)) on the device."""
+    def launch(self, z_np: np.ndarray, labels_np: np.ndarray | None = None):
+        """Queue G(z) and G(z + r h) of a batch (with its classes, for a class-conditional generator);
+        returns (z, (img, shifted)) on the device."""
         import torch
 
         z = torch.from_numpy(z_np).to(self.gen.device, non_blocking=True)
+        labels = None if labels_np is None else torch.from_numpy(labels_np).to(self.gen.device)
         t0 = time.perf_counter()
-        pair = generate_pair(self.gen, z, self.h, self.shift_r)
+        pair = generate_pair(self.gen, z, self.h, self.shift_r, labels=labels)
         self.time("generator", t0)
         return z, pair
 
@@ -154,8 +156,10 @@ class BatchPipeline:
         return out
 
 
-def submit_encoding(pool, host: dict, *, shard: int, row0: int, latents: np.ndarray, codec: dict) -> list:
-    """Tar records of one batch (rows row0...), in chunks of ENCODE_CHUNK samples, as pool futures."""
+def submit_encoding(pool, host: dict, *, shard: int, row0: int, latents: np.ndarray, codec: dict,
+                    labels: np.ndarray | None = None) -> list:
+    """Tar records of one batch (rows row0...), in chunks of ENCODE_CHUNK samples, as pool futures;
+    ``labels``: the samples' classes (class-conditional generators), recorded in their JSON."""
     img, clean, raw = host["img"], host["clean"], host["raw"]
     fg, pa, ph = host["s_fg_ratio"], host["s_pass_area"], host["s_pass_hist_reference"]
     futures = []
@@ -165,6 +169,9 @@ def submit_encoding(pool, host: dict, *, shard: int, row0: int, latents: np.ndar
         metas = [{"key": fmt.sample_key(r), "row": r, "shard": shard, "fg_ratio": float(fg[r - row0]),
                   "pass_area": bool(pa[r - row0]), "pass_hist_reference": bool(ph[r - row0])}
                  for r in rws]
+        if labels is not None:
+            for m in metas:
+                m["class"] = int(labels[m["row"] - row0])
         futures.append(pool.submit(encode_chunk, (
             [fmt.sample_key(r) for r in rws], img[c0:c1], clean[c0:c1],
             None if raw is None else raw[c0:c1], latents[c0:c1], metas, codec)))
@@ -184,26 +191,32 @@ def generate_shard(job: ShardJob, shard: int, latents, *, timers: Timers | None 
     first = shard * spec["shard_size"]
     n = min(spec["shard_size"], spec["n"] - first)
     z_all = latents.rows(first, first + n)
+    labels = gen.labels(spec["labels"]["seed"], first, first + n) if "labels" in spec else None
     pool = shard_encoder_pool(device, job.threads)
     batches = BatchPipeline(gen, spec, direction=job.direction, device=device, timers=timers)
     columns: dict[str, list] = {}
     futures = []
     starts = list(range(0, n, bs))
-    nxt = batches.launch(z_all[starts[0] : starts[0] + bs]) if starts else None
+    def launch(b0: int):
+        return batches.launch(z_all[b0 : b0 + bs], None if labels is None else labels[b0 : b0 + bs])
+
+    nxt = launch(starts[0]) if starts else None
     for i, b0 in enumerate(starts):
         z, pair = nxt
         host, done_evt = batches.queue_masks(z, pair)
-        nxt = batches.launch(z_all[starts[i + 1] : starts[i + 1] + bs]) if i + 1 < len(starts) else None
+        nxt = launch(starts[i + 1]) if i + 1 < len(starts) else None
         host = batches.collect(z, pair, host, done_evt)
         for k, v in host.items():
             if k.startswith("s_"):
                 columns.setdefault(k[2:], []).append(v)
         futures += submit_encoding(pool, host, shard=shard, row0=first + b0, latents=z_all[b0 : b0 + bs],
-                                   codec=spec["image_codec"])
+                                   codec=spec["image_codec"], labels=None if labels is None else labels[b0 : b0 + bs])
     rows = {k: np.concatenate(v) for k, v in columns.items()}
     rows["key"] = np.array([fmt.sample_key(first + i) for i in range(n)], dtype=object)
     rows["shard"] = np.full(n, shard, np.int32)
     rows["row"] = np.arange(first, first + n, dtype=np.int64)
+    if labels is not None:
+        rows["class"] = labels.astype(np.int64)
     return partial(commit_encoded, job, shard, futures=futures, rows=rows, latents=z_all, timers=timers,
                    t_start=t_start)
 

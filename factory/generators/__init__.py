@@ -7,12 +7,17 @@ A generator is a torch-module-like object with:
 - ``__call__(z) -> float32 [B, 3, H, W] in [-1, 1]`` for ``z`` float32 [B, dim_z] on its device;
 - ``identity() -> dict``: what determines its outputs (name, config, weights sha256), stored in manifests;
 - optionally ``named_directions() -> dict[str, np.ndarray]`` (unit vectors of width dim_z)
-  and ``true_mask(z) -> bool [B, H, W]`` (ground truth, test worlds only).
+  and ``true_mask(z) -> bool [B, H, W]`` (ground truth, test worlds only);
+- class-conditional generators (biggan) add ``labels(seed, start, stop) -> int64 [stop - start]``
+  (sample i's class, a pure function of (seed, i)) and accept ``__call__(z, labels=y)``; the engine
+  passes each sample's class to both images of its pair and records it (JSON ``class``, index column
+  ``class``). Optionally ``latent_prior() -> {"kind": "truncated", "bound", "scale"}``: what
+  ``--latents gaussian`` samples z from instead of N(0, I).
 
 Generators come from three places, resolved in this order by ``load_generator(name, **options)``:
 
 1. ``package.module:function`` -- any importable callable, no packaging needed;
-2. built-ins, registered with ``@register("name")`` (shapes, bigbigan, dcgan);
+2. built-ins, registered with ``@register("name")`` (shapes, bigbigan, biggan, dcgan);
 3. plug-ins: entry points of the group ``factory.generators`` declared by installed
    distributions (``name = "package.module:function"`` in their pyproject.toml).
 
@@ -92,7 +97,7 @@ def register(name: str, *, dim_z: int | None = None, resolution: int | None = No
 
 def _load_builtins() -> None:
     # Imported lazily so that `import factory.generators` stays cheap.
-    from factory.generators import dcgan, shapes  # noqa: F401
+    from factory.generators import biggan, dcgan, shapes  # noqa: F401
 
     try:
         from factory.generators import bigbigan  # noqa: F401
