@@ -13,19 +13,15 @@ from typing import Any, Mapping
 import torch
 
 from factory.errors import FactoryError
-from factory.fsio import ReadError, atomic_write, read_torch_file
+from factory.fsio import atomic_write
 from factory.generators.biggan.model import BigGAN, BigGANConfig
+from factory.generators.torchcore import load_strict, one_line, read_torch_weights
 
 WEIGHTS_NAME = "pytorch_model.bin"
 SAFETENSORS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 HINT = ("a BigGAN checkpoint is the folder of `pytorch-pretrained-biggan` (config.json + pytorch_model.bin, "
         "e.g. biggan-deep-128; docs/generators.md says where to get it)")
-
-
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {s[0] if s else ''}".strip()[:200]
 
 
 def locate(weights: str | Path, config: Any = None) -> tuple[Path, Any]:
@@ -66,7 +62,7 @@ def read_config(config: Any) -> BigGANConfig:
     try:
         return BigGANConfig.from_dict(config, source)
     except TypeError as e:
-        raise FactoryError(f"{source}: not a BigGAN config ({_one_line(e)})") from None
+        raise FactoryError(f"{source}: not a BigGAN config ({one_line(e)})") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -82,16 +78,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             obj = load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own error types
-            raise FactoryError(f"{path}: corrupt or truncated safetensors file ({_one_line(e)})") from None
+            raise FactoryError(f"{path}: corrupt or truncated safetensors file ({one_line(e)})") from None
     else:
-        try:
-            obj = read_torch_file(path)
-        except ReadError as e:
-            if e.reason == "objects":
-                raise FactoryError(
-                    f"{path}: refused: the pickle references code or objects other than tensors "
-                    f"({_one_line(e.cause)}); only plain state dicts are read") from None
-            raise FactoryError(f"{path}: not a readable torch checkpoint ({_one_line(e.cause)}); {HINT}") from None
+        obj = read_torch_weights(path, hint=HINT)
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
         raise FactoryError(f"{path}: not a state dict (got {type(obj).__name__}); {HINT}")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
@@ -100,28 +89,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def check_state_dict(sd: Mapping[str, torch.Tensor], model: BigGAN, source: str) -> None:
-    """Exactly the model's keys and shapes, floating and finite; else one line naming what differs."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k} (file {list(sd[k].shape)}, config {list(expected[k])})"
-              for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {', '.join(missing[:4])}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:4])}")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches: {'; '.join(shapes[:3])}")
-    if problems:
-        raise FactoryError(f"{source} does not match BigGAN ({model.cfg.short()}): {' | '.join(problems)}; "
-                           "is config.json the one shipped with these weights?")
-    for k, v in sd.items():
-        if not v.is_floating_point():
-            raise FactoryError(f"{source}: {k} has dtype {v.dtype}, expected floating point")
-        if not torch.isfinite(v).all():
-            raise FactoryError(f"{source}: {k} contains NaN or inf values")
+def load_weights(model: BigGAN, sd: Mapping[str, torch.Tensor], source: str) -> BigGAN:
+    """Load exactly the model's keys and shapes (floating, finite) into it, eval mode and frozen, spectral
+    norm folded; else one line naming the missing / unexpected keys and shape mismatches."""
+    load_strict(model, sd, source=source, what=f"BigGAN ({model.cfg.short()})",
+                hint="; is config.json the one shipped with these weights?")
+    model.fold_spectral_norm()
+    return model
 
 
 @torch.no_grad()

@@ -11,8 +11,6 @@ Precision: dtype, autocast (bf16 | tf32), channels_last, compile, as for bigbiga
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +18,24 @@ import numpy as np
 import torch
 
 from factory.errors import FactoryError
-from factory.fsio import file_name, sha256_file
+from factory.fsio import file_name
 from factory.generators import register
 from factory.generators.biggan.checkpoint import (
-    check_state_dict,
+    load_weights,
     locate,
     random_state_dict,
     read_config,
     read_state_dict,
 )
 from factory.generators.biggan.model import BigGAN, BigGANConfig
-
-_AUTOCAST = (None, "bf16", "tf32")
-_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+from factory.generators.torchcore import (
+    TorchOptions,
+    check_options,
+    compiled,
+    precision_scope,
+    state_dict_digest,
+    weights_digest,
+)
 TRUNCATION_BOUND = 2.0  # the port's truncated_noise_sample draws from TruncatedNormal(-2, 2)
 _LABEL_TAG = 0xB16_6A7
 
@@ -80,38 +83,25 @@ def class_draws(seed: int, start: int, stop: int, n_choices: int) -> np.ndarray:
     return (h % np.uint64(n_choices)).astype(np.int64)
 
 
-@contextlib.contextmanager
-def _tf32(enabled: bool):
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
 class BigGANGenerator:
     """Protocol object (`dim_z`, `resolution`, `device`, `__call__(z, labels=None)`, `identity()`) plus
     `labels(seed, start, stop)` and `latent_prior()`."""
 
     name = "biggan"
 
-    def __init__(self, module: BigGAN, *, truncation: float, classes: tuple[int, ...] | None, device: torch.device,
-                 dtype: torch.dtype, weights_sha256: str, weights_source: str, autocast: str | None,
-                 channels_last: bool, compile: bool | str):
+    def __init__(self, module: BigGAN, *, truncation: float, classes: tuple[int, ...] | None, opts: TorchOptions,
+                 weights_sha256: str, weights_source: str):
         self.module = module
         self.config = module.cfg
         self.dim_z, self.resolution = module.cfg.z_dim, module.cfg.output_dim
         self.num_classes = module.cfg.num_classes
         self.truncation, self.classes = truncation, classes
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype = opts.device, opts.dtype
         self.weights_sha256, self.weights_source = weights_sha256, weights_source
-        self.autocast, self.channels_last, self.compile = autocast, channels_last, compile
-        if channels_last:
+        self.autocast, self.channels_last, self.compile = opts.autocast, opts.channels_last, opts.compile
+        if self.channels_last:
             module.to(memory_format=torch.channels_last)
-        self._fn = module
-        if compile:
-            self._fn = torch.compile(module, mode=compile if isinstance(compile, str) else None, dynamic=False)
+        self._fn = compiled(module, self.compile)
 
     def labels(self, seed: int, start: int, stop: int) -> np.ndarray:
         """Classes of samples [start, stop) (int64): uniform over the class list, from (seed, index)."""
@@ -135,9 +125,7 @@ class BigGANGenerator:
             if y.shape != (z.shape[0],):
                 raise FactoryError(f"biggan: labels must be [B] = [{z.shape[0]}] class indices, got {list(y.shape)}")
         z = z.to(device=self.device, dtype=self.dtype)
-        amp = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.autocast == "bf16"
-               else contextlib.nullcontext())
-        with _tf32(self.autocast == "tf32"), amp:
+        with precision_scope(self.device, self.autocast):
             out = self._fn(z, y, self.truncation)
         return out.float().contiguous()
 
@@ -163,16 +151,6 @@ class BigGANGenerator:
         return f"BigGANGenerator({self.config.short()}, truncation={self.truncation}, {self.precision()})"
 
 
-def _device(device: Any) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise FactoryError(f"biggan: bad device {device!r} ({e}); use 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FactoryError(f"biggan: device={device!r} but CUDA is not available here; use device='cpu'")
-    return dev
-
-
 def _weights(weights, config, random_weights: bool, seed: int, resolution: int | None):
     """(config, state dict, sha256, source) from a checkpoint or deterministic random weights."""
     if weights is not None and random_weights:
@@ -180,23 +158,19 @@ def _weights(weights, config, random_weights: bool, seed: int, resolution: int |
     if weights is not None:
         path, cfg_src = locate(weights, config)
         cfg = read_config(cfg_src)
-        return cfg, read_state_dict(path), sha256_file(str(path)), str(path)
+        return cfg, read_state_dict(path), weights_digest(path), str(path)
     if not random_weights:
         raise FactoryError("biggan needs its weights: pass --weights FOLDER (the port's config.json + pytorch_model.bin, "
                            "see docs/generators.md), or --random-weights for benchmarks")
     cfg = read_config(config if config is not None else (resolution or 128))
     sd = random_state_dict(cfg, seed)
-    h = hashlib.sha256()
-    for k, v in sd.items():
-        h.update(k.encode())
-        h.update(v.numpy().tobytes())
-    return cfg, sd, h.hexdigest(), f"random(seed={int(seed)})"
+    return cfg, sd, state_dict_digest(sd), f"random(seed={int(seed)})"
 
 
 @register("biggan", dim_z=128, summary="BigGAN-deep, pytorch-pretrained-biggan checkpoints (config.json + weights)",
           note="resolution 128/256/512 from config.json; class-conditional (--classes)")
 def load_biggan(*, weights: str | Path | None = None, config: Any = None, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32, random_weights: bool = False, seed: int = 0,
+                dtype: Any = None, random_weights: bool = False, seed: int = 0,
                 truncation: float = 1.0, classes: Any = None, resolution: int | None = None,
                 autocast: str | None = None, channels_last: bool = False, compile: bool | str = False) -> BigGANGenerator:
     """Build the BigGAN generator.
@@ -206,29 +180,21 @@ def load_biggan(*, weights: str | Path | None = None, config: Any = None, device
     truncation in (0, 1]; classes: the class rule (see parse_classes). Fast paths: autocast="bf16"|"tf32",
     channels_last, compile (True or a torch.compile mode).
     """
-    if autocast not in _AUTOCAST:
-        raise FactoryError(f"biggan: autocast={autocast!r}; choose one of {_AUTOCAST}")
-    if dtype not in _DTYPES:
-        raise FactoryError(f"biggan: dtype={dtype!r}; choose one of {[str(d) for d in _DTYPES]}")
+    opts = check_options(device=device, dtype=dtype, autocast=autocast, channels_last=channels_last,
+                         compile=compile, prefix="biggan: ")
     try:
         truncation = float(truncation)
     except (TypeError, ValueError):
         raise FactoryError(f"biggan: truncation={truncation!r} must be a number in (0, 1]") from None
     if not 0 < truncation <= 1:
         raise FactoryError(f"biggan: truncation={truncation} must be in (0, 1] (the port's statistics cover that range)")
-    dev = _device(device)
     cfg, sd, sha, source = _weights(weights, config, random_weights, seed, resolution)
     if resolution is not None and resolution != cfg.output_dim:
         raise FactoryError(f"biggan: resolution={resolution} but {source} is a {cfg.output_dim} px model; omit --resolution")
-    model = BigGAN(cfg)
-    check_state_dict(sd, model, source)
-    model.load_state_dict(sd, strict=True)
-    model.fold_spectral_norm()
-    model.eval().requires_grad_(False)  # gradients flow to z (directions), never to the weights
-    model.to(device=dev, dtype=dtype)
-    return BigGANGenerator(model, truncation=truncation, classes=parse_classes(classes, cfg.num_classes), device=dev,
-                           dtype=dtype, weights_sha256=sha, weights_source=source, autocast=autocast,
-                           channels_last=channels_last, compile=compile)
+    model = load_weights(BigGAN(cfg), sd, source)  # frozen: gradients flow to z (directions), never to weights
+    model.to(device=opts.device, dtype=opts.dtype)
+    return BigGANGenerator(model, truncation=truncation, classes=parse_classes(classes, cfg.num_classes), opts=opts,
+                           weights_sha256=sha, weights_source=source)
 
 
 __all__ = ["BigGANConfig", "BigGANGenerator", "load_biggan", "parse_classes", "class_draws"]
