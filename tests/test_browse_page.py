@@ -141,7 +141,10 @@ def test_page_filters_counts_and_saves_the_view(ds, chrome, tmp_path):
         wait_for(chrome, lambda d: text_of(d, "#range").startswith("49–"), "the second page")
         # rejected rows say which filter rejected them
         chrome.find_element(By.CSS_SELECTOR, "#show option[value=rejected]").click()
-        wait_for(chrome, lambda d: tiles(d) and all("rejected by where" in t.text for t in tiles(d)), "rejected tiles")
+        badges = "#grid figure.tile .badge"
+        wait_for(chrome, lambda d: d.find_elements(By.CSS_SELECTOR, badges) and all(
+            b.text == "✗ where" and b.get_attribute("title") == "rejected by where"
+            for b in d.find_elements(By.CSS_SELECTOR, badges)), "rejected tiles")
         # overlay off, a sample's detail
         chrome.find_element(By.ID, "overlay-none").click()
         first = tiles(chrome)[0]

@@ -228,11 +228,12 @@ class Browser:
         x = self.table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
         ok = np.isfinite(x)
         lo, hi = (float(x[ok].min()), float(x[ok].max())) if ok.any() else (0.0, 1.0)
-        if pa.types.is_integer(t) and hi - lo < bins:
+        integer = bool(pa.types.is_integer(t) and hi - lo < bins)
+        if integer:
             edges = np.arange(lo - 0.5, hi + 1.5)
         else:
             edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
-        return {"column": column, "kind": "number", "edges": [float(e) for e in edges],
+        return {"column": column, "kind": "number", "integer": integer, "edges": [float(e) for e in edges],
                 "accepted": np.histogram(x[ok & acc], edges)[0].tolist(),
                 "rejected": np.histogram(x[ok & ~acc], edges)[0].tolist(),
                 "missing": int((~ok).sum())}

@@ -78,7 +78,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self._check_host()
             url = urlsplit(self.path)
-            q = parse_qs(url.query, keep_blank_values=True, max_num_fields=20)
+            try:
+                q = parse_qs(url.query, keep_blank_values=True, max_num_fields=20)
+            except ValueError:
+                raise HttpError(400, "too many query fields") from None
             route = ROUTES.get((method, url.path))
             if route is None:
                 raise HttpError(404, f"no such page: {url.path}")

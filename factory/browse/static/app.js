@@ -55,6 +55,9 @@
     const by = r.rejected_by_view.map((n) => "view " + n).concat(r.rejected_by);
     return "rejected by " + (by.length ? by.join(", ") : "view");
   }
+  function verdictShort(r) {  // a tile's badge: the filters' names only (the full text is its title)
+    return r.accepted ? "accepted" : "✗ " + r.rejected_by_view.concat(r.rejected_by).join(", ");
+  }
 
   // ------------------------------------------------------------------ the page's parts
   const whereInput = el("input", { id: "where", type: "text", spellcheck: "false", autocomplete: "off",
@@ -141,7 +144,7 @@
       el("figcaption", {},
         el("div", { class: "key", text: r.key }),
         el("div", { class: "stats", text: "fg " + num(r.fg_ratio) + " · comp " + num(r.n_components) + extra }),
-        el("div", { class: "badge " + (r.accepted ? "ok" : "no"), text: verdictText(r) })));
+        el("div", { class: "badge " + (r.accepted ? "ok" : "no"), text: verdictShort(r), title: verdictText(r) })));
     if (r.key === state.key) fig.classList.add("sel");
     return fig;
   }
@@ -238,8 +241,10 @@
       g.append(grp);
     }
     const t = (x, y, s, anchor) => { const e = svg("text", { x: x, y: y, "text-anchor": anchor }); e.textContent = s; return e; };
-    if (h.kind === "bool") {
-      for (let i = 0; i < n; i++) g.append(t(pad + (i + 0.5) * bw, H + 16, h.labels[i], "middle"));
+    if (h.kind === "bool" || (h.integer && n <= 16)) {
+      for (let i = 0; i < n; i++) {
+        g.append(t(pad + (i + 0.5) * bw, H + 16, h.kind === "bool" ? h.labels[i] : num(h.edges[i] + 0.5), "middle"));
+      }
     } else {
       g.append(t(pad, H + 16, num(h.edges[0]), "start"));
       g.append(t(W - pad, H + 16, num(h.edges[n]), "end"));
