@@ -353,3 +353,41 @@ def test_eval_names_the_papers_and_pysods_measures(tmp_path):
     got = json.loads((tmp_path / "b.json").read_text())["predictions"]
     assert {"MAE", "pysod_MAE", "maxF", "pysod_maxF"} <= set(got)  # JSON keys unchanged
     assert got["MAE"] != pytest.approx(got["pysod_MAE"], abs=1e-3)  # low-contrast maps: the two differ
+
+
+def test_short_side_feeds_the_network_at_that_size(tmp_path):
+    """--short-side 64 on 64-px images: no resize, the maps are the network's own at 64 px; the default
+    (the authors' 128) upscales first and gives other maps; eval records the size it used."""
+    from trainers.model.checkpoint import load_model
+
+    torch.manual_seed(1)
+    net = UNet(ModelConfig(width=4))
+    with torch.no_grad():
+        net.head.weight.mul_(300.0)  # a random net's maps are nearly flat; this spreads them over [0, 1]
+    run = save_model(tmp_path / "run", net)
+
+    images = tmp_path / "f" / "images"
+    for i in range(2):
+        _img(images / f"{i}.png", 64, 64, seed=i)
+        _mask(tmp_path / "f" / "masks" / f"{i}.png", _stem_mask(64, 64, 100 + i))
+    maps = {}
+    for side in ("64", "128"):
+        res = CliRunner().invoke(main, ["predict", "--model", str(run), "--images", str(images),
+                                        "--out", str(tmp_path / side), "--device", "cpu", "--short-side", side])
+        assert res.exit_code == 0, res.output
+        maps[side] = np.asarray(Image.open(tmp_path / side / "0.png"))
+    net = load_model(run).eval()
+    x = torch.from_numpy(np.asarray(Image.open(images / "0.png"), np.float32).copy()).permute(2, 0, 1) / 127.5 - 1
+    with torch.no_grad():
+        native = torch.sigmoid(net(x[None]))[0, 0].numpy()
+    assert maps["64"].shape == (64, 64)
+    assert np.abs(maps["64"].astype(float) - np.rint(native * 255)).max() <= 1
+    assert np.abs(maps["64"].astype(float) - maps["128"].astype(float)).max() > 10
+    assert maps["64"].std() > 10
+    res = CliRunner().invoke(main, ["eval", "--model", str(run), "--dataset", f"folder={tmp_path / 'f'}",
+                                    "--device", "cpu", "--no-pysod", "--short-side", "64",
+                                    "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert "shorter side at 64 px" in res.output
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert [v["short_side"] for v in got.values()] == [64]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from trainers.cli.options import MODEL_HELP, batch_option, device_option, pysod_option
+from trainers.cli.options import MODEL_HELP, batch_option, device_option, pysod_option, short_side_option
 
 
 def metric_values(m: dict, keys) -> str:
@@ -35,7 +35,8 @@ def print_metrics(name: str, m: dict) -> bool:
 @device_option
 @batch_option
 @pysod_option
-def eval_cmd(*, run, datasets, predictions, masks, json_out, limit, device, batch_size, pysod):
+@short_side_option
+def eval_cmd(*, run, datasets, predictions, masks, json_out, limit, device, batch_size, pysod, short_side):
     """Score a model on benchmarks, or saved predictions against masks (the authors' protocol).
 
     The protocol is the paper authors': shorter side 128 (long side 128*long//short), the
@@ -46,6 +47,7 @@ def eval_cmd(*, run, datasets, predictions, masks, json_out, limit, device, batc
     Examples:
       trainers eval --model runs/unet --dataset ecssd=/data/ECSSD --dataset cub=/data/CUB --json ecssd.json
       trainers eval --model u_net_imagenet.pth --dataset ecssd=/data/ECSSD
+      trainers eval --model runs/faces64 --dataset folder=held/ --short-side 64   # at its training scale
       trainers eval --predictions preds/ --masks /data/ECSSD/ground_truth_mask
     """
     from trainers.eval.layouts import parse_dataset_spec
@@ -75,9 +77,10 @@ def eval_cmd(*, run, datasets, predictions, masks, json_out, limit, device, batc
         specs = [parse_dataset_spec(s) for s in datasets]
         results, shown_pysod = {}, False
         for name, m in evaluate_datasets(run, specs, device=device, batch_size=batch_size, pysod=pysod,
-                                         limit=limit):
+                                         limit=limit, short_side=short_side):
             if not results:
-                click.echo(f"protocol: {PROTOCOL}")
+                click.echo(f"protocol: {PROTOCOL}" if short_side == 128 else
+                           f"protocol: the authors' with the shorter side at {short_side} px, not 128")
             results[name] = m
             shown_pysod = print_metrics(name, m) or shown_pysod
     else:
@@ -97,17 +100,19 @@ def eval_cmd(*, run, datasets, predictions, masks, json_out, limit, device, batc
               help="output folder: <stem>.png 8-bit probability maps at input size")
 @device_option
 @batch_option
-def predict_cmd(*, run, images, out, device, batch_size):
+@short_side_option
+def predict_cmd(*, run, images, out, device, batch_size, short_side):
     """Write probability maps (PNG, p = value/255) for every image, at the image's size.
 
     \b
     Example:
       trainers predict --model runs/unet --images /data/ECSSD/images --out preds/
       trainers eval --predictions preds/ --masks /data/ECSSD/ground_truth_mask
+      trainers predict --model runs/faces64 --images held/images --out preds64/ --short-side 64
     """
     from trainers.eval.evaluate import predict_folder
 
-    written = predict_folder(run, images, out, device=device, batch_size=batch_size)
+    written = predict_folder(run, images, out, device=device, batch_size=batch_size, short_side=short_side)
     click.echo(f"wrote {len(written)} probability maps to {out}")
 
 

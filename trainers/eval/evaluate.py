@@ -10,6 +10,9 @@ Default protocol = the paper authors' (their ``SegmentationInference(resize_to=1
     to the ground truth's size and scored there with trainers.eval.metrics
     (IoU / accuracy at p >= 0.5, maxF over p > k/255);
   - CUB and Flowers arrive already centre-cropped to 128x128 (layouts.py).
+``short_side`` (``--short-side``) changes the 128: a U-Net trained on 64-px images is fed at 64, the scale it
+learned. Fed at twice that scale, such a net keeps what it learned in pixels, e.g. "background within 10 px
+of the left and right border", which then marks half as much of the image (docs/real-gan.md, section 4).
 Consecutive samples with the same network input size are batched together;
 BatchNorm runs in eval mode, so batching never changes a prediction.
 
@@ -58,6 +61,11 @@ def network_input_size(width: int, height: int, short: int = SHORT_SIDE) -> tupl
     return max(1, short * width // height), short
 
 
+def check_short_side(short: int) -> None:
+    if isinstance(short, bool) or not isinstance(short, int) or short < 1:
+        raise TrainersError(f"--short-side must be a positive number of pixels (the authors' 128), got {short!r}")
+
+
 def image_to_input(image: Image.Image, short: int = SHORT_SIDE) -> torch.Tensor:
     """PIL image -> float tensor [3, h, w] in [-1, 1] at shorter side ``short`` (bilinear)."""
     image = image.convert("RGB")
@@ -89,11 +97,11 @@ def predict_batch(model: torch.nn.Module, inputs: torch.Tensor, out_sizes: list[
     return out
 
 
-def _batches(samples: Iterable, batch_size: int, to_image):
-    """Group consecutive items whose network input has the same size."""
+def _batches(samples: Iterable, batch_size: int, to_image, short: int = SHORT_SIDE):
+    """Group consecutive items whose network input (shorter side ``short``) has the same size."""
     buf, key = [], None
     for item in samples:
-        x = image_to_input(to_image(item))
+        x = image_to_input(to_image(item), short=short)
         if buf and (x.shape != key or len(buf) >= batch_size):
             yield buf
             buf = []
@@ -130,10 +138,12 @@ def _progress(total, desc):
 
 def evaluate_model(model: torch.nn.Module | str | os.PathLike, dataset: Benchmark | Iterable[Sample], *,
                    device="auto", batch_size: int = 16, pysod: bool | None = None, limit: int | None = None,
-                   progress: bool = False) -> dict:
-    """Score ``model`` on a benchmark with the authors' protocol; returns SegmentationMetrics.compute()."""
+                   progress: bool = False, short_side: int = SHORT_SIDE) -> dict:
+    """Score ``model`` on a benchmark with the authors' protocol (network input at shorter side ``short_side``);
+    returns SegmentationMetrics.compute()."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_short_side(short_side)
     model, device = model_on(model, device)
     metrics = SegmentationMetrics(pysod=pysod)
     samples = iter(dataset)
@@ -145,7 +155,7 @@ def evaluate_model(model: torch.nn.Module | str | os.PathLike, dataset: Benchmar
         bar = _progress(min(total, limit) if (total and limit) else (total or limit),
                         getattr(dataset, "name", "eval"))
     with _EvalMode(model, device):
-        for batch in _batches(samples, batch_size, lambda s: s.image):
+        for batch in _batches(samples, batch_size, lambda s: s.image, short_side):
             xs = torch.stack([x for _, x in batch])
             probs = predict_batch(model, xs, [s.gt.shape for s, _ in batch], device)
             for (s, _), p in zip(batch, probs):
@@ -159,20 +169,22 @@ def evaluate_model(model: torch.nn.Module | str | os.PathLike, dataset: Benchmar
 
 def evaluate_datasets(model: str | os.PathLike, datasets: list[tuple[str, Path]], *, device="auto",
                       batch_size: int = 16, pysod: bool | None = None,
-                      limit: int | None = None) -> Iterator[tuple[str, dict]]:
+                      limit: int | None = None, short_side: int = SHORT_SIDE) -> Iterator[tuple[str, dict]]:
     """``trainers eval --model``: yields (name, {kind, path, protocol, metrics...}) per (kind, path).
 
     Every benchmark is opened before the model is loaded (layout errors first); a name used twice
     gets its path added.
     """
+    check_short_side(short_side)
     opened = [open_benchmark(kind, path) for kind, path in datasets]
     net, dev = model_on(model, device)
     used: set[str] = set()
     for ds in opened:
         name = ds.name if ds.name not in used else f"{ds.name} ({ds.root})"
         used.add(name)
-        yield name, {"kind": ds.kind, "path": str(ds.root), "protocol": "authors",
-                     **evaluate_model(net, ds, device=dev, batch_size=batch_size, pysod=pysod, limit=limit)}
+        yield name, {"kind": ds.kind, "path": str(ds.root), "protocol": "authors", "short_side": short_side,
+                     **evaluate_model(net, ds, device=dev, batch_size=batch_size, pysod=pysod, limit=limit,
+                                      short_side=short_side)}
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -201,8 +213,10 @@ def _load_rgb(path: Path) -> Image.Image:
 
 def predict_folder(model: torch.nn.Module | str | os.PathLike, images_dir: str | os.PathLike,
                    out_dir: str | os.PathLike, *, device="auto", batch_size: int = 16,
-                   progress: bool = False) -> list[Path]:
-    """Write ``out_dir/<stem>.png``: 8-bit probability maps (v = round(255 p)) at each input's size."""
+                   progress: bool = False, short_side: int = SHORT_SIDE) -> list[Path]:
+    """Write ``out_dir/<stem>.png``: 8-bit probability maps (v = round(255 p)) at each input's size; the
+    network sees the image at shorter side ``short_side``."""
+    check_short_side(short_side)
     model, device = model_on(model, device)  # a bad --model is reported before a bad --images
     images = files_by_stem(Path(images_dir), "images")
     if not images:
@@ -219,7 +233,7 @@ def predict_folder(model: torch.nn.Module | str | os.PathLike, images_dir: str |
         return im
 
     with _EvalMode(model, device):
-        for batch in _batches(sorted(images.items()), batch_size, to_image):
+        for batch in _batches(sorted(images.items()), batch_size, to_image, short_side):
             xs = torch.stack([x for _, x in batch])
             probs = predict_batch(model, xs, [sizes[stem] for (stem, _), _ in batch], device)
             for ((stem, _), _), p in zip(batch, probs):
