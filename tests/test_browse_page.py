@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import threading
+from urllib.parse import urlencode
 
 import pytest
 from test_browse import HOSTILE, filter_line, hostile_copy
@@ -107,6 +108,10 @@ def type_filter(driver, where: str) -> None:
     box.send_keys(where + Keys.ENTER)
 
 
+def images_loaded(driver) -> bool:
+    return driver.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+
+
 def severe_logs(driver) -> list:
     """Script errors and failed loads (the filter box's refused filter answers 400 on purpose)."""
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "status of 400" not in e["message"]]
@@ -114,6 +119,7 @@ def severe_logs(driver) -> list:
 
 def test_page_filters_counts_and_saves_the_view(ds, chrome, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     views = tmp_path / "views"
     views.mkdir()
@@ -164,6 +170,17 @@ def test_page_filters_counts_and_saves_the_view(ds, chrome, tmp_path):
         filter_line(ds, "--where", where, "--out", views / "browser-view.json")
         assert (views / "browser-view.json").read_bytes() == saved
         assert json.loads(saved)["view_id"] in text_of(chrome, "#save-status")
+        # the state lives in the address: a shared link opens the same page; arrow keys page
+        srv_browser = srv.httpd.browser
+        chrome.get(srv.address + "#" + urlencode({"where": where, "sort": "fg_ratio", "order": "desc"}))
+        first = srv_browser.rows(where, sort="fg_ratio", descending=True, limit=1)["rows"][0]["key"]
+        wait_for(chrome, lambda d: text_of(d, "#counts") == line and tiles(d)
+                 and tiles(d)[0].get_attribute("data-key") == first, "the page of the link")
+        assert chrome.find_element(By.ID, "where").get_attribute("value") == where
+        chrome.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+        wait_for(chrome, lambda d: text_of(d, "#range").startswith("49–") and "offset=48" in d.current_url,
+                 "the next page by key")
+        wait_for(chrome, images_loaded, "every tile loaded")
         shot = tmp_path / "browse.png"
         assert chrome.save_screenshot(str(shot)) and shot.read_bytes().startswith(b"\x89PNG")
         assert severe_logs(chrome) == []
@@ -176,6 +193,7 @@ def test_preview_html_opens_from_its_file(ds, chrome, tmp_path):
 
     out = tmp_path / "card.html"
     write_preview_html(ds, str(out), n=12)
+    chrome.get_log("browser")  # drained: only this page's entries count
     chrome.get(out.as_uri())
     wait_for(chrome, lambda d: len(tiles(d)) == 12, "12 tiles")
     imgs = chrome.find_elements(By.CSS_SELECTOR, "#grid img")
@@ -191,6 +209,7 @@ def test_hostile_dataset_runs_no_script(ds, chrome, tmp_path):
     from selenium.webdriver.common.by import By
 
     root = hostile_copy(ds, tmp_path)
+    chrome.get_log("browser")
     with BrowseServer(Browser(root), 0) as srv:
         chrome.get(srv.address)
         wait_for(chrome, lambda d: len(tiles(d)) == 48, "the first page")
@@ -201,3 +220,5 @@ def test_hostile_dataset_runs_no_script(ds, chrome, tmp_path):
         assert json.loads(shown) == {"note": HOSTILE}
         assert chrome.execute_script("return window.pwned === undefined")
         assert not chrome.find_elements(By.CSS_SELECTOR, "#detail img[src=x], #detail script")
+        wait_for(chrome, images_loaded, "every tile loaded")
+        assert severe_logs(chrome) == []

@@ -10,6 +10,7 @@
   const state = { where: "", show: "accepted", sort: "row", desc: false, offset: 0, limit: 48,
                   overlay: "mask", hist: "fg_ratio" in cols ? "fg_ratio" : "row", key: null, seq: 0 };
   const fmtInt = new Intl.NumberFormat("en-US");
+  const SHOWS = ["accepted", "rejected", "all"];
 
   function el(tag, props, ...kids) {
     const e = document.createElement(tag);
@@ -74,7 +75,7 @@
   const overlays = ["none", "mask"].concat(meta.relabelled ? ["teacher"] : []);
   for (const o of overlays) {
     overlayBox.append(el("button", { type: "button", id: "overlay-" + o, "data-overlay": o, text: o,
-      onclick: () => { state.overlay = o; renderOverlayButtons(); refreshTiles(); } }));
+      onclick: () => { state.overlay = o; renderOverlayButtons(); refreshTiles(); saveHash(); } }));
   }
   const prev = el("button", { id: "prev", type: "button", text: "‹ prev" });
   const next = el("button", { id: "next", type: "button", text: "next ›" });
@@ -179,6 +180,7 @@
     const seq = ++state.seq;
     if (!live) { renderRows(localPage()); loadHist(); return; }
     document.body.classList.add("busy");
+    saveHash();
     try {
       const page = await api("/api/rows", { where: state.where, show: state.show, sort: state.sort,
         order: state.desc ? "desc" : "asc", offset: state.offset, limit: state.limit });
@@ -195,6 +197,12 @@
       if (seq === state.seq) document.body.classList.remove("busy");
     }
     loadHist();
+  }
+
+  function saveHash() {
+    if (!live) return;
+    history.replaceState(null, "", "#" + q({ where: state.where, show: state.show, sort: state.sort,
+      order: state.desc ? "desc" : "asc", offset: state.offset, overlay: state.overlay }));
   }
 
   function apply() {
@@ -309,7 +317,26 @@
 
   // ------------------------------------------------------------------ wiring
   let typing = null;
+  function readHash() {  // the page's state lives in its address: a reload or a shared link opens the same page
+    const h = new URLSearchParams(location.hash.slice(1));
+    state.where = h.get("where") || "";
+    state.show = SHOWS.includes(h.get("show")) ? h.get("show") : "accepted";
+    state.sort = h.get("sort") in cols ? h.get("sort") : "row";
+    state.desc = h.get("order") === "desc";
+    state.offset = Math.max(0, parseInt(h.get("offset") || "0", 10) || 0);
+    if (overlays.includes(h.get("overlay"))) state.overlay = h.get("overlay");
+  }
+  function syncControls() {
+    whereInput.value = state.where;
+    show.value = state.show;
+    sort.value = state.sort;
+    order.textContent = state.desc ? "↓ desc" : "↑ asc";
+    renderOverlayButtons();
+  }
+  if (live) readHash();
   layout();
+  syncControls();
+  window.addEventListener("hashchange", () => { if (live) { readHash(); syncControls(); load(); } });
   whereInput.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(apply, 600); });
   show.addEventListener("change", () => { state.show = show.value; state.offset = 0; load(); });
   sort.addEventListener("change", () => { state.sort = sort.value; state.offset = 0; load(); });
@@ -323,6 +350,12 @@
   next.addEventListener("click", () => { state.offset += state.limit; load(); });
   histSelect.addEventListener("change", () => { state.hist = histSelect.value; loadHist(); });
   save.addEventListener("click", saveView);
+  document.addEventListener("keydown", (e) => {  // "/" to the filter box; arrows page when not typing
+    if (e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement || !live) return;
+    if (e.key === "/") { e.preventDefault(); whereInput.focus(); }
+    else if (e.key === "ArrowRight" && !next.disabled) next.click();
+    else if (e.key === "ArrowLeft" && !prev.disabled) prev.click();
+  });
   if (!live) counts.textContent = cfg.line;
   load();
 })();
