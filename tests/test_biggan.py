@@ -210,3 +210,29 @@ def test_directions_score_runs_through_biggan(tmp_path):
     res = CliRunner().invoke(main, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "scores" / "direction.npy").is_file()
+
+
+def test_table3_recipe_runs_on_a_tiny_checkpoint(tmp_path):
+    """manifests/biggan-table3.toml: every key is a generate option and the recipe runs (its n overridden)."""
+    from pathlib import Path
+
+    from factory.cli import main
+
+    recipe = Path(__file__).resolve().parent.parent / "manifests" / "biggan-table3.toml"
+    ckpt = save_checkpoint(tmp_path / "ckpt", BigGANConfig(**TINY), random_state_dict(BigGANConfig(**TINY), 2))
+    np.save(tmp_path / "h.npy", np.ones(8, np.float32))
+    args = ["generate", "--recipe", str(recipe), "--weights", str(ckpt.parent), "--direction", str(tmp_path / "h.npy"),
+            "--n", "4", "--shard-size", "4", "--batch-size", "4", "--workers", "0", "--quiet", "--out", str(tmp_path / "ds")]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    spec = json.loads((tmp_path / "ds" / "manifest.json").read_text())["spec"]
+    assert spec["generator"]["classes"] == "all" and spec["generator"]["truncation"] == 1.0
+    assert spec["image_codec"]["image"] == "webp" and spec["shift_r"] == 5.0 and spec["latents"]["kind"] == "truncated"
+
+
+def test_generators_list_shows_biggan():
+    from factory.cli import main
+
+    res = CliRunner().invoke(main, ["generators", "list"], catch_exceptions=False)
+    row = next(line for line in res.output.splitlines() if line.startswith("biggan "))
+    assert "128" in row and "builtin" in row and "factory.generators.biggan.generator:load_biggan" in row
