@@ -199,6 +199,9 @@ def test_saved_view_is_byte_identical_to_factory_filter(ds, tmp_path):
     with pytest.raises(PredicateError):
         b.save_view("broken", "fg_ratio <")
     assert sorted(os.listdir(tmp_path / "views")) == ["everything.json", "small-objects.json"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FactoryError, match="cannot write .* choose another --views-dir"):
+        Browser(ds, views_dir=str(tmp_path / "file")).save_view("x", where)
     assert not os.path.exists(tmp_path / "escape.json")
 
 

@@ -313,6 +313,9 @@ class Browser:
         self.filtered(where)  # the filter box's error, before anything is written
         spec = FilterSpec(where=(where or "").strip() or None)
         view = view_from_index(self.url, self.res, spec, self.table, view_url=out)
-        written = write_view(view, out)
+        try:
+            written = write_view(view, out)
+        except OSError as e:
+            raise FactoryError(f"cannot write {out} ({e.strerror or e}); choose another --views-dir") from None
         return {"path": out, "view_id": view["view_id"], "written": written, "samples": view["samples"],
                 "line": format_filter_line(view)}
