@@ -168,6 +168,20 @@ def test_differentiable_in_z_with_frozen_weights():
     assert "biggan" in known_generators()
 
 
+def test_precision_options_on_cpu(port_checkpoint):
+    """channels_last and float64 keep the fp32 result; bf16 autocast stays close; options are checked."""
+    _, folder = port_checkpoint
+    z, y = inputs()
+    ref = load_generator("biggan", weights=str(folder), truncation=0.6)(z, labels=y)
+    for opts, tol in ((dict(channels_last=True), 1e-5), (dict(dtype=torch.float64), 1e-5), (dict(autocast="bf16"), 0.1)):
+        gen = load_generator("biggan", weights=str(folder), truncation=0.6, **opts)
+        assert (gen(z, labels=y) - ref).abs().max().item() <= tol, opts
+    assert gen.identity()["precision"]["autocast"] == "bf16"
+    for bad, msg in ((dict(autocast="fp8"), "autocast"), (dict(truncation=0), "truncation"), (dict(resolution=64), "32 px")):
+        with pytest.raises(FactoryError, match=msg):
+            load_generator("biggan", weights=str(folder), **bad)
+
+
 def test_generate_records_classes_and_verifies(tmp_path):
     from factory.cli import main
     from factory.dataset.reader import load_index
@@ -197,6 +211,11 @@ def test_generate_records_classes_and_verifies(tmp_path):
     assert meta["class"] == index.column("class")[9].as_py()
     assert np.abs(latent).max() <= 1.0  # 0.5 * TruncatedNormal(-2, 2)
     del gen
+    res = CliRunner().invoke(main, ["filter", str(out), "--where", "class == 6", "--out", str(tmp_path / "v.json")],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    accepted = sum(len(rows) for rows in json.loads((tmp_path / "v.json").read_text())["accepted"].values())
+    assert accepted == index.column("class").to_pylist().count(6) > 0
 
 
 def test_directions_score_runs_through_biggan(tmp_path):
