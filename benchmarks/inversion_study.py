@@ -61,10 +61,10 @@ def recovery(z: np.ndarray, truth: np.ndarray, basis: np.ndarray | None = None) 
 
 
 def shapes_recovery(name: str, truth_file: Path, resolution: int) -> dict:
-    from factory import embeddings as emb
+    from factory.latents import embeddings as emb
     from factory.generators import load_generator
     from factory.generators.shapes import COORD, N_COORDS
-    from factory.testworld import EMBEDDING_SHIFTS
+    from factory.generators.shapes.export import EMBEDDING_SHIFTS
 
     z, _ = emb.read_store(name)
     truth = np.load(truth_file, allow_pickle=False)
@@ -84,7 +84,7 @@ def faces(out: Path, k: int, steps: int, restarts: int) -> dict:
     import torch
     from PIL import Image
 
-    from factory import embeddings as emb
+    from factory.latents import embeddings as emb
     from factory.generators import load_generator
     from factory.generators.dcgan import packaged_face_weights
 
@@ -201,7 +201,7 @@ def main() -> None:
                 "--out", str(out / d))
     run(out, "factory", "embeddings", "import", str(out / "photos" / "embeddings.npy"), "--name", "study-true",
         "--overwrite")
-    from factory import embeddings as emb
+    from factory.latents import embeddings as emb
 
     for name, prior in (("study-inv", "shell"), ("study-inv-map", "gaussian")):
         if not emb.stored(name):

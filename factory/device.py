@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 
 
 def pick_device(device: str | None) -> str:

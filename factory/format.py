@@ -544,6 +544,7 @@ class FolderBusy(FactoryError):
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host is alive (a zombie, dead but not yet reaped, is not)."""
     if pid <= 0:
         return False
     try:
@@ -552,7 +553,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 class FolderLock:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from factory import format as fmt
-from factory.errors import FactoryError
+from factory.format import FactoryError
 
 CHUNK = 1 << 22  # bytes read at a time when hashing a file
 

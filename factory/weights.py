@@ -1,4 +1,5 @@
-"""Generator weights: a small catalog (manifests/weights.toml), resumable verified download, inspection.
+"""Generator weights: a small catalog (manifests/weights.toml) and resumable verified download.
+(What a downloaded file holds: `factory.generators.bigbigan.checkpoint.inspect_weights`.)
 
 `fetch` streams into `<dest>.part` (resuming it with an HTTP Range request when it exists),
 checks the sha256 (when one is pinned or given) and that the bytes are a checkpoint and not
@@ -13,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import factory_home, sha256_file
 from factory.progress import progress_bar
 
@@ -176,50 +177,3 @@ def _download(url: str, part: Path, *, start: int, size_hint: int, progress: boo
                 f"run the same command again to resume"
             )
     return offset
-
-
-def inspect_weights(path: str | Path) -> dict:
-    """What a weights file is: format, keys, parameter count, sha256, the BigBiGAN config it matches."""
-    import torch
-
-    from factory.generators.bigbigan.checkpoint import (
-        check_state_dict,
-        infer_config,
-        read_state_dict,
-        sniff_checkpoint,
-    )
-    from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
-
-    path = Path(path).expanduser()
-    sd = read_state_dict(path)
-    fmt = sniff_checkpoint(path)
-    buffer_suffixes = (".u0", ".sv0", ".stored_mean", ".stored_var")
-    n_params = sum(v.numel() for k, v in sd.items() if not k.endswith(buffer_suffixes))
-    n_buffers = sum(v.numel() for k, v in sd.items() if k.endswith(buffer_suffixes))
-    info = {
-        "path": str(path),
-        "format": fmt,
-        "bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
-        "keys": len(sd),
-        "parameters": n_params,
-        "buffer_elements": n_buffers,
-        "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in sd.values()}),
-    }
-    try:
-        cfg = infer_config(sd)
-        with torch.device("meta"):
-            model = BigBiGAN(cfg)
-        check_state_dict(sd, model, cfg, str(path))
-    except FactoryError as e:
-        info["matches"] = None
-        info["problem"] = str(e)
-        return info
-    full = BigBiGANConfig()
-    info["config"] = {"G_ch": cfg.G_ch, "dim_z": cfg.dim_z, "shared_dim": cfg.shared_dim,
-                      "resolution": cfg.resolution, "G_attn": cfg.G_attn, "n_classes": cfg.n_classes}
-    if cfg == full:
-        info["matches"] = "BigBiGAN-128 (full model, the layout of the authors' BigBiGAN_x1.pth)"
-    else:
-        info["matches"] = f"reduced BigBiGAN ({cfg.short()}, G_attn={cfg.G_attn})"
-    return info

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from factory.directions.io import load_direction_file
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.generators import Generator, known_generators, load_generator
 from factory.generators.bigbigan.fused import interleave_phases, polyphase_weight
 from factory.generators.bigbigan.model import BigBiGANConfig

@@ -12,7 +12,7 @@ import pytorch_pretrained_biggan as port  # the reference port's code (test extr
 import torch
 from click.testing import CliRunner
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.generators import known_generators, load_generator
 from factory.generators.biggan.checkpoint import random_state_dict, save_checkpoint
 from factory.generators.biggan.generator import class_draws, parse_classes

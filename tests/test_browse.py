@@ -28,7 +28,7 @@ from factory import format as fmt
 from factory.browse.api import Browser
 from factory.browse.page import embed_json
 from factory.browse.server import BrowseServer
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.views.predicate import PredicateError
 
 WHERES = ["", "fg_ratio < 0.3", "n_components <= 2 and not (fg_ratio < 0.05)", "pass_area == true and hist_maxima >= 2"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.generators import Generator, known_generators, load_generator
 from factory.generators.dcgan import packaged_face_weights
 

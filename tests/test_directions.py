@@ -366,7 +366,7 @@ def test_discover_and_score_are_bit_identical_whatever_the_thread_count(tmp_path
 
 def test_pinned_threads_restores_the_count_and_refuses_nonsense():
     from factory.device import pinned_threads
-    from factory.errors import FactoryError
+    from factory.format import FactoryError
 
     before = torch.get_num_threads()
     with pinned_threads(1):

@@ -172,7 +172,7 @@ def test_writer_leaves_sidecars_as_they_are(tmp_path):
 
 
 def test_latent_sources_are_per_sample():
-    from factory.latents import gaussian
+    from factory.latents.sources import gaussian
 
     src = gaussian(16, seed=5)
     full = src.rows(0, 3000)
@@ -182,7 +182,7 @@ def test_latent_sources_are_per_sample():
 
 
 def test_embeddings_source(tmp_path, monkeypatch):
-    from factory.latents import from_embeddings
+    from factory.latents.sources import from_embeddings
 
     monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "home"))
     E = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
@@ -294,7 +294,7 @@ def test_unknown_embeddings_name(tmp_path, monkeypatch):
 
 def test_lock_refuses_second_writer(tmp_path):
     from factory.dataset.writer import DatasetLock
-    from factory.errors import FactoryError
+    from factory.format import FactoryError
 
     out = tmp_path / "l"
     out.mkdir()
@@ -403,7 +403,7 @@ def test_sync_free_labelling_gives_the_same_dataset(tmp_path, monkeypatch):
 
 
 def test_encoder_processes_share_the_host(monkeypatch):
-    from factory.errors import FactoryError
+    from factory.format import FactoryError
     from factory.generate.encode import encoder_processes
 
     monkeypatch.delenv("FACTORY_ENCODER_PROCESSES", raising=False)

@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from factory import embeddings as emb
-from factory import inversion as inv
+from factory.latents import embeddings as emb
+from factory.latents import inversion as inv
 from factory.cli import main
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import sha256_file
 from factory.generators import load_generator
 

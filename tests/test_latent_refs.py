@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from factory import fsio, latents
+from factory import fsio
+from factory.latents import sources as latents
 from factory.cli import main
-from factory.embeddings import resolve
-from factory.errors import FactoryError
+from factory.latents.embeddings import resolve
+from factory.format import FactoryError
 
 GEN = ["generate", "--generator", "shapes", "--resolution", "64", "--workers", "0", "--quiet"]
 
@@ -66,7 +67,7 @@ def test_embeddings_and_latents_from_s3_match_local(s3_server, tmp_path, monkeyp
     assert f.path == url and f.describe() == latents.from_file(str(tmp_path / "faces.npy"), 120).describe()
     assert np.array_equal(f.rows(10, 20), E[10:20]) and latents.file_rows(url) == 50
     # a named store (zarr) copied to S3 is the same source as the store itself
-    from factory.embeddings import import_npy
+    from factory.latents.embeddings import import_npy
 
     store = import_npy(str(tmp_path / "faces.npy"), "faces")
     fs.put(store.path, f"{bucket}/refs/faces.zarr", recursive=True)

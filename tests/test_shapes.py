@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from factory import testworld as tw
-from factory.errors import FactoryError
+from factory.generators.shapes import export as tw
+from factory.format import FactoryError
 from factory.generators import load_generator
 from factory.generators.shapes import DIRECTION_NAMES
 

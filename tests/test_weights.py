@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from factory.cli import main
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.weights import fetch, load_catalog
 
 PAYLOAD = bytes(range(256)) * 4096 + b"tail"  # ~1 MiB
@@ -151,7 +151,7 @@ def test_inspect_full_size_layout(tmp_path):
     from safetensors.torch import save_file
 
     from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
-    from factory.weights import inspect_weights
+    from factory.generators.bigbigan.checkpoint import inspect_weights
 
     with torch.device("meta"):
         m = BigBiGAN(BigBiGANConfig())

@@ -21,7 +21,7 @@ from factory import format as fmt
 from factory.browse import samples as smp
 from factory.dataset.info import format_filter_line
 from factory.dataset.reader import index_schema, load_index
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.views.predicate import check_types, evaluate, parse_where
 from factory.views.views import (
     FilterSpec,

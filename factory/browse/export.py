@@ -7,7 +7,7 @@ import base64
 from factory.browse import samples as smp
 from factory.browse.api import MAX_PAGE, Browser
 from factory.browse.page import page_html
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import atomic_write
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from factory import format as fmt
 from factory.dataset.preview import overlay
 from factory.dataset.reader import read_shard_samples
-from factory.errors import FactoryError
+from factory.format import FactoryError
 
 MASK_COLOR = (255, 40, 40)
 TEACHER_COLOR = (0, 190, 255)

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from factory.browse.api import Browser
 from factory.browse.page import STATIC, page_html
-from factory.errors import FactoryError
+from factory.format import FactoryError
 
 HOST = "127.0.0.1"
 MAX_BODY = 64 << 10

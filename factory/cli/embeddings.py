@@ -1,4 +1,4 @@
-"""`factory embeddings ...`: import, invert, export and list named embedding sets (thin wrappers over factory.embeddings)."""
+"""`factory embeddings ...`: import, invert, export and list named embedding sets (thin wrappers over factory.latents)."""
 from __future__ import annotations
 
 import json
@@ -34,7 +34,7 @@ def embeddings_import(file, name, overwrite):
     Example:
       factory embeddings import BigBiGAN_ImageNet_z.npy --name imagenet
     """
-    from factory import embeddings as emb
+    from factory.latents import embeddings as emb
 
     ref = emb.import_npy(file, name, overwrite=overwrite)
     click.echo(f"{ref.name}: {ref.shape[0]} x {ref.shape[1]} float32, sha256 {ref.sha256} -> {ref.path}")
@@ -50,7 +50,7 @@ def embeddings_list(as_json):
     Example:
       factory embeddings list
     """
-    from factory import embeddings as emb
+    from factory.latents import embeddings as emb
 
     refs = emb.list_embeddings()
     if not refs:
@@ -98,7 +98,7 @@ def embeddings_invert(**kw):
           --images data/shapes-photos/images --name my-photos --steps 200 --restarts 2
       factory generate --resolution 64 --embeddings my-photos --z-noise 0.2 --n 2000 --out data/near
     """
-    from factory import inversion
+    from factory.latents import inversion
 
     settings = inversion.InvertSettings(
         steps=kw["steps"], batch=kw["batch"], lr=kw["lr"], restarts=kw["restarts"], seed=kw["seed"],
@@ -128,7 +128,7 @@ def embeddings_export(name, out):
     Example:
       factory embeddings export my-photos --out my-photos.npy
     """
-    from factory import embeddings as emb
+    from factory.latents import embeddings as emb
 
     path, ref = emb.export_npy(name, out)
     click.echo(f"{ref.name}: {ref.shape[0]} x {ref.shape[1]} -> {path}")

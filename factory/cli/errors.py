@@ -5,7 +5,7 @@ import functools
 
 import click
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.format import FormatError
 
 

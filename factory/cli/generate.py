@@ -6,7 +6,7 @@ import click
 from factory import format as fmt
 from factory.cli.errors import user_errors
 from factory.cli.options import generator_flags, generator_options
-from factory.errors import FactoryError
+from factory.format import FactoryError
 
 try:  # Python 3.11+
     import tomllib
@@ -43,7 +43,7 @@ def _latents_rows(latents: str, n: int | None) -> int | None:
     """--n for --latents FILE.npy: the file's rows by default; another number is refused."""
     if latents == "gaussian":
         return n
-    from factory.latents import file_rows
+    from factory.latents.sources import file_rows
 
     rows = file_rows(latents)
     if not rows:

@@ -34,7 +34,7 @@ def export_cmd(n, seed, resolution, out):
     Example:
       factory testworld export --n 200 --seed 0 --out data/shapes-bench
     """
-    from factory import testworld as tw
+    from factory.generators.shapes import export as tw
 
     path = tw.export(n, seed, int(resolution), out)
     click.echo(f"wrote {n} images, masks and embeddings.npy to {path}")
@@ -50,7 +50,7 @@ def directions_cmd(out):
     Example:
       factory testworld directions --out data/shapes-directions.npy
     """
-    from factory import testworld as tw
+    from factory.generators.shapes import export as tw
 
     npy, meta = tw.directions(out)
     click.echo(f"wrote {npy} and {meta}")

@@ -1,4 +1,4 @@
-"""`factory weights ...`: download and inspect generator weights (thin wrappers over factory.weights)."""
+"""`factory weights ...`: download and inspect generator weights (thin wrappers over factory.weights and the bigbigan checkpoint inspector)."""
 from __future__ import annotations
 
 import json
@@ -54,7 +54,7 @@ def inspect_cmd(path, as_json):
     Example:
       factory weights inspect ~/.cache/factory/weights/BigBiGAN_x1.pth
     """
-    from factory.weights import inspect_weights
+    from factory.generators.bigbigan.checkpoint import inspect_weights
 
     info = inspect_weights(path)
     if as_json:

@@ -15,7 +15,7 @@ import numpy as np
 
 from factory import format as fmt
 from factory.dataset.reader import accepted_flags, load_index, read_shard_samples
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import atomic_write
 
 TINT = np.array([255, 0, 0], np.float32)

@@ -14,7 +14,7 @@ import os
 from factory import format as fmt
 from factory.dataset.card import write_card
 from factory.dataset.shards import create_latents, read_sidecars
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import atomic_write, exists, is_local, remove_temp_files
 
 DIFF_LIMIT = 6  # spec differences named when a folder holds another dataset
@@ -30,18 +30,12 @@ class DatasetLock:
 
     def __enter__(self):
         if self.lock is not None:
-            try:
-                self.lock.__enter__()
-            except fmt.FolderBusy as e:
-                raise FactoryError(str(e)) from None
+            self.lock.__enter__()  # FolderBusy (a FactoryError) while another process writes
         return self
 
     def __exit__(self, *exc):
         if self.lock is not None:
             self.lock.__exit__(*exc)
-
-
-pid_alive = fmt.pid_alive
 
 
 def check_writable(root: str) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from factory.directions.io import read_numeric_npy
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import atomic_save_npy
 
 _PIXEL_BUDGET = 1 << 21  # pixels of shifted images rendered and differentiated at once (~100 MB of fp32 temporaries)

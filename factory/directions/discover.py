@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from factory import format as fmt
 from factory.device import pinned_threads, run_record, torch_device
 from factory.directions.common import open_generator, seed_of
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import atomic_json, atomic_save_npy, atomic_write
 from factory.progress import progress_bar
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import ReadError, read_npy, read_torch_file
 
 

@@ -11,7 +11,7 @@ import torch
 
 from factory.directions.common import chunk_size, render_shifted, seed_of
 from factory.directions.io import read_numeric_npy
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.masks import GRAY, apply_operators
 from factory.progress import progress_bar
 

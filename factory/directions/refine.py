@@ -13,7 +13,7 @@ from factory.directions.operators import (
     operator_distance,
     restoration_error,
 )
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.masks import gray
 from factory.progress import progress_bar
 

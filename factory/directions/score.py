@@ -22,7 +22,7 @@ from factory.directions.common import (
 from factory.directions.figures import figure1, figure2
 from factory.directions.operators import evaluate_operators, fit_operators
 from factory.directions.refine import RefineConfig, refine_direction, refine_value
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import atomic_json, atomic_save_npy, atomic_write
 from factory.masks import luminance_mask, make_masks
 

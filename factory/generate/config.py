@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from factory import format as fmt
-from factory.errors import FactoryError
+from factory.format import FactoryError
 
 DEFAULT_SHARD_SIZE = 1000
 DEFAULT_BATCH = 64

@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import replace
 
-from factory.dataset.writer import pid_alive
+from factory import format as fmt
 from factory.generate.config import GenerateConfig
 from factory.generate.plan import Plan
 from factory.generate.worker import make_shard
@@ -37,7 +37,7 @@ class ParentWatch:
 
         def watch():
             # The nannies live in the client process, so nothing restarts us once it is gone.
-            while pid_alive(self.pid):
+            while fmt.pid_alive(self.pid):
                 time.sleep(0.5)
             os._exit(1)
 

@@ -79,21 +79,8 @@ def exit_with_owner(owner_pid: int) -> None:
     import threading
     import time
 
-    def owner_alive() -> bool:
-        try:
-            os.kill(owner_pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        try:  # a zombie (dead, not yet reaped) answers kill(0) too
-            with open(f"/proc/{owner_pid}/stat", "rb") as f:
-                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-        except OSError:
-            return True
-
     def watch():
-        while owner_alive():
+        while fmt.pid_alive(owner_pid):
             time.sleep(0.5)
         os._exit(0)
 

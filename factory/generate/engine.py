@@ -13,7 +13,7 @@ import sys
 from factory import __version__
 from factory import format as fmt
 from factory.dataset.writer import DatasetWriter
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.generate.compute import cc_iterations_for
 from factory.generate.config import GenerateConfig, encoder_mode
 from factory.generate.distribute import run_shards

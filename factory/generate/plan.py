@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from factory import format as fmt
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import fetch_copy, is_url, local_copy
 from factory.generate.config import CC_RATIO, DEFAULT_BATCH, GenerateConfig, image_codec_spec
 
@@ -103,7 +103,7 @@ def resolve_direction(gen, direction: str | None, generator_name: str) -> tuple[
 def resolve_latents(cfg: GenerateConfig, dim_z: int, prior: dict | None = None):
     """The job's latent source; ``prior`` is the generator's ``latent_prior()`` (e.g. BigGAN's truncated
     normal), used in place of N(0, I) for ``--latents gaussian``."""
-    from factory.latents import from_embeddings, from_file, gaussian, truncated
+    from factory.latents.sources import from_embeddings, from_file, gaussian, truncated
 
     if cfg.embeddings:
         return from_embeddings(cfg.embeddings, dim_z, cfg.seed, cfg.z_noise)

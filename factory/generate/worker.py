@@ -18,7 +18,7 @@ import numpy as np
 from factory import format as fmt
 from factory.dataset.shards import commit_shard, tar_join
 from factory.device import pick_device
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.generate.compute import (
     Timers,
     cached_generator,

@@ -37,7 +37,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 
 ENTRY_POINT_GROUP = "factory.generators"
 

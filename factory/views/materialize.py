@@ -18,7 +18,7 @@ from factory import format as fmt
 from factory.dataset.reader import decode_npy, load_index, read_shard_samples
 from factory.dataset.shards import commit_shard, tar_bytes
 from factory.dataset.writer import DatasetWriter
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.format import parent_url_for
 
 OTHER_SPEC = "{root} holds another dataset ({diff}); use another --out, or pass --overwrite to replace it"

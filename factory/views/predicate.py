@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 
 # ================================================================ the --where language
 

@@ -25,7 +25,7 @@ import numpy as np
 from factory import __version__
 from factory import format as fmt
 from factory.dataset.reader import accepted_flags, index_schema, load_index
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.format import parent_url_for
 from factory.views.materialize import materialize_view
 from factory.views.predicate import (

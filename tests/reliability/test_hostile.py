@@ -110,7 +110,7 @@ def _lying_safetensors(path):
 
 
 def test_safetensors_header_lying_about_sizes(tmp_path):
-    from factory.errors import FactoryError
+    from factory.format import FactoryError
     from factory.generators import load_generator
 
     f = tmp_path / "weights.safetensors"

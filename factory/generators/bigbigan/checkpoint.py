@@ -1,5 +1,6 @@
 """BigBiGAN weights files: recognising a checkpoint's format, reading it safely (weights_only torch or
-safetensors), checking it against the model, inferring its config, and deterministic random weights."""
+safetensors), checking it against the model, inferring its config, inspecting a file (`factory weights
+inspect`), and deterministic random weights."""
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ import torch.nn as nn
 from factory.format import FactoryError
 from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
 from factory.generators.torchcore import check_state_dict as torchcore_check
-from factory.generators.torchcore import one_line, read_torch_weights
+from factory.generators.torchcore import one_line, read_torch_weights, weights_digest
 
 WEIGHTS_HINT = (
     "get the authors' BigBiGAN_x1.pth with `factory weights fetch bigbigan` "
@@ -138,3 +139,40 @@ def random_state_dict(model: BigBiGAN, seed: int) -> dict[str, torch.Tensor]:
             t = torch.randn(shape, generator=g) / math.sqrt(fan_in)
         out[k] = t.float()
     return out
+
+
+def inspect_weights(path: str | Path) -> dict:
+    """What a weights file is: format, keys, parameter count, sha256, the BigBiGAN config it matches."""
+    path = Path(path).expanduser()
+    sd = read_state_dict(path)
+    fmt = sniff_checkpoint(path)
+    buffer_suffixes = (".u0", ".sv0", ".stored_mean", ".stored_var")
+    n_params = sum(v.numel() for k, v in sd.items() if not k.endswith(buffer_suffixes))
+    n_buffers = sum(v.numel() for k, v in sd.items() if k.endswith(buffer_suffixes))
+    info = {
+        "path": str(path),
+        "format": fmt,
+        "bytes": path.stat().st_size,
+        "sha256": weights_digest(path),
+        "keys": len(sd),
+        "parameters": n_params,
+        "buffer_elements": n_buffers,
+        "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in sd.values()}),
+    }
+    try:
+        cfg = infer_config(sd)
+        with torch.device("meta"):
+            model = BigBiGAN(cfg)
+        check_state_dict(sd, model, cfg, str(path))
+    except FactoryError as e:
+        info["matches"] = None
+        info["problem"] = str(e)
+        return info
+    full = BigBiGANConfig()
+    info["config"] = {"G_ch": cfg.G_ch, "dim_z": cfg.dim_z, "shared_dim": cfg.shared_dim,
+                      "resolution": cfg.resolution, "G_attn": cfg.G_attn, "n_classes": cfg.n_classes}
+    if cfg == full:
+        info["matches"] = "BigBiGAN-128 (full model, the layout of the authors' BigBiGAN_x1.pth)"
+    else:
+        info["matches"] = f"reduced BigBiGAN ({cfg.short()}, G_attn={cfg.G_attn})"
+    return info

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 
 # BigGAN-PyTorch G_arch channel multipliers per resolution (in -> out of each block).
 _ARCH_MULT: dict[int, list[int]] = {

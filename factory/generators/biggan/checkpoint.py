@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import atomic_write
 from factory.generators.biggan.model import BigGAN, BigGANConfig
 from factory.generators.torchcore import load_strict, one_line, read_torch_weights

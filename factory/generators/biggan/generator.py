@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import file_name
 from factory.generators import register
 from factory.generators.biggan.checkpoint import (

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 
 # (upsample?, input channel multiplier, output channel multiplier) of each block, as the port defines them.
 _LAYERS_128 = ((False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8), (True, 8, 4),

@@ -36,7 +36,7 @@ import math
 import numpy as np
 import torch
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.generators import register
 
 WORLD_VERSION = "shapes-v1"

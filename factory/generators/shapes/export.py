@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import atomic_json, atomic_save_npy
 from factory.generators import load_generator
 from factory.generators.shapes import COORD, DIRECTION_NAMES, N_COORDS, ShapesWorld

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from factory import format as fmt
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import atomic_save_npy, exists, factory_home, fetch_copy, is_url, load_npy_matrix, sha256_file
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -104,7 +104,7 @@ def resolve(name_or_path: str) -> EmbeddingRef:
     """A stored name, a .npy file or a zarr array: a local path or an fsspec URL (s3://, gs://, ...).
 
     The name is the file's stem and the digest its sha256, so the same file read from a URL or a
-    local path gives the same spec; workers open the path or URL themselves (`latents.open_matrix`)."""
+    local path gives the same spec; workers open the path or URL themselves (`sources.open_matrix`)."""
     p = Path(name_or_path)
     remote = is_url(name_or_path)
     where = name_or_path if remote else str(p.resolve())

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factory import embeddings as emb
+from factory.latents import embeddings as emb
 from factory import format as fmt
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import atomic_json, atomic_save_npy, read_npy
 from factory.progress import progress_bar
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from factory import embeddings
+from factory.latents import embeddings
 from factory import format as fmt
-from factory.errors import FactoryError
+from factory.format import FactoryError
 from factory.fsio import fetch_copy, is_url, load_npy_matrix, local_copy, read_npy
 
 BLOCK = 1024
