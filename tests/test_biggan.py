@@ -146,6 +146,7 @@ def test_checkpoint_errors_are_one_line(port_checkpoint, tmp_path):
 def test_class_rule_and_reproducible_labels():
     assert parse_classes("1,207,151-153", 1000) == (1, 207, 151, 152, 153)
     assert parse_classes([3, "5-6"], 10) == (3, 5, 6) and parse_classes("all", 10) is None
+    assert parse_classes(7, 10) == (7,)  # a recipe's classes = 7
     for bad, msg in (("1,x", "not an integer"), ("12", "outside"), ("1,1", "twice"), ("", "not an integer")):
         with pytest.raises(FactoryError, match=msg):
             parse_classes(bad, 10)
@@ -218,17 +219,28 @@ def test_generate_records_classes_and_verifies(tmp_path):
     assert accepted == index.column("class").to_pylist().count(6) > 0
 
 
-def test_directions_score_runs_through_biggan(tmp_path):
+def test_directions_discover_and_score_run_through_biggan(tmp_path):
     from factory.cli import main
+    from factory.directions.common import open_generator
 
     ckpt = save_checkpoint(tmp_path / "ckpt", BigGANConfig(**TINY), random_state_dict(BigGANConfig(**TINY), 1))
-    np.save(tmp_path / "cand.npy", np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32))
-    args = ["directions", "score", "--generator", "biggan", "--weights", str(ckpt.parent), "--candidates",
-            str(tmp_path / "cand.npy"), "--steps", "2", "--batch", "2", "--eval-n", "4", "--refine-steps", "1",
-            "--refine-top", "1", "--refine-batch", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "scores")]
+    gen = open_generator("biggan", torch.device("cpu"), None, str(ckpt.parent), class_id=3)
+    z = torch.randn(2, 8)
+    assert torch.equal(gen(z), gen(z, labels=torch.tensor([3, 3])))  # --class: every latent renders class 3
+    assert not torch.equal(gen(z), gen(z, labels=torch.tensor([4, 4])))
+    common = ["--generator", "biggan", "--weights", str(ckpt.parent), "--class", "3", "--device", "cpu", "--quiet"]
+    res = CliRunner().invoke(main, ["directions", "discover", *common, "--n-directions", "2", "--steps", "2",
+                                    "--batch", "2", "--out", str(tmp_path / "found.npy")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    found = json.loads((tmp_path / "found.json").read_text())
+    assert found["config"]["class_id"] == 3 and found["generator"]["classes"] == [3]
+    args = ["directions", "score", *common, "--candidates", str(tmp_path / "found.npy"), "--steps", "2", "--batch", "2",
+            "--eval-n", "4", "--refine-steps", "1", "--refine-top", "1", "--refine-batch", "2",
+            "--out", str(tmp_path / "scores")]
     res = CliRunner().invoke(main, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "scores" / "direction.npy").is_file()
+    h = np.load(tmp_path / "scores" / "direction.npy")
+    assert h.shape == (8,) and abs(np.linalg.norm(h) - 1) < 1e-5
 
 
 def test_table3_recipe_runs_on_a_tiny_checkpoint(tmp_path):

@@ -47,7 +47,8 @@ def random_cmd(n, dim, generator, weights, seed, out):
 
 @directions.command("score")
 @click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
-@click.option("--weights", help="Generator weights file (bigbigan).")
+@click.option("--weights", help="Generator weights file (bigbigan; biggan: the checkpoint folder).")
+@click.option("--class", "class_id", type=int, help="biggan: the ImageNet class every latent is rendered with (default 0; the authors' discovery used 239).")
 @click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
 @click.option("--candidates", type=click.Path(dir_okay=False), required=True, help="Candidate directions .npy [K, dim_z] (rows are normalised).")
 @click.option("--names", type=click.Path(dir_okay=False), help="JSON list of K names (null = unknown); default: the generator's named directions are recognised.")
@@ -73,7 +74,7 @@ def random_cmd(n, dim, generator, weights, seed, out):
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def score_cmd(generator, weights, resolution, candidates, names, scale, steps, batch, lr, keep_best, loss_kind, eval_n,
+def score_cmd(generator, weights, class_id, resolution, candidates, names, scale, steps, batch, lr, keep_best, loss_kind, eval_n,
               seed, refine_steps, refine_top, refine_batch, refine_lr, device, threads, out, quiet):
     """Score candidate directions by two fitted colour operators and select the segmenting one.
 
@@ -94,7 +95,7 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
     from factory.directions.refine import RefineConfig
     from factory.directions.score import ScoreConfig, score
 
-    cfg = ScoreConfig(generator=generator, candidates=candidates, out=out, weights=weights,
+    cfg = ScoreConfig(generator=generator, candidates=candidates, out=out, weights=weights, class_id=class_id,
                         resolution=resolution, names=names, scale=scale, steps=steps, batch=batch, lr=lr,
                         keep_best=keep_best, loss=loss_kind, eval_n=eval_n, seed=seed, device=device, threads=threads,
                         progress=not quiet,
@@ -115,7 +116,8 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
 
 @directions.command("discover")
 @click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
-@click.option("--weights", help="Generator weights file (bigbigan).")
+@click.option("--weights", help="Generator weights file (bigbigan; biggan: the checkpoint folder).")
+@click.option("--class", "class_id", type=int, help="biggan: the ImageNet class every latent is rendered with (default 0; the authors' discovery used 239).")
 @click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
 @click.option("--n-directions", type=int, required=True, help="K, the number of directions to learn.")
 @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps (reference: 100000).")
@@ -133,7 +135,7 @@ def score_cmd(generator, weights, resolution, candidates, names, scale, steps, b
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npy [K, dim_z]; a .json goes beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def discover_cmd(generator, weights, resolution, n_directions, steps, batch, lr, seed, deformator, axes_init,
+def discover_cmd(generator, weights, class_id, resolution, n_directions, steps, batch, lr, seed, deformator, axes_init,
                  diff_input, checkpoint_every, device, threads, out, quiet):
     """Learn K interpretable latent directions (Voynov & Babenko 2020) to use as candidates.
 
@@ -148,7 +150,7 @@ def discover_cmd(generator, weights, resolution, n_directions, steps, batch, lr,
     """
     from factory.directions.discover import DiscoverConfig, discover
 
-    cfg = DiscoverConfig(generator=generator, out=out, n_directions=n_directions, weights=weights,
+    cfg = DiscoverConfig(generator=generator, out=out, n_directions=n_directions, weights=weights, class_id=class_id,
                            resolution=resolution, steps=steps, batch=batch, lr=lr, seed=seed,
                            deformator=deformator, random_init=not axes_init, rec_diff=diff_input,
                            checkpoint_every=checkpoint_every, device=device, threads=threads,

@@ -50,6 +50,7 @@ class DiscoverConfig:
     n_directions: int
     weights: str | None = None
     resolution: int | None = None
+    class_id: int | None = None  # class-conditional generators: the class of every latent
     steps: int = 2000
     batch: int = 32
     lr: float = 1e-3
@@ -92,6 +93,8 @@ class DiscoverConfig:
         d = asdict(self)
         for k in ("out", "steps", "checkpoint_every", "device", "progress", "weights", "extra"):
             d.pop(k)
+        if d["class_id"] is None:  # unconditional runs keep the key they always had
+            d.pop("class_id")
         return d
 
 
@@ -197,7 +200,7 @@ def _load_checkpoint(out: Path, tr: Training, cfg: DiscoverConfig, log) -> int:
 def _open(cfg: DiscoverConfig, out: Path, log) -> tuple:
     """The frozen generator, the fresh (or resumed) training state and the step to start from."""
     device = torch_device(cfg.device)
-    gen = open_generator(cfg.generator, device, cfg.resolution, cfg.weights)
+    gen = open_generator(cfg.generator, device, cfg.resolution, cfg.weights, class_id=cfg.class_id)
     if hasattr(gen, "eval"):
         gen.eval()
     for p in getattr(gen, "parameters", lambda: [])():

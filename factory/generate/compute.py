@@ -47,7 +47,7 @@ def to_uint8(img):
     return ((img.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def generate_pair(gen, z, direction, shift_r: float, labels=None):
+def generate_pair(gen, z, direction, shift_r: float, *, labels=None):
     """G(z) and G(z + r h) in one forward of 2B (asynchronous on CUDA); ``labels`` [B] (class-conditional
     generators) condition both images of a pair alike."""
     import torch

@@ -45,8 +45,13 @@ def parse_classes(classes: Any, num_classes: int) -> tuple[int, ...] | None:
     ints / such strings. Each class once, within [0, num_classes)."""
     if classes is None or (isinstance(classes, str) and classes.strip().lower() == "all"):
         return None
-    items = classes.split(",") if isinstance(classes, str) else list(classes) if isinstance(classes, (list, tuple)) else None
-    if items is None:
+    if isinstance(classes, str):
+        items = classes.split(",")
+    elif isinstance(classes, (list, tuple)):
+        items = list(classes)
+    elif isinstance(classes, int) and not isinstance(classes, bool):
+        items = [classes]
+    else:
         raise FactoryError(f"biggan: classes={classes!r}; give a list such as 1,207,151-268 or 'all'")
     out: list[int] = []
     for item in items:
@@ -151,7 +156,7 @@ class BigGANGenerator:
         return f"BigGANGenerator({self.config.short()}, truncation={self.truncation}, {self.precision()})"
 
 
-def _weights(weights, config, random_weights: bool, seed: int, resolution: int | None):
+def _weights(*, weights, config, random_weights: bool, seed: int, resolution: int | None):
     """(config, state dict, sha256, source) from a checkpoint or deterministic random weights."""
     if weights is not None and random_weights:
         raise FactoryError("biggan: pass either weights=PATH or random_weights=True, not both")
@@ -188,7 +193,8 @@ def load_biggan(*, weights: str | Path | None = None, config: Any = None, device
         raise FactoryError(f"biggan: truncation={truncation!r} must be a number in (0, 1]") from None
     if not 0 < truncation <= 1:
         raise FactoryError(f"biggan: truncation={truncation} must be in (0, 1] (the port's statistics cover that range)")
-    cfg, sd, sha, source = _weights(weights, config, random_weights, seed, resolution)
+    cfg, sd, sha, source = _weights(weights=weights, config=config, random_weights=random_weights, seed=seed,
+                                   resolution=resolution)
     if resolution is not None and resolution != cfg.output_dim:
         raise FactoryError(f"biggan: resolution={resolution} but {source} is a {cfg.output_dim} px model; omit --resolution")
     model = load_weights(BigGAN(cfg), sd, source)  # frozen: gradients flow to z (directions), never to weights
