@@ -267,3 +267,19 @@ def test_generators_list_shows_biggan():
     res = CliRunner().invoke(main, ["generators", "list"], catch_exceptions=False)
     row = next(line for line in res.output.splitlines() if line.startswith("biggan "))
     assert "128" in row and "builtin" in row and "factory.generators.biggan.generator:load_biggan" in row
+
+
+@pytest.mark.slow
+def test_the_full_128_model_matches_the_port():
+    """The real 128 px architecture (random weights, ~12 s on one core): the same image as the port's code."""
+    cfg = BigGANConfig.preset(128)
+    sd = random_state_dict(cfg, 0)
+    ref = port.BigGAN(port.BigGANConfig()).eval()
+    ref.load_state_dict(sd, strict=True)
+    gen = load_generator("biggan", random_weights=True, resolution=128, truncation=0.4)
+    z, y = torch.randn(2, 128, generator=torch.Generator().manual_seed(0)), torch.tensor([207, 1])
+    with torch.no_grad():
+        want = ref(z, torch.nn.functional.one_hot(y, 1000).float(), 0.4)
+    got = gen(z, labels=y)
+    assert got.shape == (2, 3, 128, 128) and want.std() > 0.05
+    assert (got - want).abs().max().item() <= 1e-5
