@@ -55,6 +55,7 @@ def build(root: str, rows: int, fragments: int, seed: int = 0) -> None:
             "n_components": np.minimum(ncr, rng.integers(1, 3, n)).astype(np.int32),
             "hist": hist, "hist_maxima": maxima, "hist_gray_maxima_inner": inner,
             "pass_area": fg < 0.5, "pass_hist_reference": maxima >= 2, "pass_hist_paper": inner >= 2,
+            "tar_offset": np.arange(n, dtype=np.int64) * 6144, "tar_size": np.full(n, 6144, np.int64),
         }
         data = parquet_bytes(index_table(cols))
         atomic_write(os.path.join(root, fmt.index_name(k)), data)

@@ -75,7 +75,7 @@ def write_view(dataset: Path, path: Path, keep) -> tuple[Path, dict]:
         accepted[str(s["shard"])] = [r for r in range(s["first_row"], s["first_row"] + s["samples"]) if keep(r)]
     predicate = "test predicate"
     view = {
-        "kind": fmt.VIEW_KIND, "format_version": fmt.FORMAT_VERSION,
+        "kind": fmt.VIEW_KIND, "format_version": 1,  # a version-1 view (rows listed): still read
         "view_id": fmt.view_id(manifest["dataset_id"], predicate, fmt.sha256_bytes(fmt.canonical_json(accepted))),
         "parent": {"dataset_id": manifest["dataset_id"], "url": os.path.relpath(dataset, path.parent)},
         "predicate": predicate, "samples": sum(len(v) for v in accepted.values()), "accepted": accepted,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from factory import format as fmt
 from trainers.data import stream as td
 from trainers.data.stream import (
     DataError,
@@ -87,7 +88,7 @@ def test_one_epoch_of_the_stream_is_a_prefix_of_the_order_without_repeats(small_
 def test_view_yields_exactly_its_keys_and_never_decodes_rejected_ones(small_dataset, view_of, tmp_path,
                                                                        monkeypatch):
     view_path, view = view_of(small_dataset, tmp_path / "view.json", lambda r: r % 3 != 1)
-    accepted = sorted(r for rows in view["accepted"].values() for r in rows)
+    accepted = fmt.AcceptedRows(view["accepted"], view["format_version"]).all_rows().tolist()
     decoded = []
     real = td.decode_image
     monkeypatch.setattr(td, "decode_image", lambda data, mode, where, *a: decoded.append(where) or real(data, mode, where, *a))
@@ -242,4 +243,4 @@ def test_trainers_imports_only_factory_format():
             "        importlib.import_module(m.name)\n"
             "print(sorted(m for m in sys.modules if m == 'factory' or m.startswith('factory.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['factory', 'factory.format']"
+    assert out.stdout.strip() == "['factory', 'factory.format', 'factory.format.tar', 'factory.format.views']"

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from factory import format as fmt
 from factory.cli import main
 
 N, SHARD = 1000, 250
@@ -47,7 +48,7 @@ def index_of(root: str) -> pa.Table:
 
 
 def accepted_rows(view: dict) -> list[int]:
-    return sorted(r for rows in view["accepted"].values() for r in rows)
+    return fmt.AcceptedRows(view["accepted"], view["format_version"]).all_rows().tolist()
 
 
 # ---------------------------------------------------------------- done-when checks
@@ -67,8 +68,9 @@ def test_max_fg_view_is_exactly_the_index_rows(ds, tmp_path):
     assert view["rejected"] == {"max_fg": N - len(expected)}
     assert view["counts"] == {"candidates": N, "input": N, "accepted": len(expected), "rejected": N - len(expected)}
     assert set(view["accepted"]) == {"0", "1", "2", "3"}
-    for k, rows in view["accepted"].items():
-        assert all(int(k) * SHARD <= r < (int(k) + 1) * SHARD for r in rows)
+    acc = fmt.AcceptedRows(view["accepted"], view["format_version"])
+    for k in acc:
+        assert all(int(k) * SHARD <= r < (int(k) + 1) * SHARD for r in acc[k].tolist())
     assert view["parent"]["url"] == os.path.relpath(ds, tmp_path)
     info = json.loads(cli("info", out, "--json").output)
     assert info["samples"] == len(expected)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from factory.format import HIST_BINS, INDEX_COLUMNS
+from factory.format import HIST_BINS, INDEX_COLUMNS, OFFSET_COLUMNS
 from factory.masks import (
     cc_cleanup,
     connected_components,
@@ -370,7 +370,7 @@ def test_stats_keys_and_dtypes_match_index_columns():
     img = torch.rand(5, 3, 32, 32, generator=gen) * 2 - 1
     sh = (img + 0.3 * torch.randn(5, 3, 32, 32, generator=gen)).clamp(-1, 1)
     raw, clean, st = process_batch(img, sh)
-    assert set(st) == set(STAT_COLUMNS) == set(INDEX_COLUMNS) - {"key", "shard", "row"}
+    assert set(st) == set(STAT_COLUMNS) == set(INDEX_COLUMNS) - {"key", "shard", "row", *OFFSET_COLUMNS}
     arrow = {"float32": torch.float32, "int32": torch.int32, "bool": torch.bool}
     for k, v in st.items():
         t = INDEX_COLUMNS[k]

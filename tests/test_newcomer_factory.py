@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from factory import format as fmt
 from factory.cli import main
 
 N = 40
@@ -180,7 +181,14 @@ def test_card_snippet_runs_on_stock_webdataset_with_a_single_channel_mask(ds):
     # the view recipe of the card, with the same stock reader
     view = os.path.join(os.path.dirname(ds), "card-view.json")
     assert cli("filter", ds, "--max-fg", "0.5", "--histogram", "reference", "--out", view).exit_code == 0
-    rows = {r for rs in json.load(open(view))["accepted"].values() for r in rs}
+    import base64
+
+    from factory.dataset.card import VIEW_ROWS
+
+    doc = json.load(open(view))
+    rows = set(fmt.AcceptedRows(doc["accepted"], doc["format_version"]).all_rows().tolist())
+    assert VIEW_ROWS in open(os.path.join(ds, "README.md")).read()
+    assert eval(VIEW_ROWS.replace('"view.json"', repr(view)), {"json": json, "base64": base64}) == rows
     via_view = run_snippet(code.replace(".select(accepted)", ".select(lambda s: int(s[\"__key__\"]) in _rows)")
                            .replace("import io", f"import io\n_rows = {sorted(rows)!r}", 1))
     assert sorted(s["__key__"] for s in via_view) == want  # the spec's max_fg is the paper's 0.5

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import ndimage
 
+from factory import format as fmt
 from factory.cli import main as factory_main
 from trainers.cli import main as trainers_main
 
@@ -148,7 +149,7 @@ def test_filter_on_agreement(work, tmp_path):
         _ok(CliRunner().invoke(factory_main, ["filter", str(work["derived"]), "--where", f"teacher_iou >= {thr}",
                                               "--out", str(out)]))
         view = json.loads(out.read_text())
-        got = sorted(r for rows in view["accepted"].values() for r in rows)
+        got = fmt.AcceptedRows(view["accepted"], view["format_version"]).all_rows().tolist()
         want = sorted(idx["row"][idx["teacher_iou"] >= np.float32(thr)].tolist())
         assert got == want
     assert 0 < len(want) < 120

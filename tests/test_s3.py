@@ -12,6 +12,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from factory import format as fmt
 from factory.cli import main
 
 pytestmark = pytest.mark.s3
@@ -63,7 +64,7 @@ def test_generate_filter_verify_read_on_s3(s3, tmp_path):
     # read the accepted samples with stock webdataset streaming from S3 (fsspec open, no factory code)
     import fsspec
 
-    accepted = {f"{r:010d}" for rows in view["accepted"].values() for r in rows}
+    accepted = {f"{r:010d}" for r in fmt.AcceptedRows(view["accepted"], view["format_version"]).all_rows().tolist()}
     got = []
     for s in manifest["shards"]:
         with fsspec.open(f"{root}/{s['path']}", "rb") as f:

@@ -11,6 +11,8 @@ import pytest
 from click.testing import CliRunner
 from test_filter import build_dataset
 
+import numpy as np
+
 from factory import format as fmt
 from factory.cli import main
 
@@ -115,7 +117,8 @@ def test_verify_a_view(clean, tmp_path):
     r = cli("verify", v)
     assert r.exit_code == 0 and "view view-" in r.output
     doc = json.loads(v.read_text())
-    doc["accepted"]["0"] = doc["accepted"]["0"][1:] + [doc["accepted"]["1"][0]]  # same count, wrong rows
+    acc = fmt.AcceptedRows(doc["accepted"], doc["format_version"])
+    doc["accepted"]["0"] = fmt.encode_rows(np.append(acc[0][1:], acc[1][0]))  # same count, wrong rows
     v2 = tmp_path / "v2.json"
     v2.write_text(json.dumps(doc))
     r = cli("verify", v2)

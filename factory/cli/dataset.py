@@ -90,9 +90,11 @@ def info(dataset, as_json, no_stats, allow_remote_shards):
 @click.argument("dataset")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
 @click.option("--workers", type=int, help="Shards checked in parallel (threads; default 2 x CPUs, at most 8).")
+@click.option("--index-only", is_flag=True,
+              help="Check only the manifest and index fragments (sha256, keys, rows, shard ids); read no tar or latent.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @user_errors
-def verify(dataset, allow_remote_shards, workers, as_json):
+def verify(dataset, allow_remote_shards, workers, index_only, as_json):
     """Recompute every shard's sha256, bytes and samples; cross-check tars, index and latents.
 
     Exits 1 naming every bad shard (one line each) and what is wrong.
@@ -100,11 +102,12 @@ def verify(dataset, allow_remote_shards, workers, as_json):
     \b
     Examples:
       factory verify data/demo
+      factory verify data/million --index-only
       AWS_ENDPOINT_URL=http://minio:9000 factory verify s3://team/bigbigan-imagenet-v1
     """
     from factory.dataset.verify import verify as run
 
-    rep = run(dataset, allow_remote_shards=allow_remote_shards, workers=workers)
+    rep = run(dataset, allow_remote_shards=allow_remote_shards, workers=workers, index_only=index_only)
     if as_json:
         click.echo(json.dumps({"ok": rep.ok, "dataset_id": rep.dataset_id, "view_id": rep.view_id,
                                "samples": rep.samples, "shards": rep.shards, "bytes": rep.bytes,
@@ -178,3 +181,22 @@ def relabel(dataset, maps, out, shard_size, overwrite, allow_remote_shards):
     t = m["provenance"]["teacher"]
     click.echo(f"{out}: dataset {m['dataset_id']}, {m['samples']:,} samples in {len(m['shards'])} shards, "
                f"teacher {t['label']} ({t['sha256'][:16]}...)")
+
+
+@click.command()
+@click.argument("dataset")
+@user_errors
+def upgrade(dataset):
+    """Bring a dataset written by an older format version to the current one, in place.
+
+    Version 1 -> 2 adds each sample's byte range in its tar to the index (random access by key;
+    trainers train --access random), rewriting index fragments and the manifest only, never a tar.
+    The dataset id changes; views made before still open. Do not read the dataset meanwhile.
+
+    \b
+    Example:
+      factory upgrade data/million && factory verify data/million
+    """
+    from factory.dataset.upgrade import upgrade as run_upgrade
+
+    click.echo(run_upgrade(dataset).summary())

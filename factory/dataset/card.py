@@ -7,8 +7,22 @@ import os
 import numpy as np
 
 from factory import format as fmt
-from factory.dataset.reader import load_index
+from factory.dataset.reader import index_schema, load_index
 from factory.fsio import atomic_write
+
+
+STATS_COLUMNS = ("row", "fg_ratio", "pass_area", "pass_hist_reference", "pass_hist_paper", "n_components_raw",
+                 "n_components")  # what summary_stats reads (and true_iou where the index has it)
+
+
+def stats_columns(root: str, manifest: dict) -> list[str]:
+    names = index_schema(root, manifest).names
+    return list(STATS_COLUMNS) + [c for c in ("true_iou",) if c in names]
+
+
+def index_stats(root: str, manifest: dict, *, check_sha: bool = True) -> dict:
+    """summary_stats of a dataset's whole index, reading only the columns they need."""
+    return summary_stats(load_index(root, manifest, columns=stats_columns(root, manifest), check_sha=check_sha))
 
 
 def summary_stats(table) -> dict:
@@ -17,7 +31,8 @@ def summary_stats(table) -> dict:
         return {"samples": 0}
     out: dict = {"samples": table.num_rows}
     fg = table.column("fg_ratio").to_numpy()
-    out["fg_ratio_quantiles"] = {q: round(float(np.quantile(fg, float(q))), 4) for q in ("0.05", "0.25", "0.5", "0.75", "0.95")}
+    qs = ("0.05", "0.25", "0.5", "0.75", "0.95")
+    out["fg_ratio_quantiles"] = {q: round(float(v), 4) for q, v in zip(qs, np.quantile(fg, [float(q) for q in qs]))}
     area = table.column("pass_area").to_numpy()
     hist_ref = table.column("pass_hist_reference").to_numpy()
     out["pass_rate"] = {
@@ -157,9 +172,8 @@ def load_section(root: str | None, manifest: dict) -> list[str]:
         f"    image, mask, latent = s[\"{image}\"], s[\"mask.png\"], s[\"latent.npy\"]  # RGB, L, float32 [dim_z]",
         "```",
         "",
-        "The rows of a view, with the same stock reader: "
-        "`rows = {r for rs in json.load(open(\"view.json\"))[\"accepted\"].values() for r in rs}`, "
-        "then `.select(lambda s: int(s[\"__key__\"]) in rows)`.",
+        f"The rows of a view (a bitmap per shard), with the same stock reader: `rows = {VIEW_ROWS}` "
+        "(`import base64, json`), then `.select(lambda s: int(s[\"__key__\"]) in rows)`.",
         "",
         "Filter without touching pixels: `factory filter . --max-fg 0.5 --histogram reference --out view.json`;",
         "check integrity: `factory verify .`; index: `index/*.parquet`; latents: `latents.zarr` [N, dim_z].",
@@ -168,6 +182,9 @@ def load_section(root: str | None, manifest: dict) -> list[str]:
 
 
 PREVIEW = "preview.png"
+# A view's accepted rows without factory code (docs/format.md, Views): bit i of shard's "bits" is row first + i.
+VIEW_ROWS = ('{v["first"] + i for v in json.load(open("view.json"))["accepted"].values() '
+             'for b in [base64.b64decode(v["bits"])] for i in range(v["n"]) if b[i >> 3] >> (i & 7) & 1}')
 _STATS_HEADING = "## Filter statistics"
 
 
@@ -208,7 +225,7 @@ def _write_preview(root: str, manifest: dict, preview_samples: int) -> str | Non
 
 def write_card(root: str, manifest: dict, preview: str | None = None, preview_samples: int = 16) -> None:
     """Write README.md (and a small preview.png of the first shard's samples, linked from it)."""
-    stats = summary_stats(load_index(root, manifest, check_sha=False))
+    stats = manifest.get("index_stats") or index_stats(root, manifest, check_sha=False)
     if preview is None and manifest.get("shards") and preview_samples > 0:
         preview = _write_preview(root, manifest, preview_samples)
     prov = manifest.get("provenance")

@@ -3,8 +3,8 @@ JSON-able dict and as the human-readable text."""
 from __future__ import annotations
 
 from factory import format as fmt
-from factory.dataset.card import summary_stats
-from factory.dataset.reader import accepted_flags, index_schema, load_index
+from factory.dataset.card import stats_columns, summary_stats
+from factory.dataset.reader import accepted_flags, load_index
 
 
 def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) -> dict:
@@ -53,17 +53,25 @@ def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) ->
             "accept_rate": round(v["samples"] / m["samples"], 4) if m["samples"] else None,
         })
     if stats:
-        cols = ["row", "fg_ratio", "pass_area", "pass_hist_reference", "pass_hist_paper",
-                "n_components_raw", "n_components"]
-        schema = index_schema(res.root, m)
-        cols += [c for c in ("true_iou",) if c in schema.names]
-        table = load_index(res.root, m, columns=cols)
-        out["filter_stats"] = summary_stats(table)
-        if res.view is not None and table is not None:
-            import pyarrow as pa
+        out.update(filter_stats(res))
+    return out
 
-            flags = accepted_flags(res.accepted, table.column("row").to_numpy())
-            out["filter_stats_accepted"] = summary_stats(table.filter(pa.array(flags)))
+
+def filter_stats(res: fmt.Resolved) -> dict:
+    """filter_stats (every candidate) and, for a view, filter_stats_accepted: the ones the manifest and the view
+    recorded when they were written (no index read), else computed from the index."""
+    m, v = res.manifest, res.view
+    cached = m.get("index_stats") if isinstance(m.get("index_stats"), dict) else None
+    acc = v.get("accepted_stats") if v is not None and isinstance(v.get("accepted_stats"), dict) else None
+    if cached is not None and (v is None or acc is not None):
+        return {"filter_stats": cached, **({"filter_stats_accepted": acc} if v is not None else {})}
+    table = load_index(res.root, m, columns=stats_columns(res.root, m))
+    out = {"filter_stats": cached or summary_stats(table)}
+    if v is not None and table is not None:
+        import pyarrow as pa
+
+        flags = accepted_flags(res.accepted, table.column("row").to_numpy())
+        out["filter_stats_accepted"] = summary_stats(table.filter(pa.array(flags)))
     return out
 
 

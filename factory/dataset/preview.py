@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from factory import format as fmt
-from factory.dataset.reader import accepted_flags, load_index, read_shard_samples
+from factory.dataset.reader import accepted_flags, load_index, read_samples
 from factory.format import FactoryError
 from factory.fsio import atomic_write
 
@@ -44,29 +44,28 @@ def _decode(data: bytes, mode: str) -> np.ndarray:
 
 
 def pick_samples(res: fmt.Resolved, n: int, first_shard_only: bool = False) -> list[tuple[str, np.ndarray]]:
-    """(key, overlay) of the first `n` samples (accepted ones for a view), reading as few shards as possible."""
-    out: list[tuple[str, np.ndarray]] = []
+    """(key, overlay) of the first `n` samples (accepted ones for a view): one range read per sample when the
+    index has tar offsets, else the few shards they live in are read whole."""
     members = res.manifest.get("members") or {}
     ext_img, ext_mask = members.get("image", fmt.EXT_IMAGE), members.get("mask", fmt.EXT_MASK)
     entries = sorted(res.manifest["shards"], key=lambda s: s["shard"])
     if first_shard_only:
         entries = entries[:1]
+    rows: list[int] = []
     for s in entries:
-        if len(out) >= n:
+        if len(rows) >= n:
             break
-        want = None if res.accepted is None else res.accepted.get(s["shard"], set())
-        if want is not None and not want:
-            continue
-        samples = read_shard_samples(res.root, s)
-        for key in sorted(samples):
-            if len(out) >= n:
-                break
-            if want is not None and fmt.key_row(key) not in want:
-                continue
-            parts = samples[key]
-            if ext_img not in parts or ext_mask not in parts:
-                raise fmt.FormatError(f"{fmt.join(res.root, s['path'])}: sample {key} lacks {ext_img} or {ext_mask}")
-            out.append((key, overlay(_decode(parts[ext_img], "RGB"), _decode(parts[ext_mask], "L") > 127)))
+        if res.accepted is None:
+            here = range(s["first_row"], s["first_row"] + s["samples"])
+        else:
+            here = res.accepted[s["shard"]].tolist() if s["shard"] in res.accepted else []
+        rows.extend(here[: n - len(rows)])
+    out: list[tuple[str, np.ndarray]] = []
+    for row, parts in sorted(read_samples(res, rows).items()):
+        key = fmt.sample_key(row)
+        if ext_img not in parts or ext_mask not in parts:
+            raise fmt.FormatError(f"{res.root}: sample {key} lacks {ext_img} or {ext_mask}")
+        out.append((key, overlay(_decode(parts[ext_img], "RGB"), _decode(parts[ext_mask], "L") > 127)))
     return out
 
 

@@ -22,6 +22,9 @@ def load_index(root: str, manifest: dict, columns: list[str] | None = None, *, c
     def fetch(s):
         url = fmt.join(root, s["index"])
         try:
+            if not fmt.is_remote_url(url):  # a plain read: resolving an fsspec filesystem per file costs more
+                with open(url, "rb") as f:
+                    return f.read()
             return fmt.read_bytes(url)
         except FileNotFoundError:
             raise fmt.FormatError(f"index fragment missing: {url} (shard {s['shard']})") from None
@@ -56,12 +59,9 @@ def load_index(root: str, manifest: dict, columns: list[str] | None = None, *, c
         raise fmt.FormatError(f"{root}: index fragments have different schemas: {e}") from None
 
 
-def accepted_flags(accepted: dict[int, set[int]], row_col: np.ndarray) -> np.ndarray:
+def accepted_flags(accepted: fmt.AcceptedRows, row_col: np.ndarray) -> np.ndarray:
     """Bool per entry of an index's ``row`` column: True where a view accepts that row."""
-    rows = np.fromiter((r for v in accepted.values() for r in v), np.int64)
-    flag = np.zeros(int(max(row_col.max(initial=-1), rows.max(initial=-1))) + 1, bool)
-    flag[rows] = True
-    return flag[row_col]
+    return accepted.flags(row_col)
 
 
 def index_schema(root: str, manifest: dict):
@@ -128,3 +128,62 @@ def read_shard_samples(root: str, entry: dict, where: str | None = None) -> dict
         key, ext = fmt.split_member(name)
         samples.setdefault(key, {})[ext] = body
     return samples
+
+
+# ================================================================ samples by key (one range read each)
+
+def shard_of_row(manifest: dict, row: int) -> dict:
+    """The manifest's shard entry holding global row ``row`` (FormatError when none does)."""
+    for s in manifest["shards"]:
+        if s["first_row"] <= row < s["first_row"] + s["samples"]:
+            return s
+    raise fmt.FormatError(f"dataset {manifest['dataset_id']} has no sample with row {row}")
+
+
+def sample_ranges(root: str, manifest: dict, entry: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, tar_offset, tar_size) of every sample of one shard, from its index fragment (sha256 checked).
+    FormatError naming `factory upgrade` for a dataset written before format version 2."""
+    if not fmt.has_offsets(manifest):
+        raise fmt.FormatError(f"{root}: dataset {manifest['dataset_id']} has no tar offsets in its index "
+                              f"(format version {manifest.get('format_version')}); run factory upgrade {root}")
+    t = load_index(root, {"shards": [entry]}, ["row", *fmt.OFFSET_COLUMNS])
+    return tuple(t.column(c).to_numpy() for c in ("row", *fmt.OFFSET_COLUMNS))
+
+
+def read_samples(res: fmt.Resolved, rows) -> dict[int, dict[str, bytes]]:
+    """row -> {EXT: bytes} of the given global rows of a dataset: one range read per sample where the index
+    has offsets (format 2), else each shard involved is read whole (sha256 checked) and scanned."""
+    rows = sorted({int(r) for r in rows})
+    by_shard: dict[int, list[int]] = {}
+    entries = {}
+    for r in rows:
+        e = shard_of_row(res.manifest, r)
+        entries[e["shard"]] = e
+        by_shard.setdefault(e["shard"], []).append(r)
+    out: dict[int, dict[str, bytes]] = {}
+    for sid, want in by_shard.items():
+        e = entries[sid]
+        url = fmt.join(res.root, e["path"])
+        if not fmt.has_offsets(res.manifest):
+            samples = read_shard_samples(res.root, e)
+            out.update({r: samples[fmt.sample_key(r)] for r in want if fmt.sample_key(r) in samples})
+            continue
+        rcol, off, size = sample_ranges(res.root, res.manifest, e)
+        pos = np.searchsorted(rcol, want)
+        for r, p in zip(want, pos.tolist()):
+            if p >= rcol.shape[0] or rcol[p] != r:
+                raise fmt.FormatError(f"index fragment of shard {sid} has no row {r}")
+            key = fmt.sample_key(r)
+            out[r] = fmt.sample_members(fmt.read_range(url, int(off[p]), int(size[p])), key, f"{url}: sample {key}")
+    missing = [r for r in rows if r not in out]
+    if missing:
+        raise fmt.FormatError(f"{res.root}: sample {fmt.sample_key(missing[0])} is missing from its shard")
+    return out
+
+
+def read_sample(dataset: fmt.Resolved | str, key: str) -> dict[str, bytes]:
+    """{EXT: bytes} of sample ``key`` (e.g. ``{"png": ..., "mask.png": ..., "latent.npy": ..., "json": ...}``)
+    of a dataset (a `format.Resolved` or a folder/URL/view; views resolve to their parent): one range read,
+    local or fsspec URL, when the index has offsets, else a scan of its shard."""
+    res = fmt.open_dataset(dataset) if isinstance(dataset, str) else dataset
+    return read_samples(res, [fmt.key_row(key)])[fmt.key_row(key)]

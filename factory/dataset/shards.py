@@ -73,6 +73,16 @@ def index_table(rows: dict[str, np.ndarray]):
     return pa.table(cols)
 
 
+def with_offsets(rows: dict, tar: bytes, where: str) -> dict:
+    """Index rows with ``tar_offset`` / ``tar_size`` of each key's records in ``tar`` (replacing any given)."""
+    ranges = fmt.member_ranges(tar, where)
+    try:
+        pairs = np.array([ranges[str(k)] for k in rows["key"]], np.int64).reshape(-1, 2)
+    except KeyError as e:
+        raise fmt.FormatError(f"{where}: index key {e.args[0]} has no member in the tar") from None
+    return dict(rows, tar_offset=pairs[:, 0], tar_size=pairs[:, 1])
+
+
 def parquet_bytes(table) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -135,8 +145,9 @@ def commit_shard(
     latents: np.ndarray,
     spec_hash: str,
 ) -> ShardResult:
-    """Write one shard's tar (bytes, see tar_join), index fragment, latent rows, then its sidecar (last)."""
-    idx = parquet_bytes(index_table(index_rows))
+    """Write one shard's tar (bytes, see tar_join), index fragment, latent rows, then its sidecar (last).
+    The index rows gain each sample's byte range in the tar (`with_offsets`)."""
+    idx = parquet_bytes(index_table(with_offsets(index_rows, tar, fmt.shard_name(shard))))
     atomic_write(fmt.join(root, fmt.shard_name(shard)), tar)
     atomic_write(fmt.join(root, fmt.index_name(shard)), idx)
     z = open_latents(root, "r+")

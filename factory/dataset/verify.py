@@ -34,6 +34,7 @@ class VerifyReport:
     bytes: int
     problems: list[str] = field(default_factory=list)  # one line each, naming the shard or file
     bad_shards: list[int] = field(default_factory=list)
+    index_only: bool = False  # only the manifest and the index fragments were checked
 
     @property
     def ok(self) -> bool:
@@ -42,8 +43,10 @@ class VerifyReport:
     def summary(self) -> str:
         what = f"view {self.view_id} of {self.dataset_id}" if self.view_id else self.dataset_id
         if self.ok:
+            checked = ("index fragments only: sha256, keys, rows match; no tar read" if self.index_only
+                       else "sha256, members, index, latents all match")
             return (f"OK {self.url}: {what}, {self.samples:,} samples in {self.shards} shards, "
-                    f"{self.bytes:,} bytes (sha256, members, index, latents all match)")
+                    f"{self.bytes:,} bytes ({checked})")
         return (f"FAILED {self.url}: {len(self.bad_shards)} of {self.shards} shards bad, "
                 f"{len(self.problems)} problem(s) in {what}")
 
@@ -111,8 +114,9 @@ def _check_tar(data: bytes, entry: dict, members: dict, problems: list[str]) -> 
     return latents_tar
 
 
-def _check_index(idata: bytes, entry: dict, problems: list[str]) -> None:
-    """Problems of a shard's index fragment bytes (appended to `problems`)."""
+def _check_index(idata: bytes, entry: dict, problems: list[str], tar: bytes | None = None) -> None:
+    """Problems of a shard's index fragment bytes (appended to `problems`); with the shard's `tar`, its
+    samples' byte ranges (tar_offset, tar_size) are checked against the tar's records too."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -120,7 +124,7 @@ def _check_index(idata: bytes, entry: dict, problems: list[str]) -> None:
     if fmt.sha256_bytes(idata) != entry["index_sha256"]:
         problems.append(f"index fragment {entry['index']} sha256 differs from the manifest")
     try:
-        t = pq.read_table(pa.BufferReader(idata), columns=["key", "shard", "row"])
+        t = pq.read_table(pa.BufferReader(idata), columns=["key", "shard", "row", *(fmt.OFFSET_COLUMNS if tar else ())])
     except Exception as e:  # noqa: BLE001 - any unreadable fragment is reported, not raised
         problems.append(f"index fragment {entry['index']} unreadable: {e}")
         return
@@ -133,6 +137,23 @@ def _check_index(idata: bytes, entry: dict, problems: list[str]) -> None:
         problems.append("index 'row' column differs from the shard's rows")
     if not (t.column("shard").to_numpy() == k).all():
         problems.append(f"index 'shard' column is not {k} everywhere")
+    if tar is not None:
+        _check_offsets(t, tar, entry, problems)
+
+
+def _check_offsets(t, tar: bytes, entry: dict, problems: list[str]) -> None:
+    """The index's byte range of every sample equals where its records lie in the tar."""
+    try:
+        ranges = fmt.member_ranges(tar, entry["path"])
+    except fmt.FormatError as e:
+        problems.append(str(e))
+        return
+    got = np.stack([t.column(c).to_numpy() for c in fmt.OFFSET_COLUMNS], 1)
+    want = np.array([ranges.get(k, (-1, -1)) for k in t.column("key").to_pylist()], np.int64).reshape(-1, 2)
+    bad = np.flatnonzero((got != want).any(1))
+    if bad.size:
+        problems.append(f"index tar_offset/tar_size of {bad.size} sample(s) differ from the tar, "
+                        f"e.g. {t.column('key')[int(bad[0])].as_py()}")
 
 
 def _check_latents(z, entry: dict, *, dim_z: int, latents_tar: dict[str, np.ndarray], problems: list[str]) -> None:
@@ -156,15 +177,19 @@ def _check_latents(z, entry: dict, *, dim_z: int, latents_tar: dict[str, np.ndar
         problems.append(f"{len(bad)} latent(s) in the tar differ from latents.zarr, e.g. {sorted(bad)[0]}")
 
 
-def check_shard(root: str, entry: dict, *, members: dict, z, dim_z: int) -> list[str]:
-    """Problems of one shard (empty = good): its tar, its index fragment, its rows of latents.zarr (`z`, or None)."""
+def check_shard(root: str, entry: dict, *, members: dict, z, dim_z: int, offsets: bool = False,
+                index_only: bool = False) -> list[str]:
+    """Problems of one shard (empty = good): its tar, its index fragment, its rows of latents.zarr (`z`, or None);
+    with `index_only`, its index fragment alone."""
     problems: list[str] = []
     url = fmt.join(root, entry["path"])
-    data = _read_or_report(url, "shard file", problems)
+    data = None if index_only else _read_or_report(url, "shard file", problems)
     latents_tar = {} if data is None else _check_tar(data, entry, members, problems)
     idata = _read_or_report(fmt.join(root, entry["index"]), "index fragment", problems)
     if idata is not None:
-        _check_index(idata, entry, problems)
+        _check_index(idata, entry, problems, tar=data if offsets else None)
+    if index_only:
+        return problems
     if z is not None and entry["samples"]:
         _check_latents(z, entry, dim_z=dim_z, latents_tar=latents_tar, problems=problems)
     return problems
@@ -188,7 +213,7 @@ def _check_dataset(rep: VerifyReport, m: dict, entries: list[dict]) -> None:
     latents_sha = fmt.sha256_bytes("".join(s.get("latents_sha256", "") for s in entries).encode())
     if lat.get("sha256_of_shard_hashes") not in (None, latents_sha):
         rep.problems.append("manifest: latents.sha256_of_shard_hashes does not match the shards' latents_sha256")
-    if fmt.dataset_id(entries, lat.get("sha256_of_shard_hashes")) != m["dataset_id"]:
+    if fmt.dataset_id(entries, lat.get("sha256_of_shard_hashes"), m["format_version"]) != m["dataset_id"]:
         rep.problems.append(f"manifest: dataset_id {m['dataset_id']} is not the content hash of its shards")
 
 
@@ -209,37 +234,41 @@ def _checked_latents(rep: VerifyReport, root: str, m: dict):
 def _check_view(rep: VerifyReport, url: str, res: fmt.Resolved, entries: list[dict]) -> None:
     """View-level problems: the view id recomputed, accepted rows inside their shards."""
     v = res.view
-    acc = {str(k): sorted(rows) for k, rows in res.accepted.items()}
     if v.get("predicate") is not None:
-        vid = fmt.view_id(res.manifest["dataset_id"], v["predicate"], fmt.accepted_sha256(v["accepted"]))
+        vid = fmt.view_id(v["parent"]["dataset_id"], v["predicate"], fmt.accepted_sha256(v["accepted"]))
         if vid != v["view_id"]:
             rep.problems.append(f"{url}: view_id {v['view_id']} is not the hash of its parent, predicate and rows")
     by_id = {s["shard"]: s for s in entries}
-    for k, rows in acc.items():
+    for k in res.accepted:
+        rows = res.accepted[k]
         s = by_id.get(int(k))
         if s is None:
             rep.problems.append(f"{url}: accepts rows of shard {k}, which the parent does not have")
             continue
-        if rows and (rows[0] < s["first_row"] or rows[-1] >= s["first_row"] + s["samples"]):
+        if len(rows) and (rows[0] < s["first_row"] or rows[-1] >= s["first_row"] + s["samples"]):
             rep.problems.append(f"{url}: accepted rows of shard {k} lie outside its rows")
     rep.samples = v["samples"]
 
 
-def verify(url: str, allow_remote_shards: bool = False, workers: int | None = None) -> VerifyReport:
-    """Verify a dataset or view; FormatError only for an unreadable/invalid manifest, else a report."""
+def verify(url: str, allow_remote_shards: bool = False, workers: int | None = None, *,
+           index_only: bool = False) -> VerifyReport:
+    """Verify a dataset or view; FormatError only for an unreadable/invalid manifest, else a report.
+    ``index_only``: the manifest, view and index fragments only (no tar, no latents)."""
     res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
     m = res.manifest
     entries = sorted(m["shards"], key=lambda s: s["shard"])
     rep = VerifyReport(url=url, dataset_id=m["dataset_id"], view_id=res.view["view_id"] if res.view else None,
-                       shards=len(entries), samples=m["samples"], bytes=sum(s["bytes"] for s in entries))
+                       shards=len(entries), samples=m["samples"], bytes=sum(s["bytes"] for s in entries),
+                       index_only=index_only)
     _check_dataset(rep, m, entries)
-    z = _checked_latents(rep, res.root, m)
+    z = None if index_only else _checked_latents(rep, res.root, m)
     dim_z = int(m["dim_z"])
     members = m.get("members") or {"image": fmt.EXT_IMAGE, "mask": fmt.EXT_MASK, "latent": fmt.EXT_LATENT,
                                    "meta": fmt.EXT_META}
     nthreads = workers or min(8, max(2, (os.cpu_count() or 1) * 2))
     with ThreadPoolExecutor(nthreads) as ex:
-        results = list(ex.map(lambda s: check_shard(res.root, s, members=members, z=z, dim_z=dim_z), entries))
+        results = list(ex.map(lambda s: check_shard(res.root, s, members=members, z=z, dim_z=dim_z,
+                                                    offsets=fmt.has_offsets(m), index_only=index_only), entries))
     for s, probs in zip(entries, results):
         if probs:
             rep.problems.append(f"shard {s['shard']} ({fmt.join(res.root, s['path'])}): " + "; ".join(probs))

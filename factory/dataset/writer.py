@@ -12,7 +12,7 @@ import json
 import os
 
 from factory import format as fmt
-from factory.dataset.card import write_card
+from factory.dataset.card import index_stats, write_card
 from factory.dataset.shards import create_latents, read_sidecars
 from factory.format import FactoryError
 from factory.fsio import atomic_write, exists, is_local, remove_temp_files
@@ -157,5 +157,6 @@ class DatasetWriter:
 
     def finish(self, manifest: dict) -> None:
         """The card (README.md, preview.png), then manifest.json: a dataset exists once its manifest does."""
+        manifest["index_stats"] = index_stats(self.root, manifest, check_sha=False)  # `factory info` reads these
         write_card(self.root, manifest)
         atomic_write(self.manifest_url, json.dumps(manifest, indent=1, sort_keys=True).encode())

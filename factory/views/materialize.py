@@ -15,12 +15,13 @@ import numpy as np
 
 from factory import __version__
 from factory import format as fmt
-from factory.dataset.reader import decode_npy, load_index, read_shard_samples
+from factory.dataset.reader import decode_npy, load_index, read_samples, read_shard_samples
 from factory.dataset.shards import commit_shard, tar_bytes
 from factory.dataset.writer import DatasetWriter
 from factory.format import FactoryError
 from factory.format import parent_url_for
 
+SPARSE = 4  # a parent shard is read by sample (range reads) when fewer than 1/SPARSE of its samples are wanted
 OTHER_SPEC = "{root} holds another dataset ({diff}); use another --out, or pass --overwrite to replace it"
 
 
@@ -51,8 +52,15 @@ class ParentShards:
         """The parent shard of each parent row."""
         return self.shard_of_row[np.searchsorted(self.first_rows, rows, side="right") - 1]
 
-    def read(self, pid: int):
-        """(samples by key, index table) of parent shard `pid`."""
+    def read(self, pid: int, rows: np.ndarray | None = None):
+        """(samples by key, index table) of parent shard `pid`; with `rows` (a few of its rows) and tar offsets in
+        the parent's index, only those samples, one range read each."""
+        entry = self.entries[pid]
+        if rows is not None and fmt.has_offsets(self.parent.manifest) and pid not in self.cache \
+                and len(rows) * SPARSE < entry["samples"]:
+            got = read_samples(self.parent, rows)
+            samples = {fmt.sample_key(r): parts for r, parts in got.items()}
+            return samples, load_index(self.parent.root, self.parent.manifest, shards=[pid])
         if pid not in self.cache:
             self.cache.clear()
             samples = read_shard_samples(self.parent.root, self.entries[pid])
@@ -104,9 +112,9 @@ def copy_shard(source: ParentShards, *, k: int, new_rows: np.ndarray, src_rows: 
     first = int(new_rows[0]) if len(new_rows) else 0
     for pid in np.unique(src_shards):
         pid = int(pid)
-        samples, idx = source.read(pid)
         sel = src_shards == pid
         rows_here = src_rows[sel]
+        samples, idx = source.read(pid, rows_here)
         idx_parts.append(idx.take(pa.array(source.index_positions(pid, idx, rows_here))))
         for new_row, old_row in zip(new_rows[sel], rows_here):
             sample_members, lat = source.copied_members(pid, samples, k=k, new_row=new_row, old_row=old_row)
@@ -175,7 +183,7 @@ def materialize_view(url: str, view: dict, out: str, *, shard_size: int | None =
     parent = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
     root, S = derived_root(parent, out, shard_size)
     mspec = materialize_spec(parent, view, S)
-    accepted_rows = np.array(sorted(r for rows in view["accepted"].values() for r in rows), np.int64)
+    accepted_rows = fmt.AcceptedRows(view["accepted"], view["format_version"]).all_rows()
     dim_z = int(parent.manifest["dim_z"])
     source = ParentShards(parent)
 

@@ -86,7 +86,7 @@ class TeacherMaps:
 def accepted_rows(parent: fmt.Resolved) -> np.ndarray:
     if parent.accepted is None:
         return np.arange(parent.manifest["samples"], dtype=np.int64)
-    return np.array(sorted(r for rows in parent.accepted.values() for r in rows), np.int64)
+    return parent.accepted.all_rows()
 
 
 def relabel_spec(parent: fmt.Resolved, maps: TeacherMaps, shard_size: int) -> dict:

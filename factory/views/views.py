@@ -24,6 +24,7 @@ import numpy as np
 
 from factory import __version__
 from factory import format as fmt
+from factory.dataset.card import stats_columns, summary_stats
 from factory.dataset.reader import accepted_flags, index_schema, load_index
 from factory.format import FactoryError
 from factory.format import parent_url_for
@@ -116,8 +117,9 @@ class FilterResult:
 
 
 def _as_rows_by_shard(shard_col: np.ndarray, row_col: np.ndarray, mask: np.ndarray,
-                      shard_ids: list[int]) -> dict[str, list[int]]:
-    acc = {str(k): [] for k in shard_ids}
+                      shard_ids: list[int]) -> dict[str, dict]:
+    """The view's ``accepted`` in the contract's compact form (`format.encode_accepted`), every shard listed."""
+    by_shard = {k: np.zeros(0, np.int64) for k in shard_ids}
     if mask.any():
         s = shard_col[mask]
         r = row_col[mask]
@@ -125,8 +127,8 @@ def _as_rows_by_shard(shard_col: np.ndarray, row_col: np.ndarray, mask: np.ndarr
         s, r = s[order], r[order]
         cuts = np.flatnonzero(np.diff(s)) + 1
         for chunk_s, chunk_r in zip(np.split(s, cuts), np.split(r, cuts)):
-            acc[str(int(chunk_s[0]))] = chunk_r.tolist()
-    return acc
+            by_shard[int(chunk_s[0])] = chunk_r
+    return fmt.encode_accepted(by_shard)
 
 
 def check_steps(res: fmt.Resolved, steps: list[tuple[str, Any]]):
@@ -142,7 +144,7 @@ def index_table(res: fmt.Resolved, steps: list[tuple[str, Any]]):
     """The index columns the steps need (plus shard and row), after type-checking every step."""
     import pyarrow as pa
 
-    needed = {"shard", "row"}
+    needed = {"shard", "row", *stats_columns(res.root, res.manifest)}
     for _, node in steps:
         needed |= columns_of(node)
     schema = check_steps(res, steps)
@@ -161,8 +163,6 @@ def input_rows(url: str, res: fmt.Resolved, row_col: np.ndarray) -> np.ndarray:
     missing = set(res.accepted) - set(shard_ids)
     if missing:
         raise fmt.FormatError(f"{url}: view lists shards {sorted(missing)} that the parent dataset does not have")
-    if any(r < 0 for rows in res.accepted.values() for r in rows):
-        raise fmt.FormatError(f"{url}: view accepts negative rows")
     base = accepted_flags(res.accepted, row_col) if n else np.zeros(0, bool)
     if int(base.sum()) != res.view["samples"]:
         raise fmt.FormatError(
@@ -230,6 +230,8 @@ def view_predicate(res: fmt.Resolved, spec: FilterSpec) -> tuple[str, str]:
 def view_from_index(url: str, res: fmt.Resolved, spec: FilterSpec, table, *, view_url: str | None = None) -> dict:
     """The view of `spec` on dataset/view `url` (opened as `res`) from its index `table` (not written).
     `table` holds at least shard, row and every column the spec reads (`index_table`)."""
+    import pyarrow as pa
+
     steps = spec.steps()
     check_steps(res, steps)
     shard_ids = [s["shard"] for s in res.manifest["shards"]]
@@ -257,6 +259,7 @@ def view_from_index(url: str, res: fmt.Resolved, spec: FilterSpec, table, *, vie
         "rejected": out.rejected,
         "rejected_in_turn": out.in_turn,
         "accepted_sha256": acc_sha,
+        "accepted_stats": summary_stats(table.filter(pa.array(mask))),
         "code_version": __version__,
         "accepted": accepted,
     }

@@ -75,6 +75,16 @@ def holdout_bucket(key: str) -> int:
     return int(hashlib.sha256(key.encode()).hexdigest(), 16) % 1000
 
 
+_BYTE_WEIGHTS = np.array([pow(256, 31 - i, 1000) for i in range(32)], np.int64)
+
+
+def holdout_buckets(rows: np.ndarray) -> np.ndarray:
+    """``holdout_bucket(sample_key(row))`` of every row, with one digest per row and the modulo vectorized."""
+    digests = b"".join([hashlib.sha256(b"%010d" % r).digest() for r in rows.tolist()])
+    d = np.frombuffer(digests, np.uint8).reshape(-1, 32).astype(np.int64)
+    return (d @ _BYTE_WEIGHTS) % 1000
+
+
 def holdout_rule(permille: int) -> str:
     return f"int(sha256(key).hexdigest(), 16) % 1000 < {permille}"
 
@@ -144,7 +154,7 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
             r = np.arange(si.first_row, si.first_row + si.samples, dtype=np.int64)
         else:
             acc = resolved.accepted.get(sid, ())
-            r = np.array(sorted(acc), dtype=np.int64)
+            r = np.asarray(acc, dtype=np.int64)  # sorted
             bad = r[(r < si.first_row) | (r >= si.first_row + si.samples)]
             if bad.size:
                 raise DataError(f"view {resolved.view['view_id']}: row {int(bad[0])} is listed under shard "
@@ -161,8 +171,7 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
     order = np.argsort(rows, kind="stable")
     rows, shards = rows[order], shards[order]
     if holdout_permille and split != "all":
-        held = np.fromiter((holdout_bucket(fmt.sample_key(int(r))) < holdout_permille for r in rows),
-                           dtype=bool, count=rows.shape[0])
+        held = holdout_buckets(rows) < holdout_permille
         keep = held if split == "val" else ~held
         rows, shards = rows[keep], shards[keep]
     elif split == "val":

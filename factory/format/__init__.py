@@ -17,7 +17,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions readers accept. 1: no tar offsets in the index (readers scan shards; `factory upgrade` adds
+# them), views list accepted rows. 2: index columns tar_offset / tar_size, compact views.
+READ_VERSIONS = (1, 2)
 DATASET_KIND = "factory-dataset"
 VIEW_KIND = "factory-view"
 
@@ -72,7 +75,12 @@ INDEX_COLUMNS: dict[str, str] = {
     "pass_area": "bool",
     "pass_hist_reference": "bool",
     "pass_hist_paper": "bool",
+    "tar_offset": "int64",
+    "tar_size": "int64",
 }
+# Where a sample's members lie in its shard (format version 2; absent from version-1 indexes): the bytes
+# [tar_offset, tar_offset + tar_size) of the tar are its consecutive tar records, headers included.
+OFFSET_COLUMNS = ("tar_offset", "tar_size")
 
 
 # Index columns a relabelled dataset adds (`factory relabel`): agreement of the GAN mask (M, KEY.mask.png)
@@ -133,21 +141,16 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def dataset_id(shards: Iterable[dict], latents_sha256: str | None = None) -> str:
-    """Content hash of a dataset: its shards' (path, sha256, samples, index_sha256)."""
+def dataset_id(shards: Iterable[dict], latents_sha256: str | None = None, format_version: int = FORMAT_VERSION) -> str:
+    """Content hash of a dataset: its format version, its shards' (path, sha256, samples, index_sha256)."""
     body = {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "shards": [
             {k: s[k] for k in ("path", "sha256", "samples", "index_sha256")} for s in shards
         ],
         "latents_sha256": latents_sha256,
     }
     return "ds-" + sha256_bytes(canonical_json(body))[:32]
-
-
-def accepted_sha256(accepted: dict[str, list[int]]) -> str:
-    """Hash of a view's accepted rows (shard id -> sorted rows), the third input of `view_id`."""
-    return sha256_bytes(canonical_json(accepted))
 
 
 def view_id(parent_id: str, predicate: str, accepted_sha256: str) -> str:
@@ -240,6 +243,20 @@ def _as_tuple(t):
     return t if isinstance(t, tuple) else (t,)
 
 
+def check_version(obj: dict, where: str) -> int:
+    """The object's format_version when this code reads it, else FormatError."""
+    version = obj.get("format_version")
+    if version not in READ_VERSIONS or isinstance(version, bool):
+        raise FormatError(f"{where}: format_version {version!r} is not supported (this code reads "
+                          f"{', '.join(map(str, READ_VERSIONS))})")
+    return version
+
+
+def has_offsets(manifest: dict) -> bool:
+    """Whether a dataset's index records each sample's byte range (format version 2 on)."""
+    return manifest.get("format_version", 1) >= 2
+
+
 def validate_manifest(obj: Any, where: str = "manifest", allow_remote_shards: bool = False) -> dict:
     """Check a dataset manifest from an untrusted source; return it unchanged or raise FormatError."""
     if not isinstance(obj, dict):
@@ -247,11 +264,7 @@ def validate_manifest(obj: Any, where: str = "manifest", allow_remote_shards: bo
     kind = obj.get("kind")
     if kind != DATASET_KIND:
         raise FormatError(f"{where}: kind is {kind!r}, expected {DATASET_KIND!r}")
-    version = obj.get("format_version")
-    if version != FORMAT_VERSION:
-        raise FormatError(
-            f"{where}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION})"
-        )
+    check_version(obj, where)
     _require(obj, "dataset_id", str, where)
     _require(obj, "samples", int, where)
     _require(obj, "dim_z", int, where)
@@ -290,9 +303,7 @@ def validate_maps(obj: Any, where: str = "maps") -> dict:
     """Check a teacher-maps manifest (maps.json); return it unchanged or raise FormatError."""
     if not isinstance(obj, dict) or obj.get("kind") != MAPS_KIND:
         raise FormatError(f"{where}: not a teacher-maps manifest (kind {MAPS_KIND!r}); make one with trainers relabel")
-    if obj.get("format_version") != FORMAT_VERSION:
-        raise FormatError(f"{where}: format_version {obj.get('format_version')!r} is not supported "
-                          f"(this code reads {FORMAT_VERSION})")
+    check_version(obj, where)
     parent = _require(obj, "parent", dict, where)
     _require(parent, "dataset_id", str, f"{where}: parent")
     teacher = _require(obj, "teacher", dict, where)
@@ -319,23 +330,13 @@ def validate_view(obj: Any, where: str = "view") -> dict:
         raise FormatError(f"{where}: view must be a JSON object")
     if obj.get("kind") != VIEW_KIND:
         raise FormatError(f"{where}: kind is {obj.get('kind')!r}, expected {VIEW_KIND!r}")
-    if obj.get("format_version") != FORMAT_VERSION:
-        raise FormatError(
-            f"{where}: format_version {obj.get('format_version')!r} is not supported (this code reads {FORMAT_VERSION})"
-        )
+    version = check_version(obj, where)
     _require(obj, "view_id", str, where)
     parent = _require(obj, "parent", dict, where)
     _require(parent, "dataset_id", str, f"{where}: parent")
     _require(parent, "url", str, f"{where}: parent")
     _require(obj, "samples", int, where)
-    acc = _require(obj, "accepted", dict, where)
-    total = 0
-    for shard, rows in acc.items():
-        if not re.match(r"^\d+$", shard) or not isinstance(rows, list):
-            raise FormatError(f"{where}: accepted must map shard ids to lists of rows")
-        if not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
-            raise FormatError(f"{where}: accepted rows of shard {shard} must be integers")
-        total += len(rows)
+    total = check_accepted(_require(obj, "accepted", dict, where), version, where)
     if total != obj["samples"]:
         raise FormatError(f"{where}: samples is {obj['samples']} but accepted holds {total}")
     return obj
@@ -348,7 +349,7 @@ class Resolved:
     root: str
     manifest: dict
     view: dict | None
-    accepted: dict[int, set[int]] | None  # shard -> accepted global rows; None = all
+    accepted: "AcceptedRows | None"  # shard -> sorted accepted global rows (decoded per shard); None = all
 
     @property
     def samples(self) -> int:
@@ -391,136 +392,27 @@ def open_dataset(url: str, allow_remote_shards: bool = False) -> Resolved:
         parent = open_dataset(parent_url, allow_remote_shards)
         if parent.view is not None:
             raise FormatError(f"{murl}: parent of a view must be a dataset (views of views are flattened)")
-        if parent.manifest["dataset_id"] != view["parent"]["dataset_id"]:
+        if view["parent"]["dataset_id"] not in parent_ids(parent.manifest):
             raise FormatError(
                 f"{murl}: parent dataset at {parent_url} has id {parent.manifest['dataset_id']}, "
                 f"the view was made from {view['parent']['dataset_id']} (parent changed)"
             )
-        accepted = {int(k): set(v) for k, v in view["accepted"].items()}
+        accepted = AcceptedRows(view["accepted"], view["format_version"], murl)
         return Resolved(parent.root, parent.manifest, view, accepted)
     manifest = validate_manifest(obj, murl, allow_remote_shards)
     root = murl[: -len(MANIFEST) - 1] if murl.endswith("/" + MANIFEST) else _dirname(murl)
     return Resolved(root, manifest, None, None)
 
 
+def parent_ids(manifest: dict) -> tuple[str, ...]:
+    """Ids a view's parent may carry: the dataset id, and the id it had before `factory upgrade`
+    (same samples and rows, so views made before the upgrade still resolve)."""
+    before = (manifest.get("upgraded_from") or {}).get("dataset_id")
+    return (manifest["dataset_id"],) + ((before,) if isinstance(before, str) else ())
+
+
 def _dirname(path: str) -> str:
     return os.path.dirname(os.path.abspath(path)) if not is_remote_url(path) else posixpath.dirname(path)
-
-
-# ---------------------------------------------------------------- safe tar reading
-
-def safe_tar_members(data: bytes, where: str = "tar") -> list[tuple[str, bytes]]:
-    """(name, bytes) of every member of an in-memory tar, in tar order; raises FormatError on anything unsafe.
-
-    Refused: member names that are absolute or contain '..', links, devices,
-    directories and any other non-regular member; a truncated or corrupt tar.
-    """
-    import io
-    import tarfile
-
-    out = []
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
-            for m in tf:
-                name = m.name
-                if not name or name.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", name):
-                    raise FormatError(f"{where}: member {name!r} has an absolute path")
-                if ".." in re.split(r"[\\/]", name) or "\x00" in name:
-                    raise FormatError(f"{where}: member {name!r} leaves the archive folder ('..')")
-                if m.issym() or m.islnk():
-                    raise FormatError(f"{where}: member {name!r} is a link; shards hold regular files only")
-                if not m.isreg():
-                    raise FormatError(f"{where}: member {name!r} is not a regular file")
-                check_member_size(name, m.size, where)
-                f = tf.extractfile(m)
-                body = f.read() if f is not None else b""
-                if len(body) != m.size:
-                    raise FormatError(f"{where}: member {name!r} is truncated")
-                out.append((name, body))
-    except tarfile.TarError as e:
-        raise FormatError(f"{where}: not a readable tar ({e})") from None
-    except EOFError:
-        raise FormatError(f"{where}: tar is truncated") from None
-    return out
-
-
-_KEY = re.compile(r"^[0-9]+$")
-
-
-def check_member(ti, *, url: str, shard: int, first_row: int, samples: int) -> tuple[int, str]:
-    """Check one tar header (a ``tarfile.TarInfo``) of shard ``shard`` at ``url`` before its data is read;
-    return ``(row, extension)``.
-
-    The shard holds rows ``first_row .. first_row + samples - 1``. Refused with FormatError: links,
-    folders and other non-regular members; empty or absolute names and NUL bytes; a declared size over
-    MAX_MEMBER_BYTES; '..'; names inside a folder; names that are not KEY.EXT with a numeric key; rows
-    outside the shard.
-    """
-    name = ti.name
-    where = f"shard {url}: member {name!r}"
-    if not ti.isreg():
-        kind = "link" if (ti.issym() or ti.islnk()) else "directory" if ti.isdir() else "special file"
-        raise FormatError(f"{where} is a {kind}; shards hold regular files only (corrupt or hostile shard)")
-    if not name or "\x00" in name or name.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", name):
-        raise FormatError(f"{where} has an absolute or empty name")
-    if ti.size > MAX_MEMBER_BYTES:
-        raise FormatError(f"{where} declares {ti.size} bytes, over the {MAX_MEMBER_BYTES} byte limit")
-    parts = re.split(r"[\\/]", name)
-    if ".." in parts:
-        raise FormatError(f"{where} leaves the shard ('..')")
-    if len(parts) != 1:
-        raise FormatError(f"{where} is inside a folder; shard members are flat KEY.EXT names")
-    key, dot, ext = name.partition(".")
-    if not dot or not _KEY.match(key):
-        raise FormatError(f"{where} is not KEY.EXT with a numeric key")
-    row = key_row(key)
-    if not first_row <= row < first_row + samples:
-        raise FormatError(f"{where}: row {row} does not belong to shard {shard} "
-                          f"(rows {first_row}..{first_row + samples - 1})")
-    return row, ext
-
-
-def check_member_size(name: str, size: int, where: str) -> None:
-    if size > MAX_MEMBER_BYTES:
-        raise FormatError(
-            f"{where}: member {name!r} declares {size} bytes, over the {MAX_MEMBER_BYTES} byte limit for a sample member"
-        )
-
-
-def open_image_checked(data: bytes, where: str):
-    """PIL image of encoded bytes whose header was checked (size limit) before any pixel is decoded."""
-    import io
-
-    from PIL import Image
-
-    try:
-        im = Image.open(io.BytesIO(data))
-    except Exception as e:  # PIL raises many types for corrupt files
-        raise FormatError(f"{where}: not a readable image ({e})") from None
-    w, h = im.size
-    if w * h > MAX_IMAGE_PIXELS:
-        im.close()
-        raise FormatError(
-            f"{where}: image header declares {w}x{h} pixels, over the {MAX_IMAGE_PIXELS} pixel limit "
-            "(decompression bomb?)"
-        )
-    return im
-
-
-def image_member(manifest: dict) -> str:
-    """Extension of the image member of a dataset's samples (``png`` unless generated with another codec)."""
-    ext = (manifest.get("members") or {}).get("image", EXT_IMAGE)
-    if ext not in IMAGE_FORMATS:
-        raise FormatError(f"manifest: image member '.{ext}' is not one of {', '.join(IMAGE_FORMATS)}")
-    return ext
-
-
-def split_member(name: str) -> tuple[str, str]:
-    """KEY.EXT -> (KEY, EXT), splitting at the first dot like stock webdataset."""
-    base = name.rsplit("/", 1)[-1]
-    key, _, ext = base.partition(".")
-    prefix = name[: len(name) - len(base)]
-    return prefix + key, ext
 
 
 def parent_url_for(view_url: str, root: str) -> str:
@@ -531,6 +423,7 @@ def parent_url_for(view_url: str, root: str) -> str:
         return os.path.abspath(root)
     rel = os.path.relpath(os.path.abspath(root), os.path.dirname(os.path.abspath(view_url)))
     return rel.replace(os.sep, "/")
+
 
 
 # ------------------------------------------------------------------ one writer per folder
@@ -597,3 +490,26 @@ class FolderLock:
             except FileNotFoundError:
                 pass
             self.held = False
+
+
+# The contract's other rooms (their names are part of this module's API).
+from factory.format.tar import (  # noqa: E402
+    MAX_SAMPLE_BYTES,
+    check_member,
+    check_member_size,
+    image_member,
+    member_ranges,
+    open_image_checked,
+    read_range,
+    safe_tar_members,
+    sample_members,
+    split_member,
+)
+from factory.format.views import (  # noqa: E402
+    AcceptedRows,
+    accepted_sha256,
+    check_accepted,
+    decode_rows,
+    encode_accepted,
+    encode_rows,
+)

@@ -1,0 +1,294 @@
+"""What every index-side command costs at 1M, 4M and 10M rows, beside duckdb on the same Parquet files.
+
+For each size it builds (once, under --root) a dataset skeleton: the real index schema (format
+version 2, incl. true_iou and tar offsets) with realistic column distributions, in fragments of
+1,000 rows written by the factory's own fragment writer, and a valid manifest. Tars are not made,
+because filter, info and index verification never read them; trainers' first batch does, so the
+shards that batch touches are made for real (every sample the same 32 px PNG pair, at the byte
+ranges the index records).
+
+Each command runs as a subprocess (imports included); wall time and peak RSS come from
+``os.wait4``. Measured: ``factory filter --max-fg 0.5 --histogram reference`` (and duckdb's same
+query, fetching the accepted (shard, row) pairs), ``factory info`` of the dataset and of the view
+(duckdb: the same aggregates), ``factory verify --index-only`` (duckdb: reading key, shard, row of
+every fragment), trainers' first batch from the view with ``--access stream`` and ``random``
+(default split: 10 permille held out), and the view's size. Then the 10M / 1M cost ratio of each
+(10 = linear).
+
+    pip install -e '.[bench]'
+    python benchmarks/scale_bench.py [--sizes 1000000,4000000,10000000] [--root /tmp/scale-bench]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)
+
+from factory import format as fmt  # noqa: E402
+from factory.dataset.shards import index_table, parquet_bytes, tar_join, tar_records  # noqa: E402
+
+FRAGMENT = 1000
+RES = 32
+BATCH = 32
+
+
+# ---------------------------------------------------------------- skeleton
+
+def sample_members(key: str) -> list[tuple[str, bytes]]:
+    """The members every skeleton sample has (same bytes for all; fixed sizes so offsets are i * record)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (RES, RES, 3), np.uint8)
+    mask = np.zeros((RES, RES), np.uint8)
+    mask[8:24, 8:24] = 255
+    out = []
+    for ext, arr in (("png", img), ("mask.png", mask)):
+        b = io.BytesIO()
+        Image.fromarray(arr).save(b, format="PNG")
+        out.append((f"{key}.{ext}", b.getvalue()))
+    lat = io.BytesIO()
+    np.save(lat, np.zeros(120, np.float32))
+    out += [(f"{key}.json", b'{"skeleton":true}'), (f"{key}.latent.npy", lat.getvalue())]
+    return sorted(out)
+
+
+RECORD = len(tar_records(sample_members("0000000000")))
+
+
+def fragment(k: int, rows: int, seed: int) -> tuple[int, bytes]:
+    rng = np.random.default_rng([seed, k])
+    first = k * FRAGMENT
+    n = min(FRAGMENT, rows - first)
+    fg_raw = rng.beta(1.2, 3.0, n).astype(np.float32)
+    fg = np.clip(fg_raw - rng.uniform(0, 0.05, n), 0, 1).astype(np.float32)
+    hist = rng.dirichlet(np.ones(fmt.HIST_BINS), n).astype(np.float32)
+    maxima = rng.integers(1, 5, n).astype(np.int32)
+    inner = rng.integers(0, 4, n).astype(np.int32)
+    ncr = rng.integers(1, 6, n).astype(np.int32)
+    iou = rng.beta(5, 2, n).astype(np.float32)
+    cols = {
+        "key": np.array([fmt.sample_key(r) for r in range(first, first + n)], dtype=object),
+        "shard": np.full(n, k, np.int32), "row": np.arange(first, first + n, dtype=np.int64),
+        "fg_ratio_raw": fg_raw, "fg_ratio": fg, "n_components_raw": ncr,
+        "n_components": np.minimum(ncr, rng.integers(1, 3, n)).astype(np.int32),
+        "hist": hist, "hist_maxima": maxima, "hist_gray_maxima_inner": inner,
+        "pass_area": fg < 0.5, "pass_hist_reference": maxima >= 2, "pass_hist_paper": inner >= 2,
+        "tar_offset": np.arange(n, dtype=np.int64) * RECORD, "tar_size": np.full(n, RECORD, np.int64),
+        "true_iou": iou, "true_iou_raw": np.clip(iou - 0.05, 0, 1).astype(np.float32),
+    }
+    return n, parquet_bytes(index_table(cols))
+
+
+def _write_fragment(args) -> tuple[int, int, str]:
+    root, k, rows, seed = args
+    n, data = fragment(k, rows, seed)
+    with open(os.path.join(root, fmt.index_name(k)), "wb") as f:
+        f.write(data)
+    return k, n, fmt.sha256_bytes(data)
+
+
+def build(root: str, rows: int, seed: int = 0, jobs: int = 2) -> None:
+    if os.path.exists(os.path.join(root, fmt.MANIFEST)):
+        m = json.load(open(os.path.join(root, fmt.MANIFEST)))
+        if m["samples"] == rows:
+            if "index_stats" not in m:
+                write_manifest(root, m)
+            return
+    os.makedirs(os.path.join(root, fmt.INDEX_DIR), exist_ok=True)
+    k_all = -(-rows // FRAGMENT)
+    with ProcessPoolExecutor(jobs) as ex:
+        done = list(ex.map(_write_fragment, [(root, k, rows, seed) for k in range(k_all)], chunksize=64))
+    entries = []
+    for k, n, sha in sorted(done):
+        tar_len = len(tar_join([b"\0" * (RECORD * n)]))
+        entries.append({"shard": k, "path": fmt.shard_name(k), "index": fmt.index_name(k),
+                        "sha256": fmt.sha256_bytes(b"skeleton %d" % k), "bytes": tar_len, "samples": n,
+                        "first_row": k * FRAGMENT, "index_sha256": sha,
+                        "latents_sha256": fmt.sha256_bytes(b"latents %d" % k)})
+    lat = fmt.sha256_bytes("".join(e["latents_sha256"] for e in entries).encode())
+    manifest = {"kind": fmt.DATASET_KIND, "format_version": fmt.FORMAT_VERSION,
+                "dataset_id": fmt.dataset_id(entries, lat), "samples": rows,
+                "bytes": sum(e["bytes"] for e in entries), "dim_z": 120, "resolution": RES,
+                "spec": {"note": "synthetic index skeleton (benchmarks/scale_bench.py)", "shard_size": FRAGMENT,
+                         "keep_raw_mask": False, "generator": {"name": "shapes"}},
+                "latents": {"path": fmt.LATENTS, "sha256_of_shard_hashes": lat},
+                "members": {"image": "png", "mask": "mask.png", "latent": "latent.npy", "meta": "json"},
+                "shards": entries}
+    write_manifest(root, manifest)
+
+
+def write_manifest(root: str, manifest: dict) -> None:
+    """manifest.json with the index statistics a real dataset's writer records (`factory info` reads them)."""
+    from factory.dataset.card import index_stats
+
+    manifest["index_stats"] = index_stats(root, manifest, check_sha=False)
+    with open(os.path.join(root, fmt.MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+
+
+def make_tars(root: str, shards: set[int]) -> None:
+    """The real tars of `shards` (the ones a first batch reads), at the index's byte ranges."""
+    m = json.load(open(os.path.join(root, fmt.MANIFEST)))
+    for e in m["shards"]:
+        p = os.path.join(root, e["path"])
+        if e["shard"] in shards and not os.path.exists(p):
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            recs = [tar_records(sample_members(fmt.sample_key(r)))
+                    for r in range(e["first_row"], e["first_row"] + e["samples"])]
+            with open(p, "wb") as f:
+                f.write(tar_join(recs))
+
+
+def first_batch_shards(view: str, access: str) -> set[int]:
+    """Shards the first batch of `trainers train --data VIEW` reads (same planner, default split)."""
+    from trainers.data.stream import epoch_order, open_index, rank_steps
+
+    idx = open_index(view, split="train", holdout_permille=10)
+    order = epoch_order(idx, 0, 0, len(idx) if access == "random" else 2000)
+    pos = rank_steps(order, 0, world_size=1, rank=0, batch_size=BATCH)[0]
+    return set(idx.shards[pos].tolist())
+
+
+# ---------------------------------------------------------------- measuring
+
+def run_measured(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB, stdout) of one subprocess; the RSS is exactly that child's (os.wait4)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=HERE, env=dict(os.environ, PYTHONPATH=HERE))
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if p.returncode != 0:
+            raise SystemExit(f"{' '.join(map(str, cmd))} failed: {err.read().decode()[-2000:]}")
+        return wall, ru.ru_maxrss / 1024, out.read().decode()
+
+
+DUCK = {
+    "filter": "SELECT shard, row FROM read_parquet('{root}/index/*.parquet') "
+              "WHERE fg_ratio < 0.5 AND pass_hist_reference",
+    "info": "SELECT count(*), avg(fg_ratio), min(fg_ratio), max(fg_ratio), avg(pass_area::INT), "
+            "avg(pass_hist_reference::INT), avg(pass_hist_paper::INT), avg(n_components), avg(true_iou), "
+            "histogram(n_components_raw) FROM read_parquet('{root}/index/*.parquet')",
+    "verify": "SELECT key, shard, row FROM read_parquet('{root}/index/*.parquet')",
+}
+
+
+def duck(query: str) -> list[str]:
+    code = ("import duckdb, sys; con = duckdb.connect(); r = con.execute(sys.argv[1]).fetchnumpy(); "
+            "print(len(next(iter(r.values()))))")
+    return [sys.executable, "-c", code, query]
+
+
+def first_batch_cmd(view: str, access: str) -> list[str]:
+    code = f"""
+import time, sys
+t0 = time.perf_counter()
+from trainers.data.stream import LoaderState, TrainStream, open_index
+idx = open_index(sys.argv[1], split="train", holdout_permille=10)
+if sys.argv[2] == "random":
+    from trainers.data.random_access import open_random_access
+    it = iter(open_random_access(sys.argv[1], idx, batch_size={BATCH}).loader(num_workers=0))
+else:
+    it = iter(TrainStream(idx, batch_size={BATCH}))
+b = next(it)
+print(f"{{time.perf_counter() - t0:.2f}} {{tuple(b['image'].shape)}}")
+"""
+    return [sys.executable, "-c", code, view, access]
+
+
+def bench_size(root: str, rows: int, log) -> dict:
+    t = time.perf_counter()
+    build(root, rows)
+    log(f"{rows:,} rows: skeleton ready at {root} ({time.perf_counter() - t:.0f} s)")
+    view = os.path.join(root, "view.json")
+    fac = [sys.executable, "-m", "factory.cli"]
+    res = {}
+    res["filter"] = run_measured(fac + ["filter", root, "--max-fg", "0.5", "--histogram", "reference", "--out", view,
+                                       "--overwrite"])
+    res["view_bytes"] = os.path.getsize(view)
+    res["info"] = run_measured(fac + ["info", root])
+    res["info_view"] = run_measured(fac + ["info", view])
+    res["verify_index"] = run_measured(fac + ["verify", root, "--index-only"])
+    for access in ("stream", "random"):
+        make_tars(root, first_batch_shards(view, access))
+        res[f"first_batch_{access}"] = run_measured(first_batch_cmd(view, access))
+    for name, q in DUCK.items():
+        res[f"duckdb_{name}"] = run_measured(duck(q.format(root=root)))
+    for k, v in res.items():
+        if isinstance(v, tuple):
+            log(f"  {k:20s} {v[0]:7.2f} s  {v[1]:7.0f} MB   {v[2].strip().splitlines()[-1][:60] if v[2].strip() else ''}")
+        else:
+            log(f"  {k:20s} {v:,} bytes")
+    return res
+
+
+ROWS_OUT = [("factory filter", "filter", "duckdb_filter"), ("factory info DATASET", "info", "duckdb_info"),
+            ("factory info VIEW", "info_view", "duckdb_info"), ("factory verify --index-only", "verify_index", "duckdb_verify"),
+            ("trainers first batch (stream)", "first_batch_stream", None),
+            ("trainers first batch (random)", "first_batch_random", None)]
+
+
+def table(results: dict[int, dict]) -> str:
+    sizes = sorted(results)
+    head = "| command | " + " | ".join(f"{s / 1e6:g}M rows: s (MB RSS)" for s in sizes) + " | duckdb s at each | " \
+           f"{sizes[-1] / 1e6:g}M / {sizes[0] / 1e6:g}M time |"
+    lines = [head, "|" + "---|" * (len(sizes) + 3)]
+    for label, key, dk in ROWS_OUT:
+        cells = [f"{results[s][key][0]:.2f} ({results[s][key][1]:.0f})" for s in sizes]
+        dcell = " / ".join(f"{results[s][dk][0]:.2f}" for s in sizes) if dk else "-"
+        ratio = results[sizes[-1]][key][0] / results[sizes[0]][key][0]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {dcell} | {ratio:.1f} |")
+    vb = [f"{results[s]['view_bytes'] / 1e6:.2f} MB" for s in sizes]
+    lines.append("| view size | " + " | ".join(vb) + " | - | "
+                 f"{results[sizes[-1]]['view_bytes'] / results[sizes[0]]['view_bytes']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000000,4000000,10000000")
+    ap.add_argument("--root", default="/tmp/scale-bench")
+    args = ap.parse_args()
+
+    def log(msg):
+        print(msg, flush=True)
+
+    log(f"machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
+        f"{platform.python_version()}, load average at start {os.getloadavg()[0]:.1f}")
+    results = {}
+    for rows in (int(s) for s in args.sizes.split(",")):
+        results[rows] = bench_size(os.path.join(args.root, f"{rows // 1_000_000}M" if rows >= 1e6 else str(rows)),
+                                   rows, log)
+    log(f"load average at end {os.getloadavg()[0]:.1f}")
+    log(table(results))
+    sizes = sorted(results)
+    if len(sizes) > 1:
+        big, small = results[sizes[-1]], results[sizes[0]]
+        f = sizes[-1] / sizes[0]
+        log(f"cost ratio {sizes[-1] / 1e6:g}M / {sizes[0] / 1e6:g}M (x{f:g} rows; <= {f:g} is linear or better): " + ", ".join(
+            f"{key} {big[key][0] / small[key][0]:.1f}" for _, key, _ in ROWS_OUT))
+        fd = big["filter"][0] / big["duckdb_filter"][0]
+        log(f"targets at {sizes[-1] / 1e6:g}M: filter {big['filter'][0]:.1f} s = {fd:.2f}x duckdb (<= 2), "
+            f"{big['filter'][1]:.0f} MB (<= 2048); info {big['info'][0]:.1f} s (< 5); first batch "
+            f"{big['first_batch_stream'][0]:.1f} s stream, {big['first_batch_random'][0]:.1f} s random (< 10)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""`factory upgrade`: a dataset of an older format version brought to the current one in place.
+
+Version 1 -> 2 adds each sample's byte range in its tar (index columns ``tar_offset`` / ``tar_size``)
+without touching a tar: per shard, the tar is read and checked against the manifest's sha256, its
+records are located (`format.member_ranges`), and the index fragment is rewritten atomically with the
+two columns, byte for byte what the current writer writes; then the shard's sidecar; the card and
+manifest.json last. The dataset id changes (it hashes the format version and the fragments), and the
+manifest records the old one under ``upgraded_from``, so views made before still resolve.
+
+A killed upgrade is run again: a fragment already carrying offsets is accepted when its offsets equal
+the tar's and it is exactly what the writer makes of its other columns. Readers should not read the
+dataset while it is being upgraded (fragments and manifest disagree until the manifest is written).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from factory import format as fmt
+from factory.dataset.card import index_stats, write_card
+from factory.dataset.reader import load_index
+from factory.dataset.shards import index_table, parquet_bytes, with_offsets
+from factory.dataset.writer import DatasetLock
+from factory.format import FactoryError
+from factory.fsio import atomic_write, exists
+
+
+@dataclass
+class UpgradeResult:
+    root: str
+    from_version: int
+    dataset_id: str
+    previous_id: str | None
+    shards: int
+
+    def summary(self) -> str:
+        if self.previous_id is None:
+            return f"{self.root}: dataset {self.dataset_id} is already format version {fmt.FORMAT_VERSION}; nothing to do"
+        return (f"{self.root}: upgraded from format version {self.from_version} to {fmt.FORMAT_VERSION} "
+                f"({self.shards} index fragments gained tar offsets; tars untouched); dataset id "
+                f"{self.previous_id} -> {self.dataset_id} (views of the old id still open)")
+
+
+def table_rows(table) -> dict:
+    """An index table as the column arrays `shards.index_table` takes."""
+    rows = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if name == "hist":
+            rows[name] = np.asarray(col.combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                                    np.float32).reshape(-1, fmt.HIST_BINS)
+        else:
+            rows[name] = col.to_numpy(zero_copy_only=False)
+    return rows
+
+
+def upgraded_fragment(root: str, entry: dict) -> bytes:
+    """The index fragment of one shard with tar offsets, from its tar and its current fragment."""
+    url = fmt.join(root, entry["path"])
+    try:
+        tar = fmt.read_bytes(url)
+    except FileNotFoundError:
+        raise FactoryError(f"shard missing: {url}; the dataset is incomplete (factory verify tells more)") from None
+    if fmt.sha256_bytes(tar) != entry["sha256"]:
+        raise FactoryError(f"shard {url} does not match the manifest's sha256; run factory verify before upgrading")
+    table = load_index(root, {"shards": [entry]}, check_sha=False)
+    rows = table_rows(table.drop_columns([c for c in fmt.OFFSET_COLUMNS if c in table.column_names]))
+    return parquet_bytes(index_table(with_offsets(rows, tar, url)))
+
+
+def upgrade_shard(root: str, entry: dict) -> dict:
+    """Bring one shard's fragment to the current format; its manifest entry with the new index sha256."""
+    iurl = fmt.join(root, entry["index"])
+    current = fmt.read_bytes(iurl)
+    new = upgraded_fragment(root, entry)
+    if fmt.sha256_bytes(current) != entry["index_sha256"] and current != new:
+        raise FactoryError(f"index fragment {iurl} matches neither the manifest nor its upgrade; "
+                           "run factory verify (the dataset changed)")
+    if current != new:
+        atomic_write(iurl, new)
+    out = dict(entry, index_sha256=fmt.sha256_bytes(new))
+    done = fmt.join(root, fmt.done_name(entry["shard"]))
+    if exists(done):
+        side = fmt.read_json(done, "sidecar")
+        if side.get("index_sha256") != out["index_sha256"]:
+            atomic_write(done, fmt.canonical_json(dict(side, index_sha256=out["index_sha256"])))
+    return out
+
+
+def upgrade(url: str, *, log=None) -> UpgradeResult:
+    """`factory upgrade DATASET`: add what the current format records to an older dataset, in place."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    res = fmt.open_dataset(url)
+    if res.view is not None:
+        raise FactoryError(f"{url} is a view; upgrade its dataset ({res.root}) instead")
+    m = res.manifest
+    version = m["format_version"]
+    if version == fmt.FORMAT_VERSION:
+        return UpgradeResult(res.root, version, m["dataset_id"], None, len(m["shards"]))
+    with DatasetLock(res.root):
+        shards = []
+        entries = sorted(m["shards"], key=lambda s: s["shard"])
+        for i, e in enumerate(entries):
+            shards.append(upgrade_shard(res.root, e))
+            if (i + 1) % 100 == 0 or i + 1 == len(entries):
+                log(f"upgrade: {i + 1}/{len(entries)} index fragments")
+        lat = (m.get("latents") or {}).get("sha256_of_shard_hashes")
+        new = dict(m, format_version=fmt.FORMAT_VERSION, shards=shards, dataset_id=fmt.dataset_id(shards, lat),
+                   upgraded_from={"dataset_id": m["dataset_id"], "format_version": version})
+        new["index_stats"] = m.get("index_stats") or index_stats(res.root, new, check_sha=False)
+        write_card(res.root, new)
+        atomic_write(fmt.join(res.root, fmt.MANIFEST), json.dumps(new, indent=1, sort_keys=True).encode())
+    return UpgradeResult(res.root, version, new["dataset_id"], m["dataset_id"], len(shards))

@@ -1,0 +1,138 @@
+"""The contract's accepted rows of a view: the compact form (format version 2) and the lists of version 1.
+
+Version 2 stores, per parent shard, a bitmap over the rows ``[first, first + n)``, where ``first``
+is the smallest and ``first + n - 1`` the largest accepted row of that shard:
+``{"first": F, "n": N, "bits": base64(packbits(flags, bitorder="little"))}`` (``{"first": 0, "n": 0,
+"bits": ""}`` for a shard with no accepted row). The form is a pure function of the set of rows, so
+``accepted_sha256`` (over its canonical JSON) and the view id stay content addresses. A 10M-row
+view is at most ~1.7 MB of bits. Version 1 views store ``{"shard": [rows...]}`` and still read.
+
+`AcceptedRows` reads either form lazily: a shard's rows are decoded only when asked for.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from factory.format import FormatError, canonical_json, sha256_bytes
+
+_SHARD = re.compile(r"^\d+$")
+
+
+def encode_rows(rows: np.ndarray) -> dict:
+    """Compact form of one shard's accepted rows (any order; duplicates ignored)."""
+    rows = np.asarray(rows, np.int64)
+    if rows.size > 1 and not (rows[1:] > rows[:-1]).all():
+        rows = np.unique(rows)
+    if rows.size == 0:
+        return {"first": 0, "n": 0, "bits": ""}
+    first = int(rows[0])
+    n = int(rows[-1]) - first + 1
+    flags = np.zeros(n, bool)
+    flags[rows - first] = True
+    return {"first": first, "n": n, "bits": base64.b64encode(np.packbits(flags, bitorder="little").tobytes()).decode()}
+
+
+def decode_rows(obj: dict, where: str = "view") -> np.ndarray:
+    """Sorted int64 rows of one shard's compact form; FormatError if it is malformed."""
+    if not isinstance(obj, dict) or set(obj) != {"first", "n", "bits"}:
+        raise FormatError(f"{where}: accepted rows of a shard must be {{first, n, bits}}")
+    first, n, bits = obj["first"], obj["n"], obj["bits"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (first, n)) or first < 0 or n < 0 \
+            or not isinstance(bits, str):
+        raise FormatError(f"{where}: accepted rows: first and n must be integers >= 0, bits a string")
+    try:
+        raw = base64.b64decode(bits, validate=True)
+    except (binascii.Error, ValueError):
+        raise FormatError(f"{where}: accepted bits are not base64") from None
+    if len(raw) != (n + 7) // 8:
+        raise FormatError(f"{where}: accepted bits hold {len(raw)} bytes, {n} rows need {(n + 7) // 8}")
+    flags = np.unpackbits(np.frombuffer(raw, np.uint8), count=n, bitorder="little").astype(bool)
+    if n and not (flags[0] and flags[-1]):
+        raise FormatError(f"{where}: accepted bits must start and end with an accepted row (canonical form)")
+    return first + np.flatnonzero(flags).astype(np.int64)
+
+
+def encode_accepted(rows_by_shard: Mapping[int, np.ndarray]) -> dict[str, dict]:
+    """The version-2 ``accepted`` of a view: shard id (string) -> compact rows."""
+    return {str(int(k)): encode_rows(v) for k, v in rows_by_shard.items()}
+
+
+def accepted_sha256(accepted: dict) -> str:
+    """Hash of a view's ``accepted`` as stored (compact form, or version 1's lists), the third input of `view_id`."""
+    return sha256_bytes(canonical_json(accepted))
+
+
+class AcceptedRows(Mapping):
+    """A view's accepted rows, shard id -> sorted int64 rows, decoded per shard on access (either version).
+
+    ``count(shard)`` and ``total()`` need no decoding for lists; ``flags(row_col)`` marks an index's rows.
+    """
+
+    def __init__(self, accepted: dict, version: int, where: str = "view"):
+        self.raw, self.version, self.where = accepted, version, where
+        self.ids = sorted(int(k) for k in accepted)
+
+    def __getitem__(self, shard: int) -> np.ndarray:
+        v = self.raw[str(int(shard))]
+        if self.version == 1:
+            return np.unique(np.asarray(v, np.int64))
+        return decode_rows(v, f"{self.where}: shard {shard}")
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, shard) -> bool:
+        return str(shard) in self.raw
+
+    def count(self, shard: int) -> int:
+        v = self.raw.get(str(int(shard)))
+        if v is None:
+            return 0
+        return len(v) if self.version == 1 else int(self[shard].shape[0])
+
+    def all_rows(self) -> np.ndarray:
+        """Every accepted row, sorted (int64; 8 bytes a row)."""
+        parts = [self[k] for k in self.ids]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def flags(self, row_col: np.ndarray) -> np.ndarray:
+        """Bool per entry of an index's ``row`` column: True where the view accepts that row."""
+        row_col = np.asarray(row_col, np.int64)
+        out = np.zeros(row_col.shape[0], bool)
+        if not row_col.size:
+            return out
+        order = np.argsort(row_col, kind="stable")
+        sorted_rows = row_col[order]
+        for k in self.ids:
+            rows = self[k]
+            if rows.size:
+                pos = np.searchsorted(sorted_rows, rows)
+                ok = pos < sorted_rows.size
+                ok[ok] = sorted_rows[pos[ok]] == rows[ok]
+                out[order[pos[ok]]] = True
+        return out
+
+
+def check_accepted(acc: dict, version: int, where: str) -> int:
+    """Validate a view's ``accepted`` of ``version``; returns the number of accepted rows."""
+    total = 0
+    for shard, rows in acc.items():
+        if not isinstance(shard, str) or not _SHARD.match(shard):
+            raise FormatError(f"{where}: accepted must map shard ids to rows")
+        if version == 1:
+            if not isinstance(rows, list):
+                raise FormatError(f"{where}: accepted must map shard ids to lists of rows")
+            if not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
+                raise FormatError(f"{where}: accepted rows of shard {shard} must be integers")
+            total += len(rows)
+        else:
+            total += int(decode_rows(rows, f"{where}: shard {shard}").shape[0])
+    return total
