@@ -92,9 +92,14 @@ def fragment(k: int, rows: int, seed: int) -> tuple[int, bytes]:
 
 def _write_fragment(args) -> tuple[int, int, str]:
     root, k, rows, seed = args
+    path = os.path.join(root, fmt.index_name(k))
+    if os.path.exists(path):  # fragments are a pure function of (k, rows, seed): a killed build resumes
+        with open(path, "rb") as f:
+            return k, min(FRAGMENT, rows - k * FRAGMENT), fmt.sha256_bytes(f.read())
     n, data = fragment(k, rows, seed)
-    with open(os.path.join(root, fmt.index_name(k)), "wb") as f:
+    with open(path + ".tmp", "wb") as f:
         f.write(data)
+    os.replace(path + ".tmp", path)
     return k, n, fmt.sha256_bytes(data)
 
 
@@ -111,7 +116,7 @@ def build(root: str, rows: int, seed: int = 0, jobs: int = 2) -> None:
         done = list(ex.map(_write_fragment, [(root, k, rows, seed) for k in range(k_all)], chunksize=64))
     entries = []
     for k, n, sha in sorted(done):
-        tar_len = len(tar_join([b"\0" * (RECORD * n)]))
+        tar_len = -(-(RECORD * n + 1024) // 10240) * 10240  # records, two zero blocks, 10 KiB padding
         entries.append({"shard": k, "path": fmt.shard_name(k), "index": fmt.index_name(k),
                         "sha256": fmt.sha256_bytes(b"skeleton %d" % k), "bytes": tar_len, "samples": n,
                         "first_row": k * FRAGMENT, "index_sha256": sha,
@@ -162,8 +167,9 @@ def first_batch_shards(view: str, access: str) -> set[int]:
 
 # ---------------------------------------------------------------- measuring
 
-def run_measured(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB, stdout) of one subprocess; the RSS is exactly that child's (os.wait4)."""
+def run_measured(cmd: list[str]) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS MB, stdout, CPU seconds) of one subprocess; RSS and CPU are exactly that
+    child's (os.wait4). On a shared machine CPU seconds are the steadier figure."""
     import subprocess
     import tempfile
 
@@ -177,7 +183,7 @@ def run_measured(cmd: list[str]) -> tuple[float, float, str]:
         err.seek(0)
         if p.returncode != 0:
             raise SystemExit(f"{' '.join(map(str, cmd))} failed: {err.read().decode()[-2000:]}")
-        return wall, ru.ru_maxrss / 1024, out.read().decode()
+        return wall, ru.ru_maxrss / 1024, out.read().decode(), ru.ru_utime + ru.ru_stime
 
 
 DUCK = {
@@ -202,13 +208,15 @@ import time, sys
 t0 = time.perf_counter()
 from trainers.data.stream import LoaderState, TrainStream, open_index
 idx = open_index(sys.argv[1], split="train", holdout_permille=10)
+t_index = time.perf_counter() - t0
 if sys.argv[2] == "random":
     from trainers.data.random_access import open_random_access
     it = iter(open_random_access(sys.argv[1], idx, batch_size={BATCH}).loader(num_workers=0))
 else:
     it = iter(TrainStream(idx, batch_size={BATCH}))
 b = next(it)
-print(f"{{time.perf_counter() - t0:.2f}} {{tuple(b['image'].shape)}}")
+print(f"first batch {{tuple(b['image'].shape)}} after {{time.perf_counter() - t0:.2f}} s, "
+      f"{{t_index:.2f}} s of them opening the view and splitting off the hold-out")
 """
     return [sys.executable, "-c", code, view, access]
 
@@ -233,7 +241,8 @@ def bench_size(root: str, rows: int, log) -> dict:
         res[f"duckdb_{name}"] = run_measured(duck(q.format(root=root)))
     for k, v in res.items():
         if isinstance(v, tuple):
-            log(f"  {k:20s} {v[0]:7.2f} s  {v[1]:7.0f} MB   {v[2].strip().splitlines()[-1][:60] if v[2].strip() else ''}")
+            last = v[2].strip().splitlines()[-1][:90] if v[2].strip() else ""
+            log(f"  {k:20s} {v[0]:7.2f} s wall {v[3]:7.2f} s CPU {v[1]:7.0f} MB   {last}")
         else:
             log(f"  {k:20s} {v:,} bytes")
     return res
@@ -247,14 +256,14 @@ ROWS_OUT = [("factory filter", "filter", "duckdb_filter"), ("factory info DATASE
 
 def table(results: dict[int, dict]) -> str:
     sizes = sorted(results)
-    head = "| command | " + " | ".join(f"{s / 1e6:g}M rows: s (MB RSS)" for s in sizes) + " | duckdb s at each | " \
-           f"{sizes[-1] / 1e6:g}M / {sizes[0] / 1e6:g}M time |"
+    head = "| command | " + " | ".join(f"{s / 1e6:g}M: wall s / CPU s / MB" for s in sizes) + \
+        " | duckdb wall / CPU s at each | " f"{sizes[-1] / 1e6:g}M / {sizes[0] / 1e6:g}M wall, CPU |"
     lines = [head, "|" + "---|" * (len(sizes) + 3)]
     for label, key, dk in ROWS_OUT:
-        cells = [f"{results[s][key][0]:.2f} ({results[s][key][1]:.0f})" for s in sizes]
-        dcell = " / ".join(f"{results[s][dk][0]:.2f}" for s in sizes) if dk else "-"
-        ratio = results[sizes[-1]][key][0] / results[sizes[0]][key][0]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {dcell} | {ratio:.1f} |")
+        cells = [f"{results[s][key][0]:.1f} / {results[s][key][3]:.1f} / {results[s][key][1]:.0f}" for s in sizes]
+        dcell = " · ".join(f"{results[s][dk][0]:.1f} / {results[s][dk][3]:.1f}" for s in sizes) if dk else "-"
+        big, small = results[sizes[-1]][key], results[sizes[0]][key]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {dcell} | {big[0] / small[0]:.1f}, {big[3] / small[3]:.1f} |")
     vb = [f"{results[s]['view_bytes'] / 1e6:.2f} MB" for s in sizes]
     lines.append("| view size | " + " | ".join(vb) + " | - | "
                  f"{results[sizes[-1]]['view_bytes'] / results[sizes[0]]['view_bytes']:.1f} |")
@@ -282,10 +291,13 @@ def main() -> None:
     if len(sizes) > 1:
         big, small = results[sizes[-1]], results[sizes[0]]
         f = sizes[-1] / sizes[0]
-        log(f"cost ratio {sizes[-1] / 1e6:g}M / {sizes[0] / 1e6:g}M (x{f:g} rows; <= {f:g} is linear or better): " + ", ".join(
-            f"{key} {big[key][0] / small[key][0]:.1f}" for _, key, _ in ROWS_OUT))
+        log(f"cost ratio {sizes[-1] / 1e6:g}M / {sizes[0] / 1e6:g}M (x{f:g} rows; <= {f:g} is linear or better), "
+            "wall / CPU: " + ", ".join(f"{key} {big[key][0] / small[key][0]:.1f} / {big[key][3] / small[key][3]:.1f}"
+                                       for _, key, _ in ROWS_OUT))
         fd = big["filter"][0] / big["duckdb_filter"][0]
-        log(f"targets at {sizes[-1] / 1e6:g}M: filter {big['filter'][0]:.1f} s = {fd:.2f}x duckdb (<= 2), "
+        fc = big["filter"][3] / big["duckdb_filter"][3]
+        log(f"targets at {sizes[-1] / 1e6:g}M: filter {big['filter'][0]:.1f} s = {fd:.2f}x duckdb's wall, "
+            f"{fc:.2f}x its CPU (<= 2), "
             f"{big['filter'][1]:.0f} MB (<= 2048); info {big['info'][0]:.1f} s (< 5); first batch "
             f"{big['first_batch_stream'][0]:.1f} s stream, {big['first_batch_random'][0]:.1f} s random (< 10)")
 

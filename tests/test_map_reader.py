@@ -111,3 +111,29 @@ def test_vectorized_holdout_buckets_equal_the_rule():
 
     rows = np.concatenate([np.arange(0, 3000, 7), [9_999_999_999, 123_456_789]])
     assert holdout_buckets(rows).tolist() == [holdout_bucket(fmt.sample_key(int(r))) for r in rows]
+
+
+def test_trainers_train_access_random(ds, tmp_path):
+    from click.testing import CliRunner
+
+    from trainers.cli import main as trainers_main
+
+    def train(data, out, *extra):
+        return CliRunner().invoke(trainers_main, ["train", "--data", str(data), "--out", str(out), "--steps", "3",
+                                                  "--batch-size", "4", "--width", "8", "--workers", "0",
+                                                  "--device", "cpu", "--val-every", "0", "--checkpoint-every", "0",
+                                                  "--no-progress", "--access", "random", *extra])
+
+    r = train(ds, tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "run" / "card.json").read_text())
+    assert card["recipe"]["access"] == "random"
+    old = tmp_path / "old"
+    shutil.copytree(ds, old)
+    m = json.loads((old / fmt.MANIFEST).read_text())
+    m["format_version"] = 1  # the reader decides by the version: no offsets are read from a version-1 index
+    m["dataset_id"] = fmt.dataset_id(m["shards"], m["latents"]["sha256_of_shard_hashes"], 1)
+    (old / fmt.MANIFEST).write_text(json.dumps(m))
+    r = train(old, tmp_path / "run2")
+    assert r.exit_code != 0 and "run factory upgrade" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1

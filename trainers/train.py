@@ -49,6 +49,7 @@ from trainers.model.checkpoint import (
     save_model,
     unflatten_optimizer,
 )
+from trainers.data.random_access import ACCESS_MODES, open_random_access, require_offsets
 from trainers.data.stream import (
     DEFAULT_SHUFFLE_WINDOW,
     LoaderState,
@@ -69,8 +70,8 @@ METRICS_FILE = "metrics.jsonl"
 
 # Recipe fields that must not change when a run is resumed (steps may grow).
 _FIXED_ON_RESUME = ("lr", "lr_step", "lr_gamma", "batch_size", "width", "seed", "holdout_permille", "mask",
-                    "mask_source", "flip", "shuffle_window", "betas")
-_RECIPE_DEFAULTS = {"mask_source": "mask"}  # fields older checkpoints lack
+                    "mask_source", "flip", "shuffle_window", "betas", "access")
+_RECIPE_DEFAULTS = {"mask_source": "mask", "access": "stream"}  # fields older checkpoints lack
 
 
 class TrainError(TrainersError, ValueError):
@@ -101,6 +102,7 @@ class TrainConfig:
     mask_source: str = "mask"  # mask | teacher | intersection (trainers.data.stream.MASK_SOURCES)
     flip: bool = True
     shuffle_window: int = DEFAULT_SHUFFLE_WINDOW
+    access: str = "stream"  # stream (shard by shard) | random (by key, whole-dataset shuffle; trainers.data.random_access)
     deterministic: bool = True
     resume: bool = False
     progress: bool = True
@@ -125,6 +127,8 @@ class TrainConfig:
         pos("val_every", self.val_every, zero_ok=True)
         pos("lr_step", self.lr_step, zero_ok=True)
         pos("shuffle_window", self.shuffle_window)
+        if self.access not in ACCESS_MODES:
+            raise TrainError(f"--access must be one of {', '.join(ACCESS_MODES)}, got {self.access!r}")
         pos("val_max", self.val_max, zero_ok=True)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise TrainError(f"--lr must be a positive number, got {self.lr!r}")
@@ -140,7 +144,7 @@ class TrainConfig:
             "batch_size_is": "per rank", "width": self.width, "seed": self.seed,
             "holdout_permille": self.holdout_permille, "mask": self.mask, "mask_source": self.mask_source,
             "flip": self.flip,
-            "shuffle_window": self.shuffle_window, "loss": "binary_cross_entropy_with_logits (per pixel, mean)",
+            "shuffle_window": self.shuffle_window, "access": self.access, "loss": "binary_cross_entropy_with_logits (per pixel, mean)",
             "amp": "bf16 autocast on CUDA, fp32 on CPU", "deterministic": self.deterministic,
         }
 
@@ -328,6 +332,8 @@ def _start(cfg: TrainConfig) -> Segment:
     index, val_index = (open_index(cfg.data, split=split, holdout_permille=cfg.holdout_permille, mask=cfg.mask,
                                    mask_source=cfg.mask_source, allow_remote_shards=cfg.allow_remote_shards)
                         for split in ("train", "val"))
+    if cfg.access == "random":
+        require_offsets(cfg.data, allow_remote_shards=cfg.allow_remote_shards)
     saved = None
     if cfg.resume:
         saved, model_t, optim_t = load_checkpoint(run)
@@ -411,11 +417,17 @@ def _wrap_ddp(seg: Segment) -> torch.nn.Module:
 def _run_steps(seg: Segment, model: torch.nn.Module, hook: Callable | None) -> None:
     """Epoch after epoch from the loader state until ``cfg.steps``; validates and checkpoints on schedule."""
     cfg, d = seg.cfg, seg.dist
-    stream = TrainStream(seg.index, batch_size=cfg.batch_size, seed=cfg.seed, world_size=d.world_size,
-                         rank=d.rank, shuffle_window=cfg.shuffle_window, flip=cfg.flip, state=seg.loader_state)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=seg.workers,
-                                         pin_memory=seg.device.type == "cuda",
-                                         prefetch_factor=4 if seg.workers else None)
+    if cfg.access == "random":
+        stream = open_random_access(cfg.data, seg.index, allow_remote_shards=cfg.allow_remote_shards,
+                                    batch_size=cfg.batch_size, seed=cfg.seed, world_size=d.world_size, rank=d.rank,
+                                    flip=cfg.flip, state=seg.loader_state)
+        loader = stream.loader(num_workers=seg.workers, pin_memory=seg.device.type == "cuda")
+    else:
+        stream = TrainStream(seg.index, batch_size=cfg.batch_size, seed=cfg.seed, world_size=d.world_size,
+                             rank=d.rank, shuffle_window=cfg.shuffle_window, flip=cfg.flip, state=seg.loader_state)
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=seg.workers,
+                                             pin_memory=seg.device.type == "cuda",
+                                             prefetch_factor=4 if seg.workers else None)
     bar = None
     if d.main and cfg.progress:
         bar = Progress(total=cfg.steps, initial=seg.step, global_batch=seg.global_batch, every=cfg.progress_every)

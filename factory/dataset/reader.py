@@ -46,13 +46,15 @@ def load_index(root: str, manifest: dict, columns: list[str] | None = None, *, c
 
     if not entries:
         return None
+    # each fragment's bytes are dropped once parsed: memory holds the wanted columns, not the files
     if fmt.is_remote_url(fmt.join(root, entries[0]["index"])):
-        # object stores: latency-bound, fetch many fragments at once
+        # object stores: latency-bound, fetch many fragments at once (a bounded batch at a time)
+        tables = []
         with ThreadPoolExecutor(min(32, len(entries))) as ex:
-            blobs = list(ex.map(fetch, entries))
+            for i in range(0, len(entries), 256):
+                tables += ex.map(lambda s: parse(s, fetch(s)), entries[i:i + 256])
     else:
-        blobs = [fetch(s) for s in entries]  # local disk: threads only add GIL contention
-    tables = [parse(s, d) for s, d in zip(entries, blobs)]
+        tables = [parse(s, fetch(s)) for s in entries]  # local disk: threads only add GIL contention
     try:
         return pa.concat_tables(tables, promote_options="default")
     except pa.ArrowInvalid as e:

@@ -131,7 +131,7 @@ def _check_index(idata: bytes, entry: dict, problems: list[str], tar: bytes | No
     if t.num_rows != n:
         problems.append(f"index has {t.num_rows} rows, manifest says {n}")
         return
-    if t.column("key").to_pylist() != [fmt.sample_key(r) for r in range(first, first + n)]:
+    if not _keys_are_rows(t.column("key"), first, n):
         problems.append(f"index keys differ from rows {first}..{first + n - 1}")
     if not np.array_equal(t.column("row").to_numpy(), np.arange(first, first + n)):
         problems.append("index 'row' column differs from the shard's rows")
@@ -139,6 +139,24 @@ def _check_index(idata: bytes, entry: dict, problems: list[str], tar: bytes | No
         problems.append(f"index 'shard' column is not {k} everywhere")
     if tar is not None:
         _check_offsets(t, tar, entry, problems)
+
+
+def _keys_are_rows(keys, first: int, n: int) -> bool:
+    """Whether an index's key column is exactly sample_key(first), ..., sample_key(first + n - 1) (vectorized)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if n == 0:
+        return len(keys) == 0
+    rows = np.arange(first, first + n, dtype=np.int64)
+    width = np.maximum(10, np.char.str_len(rows.astype(str)))  # sample_key pads to 10 digits
+    try:
+        as_int = pc.cast(keys, pa.int64()).to_numpy(zero_copy_only=False)
+        lengths = pc.utf8_length(keys).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    digits = pc.all(pc.match_substring_regex(keys, r"^[0-9]+$")).as_py()
+    return bool(digits) and np.array_equal(as_int, rows) and np.array_equal(lengths, width)
 
 
 def _check_offsets(t, tar: bytes, entry: dict, problems: list[str]) -> None:

@@ -38,6 +38,9 @@ import click
 @click.option("--flip/--no-flip", default=True, show_default=True, help="random horizontal flips (seeded)")
 @click.option("--shuffle-window", default=2000, show_default=True, type=click.IntRange(min=1),
               help="samples shuffled together (consecutive shards in a seeded shard order)")
+@click.option("--access", type=click.Choice(["stream", "random"]), default="stream", show_default=True,
+              help="stream: shard by shard, shuffled in --shuffle-window windows; random: each sample read by key "
+                   "(one range read; format version 2, else run factory upgrade), shuffled over the whole dataset")
 @click.option("--deterministic/--no-deterministic", default=True, show_default=True,
               help="torch deterministic algorithms (bit-exact resume on CPU; may be slower on GPU)")
 @click.option("--resume", is_flag=True, help="continue RUN from its newest checkpoint (exactly)")
@@ -48,7 +51,7 @@ import click
               help="seconds between progress lines when stderr is not a terminal (logs, pipes)")
 @click.option("--audit", is_flag=True, hidden=True, help="write RUN/audit/rank-R.json (rows per step, digest)")
 def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers, seed, holdout_permille, val_max,
-          checkpoint_every, val_every, device, mask, mask_source, flip, shuffle_window, deterministic, resume,
+          checkpoint_every, val_every, device, mask, mask_source, flip, shuffle_window, access, deterministic, resume,
           allow_remote_shards, progress, progress_every, audit):
     """Train the U-Net on a dataset or view (the paper's recipe by default).
 
@@ -57,6 +60,7 @@ def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers
       trainers train --data /data/bigbigan-imagenet --out runs/unet
       trainers train --data views/paper.json --out runs/unet --resume
       trainers train --data data/relabelled --mask-source teacher --out runs/round2
+      trainers train --data views/paper.json --access random --out runs/shuffled
       torchrun --standalone --nproc-per-node 8 -m trainers.cli train --data s3://b/ds --out runs/unet --batch-size 12
     """
     from trainers.train import TrainConfig
@@ -66,7 +70,7 @@ def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers
                       batch_size=batch_size, width=width, workers=workers, seed=seed,
                       holdout_permille=holdout_permille, val_max=val_max, checkpoint_every=checkpoint_every,
                       val_every=val_every, device=device, mask=mask, mask_source=mask_source, flip=flip,
-                      shuffle_window=shuffle_window,
+                      shuffle_window=shuffle_window, access=access,
                       deterministic=deterministic, resume=resume, allow_remote_shards=allow_remote_shards,
                       progress=progress, progress_every=progress_every, audit=audit)
     card = run_training(cfg)

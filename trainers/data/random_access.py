@@ -197,6 +197,15 @@ class _Epochs:
             yield batch
 
 
+def require_offsets(url: str, *, allow_remote_shards: bool = False) -> None:
+    """DataError (one line naming `factory upgrade`) unless dataset/view ``url`` can be read by key."""
+    try:
+        resolved = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    ShardOffsets(resolved)
+
+
 def open_random_access(url: str, index: SampleIndex, *, allow_remote_shards: bool = False, **kw) -> RandomAccessStream:
     """`RandomAccessStream` of dataset/view ``url`` (whose sample index is ``index``); DataError without offsets."""
     try:

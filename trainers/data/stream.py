@@ -377,28 +377,30 @@ def decode_sample(members: dict[str, bytes], mask_member: str | tuple[str, ...],
 
 
 class ShardReader:
-    """Serves encoded samples of a fixed set of rows, reading each shard once, when first needed."""
+    """Serves encoded samples of a fixed set of rows, reading each shard once, when first needed.
+
+    The rows are kept as sorted arrays (16 bytes a row), a shard's wanted set is made when it is read."""
 
     def __init__(self, index: SampleIndex, rows_needed: np.ndarray):
         self.index = index
         self.exts = (index.image_member, *index.mask_members())
-        pos = np.searchsorted(index.rows, rows_needed)
-        self._shard_of = dict(zip(rows_needed.tolist(), index.shards[pos].tolist()))
-        self._by_shard: dict[int, set[int]] = {}
-        for r, s in self._shard_of.items():
-            self._by_shard.setdefault(s, set()).add(r)
+        self._rows = np.sort(np.asarray(rows_needed, np.int64))
+        self._shards = index.shards[np.searchsorted(index.rows, self._rows)]  # rows sorted -> shards sorted
+        self._read: set[int] = set()
         self._cache: dict[int, dict[str, bytes]] = {}
         self.shards_read: list[int] = []
 
     def shard_of(self, row: int) -> int:
-        return self._shard_of[row]
+        return int(self._shards[np.searchsorted(self._rows, row)])
 
     def take(self, row: int) -> dict[str, bytes]:
         if row not in self._cache:
-            s = self._shard_of[row]
-            wanted = self._by_shard.pop(s, None)
-            if wanted is None:
+            s = self.shard_of(row)
+            if s in self._read:
                 raise RuntimeError(f"row {row} of shard {s} requested twice in one epoch")
+            self._read.add(s)
+            lo, hi = np.searchsorted(self._shards, [s, s + 1])
+            wanted = set(self._rows[lo:hi].tolist())
             self._cache.update(read_shard(self.index.shard_info[s], wanted, self.exts))
             self.shards_read.append(s)
         return self._cache.pop(row)
