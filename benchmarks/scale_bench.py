@@ -7,8 +7,8 @@ because filter, info and index verification never read them; trainers' first bat
 shards that batch touches are made for real (every sample the same 32 px PNG pair, at the byte
 ranges the index records).
 
-Each command runs as a subprocess (imports included); wall time and peak RSS come from
-``os.wait4``. Measured: ``factory filter --max-fg 0.5 --histogram reference`` (and duckdb's same
+Each command runs as a subprocess (imports included); wall time, CPU seconds and peak RSS come
+from ``/usr/bin/time -v``. Measured: ``factory filter --max-fg 0.5 --histogram reference`` (and duckdb's same
 query, fetching the accepted (shard, row) pairs), ``factory info`` of the dataset and of the view
 (duckdb: the same aggregates), ``factory verify --index-only`` (duckdb: reading key, shard, row of
 every fragment), trainers' first batch from the view with ``--access stream`` and ``random``
@@ -168,22 +168,21 @@ def first_batch_shards(view: str, access: str) -> set[int]:
 # ---------------------------------------------------------------- measuring
 
 def run_measured(cmd: list[str]) -> tuple[float, float, str, float]:
-    """(wall seconds, peak RSS MB, stdout, CPU seconds) of one subprocess; RSS and CPU are exactly that
-    child's (os.wait4). On a shared machine CPU seconds are the steadier figure."""
+    """(wall seconds, peak RSS MB, stdout, CPU seconds) of one subprocess, measured by /usr/bin/time -v (a small
+    parent, so a fork's copy of this process does not count). On a shared machine CPU seconds are steadier."""
     import subprocess
     import tempfile
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.NamedTemporaryFile("r") as rep:
         t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=HERE, env=dict(os.environ, PYTHONPATH=HERE))
-        _, status, ru = os.wait4(p.pid, 0)
+        p = subprocess.run(["/usr/bin/time", "-v", "-o", rep.name, *cmd], capture_output=True, cwd=HERE,
+                           env=dict(os.environ, PYTHONPATH=HERE))
         wall = time.perf_counter() - t
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
         if p.returncode != 0:
-            raise SystemExit(f"{' '.join(map(str, cmd))} failed: {err.read().decode()[-2000:]}")
-        return wall, ru.ru_maxrss / 1024, out.read().decode(), ru.ru_utime + ru.ru_stime
+            raise SystemExit(f"{' '.join(map(str, cmd))} failed: {p.stderr.decode()[-2000:]}")
+        v = {k.strip(): x.strip() for k, _, x in (ln.rpartition(":") for ln in rep.read().splitlines())}
+    cpu = float(v["User time (seconds)"]) + float(v["System time (seconds)"])
+    return wall, int(v["Maximum resident set size (kbytes)"]) / 1024, p.stdout.decode(), cpu
 
 
 DUCK = {

@@ -69,12 +69,12 @@ def test_architecture_has_one_row_per_module():
 
 def test_the_table_check_fails_on_a_broken_table():
     text = (ROOT / "docs" / "architecture.md").read_text()
-    row = next(ln for ln in text.splitlines() if ln.startswith("| `format.py` |"))
-    assert table_problems(text.replace(row + "\n", "")) == ["factory/format.py has no row"]
+    row = next(ln for ln in text.splitlines() if ln.startswith("| `fsio.py` |"))
+    assert table_problems(text.replace(row + "\n", "")) == ["factory/fsio.py has no row"]
     assert any("has 2 rows" in p for p in table_problems(text.replace(row, row + "\n" + row)))
-    ghost = row.replace("`format.py`", "`formats.py`")
+    ghost = row.replace("`fsio.py`", "`fsios.py`")
     [problem] = table_problems(text.replace(row, row + "\n" + ghost))
-    assert re.fullmatch(r"line \d+: `formats\.py` names no module of factory/", problem), problem
+    assert re.fullmatch(r"line \d+: `fsios\.py` names no module of factory/", problem), problem
     cli = next(ln for ln in text.splitlines() if ln.startswith("| `cli/` |") and "trainers" in ln)
     assert table_problems(text.replace(cli, cli.replace("`model.py` (convert), ", ""))) == ["trainers/cli/model.py has no row"]
 
