@@ -142,8 +142,15 @@ def test_histograms_count_the_index(ds, browser):
         browser.histogram("key")
 
 
-def test_sample_detail_is_the_samples_members(ds, browser):
+def test_sample_detail_is_the_samples_members(ds, browser, monkeypatch):
+    from factory.browse import samples
+
+    def whole_shard(*a, **k):
+        raise AssertionError("a shard read whole, where the index has the sample's byte range")
+
+    monkeypatch.setattr(samples, "read_shard_samples", whole_shard)
     key = "0000000613"
+    browser = Browser(ds)
     d = browser.sample(key)
     raw = members_of(ds, key)
     assert d["meta"] == json.loads(raw["json"])
@@ -435,18 +442,26 @@ def rewrite_shard0(root: str, change) -> None:
 
 
 def hostile_copy(ds: str, tmp_path) -> str:
-    """The dataset copied into a folder whose name is markup, sample 0's JSON member holding markup too."""
+    """The dataset copied into a folder whose name is markup, sample 0's JSON member holding markup too
+    (a format 1 dataset: no byte ranges in its index, so its shards are read whole)."""
     root = str(tmp_path / 'x"<script>window.pwned=4</script>')
     shutil.copytree(ds, root)
     rewrite_shard0(root, lambda name, data: json.dumps({"note": HOSTILE}).encode()
                    if name == "0000000000.json" else data)
+    mpath = os.path.join(root, "manifest.json")
+    man = json.load(open(mpath))
+    man["format_version"] = 1
+    with open(mpath, "w") as f:
+        json.dump(man, f)
     return root
 
 
 def test_hostile_strings_cannot_leave_the_json(ds, tmp_path):
     root = hostile_copy(ds, tmp_path)
     b = Browser(root)
+    assert b.spans is None and Browser(ds).spans is not None  # shards read whole here, one range read there
     assert b.sample("0000000000")["meta"] == {"note": HOSTILE}
+    assert b.picture("0000000999", "mask")[0] == members_of(ds, "0000000999")["mask.png"]
     with BrowseServer(b, 0) as srv:
         _, _, body = get(srv.address)
         text = body.decode()

@@ -88,6 +88,9 @@ class Browser:
         self.row_col = table.column("row").to_numpy()
         self.shard_col = table.column("shard").to_numpy()
         self.by_row = np.argsort(self.row_col, kind="stable")
+        self.spans = None  # (tar_offset, tar_size) per row where the index records them
+        if fmt.has_offsets(self.res.manifest) and set(fmt.OFFSET_COLUMNS) <= set(self.columns):
+            self.spans = tuple(table.column(c).to_numpy() for c in fmt.OFFSET_COLUMNS)
         self.base = input_rows(url, self.res, self.row_col)
         self.view_passed = self._view_verdicts()
         self.reader = smp.SampleReader(self.res)
@@ -254,7 +257,8 @@ class Browser:
 
     def members(self, key: str) -> dict[str, bytes]:
         i = self.locate(key)
-        return self.reader.members(key, int(self.shard_col[i]))
+        span = None if self.spans is None else (int(self.spans[0][i]), int(self.spans[1][i]))
+        return self.reader.members(key, int(self.shard_col[i]), span)
 
     def tile(self, key: str, show: str = "mask") -> bytes:
         return smp.tile(self.members(key), self.res.manifest, key, show)
@@ -284,7 +288,7 @@ class Browser:
     def sample(self, key: str, where: str = "") -> dict:
         """A sample's detail: its index row (every column), JSON member, latent norm, members, verdict."""
         i = self.locate(key)
-        members = self.reader.members(key, int(self.shard_col[i]))
+        members = self.members(key)
         frag = self._fragment(int(self.shard_col[i]))
         rows = frag.column("row").to_numpy()
         index_row = frag.slice(int(np.flatnonzero(rows == self.row_col[i])[0]), 1).to_pylist()[0]

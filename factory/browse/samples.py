@@ -3,8 +3,9 @@ overlay, members as served).
 
 A key is served only when it is a row of the index, its shard is the manifest's and its member names pass
 the contract's member check (`format.check_member`); paths come from the manifest only, never from a request.
-Shards are read whole through the checked reader (`dataset.reader.read_shard_samples`) and the last few
-are kept, so a page of neighbouring keys reads each shard once.
+A sample is one range read where the index records its byte range (format 2: `format.read_range`,
+`format.sample_members`); an older dataset's shards are read whole through the checked reader
+(`dataset.reader.read_shard_samples`) and the last few kept, so a page of neighbours reads each shard once.
 """
 from __future__ import annotations
 
@@ -64,9 +65,13 @@ class SampleReader:
                          first_row=entry["first_row"], samples=entry["samples"])
         return entry
 
-    def members(self, key: str, shard: int) -> dict[str, bytes]:
-        """ext -> bytes of sample `key` in `shard` (both from the index)."""
+    def members(self, key: str, shard: int, span: tuple[int, int] | None = None) -> dict[str, bytes]:
+        """ext -> bytes of sample `key` in `shard` (both from the index): one range read of its `span`
+        (tar offset and size, from an index that records them), else from its shard read whole."""
         entry = self.check(key, shard)
+        if span is not None:
+            url = fmt.join(self.res.root, entry["path"])
+            return fmt.sample_members(fmt.read_range(url, *span), key, f"{url}: sample {key}")
         with self._lock:
             lock = self._shard_locks.setdefault(shard, threading.Lock())
         with lock:
