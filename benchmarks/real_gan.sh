@@ -30,14 +30,15 @@ TOOLS="python benchmarks/real_gan_tools.py"
 G="--generator dcgan --weights $W"
 
 # ---- the sizes used in docs/real-gan.md
-K=32                 # directions to discover (ortho deformator, K <= dim_z = 100)
-DISCOVER_STEPS=2000  # reference: 1e5 (GPU, ResNet-18 reconstructor)
-DISCOVER_BATCH=16    # reference: 32
-SCORE_STEPS=200      # paper: 200 Adam steps, batch 4
-REFINE_STEPS=100     # our addition (score --refine-steps); default 300
-N=2000               # candidates of the training dataset
-N_HELD=600           # candidates of the held-out dataset (another latent seed)
-TRAIN_STEPS=600; TRAIN_LR_STEP=400; TRAIN_BATCH=16; TRAIN_WIDTH=16   # paper: 12000 / 8000 / 95 / 64
+# (each can be set from the environment, e.g. for a smoke run; the doc's numbers use these defaults)
+K=${K:-32}                            # directions to discover (ortho deformator, K <= dim_z = 100)
+DISCOVER_STEPS=${DISCOVER_STEPS:-2000}  # reference: 1e5 (GPU, ResNet-18 reconstructor)
+DISCOVER_BATCH=16                     # reference: 32
+SCORE_STEPS=${SCORE_STEPS:-200}       # paper: 200 Adam steps, batch 4
+REFINE_STEPS=${REFINE_STEPS:-100}     # our addition (score --refine-steps); default 300
+N=${N:-2000}                          # candidates of the training dataset
+N_HELD=${N_HELD:-600}                 # candidates of the held-out dataset (another latent seed)
+TRAIN_STEPS=${TRAIN_STEPS:-600}; TRAIN_LR_STEP=${TRAIN_LR_STEP:-400}; TRAIN_BATCH=16; TRAIN_WIDTH=16   # paper: 12000 / 8000 / 95 / 64
 
 D=$OUT  # the folder step() writes its logs and marks into
 step() {  # step NAME command...   (skipped when done; logs its output, records wall seconds)
@@ -95,14 +96,16 @@ one_seed() {
   step train trainers train --data "$D/faces-paper.json" --out "$D/unet" --steps $TRAIN_STEPS \
     --lr-step $TRAIN_LR_STEP --batch-size $TRAIN_BATCH --width $TRAIN_WIDTH --workers 1 --holdout-permille 100 \
     --val-every 150 --checkpoint-every $TRAIN_STEPS --device cpu --no-progress
-  fresh export_held "$D/held"; fresh export_train "$D/train-sample"; fresh predict "$D/preds"
+  fresh export_held "$D/held"; fresh export_train "$D/train-sample"
   step export_held $TOOLS export "$D/faces-held-paper.json" "$D/held" --n 300
   step export_train $TOOLS export "$D/faces-paper.json" "$D/train-sample" --n 300
   step prior $TOOLS prior "$D/train-sample" "$D/held" "$D/prior.json"
   step eval trainers eval --model "$D/unet" --dataset folder="$D/held" --device cpu --json "$D/eval-held.json"
-  step iou_native $TOOLS iou-native "$D/unet" "$D/held" "$D/iou-native-held.json"
-  step predict trainers predict --model "$D/unet" --images "$D/held/images" --out "$D/preds" --device cpu
-  step unet_figure $TOOLS unet-figure "$D/held" "$D/preds" "$D/unet-predictions.png" --n 12 --cols 2 --zoom 2
+  step eval_64 trainers eval --model "$D/unet" --dataset folder="$D/held" --device cpu --short-side 64 \
+    --json "$D/eval-held-64.json"
+  fresh predict_64 "$D/preds-64"
+  step predict_64 trainers predict --model "$D/unet" --images "$D/held/images" --out "$D/preds-64" --device cpu --short-side 64
+  step unet_figure_64 $TOOLS unet-figure "$D/held" "$D/preds-64" "$D/unet-predictions.png" --n 12 --cols 2 --zoom 2
   # ---- 4b. the refined direction's faces: its masks cover the face, often more than half the crop, so the
   # paper's max-fg 0.5 keeps few; the size filter is relaxed to 0.8 (everything else the same)
   step filter_refined_080 factory filter "$D/faces-refined" --max-fg 0.8 --histogram reference --json --overwrite \
@@ -123,11 +126,18 @@ one_seed() {
   step prior_refined $TOOLS prior "$D/train-sample-refined" "$D/held-refined" "$D/prior-refined.json"
   step eval_refined trainers eval --model "$D/unet-refined" --dataset folder="$D/held-refined" --device cpu \
     --json "$D/eval-held-refined.json"
-  step iou_native_refined $TOOLS iou-native "$D/unet-refined" "$D/held-refined" "$D/iou-native-held-refined.json"
+  step eval_refined_64 trainers eval --model "$D/unet-refined" --dataset folder="$D/held-refined" --device cpu \
+    --short-side 64 --json "$D/eval-held-refined-64.json"
+  fresh predict_refined_64 "$D/preds-refined-64"
+  step predict_refined_64 trainers predict --model "$D/unet-refined" --images "$D/held-refined/images" \
+    --out "$D/preds-refined-64" --device cpu --short-side 64
+  step unet_figure_refined_64 $TOOLS unet-figure "$D/held-refined" "$D/preds-refined-64" \
+    "$D/unet-predictions-refined.png" --n 12 --cols 2 --zoom 2
+  # the same U-Net at the 128-px protocol (its maps show the scale mismatch: docs/real-gan.md section 4)
   step predict_refined trainers predict --model "$D/unet-refined" --images "$D/held-refined/images" \
     --out "$D/preds-refined" --device cpu
-  step unet_figure_refined $TOOLS unet-figure "$D/held-refined" "$D/preds-refined" "$D/unet-predictions-refined.png" \
-    --n 12 --cols 2 --zoom 2
+  step unet_figure_refined $TOOLS unet-figure "$D/held-refined" "$D/preds-refined" \
+    "$D/unet-predictions-refined-128.png" --n 12 --cols 2 --zoom 2
   D=$OUT
 }
 
@@ -144,7 +154,8 @@ fi
 # ---- 5. the seed table, and the doc's pictures (first seed; PNG, 256-colour palettes to stay under ~300 KB)
 $TOOLS seeds "$OUT" $SEEDS
 F=$OUT/seed-${SEEDS%% *}
-for f in strips.png preview.png preview-refined.png unet-predictions.png unet-predictions-refined.png; do
+for f in strips.png preview.png preview-refined.png unet-predictions.png unet-predictions-refined.png \
+         unet-predictions-refined-128.png; do
   $TOOLS shrink "$F/$f" "$IMG/$f" --max-side 1000 --colors 256
 done
 $TOOLS shrink "$F/score/figure1.png" "$IMG/score-figure1.png" --max-side 1000

@@ -8,7 +8,6 @@ here changes how the factory or the trainers compute anything.
     python benchmarks/real_gan_tools.py strips W DIRS.npy OUT.png [--top 8] [--scores scores.json] [--json J]
     python benchmarks/real_gan_tools.py export DATASET|VIEW OUTDIR [--n 300]   # images/ + masks/ (folder kind)
     python benchmarks/real_gan_tools.py prior TRAIN_FOLDER HELD_FOLDER OUT.json  # IoU of a constant mask
-    python benchmarks/real_gan_tools.py iou-native RUN HELD_FOLDER OUT.json   # at the images' own size
     python benchmarks/real_gan_tools.py unet-figure HELD_FOLDER PRED_FOLDER OUT.png [--n 12]
     python benchmarks/real_gan_tools.py shrink IN.png OUT.png [--max-side 1000] [--colors 256]
     python benchmarks/real_gan_tools.py seeds OUT SEED...      # the per-seed table: OUT/seeds.json, OUT/seeds.md
@@ -168,37 +167,6 @@ def prior(a) -> None:
     print(json.dumps(res))
 
 
-def iou_native(a) -> None:
-    """IoU / accuracy at p >= 0.5 of a run folder's U-Net on a folder's images at their own size (no resize)."""
-    import torch
-    from PIL import Image
-
-    from trainers.model.checkpoint import open_model
-
-    net = open_model(a.model, "cpu").eval()
-    held = Path(a.held)
-    gts = _masks(held)
-    imgs = {p.stem: p for p in (held / "images").iterdir()}
-    stems = sorted(gts)
-    ious, accs = [], []
-    with torch.no_grad():
-        for i in range(0, len(stems), 32):
-            b = stems[i:i + 32]
-            x = torch.stack([torch.from_numpy(np.asarray(Image.open(imgs[s]).convert("RGB"), np.float32)
-                                              .transpose(2, 0, 1) / 127.5 - 1) for s in b])
-            out = net(x).float()
-            p = torch.sigmoid(out[:, 0]) if out.shape[1] == 1 else torch.softmax(out, 1)[:, 1]
-            for s, pi in zip(b, p.numpy()):
-                pm, g = pi >= 0.5, gts[s]
-                u = (pm | g).sum()
-                ious.append(1.0 if u == 0 else float((pm & g).sum() / u))
-                accs.append(float((pm == g).mean()))
-    res = {"model": a.model, "held": a.held, "n_images": len(stems), "resolution": int(x.shape[-1]),
-           "IoU_native": float(np.mean(ious)), "accuracy_native": float(np.mean(accs))}
-    Path(a.out).write_text(json.dumps(res, indent=2))
-    print(json.dumps(res))
-
-
 def unet_figure(a) -> None:
     """Columns per sample: image | GAN mask | U-Net probability | U-Net mask (p >= 0.5)."""
     from PIL import Image, ImageDraw
@@ -307,7 +275,7 @@ def seeds(a) -> None:
                "refined_from": rf["refined"]["chosen_start"] if rf.get("refined") else None,
                "seconds": _times(d)}
         for arm, sfx in (("paper", ""), ("refined", "-refined")):
-            row[arm] = {"iou_native": rd(f"iou-native-held{sfx}.json")["IoU_native"],
+            row[arm] = {"iou_native": _find(rd(f"eval-held{sfx}-64.json"), "IoU"),
                         "iou_protocol": _find(rd(f"eval-held{sfx}.json"), "IoU"),
                         "iou_constant": rd(f"prior{sfx}.json")["constant_mask_IoU_mean"]}
             row[arm]["gain_over_constant"] = row[arm]["iou_native"] - row[arm]["iou_constant"]
@@ -331,9 +299,10 @@ def seeds(a) -> None:
                      f"| {m['left_minus_right']:+.2f} / {m['iou_with_refined_masks']:.2f} "
                      f"| {r['paper']['iou_native']:.3f} | {r['paper']['iou_constant']:.3f} "
                      f"| {r['refined']['iou_native']:.3f} | {r['refined']['iou_constant']:.3f} | {r['seconds']:.0f} |")
+    lines += ["", "| arm | measure | mean | sd | min | max |", "|---|---|---|---|---|---|"]
     for arm in ("paper", "refined"):
         for k, v in summary[arm].items():
-            lines.append(f"\n{arm} {k}: mean {v['mean']:.3f}, sd {v['sd']:.3f}, range {v['min']:.3f}..{v['max']:.3f}")
+            lines.append(f"| {arm} | {k} | {v['mean']:.3f} | {v['sd']:.3f} | {v['min']:.3f} | {v['max']:.3f} |")
     (out / "seeds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -355,8 +324,6 @@ def main() -> None:
     c.add_argument("--n", type=int, default=300); c.set_defaults(f=export)
     c = sp.add_parser("prior"); c.add_argument("train"); c.add_argument("held"); c.add_argument("out")
     c.set_defaults(f=prior)
-    c = sp.add_parser("iou-native"); c.add_argument("model"); c.add_argument("held"); c.add_argument("out")
-    c.set_defaults(f=iou_native)
     c = sp.add_parser("unet-figure"); c.add_argument("held"); c.add_argument("pred"); c.add_argument("out")
     c.add_argument("--n", type=int, default=12); c.add_argument("--cols", type=int, default=2)
     c.add_argument("--zoom", type=int, default=2); c.set_defaults(f=unet_figure)
