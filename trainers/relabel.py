@@ -30,10 +30,11 @@ from factory import format as fmt
 from trainers import __version__
 from trainers.errors import TrainersError
 from trainers.model.checkpoint import WEIGHTS_FILE, model_label, open_model
+from trainers.data.cache import open_cache
 from trainers.data.stream import SampleIndex, build_index, decode_image, read_shard
 from trainers.device import resolve_device
 from trainers.fileio import atomic_write, json_bytes, sha256_bytes, sha256_file
-from trainers.progress import RateLine
+from trainers.progress import RateLine, emit
 from trainers.model.unet import ModelConfig, foreground_probability, pixels_to_input
 
 
@@ -52,6 +53,9 @@ class RelabelConfig:
     batch_size: int = 64
     progress: bool = True
     allow_remote_shards: bool = False
+    cache: bool = True  # remote shards through the node's shard cache (trainers.data.cache)
+    cache_dir: str | None = None
+    cache_limit: str | None = None
 
 
 def teacher_sha256(model: str) -> str:
@@ -89,7 +93,7 @@ def predict_part(net: torch.nn.Module, index: SampleIndex, shard: int, *, device
     """(KEY.teacher.png, bytes) of every accepted row of ``shard``, in key order."""
     rows = index.rows[index.shards == shard]
     info = index.shard_info[shard]
-    encoded = read_shard(info, set(rows.tolist()), (index.image_member,))
+    encoded = read_shard(info, set(rows.tolist()), (index.image_member,), index.cache)
     config = net.config if isinstance(getattr(net, "config", None), ModelConfig) else ModelConfig()
     expect = fmt.IMAGE_FORMATS[index.image_member]
     out = []
@@ -104,7 +108,9 @@ def predict_part(net: torch.nn.Module, index: SampleIndex, shard: int, *, device
 
 
 def open_parent(cfg: RelabelConfig) -> SampleIndex:
-    return build_index(fmt.open_dataset(cfg.data, allow_remote_shards=cfg.allow_remote_shards), split="all")
+    index = build_index(fmt.open_dataset(cfg.data, allow_remote_shards=cfg.allow_remote_shards), split="all")
+    return open_cache(index, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit, enabled=cfg.cache,
+                      announce=emit)
 
 
 def maps_spec(index: SampleIndex, teacher: str, batch_size: int) -> dict:

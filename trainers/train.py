@@ -49,6 +49,7 @@ from trainers.model.checkpoint import (
     save_model,
     unflatten_optimizer,
 )
+from trainers.data.cache import open_cache
 from trainers.data.random_access import ACCESS_MODES, open_random_access, require_offsets
 from trainers.data.stream import (
     DEFAULT_SHUFFLE_WINDOW,
@@ -109,6 +110,9 @@ class TrainConfig:
     progress_every: float | None = None  # seconds between progress lines off a terminal (None: 30)
     allow_remote_shards: bool = False
     audit: bool = False  # write RUN/audit/rank-R.json: rows of every step + final weights digest
+    cache: bool = True  # remote shards through the node's shard cache (trainers.data.cache)
+    cache_dir: str | None = None
+    cache_limit: str | None = None
 
     def validate(self) -> None:
         def pos(name, v, zero_ok=False):
@@ -332,6 +336,8 @@ def _start(cfg: TrainConfig) -> Segment:
     index, val_index = (open_index(cfg.data, split=split, holdout_permille=cfg.holdout_permille, mask=cfg.mask,
                                    mask_source=cfg.mask_source, allow_remote_shards=cfg.allow_remote_shards)
                         for split in ("train", "val"))
+    index, val_index = (open_cache(i, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit, enabled=cfg.cache,
+                                   announce=emit if d.main and i is index else None) for i in (index, val_index))
     if cfg.access == "random":
         require_offsets(cfg.data, allow_remote_shards=cfg.allow_remote_shards)
     saved = None

@@ -513,3 +513,4 @@ from factory.format.views import (  # noqa: E402
     encode_accepted,
     encode_rows,
 )
+from factory.format.hashing import HashingReader  # noqa: E402,F401

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from trainers.cli.options import MODEL_HELP, device_option
+from trainers.cli.options import MODEL_HELP, cache_options, device_option
 
 
 @click.command("relabel")
@@ -16,7 +16,8 @@ from trainers.cli.options import MODEL_HELP, device_option
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="samples/s and ETA on stderr every 10 s")
 @click.option("--allow-remote-shards", is_flag=True, help="trust shard URLs in a remote manifest")
-def relabel_cmd(*, run, data, out, device, batch_size, progress, allow_remote_shards):
+@cache_options
+def relabel_cmd(*, run, data, out, device, batch_size, progress, allow_remote_shards, cache, cache_dir, cache_limit):
     """Write a teacher's probability map for every sample of a dataset or view (rerun to resume).
 
     \b
@@ -28,6 +29,7 @@ def relabel_cmd(*, run, data, out, device, batch_size, progress, allow_remote_sh
     from trainers.relabel import RelabelConfig, relabel
 
     m = relabel(RelabelConfig(model=run, data=data, out=out, device=device, batch_size=batch_size,
-                              progress=progress, allow_remote_shards=allow_remote_shards))
+                              progress=progress, allow_remote_shards=allow_remote_shards, cache=cache,
+                              cache_dir=cache_dir, cache_limit=cache_limit))
     click.echo(f"{out}: {m['samples']:,} teacher maps in {len(m['parts'])} parts of {m['parent']['dataset_id']} "
                f"by teacher {m['teacher']['sha256'][:16]}...; next: factory relabel {data} --maps {out} --out DERIVED")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from trainers.cli.options import cache_options
+
 
 @click.command("train")
 @click.option("--data", required=True, metavar="DATASET|VIEW",
@@ -49,10 +51,11 @@ import click
               help="progress on rank 0 (stderr): a bar on a terminal, else one line every --progress-every s")
 @click.option("--progress-every", default=30.0, show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
               help="seconds between progress lines when stderr is not a terminal (logs, pipes)")
+@cache_options
 @click.option("--audit", is_flag=True, hidden=True, help="write RUN/audit/rank-R.json (rows per step, digest)")
 def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers, seed, holdout_permille, val_max,
           checkpoint_every, val_every, device, mask, mask_source, flip, shuffle_window, access, deterministic, resume,
-          allow_remote_shards, progress, progress_every, audit):
+          allow_remote_shards, progress, progress_every, audit, cache, cache_dir, cache_limit):
     """Train the U-Net on a dataset or view (the paper's recipe by default).
 
     \b
@@ -62,6 +65,7 @@ def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers
       trainers train --data data/relabelled --mask-source teacher --out runs/round2
       trainers train --data views/paper.json --access random --out runs/shuffled
       torchrun --standalone --nproc-per-node 8 -m trainers.cli train --data s3://b/ds --out runs/unet --batch-size 12
+      trainers train --data s3://b/ds --out runs/unet --cache-dir /scratch/shards --cache-limit 200G
     """
     from trainers.train import TrainConfig
     from trainers.train import train as run_training
@@ -72,7 +76,8 @@ def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers
                       val_every=val_every, device=device, mask=mask, mask_source=mask_source, flip=flip,
                       shuffle_window=shuffle_window, access=access,
                       deterministic=deterministic, resume=resume, allow_remote_shards=allow_remote_shards,
-                      progress=progress, progress_every=progress_every, audit=audit)
+                      progress=progress, progress_every=progress_every, audit=audit, cache=cache,
+                      cache_dir=cache_dir, cache_limit=cache_limit)
     card = run_training(cfg)
     if card.get("validation"):  # rank 0 only
         v = card["validation"]["metrics"]

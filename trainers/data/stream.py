@@ -49,8 +49,8 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -98,6 +98,8 @@ class ShardInfo:
     url: str
     first_row: int
     samples: int
+    sha256: str | None = None  # the manifest's digest and size: the shard cache's key and its check
+    bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class SampleIndex:
     resolution: int | None
     image_member: str = fmt.EXT_IMAGE
     mask_source: str = "mask"
+    cache: Any = field(default=None, compare=False)  # a cache.ShardCache for remote shards (cache.open_cache)
 
     def mask_members(self) -> tuple[str, ...]:
         """The members the training mask is made of (``mask_source``)."""
@@ -148,7 +151,7 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
     rows_l, shards_l = [], []
     for s in manifest["shards"]:
         sid = s["shard"]
-        si = ShardInfo(sid, urls[sid], s["first_row"], s["samples"])
+        si = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"])
         info[sid] = si
         if resolved.accepted is None:
             r = np.arange(si.first_row, si.first_row + si.samples, dtype=np.int64)
@@ -296,18 +299,26 @@ def check_member(ti: tarfile.TarInfo, shard: ShardInfo) -> tuple[int, str]:
         raise DataError(str(e)) from None
 
 
-def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...]) -> dict[int, dict[str, bytes]]:
-    """Encoded members ``exts`` of the ``wanted`` rows of one shard, read in one sequential pass.
+def open_shard(shard: ShardInfo, cache=None):
+    """The shard's bytes as a binary file: its copy in ``cache`` (a cache.ShardCache) when given, else the store's."""
+    if cache is not None:
+        return cache.open(shard)
+    fs, path = fmt.get_fs(shard.url)
+    return fs.open(path, "rb")
+
+
+def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...], cache=None) -> dict[int, dict[str, bytes]]:
+    """Encoded members ``exts`` of the ``wanted`` rows of one shard, read in one sequential pass
+    (through ``cache`` when given).
 
     Data of other members is skipped (seek), never read nor decoded.
     """
     out: dict[int, dict[str, bytes]] = {}
     if not wanted:
         return out
-    fs, path = fmt.get_fs(shard.url)
     name = "?"
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
+        with open_shard(shard, cache) as f, tarfile.open(fileobj=f, mode="r:") as tf:
             while True:
                 ti = tf.next()
                 if ti is None:
@@ -381,9 +392,17 @@ class ShardReader:
 
     The rows are kept as sorted arrays (16 bytes a row), a shard's wanted set is made when it is read."""
 
-    def __init__(self, index: SampleIndex, rows_needed: np.ndarray):
+    def __init__(self, index: SampleIndex, rows_needed: np.ndarray, prefetch: int = 2):
         self.index = index
         self.exts = (index.image_member, *index.mask_members())
+        self.prefetcher = None
+        if index.cache is not None:  # the shards in the order they are needed, fetched ahead
+            from trainers.data.cache import Prefetcher
+
+            need = index.shards[np.searchsorted(index.rows, np.asarray(rows_needed, np.int64))]
+            _, first = np.unique(need, return_index=True)
+            order = [index.shard_info[int(s)] for s in need[np.sort(first)]]
+            self.prefetcher = Prefetcher(index.cache, order, prefetch)
         self._rows = np.sort(np.asarray(rows_needed, np.int64))
         self._shards = index.shards[np.searchsorted(index.rows, self._rows)]  # rows sorted -> shards sorted
         self._read: set[int] = set()
@@ -401,9 +420,16 @@ class ShardReader:
             self._read.add(s)
             lo, hi = np.searchsorted(self._shards, [s, s + 1])
             wanted = set(self._rows[lo:hi].tolist())
-            self._cache.update(read_shard(self.index.shard_info[s], wanted, self.exts))
+            if self.prefetcher is not None:
+                self.prefetcher.reading(self.index.shard_info[s])
+            self._cache.update(read_shard(self.index.shard_info[s], wanted, self.exts, self.index.cache))
             self.shards_read.append(s)
         return self._cache.pop(row)
+
+    def close(self) -> None:
+        """Stop the prefetch threads (a fetch in flight stops at its next chunk)."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
 
 
 def make_batch(index: SampleIndex, reader: ShardReader, rows: np.ndarray, *, seed: int, epoch: int,
@@ -483,12 +509,15 @@ class TrainStream(torch.utils.data.IterableDataset):
             return
         rows_needed = self.index.rows[np.concatenate([steps[j] for j in mine])]
         reader = ShardReader(self.index, rows_needed)
-        for j in mine:
-            batch = make_batch(self.index, reader, self.index.rows[steps[j]], seed=st.seed, epoch=st.epoch,
-                               flip=self.flip)
-            batch["step"] = j
-            batch["epoch"] = st.epoch
-            yield batch
+        try:
+            for j in mine:
+                batch = make_batch(self.index, reader, self.index.rows[steps[j]], seed=st.seed, epoch=st.epoch,
+                                   flip=self.flip)
+                batch["step"] = j
+                batch["epoch"] = st.epoch
+                yield batch
+        finally:
+            reader.close()
 
 
 def iter_batches(index: SampleIndex, batch_size: int, limit: int | None = None) -> Iterator[dict]:
@@ -500,5 +529,8 @@ def iter_batches(index: SampleIndex, batch_size: int, limit: int | None = None) 
     if rows.shape[0] == 0:
         return
     reader = ShardReader(index, rows)
-    for b0 in range(0, rows.shape[0], batch_size):
-        yield make_batch(index, reader, rows[b0:b0 + batch_size], seed=0, epoch=0, flip=False)
+    try:
+        for b0 in range(0, rows.shape[0], batch_size):
+            yield make_batch(index, reader, rows[b0:b0 + batch_size], seed=0, epoch=0, flip=False)
+    finally:
+        reader.close()
