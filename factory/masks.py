@@ -16,8 +16,9 @@ Semantics follow the authors' code (see shared/reference/bigbigan/README.md,
 
 - ``gray = 0.2989 R + 0.5870 G + 0.1140 B`` (evaluated left to right in fp32);
 - luminance rule: ``gray(G(z)) < gray(G(z + r h))``, strict;
-- mean-threshold rule (Flowers): ``gray(shifted) > mean(gray(shifted))`` per image;
-- operators rule (paper eq. 5): ``operator_mask`` with two fitted colour operators (``factory.directions``);
+- mean-threshold rule (Flowers): ``gray(shifted) > mean(gray(shifted))`` per image (mean in float64);
+- operators rule (paper eq. 5): ``operator_mask`` with two fitted colour operators (``factory.directions``),
+  evaluated in float64;
 - connected components with 8-connectivity; cleanup keeps every component whose
   area is strictly more than ``ratio`` (0.2) times the largest one of its image.
 
@@ -117,7 +118,7 @@ def luminance_mask(img: torch.Tensor, img_shifted: torch.Tensor) -> torch.Tensor
 def mean_threshold_mask(img_shifted: torch.Tensor) -> torch.Tensor:
     """Flowers variant: ``gray(shifted) > mean(gray(shifted))`` per image. Bool ``[B,H,W]``."""
     g = gray(img_shifted)
-    return g > g.mean(dim=(1, 2), keepdim=True)
+    return g > g.double().mean(dim=(1, 2), keepdim=True)  # float64: the sum order of a SIMD width cannot flip a pixel
 
 
 def _min_pool3x3(P: torch.Tensor, n: int) -> torch.Tensor:
@@ -350,10 +351,11 @@ def apply_operators(ops: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
 def operator_mask(img: torch.Tensor, img_shifted: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
     """Paper eq. 5: each pixel goes to the operator that restores ``img_shifted`` best; foreground = the
     pixels whose operator gives the lighter prediction of the two there. ``ops [2,3,4]`` -> bool ``[B,H,W]``."""
-    ops = ops.to(device=img.device, dtype=torch.float32)
-    pred = apply_operators(ops, img.float())  # [2,B,3,H,W]
-    err = (pred - img_shifted.float()[None]).square().sum(dim=2)  # [2,B,H,W]
-    w = GRAY.to(img.device)
+    # float64: a matmul kernel's last bits (they depend on the CPU capability) cannot flip a comparison
+    ops = ops.to(device=img.device, dtype=torch.float64)
+    pred = apply_operators(ops, img.double())  # [2,B,3,H,W]
+    err = (pred - img_shifted.double()[None]).square().sum(dim=2)  # [2,B,H,W]
+    w = GRAY.to(img.device, torch.float64)
     lum = torch.einsum("c,kbchw->kbhw", w, pred)  # [2,B,H,W]
     best_is_1 = err[1] < err[0]
     lighter_is_1 = lum[1] > lum[0]

@@ -5,12 +5,12 @@
 # and writes everything it prints, and every result, under $OUT (default gpu-results/):
 #
 #   bash benchmarks/gpu/run.sh 1   # GPU tests, end to end x3 (trace), encoder and masks tables
-#   bash benchmarks/gpu/run.sh 2   # parity with fp32, a real `factory generate`, directions scoring
+#   bash benchmarks/gpu/run.sh 2   # parity with fp32, a real `factory generate`, same bytes run to run, directions
 #
 #   FACTORY_SHARED=/path/to/shared bash benchmarks/gpu/run.sh 2   # also parity on the golden model
 #   GENERATOR_BENCH=1 PARTS=generator bash benchmarks/gpu/run.sh     # generator-only rates per precision
 #   PARTS=e2e,encode bash benchmarks/gpu/run.sh                      # any subset of
-#                                    tests,e2e,encode,masks,parity,generate,directions,generator
+#                                    tests,e2e,encode,masks,parity,generate,repeat,directions,generator
 #
 # Each step's timeout is cut to what is left of the command's budget (LIMIT_S, default 470 s),
 # and a step that no longer fits is skipped with a line saying so, so a command never runs over.
@@ -19,8 +19,8 @@ cd "$(dirname "$0")/../.."
 OUT="${OUT:-gpu-results}"; mkdir -p "$OUT"
 case "${1:-}" in
   1) PARTS="${PARTS:-tests,e2e,encode,masks}"; LOG="$OUT/run1.log" ;;
-  2) PARTS="${PARTS:-parity,generate,directions}"; LOG="$OUT/run2.log" ;;
-  "") PARTS="${PARTS:-tests,e2e,encode,masks,parity,generate,directions}"; LOG="$OUT/run.log" ;;
+  2) PARTS="${PARTS:-parity,generate,repeat,directions}"; LOG="$OUT/run2.log" ;;
+  "") PARTS="${PARTS:-tests,e2e,encode,masks,parity,generate,repeat,directions}"; LOG="$OUT/run.log" ;;
   *) echo "usage: bash benchmarks/gpu/run.sh [1|2]" >&2; exit 2 ;;
 esac
 exec > >(tee -a "$LOG") 2>&1   # everything printed also comes back as a file
@@ -89,6 +89,21 @@ if want generate && fits 150 generate; then
   ( time timeout "$T" python3 -m factory.cli generate --generator bigbigan --random-weights $FAST --direction /tmp/h.npy \
       --n 10240 --shard-size 1024 --batch-size 512 --out /tmp/gpu-ds --quiet ) > "$OUT/generate.txt" 2>&1
   tail -5 "$OUT/generate.txt"
+fi
+
+if want repeat && fits 150 repeat; then
+  step "same bytes run to run on this GPU: one command twice (fp32 and $FAST), shard hashes compared, then verify --regenerate"
+  python3 -c "import numpy as np; v=np.random.default_rng(0).standard_normal(120).astype('float32'); np.save('/tmp/h.npy', v/np.linalg.norm(v))"
+  for P in "fp32:" "fast:$FAST"; do
+    TAG=${P%%:*}; FLAGS=${P#*:}
+    for RUN in a b; do
+      rm -rf /tmp/rep-$TAG-$RUN
+      timeout "$T" python3 -m factory.cli generate --generator bigbigan --random-weights $FLAGS --direction /tmp/h.npy \
+        --n 2048 --shard-size 512 --batch-size 256 --workers 0 --out /tmp/rep-$TAG-$RUN --quiet > /dev/null 2>> "$OUT/repeat.err"
+    done
+    python3 -c "import json,sys; a,b=(json.load(open(f'/tmp/rep-{sys.argv[1]}-{r}/manifest.json')) for r in 'ab'); print(sys.argv[1], 'identical' if a['dataset_id']==b['dataset_id'] else 'DIFFERENT', a['dataset_id'], b['dataset_id'], list(a['platforms'].values()))" "$TAG" | tee -a "$OUT/repeat.txt"
+    timeout 120 python3 -m factory.cli verify /tmp/rep-$TAG-a --regenerate 8 2>&1 | tail -1 | tee -a "$OUT/repeat.txt"
+  done
 fi
 
 if want directions && fits 180 directions; then

@@ -92,35 +92,67 @@ def info(dataset, as_json, no_stats, allow_remote_shards):
 @click.option("--workers", type=int, help="Shards checked in parallel (threads; default 2 x CPUs, at most 8).")
 @click.option("--index-only", is_flag=True,
               help="Check only the manifest and index fragments (sha256, keys, rows, shard ids); read no tar or latent.")
+@click.option("--regenerate", type=int, metavar="N",
+              help="Also make N random samples again from the manifest's spec alone and compare latent, image, "
+                   "mask, statistics and decisions (exact on the platform that made them, else within thresholds).")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --regenerate: which samples are drawn.")
+@click.option("--weights", help="With --regenerate: the generator weights file (path or URL), checked by sha256.")
+@click.option("--latents", help="With --regenerate: the latents file or embeddings the spec names, checked by sha256.")
+@click.option("--direction", help="With --regenerate: the direction file, for manifests that do not hold it.")
+@click.option("--device", help="With --regenerate: device to regenerate on (default: a GPU if any, else cpu).")
+@click.option("--verbose", is_flag=True, help="With --regenerate: one line per regenerated sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @user_errors
-def verify(dataset, allow_remote_shards, workers, index_only, as_json):
+def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, weights, latents, direction, device,
+           verbose, as_json):
     """Recompute every shard's sha256, bytes and samples; cross-check tars, index and latents.
 
-    Exits 1 naming every bad shard (one line each) and what is wrong.
+    Exits 1 naming every bad shard (one line each) and what is wrong. With
+    --regenerate N it then remakes N random samples from the spec and prints
+    PASS or FAIL in one line (see docs/format.md, "Reproducibility").
 
     \b
     Examples:
       factory verify data/demo
       factory verify data/million --index-only
+      factory verify data/demo --regenerate 16
+      factory verify s3://team/faces --regenerate 8 --weights netG.pth --verbose
       AWS_ENDPOINT_URL=http://minio:9000 factory verify s3://team/bigbigan-imagenet-v1
     """
     from factory.dataset.verify import verify as run
 
     rep = run(dataset, allow_remote_shards=allow_remote_shards, workers=workers, index_only=index_only)
+    regen = None
+    if rep.ok and regenerate is not None:
+        from factory.dataset.regenerate import regenerate as remake
+
+        regen = remake(dataset, regenerate, seed=seed, weights=weights, latents=latents, direction=direction,
+                       device=device, allow_remote_shards=allow_remote_shards)
     if as_json:
-        click.echo(json.dumps({"ok": rep.ok, "dataset_id": rep.dataset_id, "view_id": rep.view_id,
-                               "samples": rep.samples, "shards": rep.shards, "bytes": rep.bytes,
-                               "bad_shards": rep.bad_shards, "problems": rep.problems}))
-        if not rep.ok:
+        obj = {"ok": rep.ok, "dataset_id": rep.dataset_id, "view_id": rep.view_id,
+               "samples": rep.samples, "shards": rep.shards, "bytes": rep.bytes,
+               "bad_shards": rep.bad_shards, "problems": rep.problems}
+        if regen is not None:
+            obj["ok"] = regen.ok
+            obj["regenerate"] = regen.to_json()
+        click.echo(json.dumps(obj, default=str))
+        if not obj["ok"]:
             sys.exit(1)
         return
-    if rep.ok:
+    if not rep.ok:
+        for p in rep.problems:
+            click.echo(p, err=True)
+        raise click.ClickException(rep.summary())
+    if regen is None:
         click.echo(rep.summary())
         return
-    for p in rep.problems:
-        click.echo(p, err=True)
-    raise click.ClickException(rep.summary())
+    if verbose:
+        click.echo(rep.summary())
+        for d in regen.details:
+            click.echo("  " + "  ".join(f"{k} {v}" for k, v in d.items()))
+    click.echo(regen.summary())
+    if not regen.ok:
+        sys.exit(1)
 
 
 @click.command()

@@ -83,6 +83,9 @@ def _latents_rows(latents: str, n: int | None) -> int | None:
 @click.option("--dashboard", is_flag=True, help="Start the local cluster's dask dashboard on a free port (address on stderr).")
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML (manifests/*.toml); flags override it.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset with another spec at --out.")
+@click.option("--same-platform", is_flag=True,
+              help="Refuse to resume (or run cluster workers) on another platform than the shards already made "
+                   "(device, torch, CPU capability, precision, compile): bit identity across the whole dataset.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @user_errors
@@ -119,6 +122,7 @@ def generate(ctx, **kw):
         keep_raw_mask=kw["keep_raw_mask"], batch_size=kw["batch_size"],
         device=kw["device"], workers=kw["workers"], scheduler=kw["scheduler"], overwrite=kw["overwrite"],
         recipe=kw["recipe"], progress=not kw["quiet"], operators=kw["operators"], dashboard=kw["dashboard"],
+        same_platform=kw["same_platform"],
     )
     manifest = run(cfg)
     click.echo(f"{cfg.out}: {manifest['samples']} samples in {len(manifest['shards'])} shards, id {manifest['dataset_id']}")

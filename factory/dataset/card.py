@@ -9,6 +9,7 @@ import numpy as np
 from factory import format as fmt
 from factory.dataset.reader import index_schema, load_index
 from factory.fsio import atomic_write
+from factory.provenance import platforms_line
 
 
 STATS_COLUMNS = ("row", "fg_ratio", "pass_area", "pass_hist_reference", "pass_hist_paper", "n_components_raw",
@@ -81,6 +82,7 @@ def render(manifest: dict, stats: dict, preview: str | None = None, *, title: st
         f"| recipe | {manifest.get('recipe') or '-'} |",
         f"| format version | {manifest['format_version']} |",
         f"| code version | {manifest.get('code_version')} |",
+        f"| platform | {platforms_line(manifest) or '-'} |",
         "",
         "## Filter statistics (one index row per candidate, rejected or not)",
         "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from factory import format as fmt
 from factory.dataset.card import stats_columns, summary_stats
 from factory.dataset.reader import accepted_flags, load_index
+from factory.provenance import platforms_line
 
 
 def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) -> dict:
@@ -36,6 +37,7 @@ def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) ->
             "image_codec": spec.get("image_codec"),
             "code_version": m.get("code_version"),
             "format_version": m.get("format_version"),
+            "platforms": platforms_line(m),
         },
     }
     if m.get("provenance"):
@@ -146,6 +148,8 @@ def format_info(d: dict) -> str:
     if codec:
         lines.append(f"  members      {format_pairs(codec)}")
     lines.append(f"  seed         {p.get('seed')}   recipe {p.get('recipe') or '-'}   code {p.get('code_version')}")
+    if p.get("platforms"):
+        lines.append(f"  platform     {p['platforms']}")
     if d.get("materialized_from"):
         mf = d["materialized_from"]
         lines.append(f"  materialized from {mf['parent']['dataset_id']} ({mf['parent']['url']}) where {mf['predicate']}")

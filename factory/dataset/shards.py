@@ -144,8 +144,12 @@ def commit_shard(
     index_rows: dict[str, np.ndarray],
     latents: np.ndarray,
     spec_hash: str,
+    platform: dict | None = None,
+    batch_size: int | None = None,
 ) -> ShardResult:
-    """Write one shard's tar (bytes, see tar_join), index fragment, latent rows, then its sidecar (last).
+    """Write one shard's tar (bytes, see tar_join), index fragment, latent rows, then its sidecar (last),
+    which names the ``platform`` that made the shard (`factory.provenance.platform_record`) and the
+    ``batch_size`` it ran (a GPU's kernels may depend on it; `verify --regenerate` remakes whole batches there).
     The index rows gain each sample's byte range in the tar (`with_offsets`)."""
     idx = parquet_bytes(index_table(with_offsets(index_rows, tar, fmt.shard_name(shard))))
     atomic_write(fmt.join(root, fmt.shard_name(shard)), tar)
@@ -163,7 +167,8 @@ def commit_shard(
         index_sha256=fmt.sha256_bytes(idx),
         latents_sha256=fmt.sha256_bytes(np.ascontiguousarray(latents, np.float32).tobytes()),
     )
-    sidecar = dict(res.to_json(), spec_hash=spec_hash)
+    made = {"platform": platform, "batch_size": batch_size}
+    sidecar = dict(res.to_json(), spec_hash=spec_hash, **{k: v for k, v in made.items() if v is not None})
     atomic_write(fmt.join(root, fmt.done_name(shard)), fmt.canonical_json(sidecar))
     return res
 

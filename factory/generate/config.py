@@ -49,6 +49,7 @@ class GenerateConfig:
     recipe: str | None = None
     progress: bool = True
     operators: str | None = None  # .npy [2,3,4] for mask_rule="operators" (factory directions score)
+    same_platform: bool = False  # refuse shards made on another platform than the dataset's (bit identity)
 
     def validate(self) -> None:
         if self.n is None or self.n <= 0:

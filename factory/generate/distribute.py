@@ -119,6 +119,8 @@ def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> 
         bar.update(status["samples"] if status.get("ok") else 0)
 
     job = plan.job(cfg.out, batch_size=cfg.batch_size, device=cfg.device)
+    if cfg.same_platform:  # every new shard must match the shards made before (checked on its worker)
+        job = replace(job, same_platform=next((d["platform"] for d in done.values() if d.get("platform")), None))
     try:
         if workers == 0 and not cfg.scheduler:
             for k in todo:

@@ -19,6 +19,8 @@ from factory.generate.config import GenerateConfig, encoder_mode
 from factory.generate.distribute import run_shards
 from factory.generate.encode import encoder_processes
 from factory.generate.plan import Plan, make_plan
+from factory.device import pick_device
+from factory.provenance import check_same_platform, manifest_platforms, platform_record
 
 OTHER_SPEC = ("{root} holds a dataset with another spec ({diff}); "
               "use another --out, rerun the original command to resume, or pass --overwrite")
@@ -42,12 +44,17 @@ def generate(cfg: GenerateConfig, log=None) -> dict:
         done, todo, manifest = writer.resume(log)
         if manifest is not None:
             return manifest
+        if cfg.same_platform and not cfg.scheduler:  # here, before any work (cluster workers check each shard)
+            here = platform_record(plan.spec["generator"], pick_device(cfg.device))
+            check_same_platform([d.get("platform") for d in done.values()], here, cfg.out)
         failures = run_shards(cfg, plan, todo, done)
         if failures:
             raise FactoryError(
                 f"{len(failures)} shard(s) failed: " + "; ".join(f["error"] for f in failures[:5])
                 + " — rerun the same command to retry them"
             )
+        if cfg.same_platform:
+            check_one_platform(cfg.out, [d.get("platform") for d in done.values()])
         manifest = build_manifest(cfg, plan, writer.shard_entries(done))
         writer.finish(manifest)
     return manifest
@@ -57,6 +64,7 @@ def build_manifest(cfg: GenerateConfig, plan: Plan, shards: list[dict]) -> dict:
     """manifest.json of a finished job from its shard entries (see DatasetWriter.shard_entries)."""
     latents_sha = fmt.sha256_bytes("".join(s["latents_sha256"] for s in shards).encode())
     ds_id = fmt.dataset_id(shards, latents_sha)
+    shards, platforms = manifest_platforms(shards)
     return {
         "kind": fmt.DATASET_KIND,
         "format_version": fmt.FORMAT_VERSION,
@@ -74,5 +82,15 @@ def build_manifest(cfg: GenerateConfig, plan: Plan, shards: list[dict]) -> dict:
             "image": fmt.IMAGE_CODECS[plan.spec["image_codec"]["image"]], "mask": fmt.EXT_MASK, "latent": fmt.EXT_LATENT, "meta": fmt.EXT_META,
             **({"raw_mask": fmt.EXT_RAW_MASK} if plan.spec["keep_raw_mask"] else {}),
         },
+        **({"direction": {"sha256": plan.spec["direction"]["sha256"], "values": plan.direction.tolist()}}
+           if "file" in plan.spec["direction"] else {}),  # what `verify --regenerate` shifts along
+        "platforms": platforms,
         "shards": shards,
     }
+
+
+def check_one_platform(root: str, records: list) -> None:
+    """``--same-platform`` at the end of a job: workers of two platforms (a mixed cluster) are one line."""
+    records = [r for r in records if isinstance(r, dict)]
+    for r in records[1:]:
+        check_same_platform(records[:1], r, root)

@@ -29,6 +29,7 @@ class ShardJob:
     device: str | None = None
     threads: int | None = None
     weights_sha256: str | None = None
+    same_platform: dict | None = None  # --same-platform: the platform record every shard must match
 
     def worker_options(self) -> dict:
         """The generator options on this worker: the weights file as a local copy checked by sha256

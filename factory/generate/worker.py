@@ -38,6 +38,7 @@ from factory.generate.encode import (
     encoder_processes,
 )
 from factory.generate.plan import ShardJob
+from factory.provenance import check_same_platform, deterministic_kernels, platform_record
 
 
 def make_shard(job: ShardJob, shard: int, latents, *, timers: Timers | None = None) -> dict:
@@ -186,6 +187,10 @@ def generate_shard(job: ShardJob, shard: int, latents, *, timers: Timers | None 
     if job.threads:
         torch.set_num_threads(job.threads)
     device = pick_device(job.device)
+    deterministic_kernels(device)
+    platform = platform_record(job.spec["generator"], device)
+    if job.same_platform:
+        check_same_platform([job.same_platform], platform, job.root)
     gen = cached_generator(job.generator, job.worker_options(), device)
     spec, bs = job.spec, job.batch_size
     first = shard * spec["shard_size"]
@@ -218,20 +223,21 @@ def generate_shard(job: ShardJob, shard: int, latents, *, timers: Timers | None 
     if labels is not None:
         rows["class"] = labels.astype(np.int64)
     return partial(commit_encoded, job, shard, futures=futures, rows=rows, latents=z_all, timers=timers,
-                   t_start=t_start)
+                   t_start=t_start, platform=platform)
 
 
 def commit_encoded(job: ShardJob, shard: int, *, futures: list, rows: dict, latents: np.ndarray,
-                   timers: Timers | None, t_start: float) -> dict:
+                   timers: Timers | None, t_start: float, platform: dict | None = None) -> dict:
     """Join the shard's encoded records and commit it; the status row of a made shard."""
     t0 = time.perf_counter()
     tar = tar_join([f.result() for f in futures])
     t1 = time.perf_counter()
     first = shard * job.spec["shard_size"]
     res = commit_shard(job.root, shard, first_row=first, tar=tar, index_rows=rows, latents=latents,
-                       spec_hash=job.spec_hash)
+                       spec_hash=job.spec_hash, platform=platform, batch_size=job.batch_size)
     if timers is not None:
         timers.add("encoding_wait", t1 - t0)
         timers.add("write", time.perf_counter() - t1)
+    result = dict(res.to_json(), batch_size=job.batch_size, **({"platform": platform} if platform else {}))
     return {"shard": shard, "ok": True, "samples": latents.shape[0], "seconds": time.perf_counter() - t_start,
-            "result": res.to_json()}
+            "result": result}

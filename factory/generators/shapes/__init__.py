@@ -82,7 +82,24 @@ SPOTS_T = 0.5  # spots coordinate above this -> responsive spots
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / np.linalg.norm(v)).astype(np.float32)
+    return (v / math.sqrt(math.fsum(x * x for x in v.tolist()))).astype(np.float32)
+
+
+def orthonormal_basis(a: np.ndarray) -> np.ndarray:
+    """The Q of ``a = Q R`` with ``diag(R) > 0`` (float64), the same bits on every machine.
+
+    Modified Gram-Schmidt, each column orthogonalised twice, with every dot product and norm a
+    correctly rounded ``math.fsum``: no BLAS or LAPACK kernel (whose last bits depend on the
+    CPU kind OpenBLAS picks) decides a bit of the world.
+    """
+    cols = [a[:, j].astype(np.float64) for j in range(a.shape[1])]
+    q: list[np.ndarray] = []
+    for v in cols:
+        for _ in range(2):
+            for u in q:
+                v = v - math.fsum((u * v).tolist()) * u
+        q.append(v / math.sqrt(math.fsum((v * v).tolist())))
+    return np.stack(q, 1)
 
 
 class ShapesWorld:
@@ -104,9 +121,7 @@ class ShapesWorld:
         self.seed = seed
 
         rng = np.random.default_rng([seed, 0x5A7E5])
-        q, r = np.linalg.qr(rng.standard_normal((dim_z, dim_z)))
-        q = q * np.sign(np.diag(r))[None, :]  # unique QR -> platform-stable basis
-        self._basis_np = q.astype(np.float32)
+        self._basis_np = orthonormal_basis(rng.standard_normal((dim_z, dim_z))).astype(np.float32)
         # Fixed random constants: wave vectors of the textures.
         self._k_noise = self._waves(rng, N_NOISE, 2.0, 7.0)
         self._a_noise = (1.0 / np.sqrt(N_NOISE / 2.0)) * rng.uniform(0.6, 1.4, N_NOISE).astype(np.float32)
@@ -122,19 +137,24 @@ class ShapesWorld:
             h.update(np.ascontiguousarray(a).tobytes())
         self._sha = h.hexdigest()
 
-        t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        # The world renders in float64 and rounds to float32 once, at the end: a last-bit difference of a
+        # SIMD kernel (sin, exp, tanh, matmul differ by CPU capability) then cannot move a pixel across a
+        # rounding boundary of the 8-bit image, nor a pixel across the mask's strict comparisons.
+        t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=self.device)  # noqa: E731
         self._basis = t(self._basis_np[:, :N_COORDS])
         self._kn, self._an = t(self._k_noise), t(self._a_noise)
         self._k2, self._k3, self._ko = t(self._k_tex2), t(self._k_tex3), t(self._k_obj)
         self._hue_t = t(self._hue)
         n = resolution
-        self._grid = (torch.arange(n, dtype=torch.float32, device=self.device) + 0.5) * (2.0 / n) - 1.0
+        self._grid = (torch.arange(n, dtype=torch.float64, device=self.device) + 0.5) * (2.0 / n) - 1.0
 
     @staticmethod
     def _waves(rng, n: int, kmin: float, kmax: float) -> np.ndarray:
         ang = rng.uniform(0, math.pi, n)
         mag = rng.uniform(kmin, kmax, n)
-        return np.stack([mag * np.cos(ang), mag * np.sin(ang)], 1).astype(np.float32)
+        # math's cos/sin (libm), not numpy's SIMD-dispatched loops
+        return np.array([[m * math.cos(a), m * math.sin(a)] for m, a in zip(mag.tolist(), ang.tolist())],
+                        np.float64).reshape(n, 2).astype(np.float32)
 
     # ------------------------------------------------------------------ API
     def identity(self) -> dict:
@@ -160,8 +180,8 @@ class ShapesWorld:
         return {n: self.coordinate_direction(n) for n in DIRECTION_NAMES}
 
     def coords(self, z: torch.Tensor) -> torch.Tensor:
-        """The world's parameter coordinates c = z @ Q  [B, N_COORDS]."""
-        return self._check(z) @ self._basis
+        """The world's parameter coordinates c = z @ Q  [B, N_COORDS] (float64)."""
+        return self._check(z).double() @ self._basis
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.render(z)[0]
@@ -222,7 +242,7 @@ class ShapesWorld:
         pre = pre + (LAMBDA * f.g("background"))[:, None, None, None] * R[:, None]
         pre = pre + (0.3 * f.g("brightness"))[:, None, None, None]
         pre = pre + (0.3 * f.g("color"))[:, None, None, None] * self._hue_t[None, :, None, None]
-        return torch.tanh(pre), mask
+        return torch.tanh(pre).float(), mask
 
     def _response(self, f: _Frame, d: torch.Tensor, r: torch.Tensor, gc: torch.Tensor):
         """Response field R [B,H,W]: the object (+ bleeding halo), spots, texture for washed-out samples;
@@ -251,7 +271,7 @@ class ShapesWorld:
         c, g, X, Y = f.c, f.g, f.X, f.Y
         B = c.shape[0]
         wmix = torch.softmax(1.2 * c[:, [COORD["mix_noise"], COORD["mix_stripes"], COORD["mix_gradient"]]], 1)
-        onehot_noise = torch.tensor([1.0, 0.0, 0.0], device=self.device)
+        onehot_noise = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
         wmix = gc[:, None] * wmix + (1 - gc[:, None]) * onehot_noise  # washed-out images: noise only
         noise = self._waves_field(X, Y, self._kn, math.pi * c[:, COORD["noise_p0"] : COORD["noise_p0"] + N_NOISE],
                                   amp=self._an[None, :].expand(B, -1))
