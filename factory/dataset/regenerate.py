@@ -73,11 +73,13 @@ def generator_options(identity: dict, weights: str | None) -> dict:
     """Keyword options that rebuild the generator an identity names (weights: a local file)."""
     from factory.generators import resolve
 
-    if identity.get("name") == "shapes":
-        return {k: identity[k] for k in ("resolution", "dim_z", "seed")}
-    opts: dict = {}
-    if "config" in identity:
-        opts["config"] = identity["config"]
+    fn = resolve(identity["name"])[0]
+    params = inspect.signature(fn).parameters
+    # identity entries that are loader options (config, truncation, classes, ...), as the loader takes them
+    opts: dict = {k: v for k, v in identity.items()
+                  if k in params and k not in ("name", "weights", "weights_sha256", "weights_source", "precision")}
+    if opts.get("classes") == "all":
+        opts["classes"] = None
     p = identity.get("precision") or {}
     for k in ("autocast", "channels_last", "compile", "fused"):
         if p.get(k) not in (None, False):
@@ -89,8 +91,6 @@ def generator_options(identity: dict, weights: str | None) -> dict:
         opts["weights"] = weights
     elif source.startswith("random(seed="):
         opts.update(random_weights=True, seed=int(source[len("random(seed="):-1]))
-    fn = resolve(identity["name"])[0]
-    params = inspect.signature(fn).parameters
     if any(q.kind is q.VAR_KEYWORD for q in params.values()):
         return opts
     return {k: v for k, v in opts.items() if k in params}
