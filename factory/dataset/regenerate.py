@@ -138,11 +138,13 @@ def direction_vector(manifest: dict, gen, direction: str | None) -> np.ndarray:
 
 def latent_source(spec: dict, dim_z: int, latents: str | None):
     """The spec's latent source, rebuilt from its description (files and stores checked by sha256)."""
-    from factory import latents as lat
+    from factory.latents import sources as lat
 
     d = spec["latents"]
     if d["kind"] == "gaussian":
         return lat.gaussian(dim_z, d["seed"])
+    if d["kind"] == "truncated":
+        return lat.truncated(dim_z, d["seed"], bound=d["bound"], scale=d["scale"])
     if d["kind"] == "embeddings":
         src = lat.from_embeddings(latents or d["name"], dim_z, d["seed"], d["z_noise"])
     elif latents:
@@ -194,14 +196,18 @@ def recompute(job, manifest: dict, rows: list[int], latents) -> dict[int, dict[s
     with ThreadPoolExecutor(max_workers=2) as pool:
         for part, wanted in batches_of(manifest, rows, device):
             z = np.concatenate([latents.rows(r, r + 1) for r in part])
-            zt, pair = pipe.launch(z)
+            labels = None
+            if "labels" in job.spec:  # class-conditional: sample i's class from (labels seed, i)
+                labels = np.concatenate([gen.labels(job.spec["labels"]["seed"], r, r + 1) for r in part])
+            zt, pair = pipe.launch(z, labels)
             host = pipe.collect(zt, pair, *pipe.queue_masks(zt, pair))
             for j, r in enumerate(part):
                 if r not in wanted:
                     continue
                 one = {k: (None if v is None else v[j:j + 1]) for k, v in host.items()}
                 (fut,) = submit_encoding(pool, one, shard=r // S, row0=r, latents=z[j:j + 1],
-                                         codec=job.spec["image_codec"])
+                                         codec=job.spec["image_codec"],
+                                         labels=None if labels is None else labels[j:j + 1])
                 tar = tarfile.open(fileobj=io.BytesIO(fut.result() + b"\0" * 1024))
                 sample = {fmt.split_member(m.name)[1]: tar.extractfile(m).read() for m in tar.getmembers()}
                 sample.update({f"stat:{k[2:]}": one[k][0] for k in one if k.startswith("s_")})
