@@ -257,21 +257,15 @@ def _entry_of(manifest: dict, row: int) -> dict:
     raise fmt.FormatError(f"row {row} is in no shard of the manifest")
 
 
-def stored_samples(root: str, manifest: dict, rows: list[int]) -> tuple[dict, dict]:
-    """({row: {ext: bytes}}, {row: index row}) of the dataset's samples at `rows` (sha256-checked reads)."""
-    from factory.dataset.reader import load_index, read_shard_samples
+def stored_samples(res: fmt.Resolved, rows: list[int]) -> tuple[dict, dict]:
+    """({row: {ext: bytes}}, {row: index row}) of the dataset's samples at `rows`: one range read per sample
+    where the index has offsets (format 2), else their shards read whole."""
+    from factory.dataset.reader import load_index, read_samples
 
-    entries = {s["shard"]: s for s in (_entry_of(manifest, r) for r in rows)}
-    samples, index = {}, {}
-    for sid, entry in sorted(entries.items()):
-        members = read_shard_samples(root, entry)
-        for r in rows:
-            if entry["first_row"] <= r < entry["first_row"] + entry["samples"]:
-                samples[r] = members.get(fmt.sample_key(r), {})
-    table = load_index(root, manifest, shards=sorted(entries))
-    for rec in table.to_pylist():
-        if rec["row"] in samples:
-            index[rec["row"]] = rec
+    samples = read_samples(res, rows)
+    shards = sorted({_entry_of(res.manifest, r)["shard"] for r in rows})
+    index = {rec["row"]: rec for rec in load_index(res.root, res.manifest, shards=shards).to_pylist()
+             if rec["row"] in samples}
     return samples, index
 
 
@@ -310,7 +304,7 @@ def regenerate(url: str, n: int = 8, *, seed: int = 0, weights: str | None = Non
     rep.platform = describe(here)
     rep.exact = all(_entry_of(m, r).get("platform") == platform_id(here) for r in rows)
     got = recompute(job, m, rows, src)
-    want, index = stored_samples(res.root, m, rows)
+    want, index = stored_samples(res, rows)
     exts = m["members"]
     rep.details = [compare(r, want[r], got[r], index.get(r, {}), exts) for r in rows]
     judge(rep, spec)
