@@ -138,6 +138,7 @@ one_seed() {
     --out "$D/preds-refined" --device cpu
   step unet_figure_refined $TOOLS unet-figure "$D/held-refined" "$D/preds-refined" \
     "$D/unet-predictions-refined-128.png" --n 12 --cols 2 --zoom 2
+  step bands $TOOLS bands "$D/unet-refined" "$D/held-refined" "$D/bands.json" --png "$D/bands.png"
   D=$OUT
 }
 
@@ -155,7 +156,7 @@ fi
 $TOOLS seeds "$OUT" $SEEDS
 F=$OUT/seed-${SEEDS%% *}
 for f in strips.png preview.png preview-refined.png unet-predictions.png unet-predictions-refined.png \
-         unet-predictions-refined-128.png; do
+         unet-predictions-refined-128.png bands.png; do
   $TOOLS shrink "$F/$f" "$IMG/$f" --max-side 1000 --colors 256
 done
 $TOOLS shrink "$F/score/figure1.png" "$IMG/score-figure1.png" --max-side 1000

@@ -11,6 +11,7 @@ here changes how the factory or the trainers compute anything.
     python benchmarks/real_gan_tools.py unet-figure HELD_FOLDER PRED_FOLDER OUT.png [--n 12]
     python benchmarks/real_gan_tools.py shrink IN.png OUT.png [--max-side 1000] [--colors 256]
     python benchmarks/real_gan_tools.py seeds OUT SEED...      # the per-seed table: OUT/seeds.json, OUT/seeds.md
+    python benchmarks/real_gan_tools.py bands RUN HELD_FOLDER OUT.json [--png P]  # position-locked bands, 64 vs 128 px
 """
 from __future__ import annotations
 
@@ -307,6 +308,81 @@ def seeds(a) -> None:
     print("\n".join(lines))
 
 
+def _band_profile(P):
+    """Column profile of ``P [N,64,64]`` (rows 16..47), minus its 9-px moving average: (shared, per-image) RMS
+    and the profile averaged over images (what sits at the same columns in every image)."""
+    c = P[:, 16:48].mean(1)
+    k = np.ones(9) / 9
+    hp = np.stack([x - np.convolve(np.pad(x, 4, mode="edge"), k, "valid") for x in c])[:, 6:58]
+    shared, per = float(np.sqrt((hp.mean(0) ** 2).mean())), float(np.sqrt((hp ** 2).mean(1)).mean())
+    return {"shared_rms": round(shared, 4), "per_image_rms": round(per, 4),
+            "shared_over_per_image": round(shared / per, 3)}, hp.mean(0)
+
+
+def bands(a) -> None:
+    """Where the vertical bands of a 64-px U-Net's maps at the 128-px protocol come from: the maps at 64 and at
+    128 (PIL and torch resize), faces shifted 8 px (do the bands follow them?), constant images (the prior)."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from trainers.eval.evaluate import image_to_input, predict_batch
+    from trainers.model.checkpoint import open_model
+
+    net, dev = open_model(a.model, "cpu").eval(), torch.device("cpu")
+    held = Path(a.held)
+    gts = _masks(held)
+    files = {p.stem: p for p in (held / "images").iterdir()}
+    imgs = [Image.open(files[s]).convert("RGB") for s in sorted(gts)]
+    gt = [gts[s] for s in sorted(gts)]
+    R = imgs[0].width
+
+    def native(im):
+        return torch.from_numpy(np.asarray(im, np.float32).copy()).permute(2, 0, 1) / 127.5 - 1
+
+    def run(xs):
+        return np.stack([p for i in range(0, len(xs), 32)
+                         for p in predict_batch(net, torch.stack(xs[i:i + 32]), [(R, R)] * len(xs[i:i + 32]), dev)])
+
+    def iou(P):
+        return round(float(np.mean([((p >= .5) & g).sum() / max(1, ((p >= .5) | g).sum()) for p, g in zip(P, gt)])), 4)
+
+    def shifted(im, s=8):
+        x = np.asarray(im)
+        return Image.fromarray(np.concatenate([np.repeat(x[:, :1], s, 1), x[:, :-s]], 1))
+
+    P64, P128 = run([native(im) for im in imgs]), run([image_to_input(im) for im in imgs])
+    P128t = run([F.interpolate(native(im)[None], size=(2 * R, 2 * R), mode="bilinear", align_corners=False)[0]
+                 for im in imgs])
+    res = {"model": a.model, "images": len(imgs), "mean_GAN_mask_fg": round(float(np.mean(gt)), 3)}
+    for name, P in (("native_64", P64), ("protocol_128_PIL_resize", P128), ("at_128_torch_resize", P128t)):
+        res[name] = {"IoU_vs_GAN_masks": iou(P), "fg": round(float((P >= .5).mean()), 3), **_band_profile(P)[0]}
+    prof, prof_s = _band_profile(P128)[1], _band_profile(run([image_to_input(shifted(im)) for im in imgs]))[1]
+    res["faces_shifted_8px_right_at_128"] = {
+        "corr_with_unshifted_bands_same_columns": round(float(np.corrcoef(prof, prof_s)[0, 1]), 3),
+        "corr_with_unshifted_bands_moved_8_columns": round(float(np.corrcoef(prof[:-8], prof_s[8:])[0, 1]), 3)}
+    grey = Image.new("RGB", (R, R), (128, 128, 128))
+    c64, c128 = run([native(grey)])[0], run([image_to_input(grey)])[0]
+    for name, p in (("constant_grey_64", c64), ("constant_grey_128", c128)):
+        res[name] = {"fg": round(float((p >= .5).mean()), 3),
+                     "middle_row_every_4th_px": [round(float(t), 2) for t in p[R // 2, ::4]]}
+    Path(a.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res))
+    if a.png:
+        from PIL import ImageDraw
+
+        tiles = [("mean p, 64 px", P64.mean(0)), ("mean p, 128 px", P128.mean(0)),
+                 ("grey image, 64", c64), ("grey image, 128", c128)]
+        z = 3
+        sheet = Image.new("L", (len(tiles) * (R * z + 8), R * z + 16), 255)
+        dr = ImageDraw.Draw(sheet)
+        for i, (label, p) in enumerate(tiles):
+            im = Image.fromarray((np.clip(p, 0, 1) * 255).astype(np.uint8)).resize((R * z, R * z), Image.NEAREST)
+            sheet.paste(im, (i * (R * z + 8), 16))
+            dr.text((i * (R * z + 8) + 2, 2), label, fill=0)
+        sheet.save(a.png, optimize=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sp = p.add_subparsers(dest="cmd", required=True)
@@ -330,6 +406,8 @@ def main() -> None:
     c = sp.add_parser("shrink"); c.add_argument("inp"); c.add_argument("out")
     c.add_argument("--max-side", type=int, default=1000); c.add_argument("--colors", type=int, default=0)
     c.set_defaults(f=shrink)
+    c = sp.add_parser("bands"); c.add_argument("model"); c.add_argument("held"); c.add_argument("out")
+    c.add_argument("--png"); c.set_defaults(f=bands)
     c = sp.add_parser("seeds"); c.add_argument("out"); c.add_argument("seeds", nargs="+", type=int)
     c.set_defaults(f=seeds)
     a = p.parse_args()
