@@ -75,14 +75,16 @@ def holdout_bucket(key: str) -> int:
     return int(hashlib.sha256(key.encode()).hexdigest(), 16) % 1000
 
 
-_BYTE_WEIGHTS = np.array([pow(256, 31 - i, 1000) for i in range(32)], np.int64)
+_WORD_WEIGHTS = np.array([pow(2, 64 * (3 - i), 1000) for i in range(4)], np.int64)
 
 
 def holdout_buckets(rows: np.ndarray) -> np.ndarray:
-    """``holdout_bucket(sample_key(row))`` of every row, with one digest per row and the modulo vectorized."""
-    digests = b"".join([hashlib.sha256(b"%010d" % r).digest() for r in rows.tolist()])
-    d = np.frombuffer(digests, np.uint8).reshape(-1, 32).astype(np.int64)
-    return (d @ _BYTE_WEIGHTS) % 1000
+    """``holdout_bucket(sample_key(row))`` of every row: one digest per row, the modulo vectorized over the
+    digest's four big-endian 64-bit words."""
+    sha = hashlib.sha256
+    digests = b"".join([sha(b"%010d" % r).digest() for r in rows.tolist()])
+    words = np.frombuffer(digests, ">u8").reshape(-1, 4)
+    return ((words % np.uint64(1000)).astype(np.int64) @ _WORD_WEIGHTS) % 1000
 
 
 def holdout_rule(permille: int) -> str:
