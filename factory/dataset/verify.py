@@ -149,14 +149,15 @@ def _keys_are_rows(keys, first: int, n: int) -> bool:
     if n == 0:
         return len(keys) == 0
     rows = np.arange(first, first + n, dtype=np.int64)
-    width = np.maximum(10, np.char.str_len(rows.astype(str)))  # sample_key pads to 10 digits
+    # sample_key pads to 10 digits
+    width = 10 if first + n <= 10**10 else np.maximum(10, np.char.str_len(rows.astype(str)))
     try:
         as_int = pc.cast(keys, pa.int64()).to_numpy(zero_copy_only=False)
         lengths = pc.utf8_length(keys).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
     digits = pc.all(pc.match_substring_regex(keys, r"^[0-9]+$")).as_py()
-    return bool(digits) and np.array_equal(as_int, rows) and np.array_equal(lengths, width)
+    return bool(digits) and np.array_equal(as_int, rows) and bool((lengths == width).all())
 
 
 def _check_offsets(t, tar: bytes, entry: dict, problems: list[str]) -> None:

@@ -82,9 +82,12 @@ def holdout_buckets(rows: np.ndarray) -> np.ndarray:
     """``holdout_bucket(sample_key(row))`` of every row: one digest per row, the modulo vectorized over the
     digest's four big-endian 64-bit words."""
     sha = hashlib.sha256
-    digests = b"".join([sha(b"%010d" % r).digest() for r in rows.tolist()])
-    words = np.frombuffer(digests, ">u8").reshape(-1, 4)
-    return ((words % np.uint64(1000)).astype(np.int64) @ _WORD_WEIGHTS) % 1000
+    out = np.zeros(rows.shape[0], np.int64)
+    for i in range(0, rows.shape[0], 1 << 17):  # in chunks: the Python objects of a chunk only
+        digests = b"".join([sha(b"%010d" % r).digest() for r in rows[i:i + (1 << 17)].tolist()])
+        words = np.frombuffer(digests, ">u8").reshape(-1, 4)
+        out[i:i + (1 << 17)] = ((words % np.uint64(1000)).astype(np.int64) @ _WORD_WEIGHTS) % 1000
+    return out
 
 
 def holdout_rule(permille: int) -> str:
