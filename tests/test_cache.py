@@ -130,3 +130,35 @@ def test_limit_smaller_than_one_shard_is_one_line(remote, tmp_path):
     assert parse_size("1.5G") == 3 << 29 and parse_size("20GB") == 20 << 30 and parse_size(4096) == 4096
     with pytest.raises(CacheError, match="not a size"):
         parse_size("lots")
+
+
+def test_random_access_reads_the_cached_copy(remote, small_dataset, tmp_path):
+    from factory import format as fmt
+    from trainers.data.random_access import RandomAccessDataset
+
+    index = open_cache(open_index(remote["url"], split="all"), cache_dir=str(tmp_path))
+    local = open_index(str(small_dataset), split="all")
+    cached = RandomAccessDataset(index, fmt.open_dataset(remote["url"]))
+    direct = RandomAccessDataset(local, fmt.open_dataset(str(small_dataset)))
+    remote["proxy"].clear()
+    for pos in (5, 59, 0, 31):
+        assert cached.members(pos) == direct.members(pos)
+    assert len(shard_bytes_read(remote["proxy"])) == 3 and index.cache.stats.fetched_shards == 3
+    remote["proxy"].clear()
+    assert cached.members(17) == direct.members(17) and shard_bytes_read(remote["proxy"]) == {}
+
+
+def test_train_cli_from_s3_through_the_cache(remote, tmp_path):
+    from trainers.cli import main
+
+    args = ["train", "--data", remote["url"], "--steps", "2", "--batch-size", "4", "--width", "4", "--workers", "1",
+            "--holdout-permille", "100", "--device", "cpu", "--no-progress", "--cache-dir", str(tmp_path / "c")]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    announced = [line for line in res.output.splitlines() if line.startswith("shard cache: ")]
+    assert len(announced) == 1 and str(tmp_path / "c") in announced[0] and "limit" in announced[0]
+    assert list((tmp_path / "c" / remote["manifest"]["dataset_id"]).glob("*.tar"))
+    remote["proxy"].clear()
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert shard_bytes_read(remote["proxy"]) == {}  # the second run reads every shard from the cache

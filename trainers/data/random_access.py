@@ -100,7 +100,13 @@ class RandomAccessDataset(torch.utils.data.Dataset):
         key = fmt.sample_key(row)
         off, size = self.offsets.range_of(sid, row)
         try:
-            return fmt.sample_members(fmt.read_range(url, off, size), key, f"shard {url}: key {key}")
+            if self.index.cache is None:
+                data = fmt.read_range(url, off, size)
+            else:  # the shard's copy in the node's cache (fetched whole, once per node)
+                with self.index.cache.open(self.index.shard_info[sid]) as f:
+                    f.seek(off)
+                    data = f.read(size)
+            return fmt.sample_members(data, key, f"shard {url}: key {key}")
         except fmt.FormatError as e:
             raise DataError(str(e)) from None
 
