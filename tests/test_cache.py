@@ -90,6 +90,9 @@ def test_limit_holds_under_eviction(remote, tmp_path):
     largest = max(s["bytes"] for s in remote["manifest"]["shards"])
     limit = 2 * largest
     index = open_cache(open_index(remote["url"], split="all"), cache_dir=str(tmp_path), cache_limit=limit)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = index.cache.folder / f".{'0' * 64}.{limit}.{int(dead.stdout)}.1.part"
+    stale.write_bytes(b"x" * 10)
     seen = []
     rows = []
     for epoch in (0, 1):
@@ -98,6 +101,7 @@ def test_limit_holds_under_eviction(remote, tmp_path):
             seen.append(cached_bytes(tmp_path))
             rows += batch["row"].tolist()
     assert max(seen) <= limit and sorted(rows) == sorted(list(range(60)) * 2)
+    assert not stale.exists()  # a killed fetch's reservation does not hold the limit
     assert len(list(index.cache.folder.glob("*.tar"))) <= 2
     assert index.cache.stats.fetched_shards > 3  # epoch 2 fetched again what the limit evicted
 

@@ -10,7 +10,8 @@
 * **In use**: a reader holds a shared ``flock`` on the cached file while it reads it; eviction takes an
   exclusive non-blocking ``flock`` before unlinking, so a shard in use is never evicted.
 * **Limit**: before a fetch, files are evicted least recently used first (mtime, touched on every use)
-  until the cached files plus the shards being fetched (counted at full size) fit ``limit`` bytes.
+  until the cached files plus the shards being fetched (counted at full size) fit ``limit`` bytes;
+  the partial file of a fetch whose process died is removed.
   A limit smaller than the largest shard is a one-line error.
 * **Prefetch** (`Prefetcher`): the next ``depth`` shards of a reader's order are fetched by ``depth``
   threads while it reads the current one; ``close()`` stops them (a fetch in flight stops at its next
@@ -78,6 +79,9 @@ def _entries(root: Path) -> list[tuple[Path, int, float]]:
         if p.suffix == ".tar":
             out.append((p, st.st_size, st.st_mtime))
         elif p.suffix == ".part":
+            if not fmt.pid_alive(int(p.name.split(".")[3])):  # left by a killed fetch: not a reservation
+                p.unlink(missing_ok=True)
+                continue
             out.append((p, max(st.st_size, int(p.name.split(".")[2])), float("inf")))
     return out
 
