@@ -61,10 +61,10 @@ def recovery(z: np.ndarray, truth: np.ndarray, basis: np.ndarray | None = None) 
 
 
 def shapes_recovery(name: str, truth_file: Path, resolution: int) -> dict:
-    from factory.latents import embeddings as emb
     from factory.generators import load_generator
     from factory.generators.shapes import COORD, N_COORDS
     from factory.generators.shapes.export import EMBEDDING_SHIFTS
+    from factory.latents import embeddings as emb
 
     z, _ = emb.read_store(name)
     truth = np.load(truth_file, allow_pickle=False)
@@ -84,9 +84,9 @@ def faces(out: Path, k: int, steps: int, restarts: int) -> dict:
     import torch
     from PIL import Image
 
-    from factory.latents import embeddings as emb
     from factory.generators import load_generator
     from factory.generators.dcgan import packaged_face_weights
+    from factory.latents import embeddings as emb
 
     weights = packaged_face_weights()
     if weights is None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from factory import format as fmt
 from factory.format import FactoryError
+from factory.settings import settings
 
 CHUNK = 1 << 22  # bytes read at a time when hashing a file
 
@@ -25,7 +26,7 @@ CHUNK = 1 << 22  # bytes read at a time when hashing a file
 
 def factory_home() -> Path:
     """$FACTORY_HOME (default ~/.cache/factory): where weights/, embeddings/ and cache/ live."""
-    return Path(os.environ.get("FACTORY_HOME") or Path.home() / ".cache" / "factory").expanduser()
+    return settings().home
 
 
 def is_local(fs) -> bool:
@@ -206,8 +207,9 @@ def local_copy(url: str, sha256: str) -> str:
 # ---------------------------------------------------------------- safe readers
 
 
-class ReadError(Exception):
+class ReadError(FactoryError):
     """A file from elsewhere that a safe reader refused; `reason` says why, `cause` is the error underneath.
+    Callers turn it into a FactoryError line naming the file (it is one too, so none escapes as a traceback).
 
     reason: ``missing`` | ``objects`` (a pickle: object arrays, code) | ``invalid`` | ``unreadable`` | ``archive``
     """

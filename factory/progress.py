@@ -1,12 +1,11 @@
 """Progress bars that read well in a terminal and in a log: on a terminal, a tqdm bar; when stderr is
-piped or redirected, the same bar as one plain line every PIPED_SECONDS (with rate and ETA), never
-carriage returns."""
+piped or redirected, the same bar as one plain line every FACTORY_PROGRESS_SECONDS (factory.settings;
+default 10) with rate and ETA, never carriage returns."""
 from __future__ import annotations
 
-import os
 import sys
 
-PIPED_SECONDS = float(os.environ.get("FACTORY_PROGRESS_SECONDS", "10"))
+from factory.settings import settings
 
 
 class LineStream:
@@ -33,11 +32,11 @@ def is_terminal(stream) -> bool:
 
 
 def progress_bar(iterable=None, **kw):
-    """``tqdm(iterable, **kw)`` on stderr (looked up now); piped: plain lines every PIPED_SECONDS."""
+    """``tqdm(iterable, **kw)`` on stderr (looked up now); piped: plain lines every FACTORY_PROGRESS_SECONDS."""
     from tqdm import tqdm
 
     stream = kw.pop("file", None) or sys.stderr
     if not is_terminal(stream):
         kw.update(file=LineStream(stream), dynamic_ncols=False, ncols=kw.get("ncols") or 100,
-                  mininterval=max(kw.get("mininterval", 0.1), PIPED_SECONDS))
+                  mininterval=max(kw.get("mininterval", 0.1), settings().progress_seconds))
     return tqdm(iterable, **kw)

@@ -14,12 +14,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from factory.latents import embeddings as emb
-from factory.latents import inversion as inv
 from factory.cli import main
 from factory.format import FactoryError
 from factory.fsio import sha256_file
 from factory.generators import load_generator
+from factory.latents import embeddings as emb
+from factory.latents import inversion as inv
 
 R = 16  # a tiny shapes world keeps every test to seconds on a CPU
 

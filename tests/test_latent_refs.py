@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from factory import fsio
-from factory.latents import sources as latents
 from factory.cli import main
-from factory.latents.embeddings import resolve
 from factory.format import FactoryError
+from factory.latents import sources as latents
+from factory.latents.embeddings import resolve
 
 GEN = ["generate", "--generator", "shapes", "--resolution", "64", "--workers", "0", "--quiet"]
 

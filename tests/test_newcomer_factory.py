@@ -197,9 +197,7 @@ def test_card_snippet_runs_on_stock_webdataset_with_a_single_channel_mask(ds):
 def test_piped_progress_is_plain_lines_with_rate_and_eta(tmp_path, monkeypatch):
     """With stderr not a terminal, progress comes as whole lines (no carriage returns), each with
     the rate and the ETA, at most one per FACTORY_PROGRESS_SECONDS."""
-    import factory.progress as progress
-
-    monkeypatch.setattr(progress, "PIPED_SECONDS", 0.0)
+    monkeypatch.setenv("FACTORY_PROGRESS_SECONDS", "0")
     r = CliRunner().invoke(main, ["generate", "--generator", "shapes", "--resolution", "32", "--n", "60",
                                   "--shard-size", "20", "--workers", "0", "--out", str(tmp_path / "d")])
     assert r.exit_code == 0, r.output

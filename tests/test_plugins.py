@@ -11,7 +11,12 @@ import torch
 from click.testing import CliRunner
 
 from factory.format import FactoryError
-from factory.generators import ENTRY_POINT_GROUP, describe_generators, known_generators, load_generator
+from factory.generators import (
+    ENTRY_POINT_GROUP,
+    describe_generators,
+    known_generators,
+    load_generator,
+)
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugin_pkg"  # holds the importable package `tinygen`
 

@@ -9,10 +9,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from factory.generators.shapes import export as tw
 from factory.format import FactoryError
 from factory.generators import load_generator
 from factory.generators.shapes import DIRECTION_NAMES
+from factory.generators.shapes import export as tw
 
 GRAY = torch.tensor([0.2989, 0.5870, 0.1140])
 R_SHIFT = 5.0

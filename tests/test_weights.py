@@ -150,8 +150,8 @@ def test_inspect_full_size_layout(tmp_path):
     """A file with the full model's keys/shapes (meta-built, zero-filled) is recognised as BigBiGAN-128."""
     from safetensors.torch import save_file
 
-    from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
     from factory.generators.bigbigan.checkpoint import inspect_weights
+    from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
 
     with torch.device("meta"):
         m = BigBiGAN(BigBiGANConfig())

@@ -6,21 +6,14 @@ import json
 import click
 
 from factory import format as fmt
-from factory.cli.errors import user_errors
-from factory.cli.options import GENERATOR_HELP, generator_options
+from factory.cli.options import GeneratorFlags, generator_flags
 
 
 @click.command()
-@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
-@click.option("--random-weights", is_flag=True, help="bigbigan, biggan: full-size model with random weights (speed does not depend on values).")
-@click.option("--weights", help="bigbigan, biggan: a weights file (biggan: checkpoint folder) instead of random weights.")
-@click.option("--resolution", type=int, help="shapes: 128 (default) or 64; biggan with --random-weights: 128, 256 or 512.")
+@generator_flags
 @click.option("--n", type=int, default=512, show_default=True, help="Candidates to process in the timed run.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Candidates per batch (two forwards each).")
 @click.option("--shard-size", type=int, help="Samples per shard (default: n).")
-@click.option("--dtype", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32", show_default=True)
-@click.option("--channels-last", is_flag=True, help="bigbigan, biggan: channels_last memory format.")
-@click.option("--compile", "compile_", is_flag=True, help="bigbigan, biggan: torch.compile the generator.")
 @click.option("--image-codec", type=click.Choice(list(fmt.IMAGE_CODECS)), default="png", show_default=True,
               help="Image member codec, as in `factory generate`.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present).")
@@ -28,9 +21,7 @@ from factory.cli.options import GENERATOR_HELP, generator_options
 @click.option("--trace", "trace_dir", type=click.Path(file_okay=False),
               help="Also profile one shard: DIR/trace.json (open in Perfetto), DIR/ops.txt, and the GPU's busy share.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@user_errors
-def bench(generator, random_weights, weights, resolution, n, batch_size, shard_size, dtype, channels_last, compile_,
-          image_codec, device, threads, trace_dir, as_json):
+def bench(*, gen: GeneratorFlags, n, batch_size, shard_size, image_codec, device, threads, trace_dir, as_json):
     """Measure end-to-end candidates/s (G(z), G(z + r h), masks, statistics, encoding, shards).
 
     \b
@@ -41,11 +32,8 @@ def bench(generator, random_weights, weights, resolution, n, batch_size, shard_s
     """
     from factory.generate.bench import run
 
-    options = generator_options(dict(weights=weights, random_weights=random_weights, resolution=resolution,
-                                     dtype=dtype, channels_last=channels_last, compile_=compile_),
-                                model_flags=generator in ("bigbigan", "biggan"))
-    res = run(generator=generator, n=n, batch_size=batch_size, shard_size=shard_size, device=device,
-              generator_options=options, threads=threads, trace_dir=trace_dir, image_codec=image_codec)
+    res = run(generator=gen.name, n=n, batch_size=batch_size, shard_size=shard_size, device=device,
+              generator_options=gen.options(), threads=threads, trace_dir=trace_dir, image_codec=image_codec)
     if as_json:
         click.echo(json.dumps(res))
         return

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import click
 
-from factory.cli.errors import user_errors
-
 
 @click.command()
 @click.argument("dataset")
@@ -14,7 +12,6 @@ from factory.cli.errors import user_errors
 @click.option("--allow-remote-shards", is_flag=True,
               help="Trust shard paths in the manifest that are absolute remote URLs (off: only paths inside the dataset).")
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
-@user_errors
 def browse(dataset, port, views_dir, allow_remote_shards, verbose):
     """Serve a page over DATASET (a dataset folder/URL or a view JSON) on 127.0.0.1 until Ctrl-C.
 

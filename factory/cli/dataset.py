@@ -7,8 +7,6 @@ import sys
 
 import click
 
-from factory.cli.errors import user_errors
-
 _REMOTE_HELP = "Trust shard paths in the manifest that are absolute remote URLs (off: only paths inside the dataset)."
 
 
@@ -27,7 +25,6 @@ _REMOTE_HELP = "Trust shard paths in the manifest that are absolute remote URLs 
 @click.option("--overwrite", is_flag=True, help="Replace an existing view/dataset with other content at --out.")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-@user_errors
 def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_components, where, out, materialize,
                shard_size, overwrite, allow_remote_shards, as_json):
     """Select candidates by their index statistics; writes a view (no pixel is read).
@@ -71,7 +68,6 @@ def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_component
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--no-stats", is_flag=True, help="Skip the index statistics (reads only the manifest/view).")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
-@user_errors
 def info(dataset, as_json, no_stats, allow_remote_shards):
     """Describe a dataset or view: counts, provenance, filter statistics, lineage.
 
@@ -102,7 +98,6 @@ def info(dataset, as_json, no_stats, allow_remote_shards):
 @click.option("--device", help="With --regenerate: device to regenerate on (default: a GPU if any, else cpu).")
 @click.option("--verbose", is_flag=True, help="With --regenerate: one line per regenerated sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-@user_errors
 def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, weights, latents, direction, device,
            verbose, as_json):
     """Recompute every shard's sha256, bytes and samples; cross-check tars, index and latents.
@@ -162,7 +157,6 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
               "page over the first N samples, pictures inside, for a dataset card.")
 @click.option("--n", "n", type=int, default=64, show_default=True, help="Samples shown.")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
-@user_errors
 def preview(dataset, out, html_out, n, allow_remote_shards):
     """Contact sheet of images with masks overlaid, fg-ratio histogram and filter pass rates.
 
@@ -193,7 +187,6 @@ def preview(dataset, out, html_out, n, allow_remote_shards):
 @click.option("--shard-size", type=int, help="Samples per new shard (default: the parent's).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset with other content at --out.")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
-@user_errors
 def relabel(dataset, maps, out, shard_size, overwrite, allow_remote_shards):
     """Write DATASET (a dataset or view) with a teacher's masks and agreement columns as a new dataset.
 
@@ -217,7 +210,6 @@ def relabel(dataset, maps, out, shard_size, overwrite, allow_remote_shards):
 
 @click.command()
 @click.argument("dataset")
-@user_errors
 def upgrade(dataset):
     """Bring a dataset written by an older format version to the current one, in place.
 

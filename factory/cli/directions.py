@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from factory.cli.errors import user_errors
-from factory.cli.options import GENERATOR_HELP
+from factory.cli.errors import FactoryGroup
+from factory.cli.options import GENERATOR_HELP, GeneratorFlags, generator_flags
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FactoryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def directions():
     """Find a segmenting latent direction: make candidates, score them, use the winner.
 
@@ -26,7 +26,6 @@ def directions():
 @click.option("--weights", help="Generator weights file (dcgan, bigbigan: dim_z is read from it).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of numpy's default_rng.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npy [N, DIM] float32.")
-@user_errors
 def random_cmd(n, dim, generator, weights, seed, out):
     """Write N unit Gaussian directions (a baseline set of candidates) of the generator's width.
 
@@ -46,10 +45,8 @@ def random_cmd(n, dim, generator, weights, seed, out):
 
 
 @directions.command("score")
-@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
-@click.option("--weights", help="Generator weights file (bigbigan; biggan: the checkpoint folder).")
+@generator_flags
 @click.option("--class", "class_id", type=int, help="biggan: the ImageNet class every latent is rendered with (default 0; the authors' discovery used 239).")
-@click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
 @click.option("--candidates", type=click.Path(dir_okay=False), required=True, help="Candidate directions .npy [K, dim_z] (rows are normalised).")
 @click.option("--names", type=click.Path(dir_okay=False), help="JSON list of K names (null = unknown); default: the generator's named directions are recognised.")
 @click.option("--scale", type=float, default=5.0, show_default=True, help="Shift s of G(z + s h).")
@@ -73,9 +70,8 @@ def random_cmd(n, dim, generator, weights, seed, out):
               help="torch CPU threads, pinned (a CPU run's floats can depend on the count; recorded in the JSON).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@user_errors
-def score_cmd(generator, weights, class_id, resolution, candidates, names, scale, steps, batch, lr, keep_best, loss_kind, eval_n,
-              seed, refine_steps, refine_top, refine_batch, refine_lr, device, threads, out, quiet):
+def score_cmd(*, gen: GeneratorFlags, quiet: bool, loss_kind: str, refine_steps: int, refine_batch: int,
+              refine_lr: float, **kw):
     """Score candidate directions by two fitted colour operators and select the segmenting one.
 
     Writes OUT/scores.parquet and OUT/scores.json (index, name, loss, distance,
@@ -95,11 +91,9 @@ def score_cmd(generator, weights, class_id, resolution, candidates, names, scale
     from factory.directions.refine import RefineConfig
     from factory.directions.score import ScoreConfig, score
 
-    cfg = ScoreConfig(generator=generator, candidates=candidates, out=out, weights=weights, class_id=class_id,
-                        resolution=resolution, names=names, scale=scale, steps=steps, batch=batch, lr=lr,
-                        keep_best=keep_best, loss=loss_kind, eval_n=eval_n, seed=seed, device=device, threads=threads,
-                        progress=not quiet,
-                        refine_top=refine_top, refine=RefineConfig(steps=refine_steps, batch=refine_batch, lr=refine_lr))
+    cfg = ScoreConfig(generator=gen.name, generator_options=gen.options(), loss=loss_kind, progress=not quiet,
+                      refine=RefineConfig(steps=refine_steps, batch=refine_batch, lr=refine_lr), **kw)
+    out = cfg.out
     s = score(cfg)
     name = f" ({s['selected_name']})" if s["selected_name"] else ""
     row = s["rows"][s["selected"]]
@@ -115,10 +109,8 @@ def score_cmd(generator, weights, class_id, resolution, candidates, names, scale
 
 
 @directions.command("discover")
-@click.option("--generator", default="shapes", show_default=True, help=GENERATOR_HELP)
-@click.option("--weights", help="Generator weights file (bigbigan; biggan: the checkpoint folder).")
+@generator_flags
 @click.option("--class", "class_id", type=int, help="biggan: the ImageNet class every latent is rendered with (default 0; the authors' discovery used 239).")
-@click.option("--resolution", type=int, help="shapes: image size, 128 (default) or 64.")
 @click.option("--n-directions", type=int, required=True, help="K, the number of directions to learn.")
 @click.option("--steps", type=int, default=2000, show_default=True, help="Training steps (reference: 100000).")
 @click.option("--batch", type=int, default=32, show_default=True, help="Latents per step (reference: 32).")
@@ -134,9 +126,7 @@ def score_cmd(generator, weights, class_id, resolution, candidates, names, scale
               help="torch CPU threads, pinned (a CPU run's floats can depend on the count; recorded in the JSON).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npy [K, dim_z]; a .json goes beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@user_errors
-def discover_cmd(generator, weights, class_id, resolution, n_directions, steps, batch, lr, seed, deformator, axes_init,
-                 diff_input, checkpoint_every, device, threads, out, quiet):
+def discover_cmd(*, gen: GeneratorFlags, axes_init: bool, diff_input: bool, quiet: bool, **kw):
     """Learn K interpretable latent directions (Voynov & Babenko 2020) to use as candidates.
 
     A matrix of K unit directions and a CNN that, from (G(z), G(z + eps d_k)),
@@ -150,11 +140,9 @@ def discover_cmd(generator, weights, class_id, resolution, n_directions, steps, 
     """
     from factory.directions.discover import DiscoverConfig, discover
 
-    cfg = DiscoverConfig(generator=generator, out=out, n_directions=n_directions, weights=weights, class_id=class_id,
-                           resolution=resolution, steps=steps, batch=batch, lr=lr, seed=seed,
-                           deformator=deformator, random_init=not axes_init, rec_diff=diff_input,
-                           checkpoint_every=checkpoint_every, device=device, threads=threads,
-                           progress=not quiet)
+    cfg = DiscoverConfig(generator=gen.name, generator_options=gen.options(), random_init=not axes_init,
+                         rec_diff=diff_input, progress=not quiet, **kw)
+    out = cfg.out
     s = discover(cfg, log=lambda m: click.echo(m, err=True))
     v = s["validation"]
     click.echo(f"wrote {s['shape'][0]} unit directions to {out} (validation accuracy {v['accuracy']:.2f}, "

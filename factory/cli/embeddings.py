@@ -6,11 +6,11 @@ import warnings
 
 import click
 
-from factory.cli.errors import user_errors
-from factory.cli.options import generator_flags, generator_options
+from factory.cli.errors import FactoryGroup
+from factory.cli.options import GeneratorFlags, generator_flags
 
 
-@click.group()
+@click.group(cls=FactoryGroup)
 def embeddings():
     """Named sets of real-image embeddings for `generate --embeddings NAME`.
 
@@ -26,7 +26,6 @@ def embeddings():
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--name", required=True, help="Name to use with --embeddings.")
 @click.option("--overwrite", is_flag=True, help="Replace a stored set of that name with other content.")
-@user_errors
 def embeddings_import(file, name, overwrite):
     """Store FILE.npy [N, dim_z] as a compressed zarr array under $FACTORY_HOME.
 
@@ -42,7 +41,6 @@ def embeddings_import(file, name, overwrite):
 
 @embeddings.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@user_errors
 def embeddings_list(as_json):
     """List stored embedding sets.
 
@@ -82,8 +80,7 @@ def embeddings_list(as_json):
 @click.option("--device", help="Device (default: cuda when present, else cpu).")
 @click.option("--overwrite", is_flag=True, help="Replace a stored set (or an unfinished run) of that name.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@user_errors
-def embeddings_invert(**kw):
+def embeddings_invert(gen: GeneratorFlags, **kw):
     """Find each image's latent by optimisation (GAN inversion) and store them as NAME.
 
     Every image is centre-cropped and resized to the generator's resolution; z
@@ -107,7 +104,7 @@ def embeddings_invert(**kw):
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *a, **k: click.echo(f"warning: {message}", err=True)
         res = inversion.invert(
-            kw["generator"], kw["images"], kw["name"], generator_options=generator_options(kw), settings=settings,
+            gen.name, kw["images"], kw["name"], generator_options=gen.options(), settings=settings,
             device=kw["device"], overwrite=kw["overwrite"], upscale=kw["upscale"], progress=not kw["quiet"],
         )
     if res.chunks_resumed:
@@ -120,7 +117,6 @@ def embeddings_invert(**kw):
 @embeddings.command("export")
 @click.argument("name")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output FILE.npy.")
-@user_errors
 def embeddings_export(name, out):
     """Write a stored set's rows to FILE.npy [N, dim_z] float32 (to share, or for `generate --latents`).
 

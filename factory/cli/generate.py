@@ -4,8 +4,7 @@ from __future__ import annotations
 import click
 
 from factory import format as fmt
-from factory.cli.errors import user_errors
-from factory.cli.options import generator_flags, generator_options
+from factory.cli.options import GeneratorFlags, generator_flags
 from factory.format import FactoryError
 
 try:  # Python 3.11+
@@ -88,8 +87,7 @@ def _latents_rows(latents: str, n: int | None) -> int | None:
                    "(device, torch, CPU capability, precision, compile): bit identity across the whole dataset.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-@user_errors
-def generate(ctx, **kw):
+def generate(ctx, gen: GeneratorFlags, **kw):
     """Generate a dataset of image/mask candidates into sharded WebDataset tars.
 
     Writes shards/*.tar, index/*.parquet (one row of filter statistics per
@@ -107,15 +105,16 @@ def generate(ctx, **kw):
     from factory.generate.config import GenerateConfig
     from factory.generate.engine import generate as run
 
-    kw.update(_recipe_defaults(ctx, kw.get("recipe")))
+    recipe = _recipe_defaults(ctx, kw.get("recipe"))
+    kw.update(recipe)
+    gen = gen.updated(recipe)
     kw["n"] = _latents_rows(kw["latents"], kw["n"])
     if kw["n"] is None:
         raise FactoryError("--n is required: how many candidates to generate (e.g. --n 2000)")
     if not kw["out"]:
         raise FactoryError("--out is required: a folder or URL for the dataset (e.g. --out data/demo)")
-    options = generator_options(kw)
     cfg = GenerateConfig(
-        n=kw["n"], out=kw["out"], generator=kw["generator"], generator_options=options, seed=kw["seed"],
+        n=kw["n"], out=kw["out"], generator=gen.name, generator_options=gen.options(), seed=kw["seed"],
         shard_size=kw["shard_size"], latents=kw["latents"], embeddings=kw["embeddings"], z_noise=kw["z_noise"],
         direction=kw["direction"], shift_r=kw["shift_r"], mask_rule=kw["mask_rule"], max_fg=kw["max_fg"],
         png_level=kw["png_level"], image_codec=kw["image_codec"], jpeg_quality=kw["jpeg_quality"],

@@ -7,10 +7,10 @@ import json
 
 import click
 
-from factory.cli.errors import user_errors
+from factory.cli.errors import FactoryGroup
 
 
-@click.group()
+@click.group(cls=FactoryGroup)
 def generators():
     """Generators that `--generator` accepts (built-in, plug-in entry points, package.module:function).
 
@@ -24,7 +24,6 @@ def generators():
 @click.argument("extra", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="One JSON list of {name, dim_z, resolution, origin, source, summary, note}.")
 @click.option("--no-probe", is_flag=True, help="Do not build plug-ins that do not declare dim_z/resolution.")
-@user_errors
 def list_cmd(extra, as_json, no_probe):
     """List the available generators; EXTRA names (e.g. mypkg.gans:make) are loaded and listed too.
 

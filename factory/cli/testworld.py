@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from factory.cli.errors import user_errors
+from factory.cli.errors import FactoryGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FactoryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def testworld():
     """The `shapes` test world as files: a benchmark with ground truth, its latents, its directions.
 
@@ -22,7 +22,6 @@ def testworld():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the drawn latents.")
 @click.option("--resolution", type=click.Choice(["64", "128"]), default="128", show_default=True, help="Image size.")
 @click.option("--out", "out", type=click.Path(), required=True, help="New (or empty) folder to write.")
-@user_errors
 def export_cmd(n, seed, resolution, out):
     """Write N photographs of the world in the ECSSD layout, with embeddings.
 
@@ -42,7 +41,6 @@ def export_cmd(n, seed, resolution, out):
 
 @testworld.command("directions")
 @click.option("--out", "out", type=click.Path(), required=True, help="Output .npy; names go to the .json beside it.")
-@user_errors
 def directions_cmd(out):
     """Write the world's named directions [K, 120] float32 to OUT.npy and their names to OUT.json.
 

@@ -5,10 +5,10 @@ import json
 
 import click
 
-from factory.cli.errors import user_errors
+from factory.cli.errors import FactoryGroup
 
 
-@click.group("weights")
+@click.group("weights", cls=FactoryGroup)
 def weights():
     """Download and inspect generator weights.
 
@@ -25,7 +25,6 @@ def weights():
 @click.option("--sha256", "sha256", help="Expected sha256 (hex); the file is renamed into place only if it matches.")
 @click.option("--to", "to", type=click.Path(), help="Destination file or folder [default: $FACTORY_HOME/weights].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@user_errors
 def fetch_cmd(name, url, sha256, to, quiet):
     """Download weights NAME (resumable, verified before it is renamed into place).
 
@@ -46,7 +45,6 @@ def fetch_cmd(name, url, sha256, to, quiet):
 @weights.command("inspect")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@user_errors
 def inspect_cmd(path, as_json):
     """Tell which generator config a weights file matches, its parameter count and sha256.
 

@@ -22,20 +22,14 @@ def seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def open_generator(name: str, device: torch.device, resolution: int | None, weights: str | None, *,
-                   class_id: int | None = None):
-    """The generator ``name`` on ``device`` (with ``resolution`` / ``weights`` when given); ``class_id``:
-    the class a class-conditional generator (biggan) renders every latent with."""
+def open_generator(name: str, device: torch.device, options: dict, *, class_id: int | None = None):
+    """The generator ``name`` on ``device`` with its other `load_generator` options; ``class_id``: the
+    class a class-conditional generator (biggan) renders every latent with."""
     from factory.generators import load_generator
 
-    opts: dict = {"device": str(device)}
-    if resolution:
-        opts["resolution"] = int(resolution)
-    if weights:
-        opts["weights"] = weights
     if class_id is not None:
-        opts["classes"] = [int(class_id)]
-    return load_generator(name, **opts)
+        options = {**options, "classes": [int(class_id)]}
+    return load_generator(name, **{**options, "device": str(device)})
 
 
 # ----------------------------------------------------------------- candidates

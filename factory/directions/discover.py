@@ -48,8 +48,7 @@ class DiscoverConfig:
     generator: str
     out: str
     n_directions: int
-    weights: str | None = None
-    resolution: int | None = None
+    generator_options: dict = field(default_factory=dict)  # load_generator's options (cli: GeneratorFlags.options())
     class_id: int | None = None  # class-conditional generators: the class of every latent
     steps: int = 2000
     batch: int = 32
@@ -91,10 +90,13 @@ class DiscoverConfig:
     def training_key(self) -> dict:
         """The part of the config that determines the trajectory (a checkpoint is resumed only if it matches)."""
         d = asdict(self)
-        for k in ("out", "steps", "checkpoint_every", "device", "progress", "weights", "extra"):
+        options = d.pop("generator_options")
+        for k in ("out", "steps", "checkpoint_every", "device", "progress", "extra"):
             d.pop(k)
         if d["class_id"] is None:  # unconditional runs keep the key they always had
             d.pop("class_id")
+        d["resolution"] = options.get("resolution")  # the weights file's name does not matter, its shapes do
+        d.update({k: v for k, v in options.items() if k not in ("weights", "resolution")})
         return d
 
 
@@ -200,7 +202,7 @@ def _load_checkpoint(out: Path, tr: Training, cfg: DiscoverConfig, log) -> int:
 def _open(cfg: DiscoverConfig, out: Path, log) -> tuple:
     """The frozen generator, the fresh (or resumed) training state and the step to start from."""
     device = torch_device(cfg.device)
-    gen = open_generator(cfg.generator, device, cfg.resolution, cfg.weights, class_id=cfg.class_id)
+    gen = open_generator(cfg.generator, device, cfg.generator_options, class_id=cfg.class_id)
     if hasattr(gen, "eval"):
         gen.eval()
     for p in getattr(gen, "parameters", lambda: [])():

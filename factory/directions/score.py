@@ -55,8 +55,7 @@ class ScoreConfig:
     generator: str
     candidates: str
     out: str
-    weights: str | None = None
-    resolution: int | None = None
+    generator_options: dict = field(default_factory=dict)  # load_generator's options (cli: GeneratorFlags.options())
     class_id: int | None = None  # class-conditional generators: the class of every latent
     names: str | None = None
     scale: float = 5.0
@@ -108,7 +107,7 @@ def score(cfg: ScoreConfig, log=None) -> dict:
 def _score(cfg: ScoreConfig) -> dict:
     t_start = time.perf_counter()
     device = torch_device(cfg.device)
-    gen = open_generator(cfg.generator, device, cfg.resolution, cfg.weights, class_id=cfg.class_id)
+    gen = open_generator(cfg.generator, device, cfg.generator_options, class_id=cfg.class_id)
     cand = load_candidates(cfg.candidates, gen.dim_z)
     K = cand.shape[0]
     names = load_names(cfg.names, K) or auto_names(gen, cand)

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from factory.device import pick_device
+from factory.format import FactoryError
 from factory.generate.compute import (
     Timers,
     cached_generator,
@@ -162,7 +163,7 @@ def timed_passes(plan: Plan, job: ShardJob, *, trace_dir: str | None) -> dict:
     redone = int(counters.get("cc_redo_batches", 0) - redo0)
     bad = [s for s in statuses if not s.get("ok")]
     if bad:
-        raise RuntimeError(bad[0]["error"])
+        raise FactoryError(f"bench: {bad[0]['error']}")
     timers = Timers()
     staged = shard_ids[: max(1, min(4, len(shard_ids)))]
     t0 = time.perf_counter()

@@ -4,11 +4,11 @@ sync-free labelling knob and its exact redo), stage timers and device->host copi
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 
-from factory.generate.config import CC_RATIO, env_count
+from factory.generate.config import CC_RATIO
+from factory.settings import settings
 
 # One generator per worker process, kept between shards.
 _WORKER_CACHE: dict = {}
@@ -69,10 +69,10 @@ def cc_iterations_for(device: str) -> int | None:
     unconverged image are redone exactly), and host checks on the CPU, where there
     is no queue to stall and extra updates would cost time. ``0``: always check.
     """
-    v = os.environ.get("FACTORY_CC_ITERATIONS", "auto").strip()
+    v = settings().cc_iterations
     if v == "auto":
         return CC_SYNC_FREE_ITERATIONS if str(device).startswith("cuda") else None
-    return env_count("FACTORY_CC_ITERATIONS", v, 0, "use auto, 0 (host checks) or a positive count") or None
+    return v or None
 
 
 def masks_and_stats(gen, z, img, shifted, *, mask_rule: str, max_fg: float, operators=None,

@@ -2,13 +2,13 @@
 entry, and the environment knobs (FACTORY_ENCODER, integer knobs) with their errors."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from factory import format as fmt
 from factory.format import FactoryError
+from factory.settings import settings
 
 DEFAULT_SHARD_SIZE = 1000
 DEFAULT_BATCH = 64
@@ -104,18 +104,4 @@ def image_codec_spec(cfg: GenerateConfig) -> dict:
 
 def encoder_mode() -> str:
     """``FACTORY_ENCODER``: auto | processes | threads (see docs/performance.md)."""
-    encoder = os.environ.get("FACTORY_ENCODER", "auto")
-    if encoder not in ("auto", "processes", "threads"):
-        raise FactoryError(f"FACTORY_ENCODER={encoder!r}; use auto, processes or threads")
-    return encoder
-
-
-def env_count(name: str, value: str, minimum: int, hint: str) -> int:
-    """An integer environment knob >= minimum, or a FactoryError naming it."""
-    try:
-        k = int(value)
-    except ValueError:
-        k = minimum - 1
-    if k < minimum:
-        raise FactoryError(f"{name}={value!r}; {hint}")
-    return k
+    return settings().encoder

@@ -114,7 +114,7 @@ def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> 
             + (f", failed {len(failures)}" if failures else "")
             # at the tail of a job, say what it is still waiting for (no silent hang)
             + (f", waiting on {', '.join(map(str, waiting))}" if 0 < len(waiting) <= 4 else ""),
-            refresh=False,  # shown by the update below, at most once per PIPED_SECONDS when piped
+            refresh=False,  # shown by the update below, at most once per FACTORY_PROGRESS_SECONDS when piped
         )
         bar.update(status["samples"] if status.get("ok") else 0)
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from factory import format as fmt
 from factory.dataset.shards import tar_records
-from factory.generate.config import env_count
+from factory.settings import settings
 
 _POOL: dict = {}  # encoder pools by (workers, processes), one per process
 
@@ -39,9 +39,9 @@ def encoder_processes(cpus: int, gpus: int) -> int:
     that drives its GPU and one for dask and the shard commits, and gets an equal
     share of the rest (16 cores, 1 GPU: 14; 96 cores, 8 GPUs: 10).
     """
-    v = os.environ.get("FACTORY_ENCODER_PROCESSES")
+    v = settings().encoder_processes
     if v:
-        return env_count("FACTORY_ENCODER_PROCESSES", v, 1, "use a positive count")
+        return v
     gpus = max(1, gpus)
     return max(2, (cpus - 2 * gpus) // gpus)
 

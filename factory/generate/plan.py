@@ -10,7 +10,12 @@ import numpy as np
 from factory import format as fmt
 from factory.format import FactoryError
 from factory.fsio import fetch_copy, is_url, local_copy
-from factory.generate.config import CC_RATIO, DEFAULT_BATCH, GenerateConfig, image_codec_spec
+from factory.generate.config import (
+    CC_RATIO,
+    DEFAULT_BATCH,
+    GenerateConfig,
+    image_codec_spec,
+)
 
 
 @dataclass(frozen=True)

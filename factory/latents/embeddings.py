@@ -15,7 +15,15 @@ import numpy as np
 
 from factory import format as fmt
 from factory.format import FactoryError
-from factory.fsio import atomic_save_npy, exists, factory_home, fetch_copy, is_url, load_npy_matrix, sha256_file
+from factory.fsio import (
+    atomic_save_npy,
+    exists,
+    factory_home,
+    fetch_copy,
+    is_url,
+    load_npy_matrix,
+    sha256_file,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

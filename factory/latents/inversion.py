@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from factory.latents import embeddings as emb
 from factory import format as fmt
 from factory.format import FactoryError
 from factory.fsio import atomic_json, atomic_save_npy, read_npy
+from factory.latents import embeddings as emb
 from factory.progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from factory.latents import embeddings
 from factory import format as fmt
 from factory.format import FactoryError
 from factory.fsio import fetch_copy, is_url, load_npy_matrix, local_copy, read_npy
+from factory.latents import embeddings
 
 BLOCK = 1024
 _TAG = {"gaussian": 1, "embeddings": 2, "truncated": 3}

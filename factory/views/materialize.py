@@ -18,8 +18,7 @@ from factory import format as fmt
 from factory.dataset.reader import decode_npy, load_index, read_samples, read_shard_samples
 from factory.dataset.shards import commit_shard, tar_bytes
 from factory.dataset.writer import DatasetWriter
-from factory.format import FactoryError
-from factory.format import parent_url_for
+from factory.format import FactoryError, parent_url_for
 
 SPARSE = 4  # a parent shard is read by sample (range reads) when fewer than 1/SPARSE of its samples are wanted
 OTHER_SPEC = "{root} holds another dataset ({diff}); use another --out, or pass --overwrite to replace it"

@@ -15,9 +15,14 @@ import numpy as np
 
 from factory import __version__
 from factory import format as fmt
-from factory.format import FactoryError
-from factory.format import parent_url_for
-from factory.views.materialize import ParentShards, copy_shard, derived_root, renumbered_index_rows, write_derived
+from factory.format import FactoryError, parent_url_for
+from factory.views.materialize import (
+    ParentShards,
+    copy_shard,
+    derived_root,
+    renumbered_index_rows,
+    write_derived,
+)
 
 EIGHT = np.ones((3, 3), dtype=bool)
 

@@ -26,8 +26,7 @@ from factory import __version__
 from factory import format as fmt
 from factory.dataset.card import stats_columns, summary_stats
 from factory.dataset.reader import accepted_flags, index_schema, load_index
-from factory.format import FactoryError
-from factory.format import parent_url_for
+from factory.format import FactoryError, parent_url_for
 from factory.views.materialize import materialize_view
 from factory.views.predicate import (
     BoolOp,

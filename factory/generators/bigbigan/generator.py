@@ -39,7 +39,11 @@ import torch.nn as nn
 from factory.format import FactoryError
 from factory.fsio import file_name
 from factory.generators import register
-from factory.generators.bigbigan.checkpoint import match_terms, random_state_dict, read_state_dict
+from factory.generators.bigbigan.checkpoint import (
+    match_terms,
+    random_state_dict,
+    read_state_dict,
+)
 from factory.generators.bigbigan.fused import FusedBigBiGAN
 from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
 from factory.generators.torchcore import (
