@@ -36,9 +36,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from factory import format as fmt  # noqa: E402
 from factory.generate.bench import cpu_name
-from factory.generate.compute import to_uint8
 from factory.generate.encode import encode_chunk, encode_mask_png
 from factory.generate.plan import resolve_direction
+from factory.generators import to_uint8
 
 CODECS = {
     "png (level 0)": {"image": "png", "mask": "png", "png_level": 0},

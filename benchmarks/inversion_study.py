@@ -84,7 +84,7 @@ def faces(out: Path, k: int, steps: int, restarts: int) -> dict:
     import torch
     from PIL import Image
 
-    from factory.generators import load_generator
+    from factory.generators import load_generator, to_uint8
     from factory.generators.dcgan import packaged_face_weights
     from factory.latents import embeddings as emb
 
@@ -96,7 +96,7 @@ def faces(out: Path, k: int, steps: int, restarts: int) -> dict:
     d = out / "faces" / "images"
     d.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        img = ((gen(torch.from_numpy(z)) + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+        img = to_uint8(gen(torch.from_numpy(z))).numpy()
     for i in range(k):
         Image.fromarray(img[i]).save(d / f"{i:04d}.png")
     sec = None

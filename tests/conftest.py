@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import one_thread
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,14 +41,9 @@ def golden(shared) -> Path:
 
 @pytest.fixture(scope="module")
 def torch_one_thread():
-    """One intra-op thread for a module of small models: on 2 shared cores this is several
-    times faster than the default (threads spin against other processes)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    """One intra-op thread for a module of small models (helpers.one_thread)."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import run
 from PIL import Image
 
 from factory import format as fmt
@@ -17,12 +18,6 @@ from factory.generate.encode import encode_image, encode_mask_png, encode_png
 
 GEN = ["generate", "--generator", "shapes", "--quiet", "--n", "24", "--shard-size", "12", "--seed", "5",
        "--resolution", "64", "--workers", "0"]
-
-
-def run(args, expect=0):
-    res = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert res.exit_code == expect, res.output
-    return res
 
 
 @pytest.fixture(scope="module")

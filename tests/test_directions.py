@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import one_line_error, run
 from PIL import Image
 
 from factory.cli import main
@@ -22,20 +23,6 @@ from factory.directions.refine import RefineConfig, refine_direction, refine_obj
 from factory.directions.score import mask_iou, select
 from factory.generators import load_generator
 from factory.masks import apply_operators
-
-
-def run(args, expect=0):
-    res = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert res.exit_code == expect, res.output
-    return res
-
-
-def one_line_error(res, *fragments):
-    assert res.exit_code == 1, res.output
-    lines = [line for line in res.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
-    for f in fragments:
-        assert f in lines[0], res.output
 
 
 @pytest.fixture(scope="module")

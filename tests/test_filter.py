@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from helpers import cli
 
 from factory import format as fmt
 from factory.cli import main
@@ -33,12 +34,6 @@ def build_dataset(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def ds(tmp_path_factory) -> str:
     return build_dataset(tmp_path_factory)
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in r.output, r.output
-    return r
 
 
 def index_of(root: str) -> pa.Table:

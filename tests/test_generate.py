@@ -12,17 +12,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from helpers import run
 
 from factory import format as fmt
 from factory.cli import main
 
 GEN = ["generate", "--generator", "shapes", "--quiet"]
-
-
-def run(args, expect=0):
-    res = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert res.exit_code == expect, res.output
-    return res
 
 
 def sha(p: Path) -> str:

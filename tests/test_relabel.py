@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from click.testing import CliRunner
+from helpers import one_thread
 from PIL import Image
 from scipy import ndimage
 
@@ -48,13 +48,9 @@ def work(tmp_path_factory) -> dict:
     generate(GenerateConfig(n=120, out=str(parent), generator="shapes", generator_options={"resolution": 64},
                             shard_size=40, workers=0, progress=False))
     run = root / "teacher"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         train(TrainConfig(data=str(parent), out=str(run), steps=30, batch_size=8, width=8, workers=0, seed=0,
                           lr=1e-2, holdout_permille=0, checkpoint_every=0, val_every=0, device="cpu", progress=False))
-    finally:
-        torch.set_num_threads(n)
     maps, derived = root / "maps", root / "derived"
     _ok(CliRunner().invoke(trainers_main, ["relabel", "--model", str(run), "--data", str(parent), "--out", str(maps),
                                            "--device", "cpu", "--batch-size", "16"]))

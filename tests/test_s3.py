@@ -10,10 +10,9 @@ import io
 import json
 
 import pytest
-from click.testing import CliRunner
+from helpers import cli
 
 from factory import format as fmt
-from factory.cli import main
 
 pytestmark = pytest.mark.s3
 
@@ -25,12 +24,6 @@ def s3(s3_server):
     """The session's moto S3 server (tests/conftest.py); its bucket is BUCKET."""
     assert s3_server["bucket"] == BUCKET
     return s3_server["fs"]
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in r.output, r.output
-    return r
 
 
 def test_generate_filter_verify_read_on_s3(s3, tmp_path):

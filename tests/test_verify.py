@@ -8,13 +8,12 @@ import shutil
 import tarfile
 
 import pytest
-from click.testing import CliRunner
+from helpers import cli
 from test_filter import build_dataset
 
 import numpy as np
 
 from factory import format as fmt
-from factory.cli import main
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +27,6 @@ def ds(clean, tmp_path) -> str:
     dst = str(tmp_path / "ds")
     shutil.copytree(clean, dst)
     return dst
-
-
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in r.output, r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
 
 
 def flip_byte(path: str, offset: int) -> None:

@@ -40,13 +40,6 @@ def sync_device(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def to_uint8(img):
-    """[-1, 1] float [B,3,H,W] -> uint8 [B,H,W,3] (round half to even, clamped)."""
-    import torch
-
-    return ((img.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-
 def generate_pair(gen, z, direction, shift_r: float, *, labels=None):
     """G(z) and G(z + r h) in one forward of 2B (asynchronous on CUDA); ``labels`` [B] (class-conditional
     generators) condition both images of a pair alike."""
@@ -99,6 +92,8 @@ def masks_and_stats(gen, z, img, shifted, *, mask_rule: str, max_fg: float, oper
             inter = (truth & m).flatten(1).sum(1).float()
             union = (truth | m).flatten(1).sum(1).float()
             stats[name] = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    from factory.generators import to_uint8
+
     return to_uint8(img), clean, raw, stats
 
 

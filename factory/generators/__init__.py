@@ -53,6 +53,17 @@ class Generator(Protocol):
     def identity(self) -> dict: ...
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """A generator's output, float [B, 3, H, W] in [-1, 1], as uint8 pixels [B, H, W, 3] (round half to
+    even, clamped) on the same device: the one conversion of generated images to bytes."""
+    return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def from_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [B, H, W, 3] as float32 [B, 3, H, W] in [-1, 1] (the inverse of `to_uint8`)."""
+    return pixels.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 @dataclass(frozen=True)
 class GeneratorInfo:
     """One row of describe_generators().

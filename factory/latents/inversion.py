@@ -33,6 +33,7 @@ import torch
 from factory import format as fmt
 from factory.format import FactoryError
 from factory.fsio import atomic_json, atomic_save_npy, read_npy
+from factory.generators import from_uint8
 from factory.latents import embeddings as emb
 from factory.progress import progress_bar
 
@@ -280,7 +281,7 @@ def _run_chunks(gen, fs, paths: list[str], work: Path, *, settings: InvertSettin
             rows = range(k * B, min(n, (k + 1) * B))
             bar.set_postfix_str(f"chunk {k + 1}/{len(chunks)}")
             pixels, digests = load_chunk(fs, paths[rows.start : rows.stop], gen.resolution)
-            target = torch.from_numpy(pixels).to(gen.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            target = from_uint8(torch.from_numpy(pixels).to(gen.device))
             z, mse = invert_batch(gen, target, rows, settings)
             atomic_save_npy(work / f"part-{k:06d}.npy", z)
             atomic_json(work / f"part-{k:06d}.json", {"start": rows.start, "stop": rows.stop, "sha256": digests,

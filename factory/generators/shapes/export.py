@@ -25,7 +25,7 @@ import torch
 
 from factory.format import FactoryError
 from factory.fsio import atomic_json, atomic_save_npy
-from factory.generators import load_generator
+from factory.generators import load_generator, to_uint8
 from factory.generators.shapes import COORD, DIRECTION_NAMES, N_COORDS, ShapesWorld
 
 # Embedding distribution: per-coordinate (mean, std) that differ from N(0, 1);
@@ -48,11 +48,6 @@ def sample_embedding_latents(gen: ShapesWorld, n: int, seed: int) -> np.ndarray:
         c[:, COORD[name]] = mu + sd * c[:, COORD[name]]
     basis = gen.basis.astype(np.float64)  # orthonormal: z = Q c  <=>  c = Q^T z
     return (c @ basis.T).astype(np.float32)
-
-
-def _to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float [B,3,H,W] -> uint8 [B,H,W,3] (same rounding as the engine's writer)."""
-    return ((img.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _stem(i: int, n: int) -> str:
@@ -96,7 +91,7 @@ def export(n: int, seed: int, resolution: int = 128, out_dir: str | os.PathLike 
             for lo in range(0, n, batch_size):
                 zb = torch.from_numpy(z[lo : lo + batch_size])
                 img, mask = gen.render(zb)
-                img8 = _to_uint8(img)
+                img8 = to_uint8(img).cpu().numpy()
                 m8 = mask.cpu().numpy().astype(np.uint8) * 255
                 for j in range(img8.shape[0]):
                     stem = _stem(lo + j, n)

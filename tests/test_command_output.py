@@ -1,5 +1,6 @@
-"""A newcomer's factory commands (issue 19): filter counts that add up, `info` without raw dicts, a plain
-answer for a file that is not a dataset, and a dataset card whose load snippet runs on stock webdataset."""
+"""What the factory commands tell a user: filter counts that add up, `info` without raw dicts, a plain
+answer for a file that is not a dataset, a dataset card whose load snippet runs on stock webdataset, and
+progress as plain lines when piped."""
 from __future__ import annotations
 
 import glob
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from helpers import cli
 
 from factory import format as fmt
 from factory.cli import main
@@ -19,16 +21,9 @@ from factory.cli import main
 N = 40
 
 
-def cli(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in r.output, r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
-
-
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("newcomer") / "shapes40")
+    root = str(tmp_path_factory.mktemp("output") / "shapes40")
     r = cli("generate", "--generator", "shapes", "--n", N, "--shard-size", 20, "--resolution", 64,
             "--workers", 0, "--quiet", "--out", root)
     assert r.exit_code == 0, r.output
