@@ -224,7 +224,7 @@ def test_directions_discover_and_score_run_through_biggan(tmp_path):
     from factory.directions.common import open_generator
 
     ckpt = save_checkpoint(tmp_path / "ckpt", BigGANConfig(**TINY), random_state_dict(BigGANConfig(**TINY), 1))
-    gen = open_generator("biggan", torch.device("cpu"), None, str(ckpt.parent), class_id=3)
+    gen = open_generator("biggan", torch.device("cpu"), {"weights": str(ckpt.parent)}, class_id=3)
     z = torch.randn(2, 8)
     assert torch.equal(gen(z), gen(z, labels=torch.tensor([3, 3])))  # --class: every latent renders class 3
     assert not torch.equal(gen(z), gen(z, labels=torch.tensor([4, 4])))
