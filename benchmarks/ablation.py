@@ -204,11 +204,11 @@ def native_eval(run_dir: Path, test_dir: Path, device: str) -> dict:
     """
     import torch
 
-    from trainers.eval.layouts import open_benchmark
-    from trainers.model.checkpoint import load_model
     from trainers.device import resolve_device
     from trainers.eval.evaluate import image_to_input, predict_batch
+    from trainers.eval.layouts import open_benchmark
     from trainers.eval.metrics import SegmentationMetrics
+    from trainers.model.checkpoint import load_model
 
     dev = resolve_device(device)
     model = load_model(run_dir, dev)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -266,7 +265,7 @@ def seeds(a) -> None:
     rows = []
     for sd in a.seeds:
         d = out / f"seed-{sd}"
-        rd = lambda name: json.loads((d / name).read_text())  # noqa: E731
+        rd = lambda name, d=d: json.loads((d / name).read_text())  # noqa: E731
         sc, rf, fd = rd("score/scores.json"), rd("score-refined/scores.json"), rd("discover/found.json")
         sel = sc["rows"][sc["selected"]]
         row = {"seed": sd, "discover_accuracy": fd["validation"]["accuracy"], "run": fd.get("run"),

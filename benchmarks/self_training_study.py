@@ -75,11 +75,11 @@ def scored(run_dir: Path, kind: str, root: Path, *, short: int | None, device: s
 def score(run_dir: Path, kind: str, root: Path, *, short: int | None, device: str) -> dict:
     import torch
 
-    from trainers.eval.layouts import open_benchmark
-    from trainers.model.checkpoint import load_model
     from trainers.device import resolve_device
     from trainers.eval.evaluate import image_to_input, predict_batch
+    from trainers.eval.layouts import open_benchmark
     from trainers.eval.metrics import SegmentationMetrics
+    from trainers.model.checkpoint import load_model
 
     dev = resolve_device(device)
     model = load_model(run_dir, dev)

@@ -19,4 +19,5 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   fi
 fi
 export FACTORY_HOME="${FACTORY_HOME:-$(mktemp -d)}"
+python -m ruff check .  # the rules in pyproject.toml [tool.ruff]
 python -m pytest -q -m "not slow" "$@"

@@ -16,10 +16,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from trainers.model.authors import AUTHORS_CONFIG, expected_state, load_authors_model
-from trainers.model.checkpoint import load_model
 from trainers.cli import main
 from trainers.eval.metrics import SegmentationMetrics, image_curves
+from trainers.model.authors import AUTHORS_CONFIG, expected_state, load_authors_model
+from trainers.model.checkpoint import load_model
 from trainers.model.unet import foreground_probability
 
 

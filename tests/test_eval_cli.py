@@ -11,6 +11,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from trainers.cli import main
+from trainers.eval.evaluate import evaluate_model, network_input_size
 from trainers.eval.layouts import (
     BenchmarkError,
     discover,
@@ -18,8 +20,6 @@ from trainers.eval.layouts import (
     open_benchmark,
     parse_dataset_spec,
 )
-from trainers.cli import main
-from trainers.eval.evaluate import evaluate_model, network_input_size
 from trainers.eval.metrics import pysod_available
 from trainers.model.checkpoint import save_model
 from trainers.model.unet import ModelConfig, UNet

@@ -88,3 +88,11 @@ def test_import_graph_keeps_the_rules():
     last = out.stdout.strip().splitlines()[-1]
     for rule in ("cycles 0", "private cross-imports 0", "over 600 lines 0", "trainers->factory beyond format 0"):
         assert rule in last, out.stdout[-3000:]
+
+
+def test_ruff_is_clean():
+    """`ruff check .` with the rules in pyproject.toml (scripts/test.sh runs it too, before pytest)."""
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert "No module named ruff" not in out.stderr, "ruff is missing: pip install -e '.[test]'"
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-1000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from click.testing import CliRunner
 import trainers.progress
 import trainers.train
 from trainers.cli import main
+from trainers.model.unet import ModelConfig, UNet
 from trainers.progress import (
     CPU_RUN_FLAGS,
     MAX_DEFAULT_WORKERS,
@@ -23,7 +23,6 @@ from trainers.progress import (
     cpu_advice,
     default_workers,
 )
-from trainers.model.unet import ModelConfig, UNet
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from click.testing import CliRunner
+from PIL import Image
 
+from trainers.cli import main
 from trainers.model.checkpoint import (
     INFO_FILE,
     WEIGHTS_FILE,
@@ -16,7 +17,6 @@ from trainers.model.checkpoint import (
     load_model,
     save_model,
 )
-from trainers.cli import main
 from trainers.model.unet import ModelConfig, UNet, pixels_to_input
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -50,13 +50,13 @@ def eval_cmd(*, run, datasets, predictions, masks, json_out, limit, device, batc
       trainers eval --model runs/faces64 --dataset folder=held/ --short-side 64   # at its training scale
       trainers eval --predictions preds/ --masks /data/ECSSD/ground_truth_mask
     """
-    from trainers.eval.layouts import parse_dataset_spec
     from trainers.eval.evaluate import (
         PROTOCOL,
         evaluate_datasets,
         evaluate_predictions,
         write_json,
     )
+    from trainers.eval.layouts import parse_dataset_spec
     from trainers.eval.metrics import MAE_NOTE, METRIC_PROTOCOL
 
     model_mode = bool(run or datasets)
@@ -133,9 +133,9 @@ def benchmark_cmd(*, run, root, json_out, label, device, batch_size, pysod):
       trainers benchmark --model runs/unet --root /data/benchmarks --json table.json
       trainers benchmark --model u_net_imagenet.pth --root /data/benchmarks
     """
-    from trainers.model.checkpoint import model_label
     from trainers.eval.evaluate import write_json
     from trainers.eval.table import benchmark
+    from trainers.model.checkpoint import model_label
 
     table = benchmark(run, root, device=device, batch_size=batch_size, pysod=pysod, label=label or model_label(run))
     click.echo(table["markdown"], nl=False)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from trainers.device import resolve_device
 from trainers.errors import TrainersError
 from trainers.eval.layouts import (
     Benchmark,
@@ -40,12 +41,11 @@ from trainers.eval.layouts import (
     files_by_stem,
     open_benchmark,
 )
-from trainers.model.checkpoint import open_model
-from trainers.device import resolve_device
-from trainers.fileio import atomic_write
 from trainers.eval.metrics import METRIC_PROTOCOL, SegmentationMetrics
-from trainers.progress import count_bar
+from trainers.fileio import atomic_write
+from trainers.model.checkpoint import open_model
 from trainers.model.unet import ModelConfig, foreground_probability, pixels_to_input
+from trainers.progress import count_bar
 
 SHORT_SIDE = 128
 PROTOCOL = ("the authors' (shorter side 128 = their SegmentationInference(resize_to=128), probability "

@@ -10,8 +10,8 @@ import os
 
 import torch
 
-from trainers.eval.layouts import DISPLAY, BenchmarkError, discover, open_benchmark
 from trainers.eval.evaluate import PROTOCOL, evaluate_model, model_on
+from trainers.eval.layouts import DISPLAY, BenchmarkError, discover, open_benchmark
 from trainers.eval.metrics import PAPER_LEGEND, PYSOD_LEGEND
 
 # Published acc / IoU / maxFβ (shared/reference/benchmarks.md, Tables 1, 2 and 4 of the paper and

@@ -32,13 +32,13 @@ from pathlib import Path
 import torch
 
 from trainers.errors import TrainersError
+from trainers.fileio import atomic_write, json_bytes, sha256_bytes, sha256_file
 from trainers.model.authors import (
     AUTHORS_CONFIG,
     SOURCE_FORMAT,
     load_authors_model,
     read_authors_state,
 )
-from trainers.fileio import atomic_write, json_bytes, sha256_bytes, sha256_file
 from trainers.model.unet import ModelConfig, UNet
 
 WEIGHTS_FILE = "model.safetensors"
