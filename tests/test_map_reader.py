@@ -14,7 +14,6 @@ from factory.dataset.shards import parquet_bytes
 from trainers.data.random_access import RandomBatchSampler, open_random_access
 from trainers.data.stream import DataError, LoaderState, TrainStream, epoch_order, open_index
 
-
 N_SAMPLES = 60  # conftest's small_dataset: 3 shards of 20
 
 

@@ -7,11 +7,10 @@ import os
 import shutil
 import tarfile
 
+import numpy as np
 import pytest
 from helpers import cli
 from test_filter import build_dataset
-
-import numpy as np
 
 from factory import format as fmt
 

@@ -28,14 +28,14 @@ from PIL import Image
 
 from factory import format as fmt
 from trainers import __version__
-from trainers.errors import TrainersError
-from trainers.model.checkpoint import WEIGHTS_FILE, model_label, open_model
 from trainers.data.cache import open_cache
 from trainers.data.stream import SampleIndex, build_index, decode_image, read_shard
 from trainers.device import resolve_device
+from trainers.errors import TrainersError
 from trainers.fileio import atomic_write, json_bytes, sha256_bytes, sha256_file
-from trainers.progress import RateLine, emit
+from trainers.model.checkpoint import WEIGHTS_FILE, model_label, open_model
 from trainers.model.unet import ModelConfig, foreground_probability, pixels_to_input
+from trainers.progress import RateLine, emit
 
 
 class RelabelError(TrainersError, ValueError):

@@ -41,14 +41,6 @@ import torch
 import torch.nn.functional as F
 
 from trainers import __version__
-from trainers.errors import TrainersError
-from trainers.model.checkpoint import (
-    POINTER_FILE,
-    load_checkpoint,
-    save_checkpoint,
-    save_model,
-    unflatten_optimizer,
-)
 from trainers.data.cache import open_cache
 from trainers.data.random_access import ACCESS_MODES, open_random_access, require_offsets
 from trainers.data.stream import (
@@ -61,10 +53,18 @@ from trainers.data.stream import (
     open_index,
 )
 from trainers.device import resolve_device
-from trainers.fileio import atomic_write, json_bytes
+from trainers.errors import TrainersError
 from trainers.eval.metrics import SegmentationMetrics
-from trainers.progress import Progress, cpu_advice, default_workers, emit, startup_line
+from trainers.fileio import atomic_write, json_bytes
+from trainers.model.checkpoint import (
+    POINTER_FILE,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+    unflatten_optimizer,
+)
 from trainers.model.unet import ModelConfig, UNet
+from trainers.progress import Progress, cpu_advice, default_workers, emit, startup_line
 
 CARD_FILE = "card.json"
 METRICS_FILE = "metrics.jsonl"

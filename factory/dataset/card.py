@@ -11,7 +11,6 @@ from factory.dataset.reader import index_schema, load_index
 from factory.fsio import atomic_write
 from factory.provenance import platforms_line
 
-
 STATS_COLUMNS = ("row", "fg_ratio", "pass_area", "pass_hist_reference", "pass_hist_paper", "n_components_raw",
                  "n_components")  # what summary_stats reads (and true_iou where the index has it)
 

@@ -153,9 +153,10 @@ def dataset_id(shards: Iterable[dict], latents_sha256: str | None = None, format
     return "ds-" + sha256_bytes(canonical_json(body))[:32]
 
 
-def view_id(parent_id: str, predicate: str, accepted_sha256: str) -> str:
-    """Content id of a view: its parent dataset id, canonical predicate and `accepted_sha256`."""
-    body = {"parent": parent_id, "predicate": predicate, "accepted": accepted_sha256}
+def view_id(parent_id: str, predicate: str, accepted_digest: str) -> str:
+    """Content id of a view: its parent dataset id, canonical predicate and the sha256 of its accepted rows
+    (`accepted_sha256`)."""
+    body = {"parent": parent_id, "predicate": predicate, "accepted": accepted_digest}
     return "view-" + sha256_bytes(canonical_json(body))[:32]
 
 
@@ -493,7 +494,8 @@ class FolderLock:
 
 
 # The contract's other rooms (their names are part of this module's API).
-from factory.format.tar import (  # noqa: E402
+from factory.format.hashing import HashingReader  # noqa: E402,F401
+from factory.format.tar import (  # noqa: E402,F401
     MAX_SAMPLE_BYTES,
     check_member,
     check_member_size,
@@ -505,7 +507,7 @@ from factory.format.tar import (  # noqa: E402
     sample_members,
     split_member,
 )
-from factory.format.views import (  # noqa: E402
+from factory.format.views import (  # noqa: E402,F401
     AcceptedRows,
     accepted_sha256,
     check_accepted,
@@ -513,4 +515,3 @@ from factory.format.views import (  # noqa: E402
     encode_accepted,
     encode_rows,
 )
-from factory.format.hashing import HashingReader  # noqa: E402,F401

@@ -8,14 +8,15 @@ import re
 import tarfile
 
 from factory.format import (
-    MAX_IMAGE_PIXELS,
-    MAX_MEMBER_BYTES,
     EXT_IMAGE,
     IMAGE_FORMATS,
+    MAX_IMAGE_PIXELS,
+    MAX_MEMBER_BYTES,
     FormatError,
     get_fs,
     key_row,
 )
+
 
 def safe_tar_members(data: bytes, where: str = "tar") -> list[tuple[str, bytes]]:
     """(name, bytes) of every member of an in-memory tar, in tar order; raises FormatError on anything unsafe.

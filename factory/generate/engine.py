@@ -13,13 +13,13 @@ import sys
 from factory import __version__
 from factory import format as fmt
 from factory.dataset.writer import DatasetWriter
+from factory.device import pick_device
 from factory.format import FactoryError
 from factory.generate.compute import cc_iterations_for
 from factory.generate.config import GenerateConfig, encoder_mode
 from factory.generate.distribute import run_shards
 from factory.generate.encode import encoder_processes
 from factory.generate.plan import Plan, make_plan
-from factory.device import pick_device
 from factory.provenance import check_same_platform, manifest_platforms, platform_record
 
 OTHER_SPEC = ("{root} holds a dataset with another spec ({diff}); "

@@ -36,6 +36,7 @@ from factory.generators.torchcore import (
     state_dict_digest,
     weights_digest,
 )
+
 TRUNCATION_BOUND = 2.0  # the port's truncated_noise_sample draws from TruncatedNormal(-2, 2)
 _LABEL_TAG = 0xB16_6A7
 
