@@ -29,6 +29,21 @@ def factory_home() -> Path:
     return settings().home
 
 
+def write_failure_log(command: str, failures: list[dict]) -> str | None:
+    """Every failure's traceback (its ``detail``) in $FACTORY_HOME/logs/COMMAND-TIME-PID.log, so the
+    command itself prints one line; the log's path, or None when no failure carries one."""
+    import time
+
+    details = [f for f in failures if f.get("detail")]
+    if not details:
+        return None
+    folder = factory_home() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text("\n".join(f"== {f['error']}\n{f['detail']}" for f in details))
+    return str(path)
+
+
 def is_local(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")

@@ -109,6 +109,7 @@ class TrainConfig:
     progress: bool = True
     progress_every: float | None = None  # seconds between progress lines off a terminal (None: 30)
     allow_remote_shards: bool = False
+    verify: bool = True  # check each shard's sha256 as it is read (--no-verify turns it off)
     audit: bool = False  # write RUN/audit/rank-R.json: rows of every step + final weights digest
     cache: bool = True  # remote shards through the node's shard cache (trainers.data.cache)
     cache_dir: str | None = None
@@ -334,7 +335,8 @@ def _start(cfg: TrainConfig) -> Segment:
     _set_determinism(cfg, device)
     run = Path(cfg.out)
     index, val_index = (open_index(cfg.data, split=split, holdout_permille=cfg.holdout_permille, mask=cfg.mask,
-                                   mask_source=cfg.mask_source, allow_remote_shards=cfg.allow_remote_shards)
+                                   mask_source=cfg.mask_source, allow_remote_shards=cfg.allow_remote_shards,
+                                   verify=cfg.verify)
                         for split in ("train", "val"))
     index, val_index = (open_cache(i, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit, enabled=cfg.cache,
                                    announce=emit if d.main and i is index else None) for i in (index, val_index))

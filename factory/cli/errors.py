@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from factory.format import FactoryError
+from factory.format import FactoryError, storage_error
 
 
 class FactoryGroup(click.Group):
@@ -17,3 +17,8 @@ class FactoryGroup(click.Group):
             return super().invoke(ctx)
         except FactoryError as e:
             raise click.ClickException(str(e)) from None
+        except Exception as e:  # an object store's SDK error: one line when it is a known storage problem
+            err = storage_error(e)
+            if err is None:
+                raise
+            raise click.ClickException(str(err)) from None

@@ -68,7 +68,23 @@ def _read_or_report(url: str, what: str, problems: list[str]) -> bytes | None:
     return None
 
 
-def _check_tar(data: bytes, entry: dict, members: dict, problems: list[str]) -> dict[str, np.ndarray]:
+def _check_image_sizes(samples: dict[str, dict[str, bytes]], members: dict, resolution: int | None,
+                       problems: list[str]) -> None:
+    """Every image and mask member's header against the manifest's resolution (no pixel decoded)."""
+    exts = [e for k, e in members.items() if e.endswith(tuple(fmt.IMAGE_FORMATS)) or k in ("image", "mask")]
+    for kk, parts in sorted(samples.items()):
+        for ext in exts:
+            if ext not in parts:
+                continue
+            try:
+                fmt.open_image_checked(parts[ext], f"{kk}.{ext}", side=resolution).close()
+            except fmt.FormatError as e:
+                problems.append(str(e))
+                return
+
+
+def _check_tar(data: bytes, entry: dict, members: dict, problems: list[str], *,
+               resolution: int | None = None) -> dict[str, np.ndarray]:
     """Problems of a shard's tar bytes (appended to `problems`); returns its latents, key -> array."""
     n, first = entry["samples"], entry["first_row"]
     expected_keys = [fmt.sample_key(r) for r in range(first, first + n)]
@@ -102,6 +118,7 @@ def _check_tar(data: bytes, entry: dict, members: dict, problems: list[str]) -> 
         kk = incomplete[0]
         problems.append(f"{len(incomplete)} sample(s) lack members, e.g. {kk} lacks "
                         f"{sorted(need - set(samples[kk]))}")
+    _check_image_sizes(samples, members, resolution, problems)
     lat_ext = members.get("latent", fmt.EXT_LATENT)
     latents_tar: dict[str, np.ndarray] = {}
     for kk, parts in samples.items():
@@ -189,21 +206,20 @@ def _check_latents(z, entry: dict, *, dim_z: int, latents_tar: dict[str, np.ndar
     sha = fmt.sha256_bytes(np.ascontiguousarray(rows).tobytes())
     if entry.get("latents_sha256") and sha != entry["latents_sha256"]:
         problems.append("latents.zarr rows differ from the manifest's latents_sha256")
-    bad = [kk for kk, v in latents_tar.items()
-           if not (v.shape == (dim_z,) and np.array_equal(v.astype(np.float32), rows[fmt.key_row(kk) - first]))
-           if first <= fmt.key_row(kk) < first + n]
+    bad = [kk for kk, v in latents_tar.items() if first <= fmt.key_row(kk) < first + n
+           if not (v.shape == (dim_z,) and np.array_equal(v.astype(np.float32), rows[fmt.key_row(kk) - first]))]
     if bad:
         problems.append(f"{len(bad)} latent(s) in the tar differ from latents.zarr, e.g. {sorted(bad)[0]}")
 
 
 def check_shard(root: str, entry: dict, *, members: dict, z, dim_z: int, offsets: bool = False,
-                index_only: bool = False) -> list[str]:
-    """Problems of one shard (empty = good): its tar, its index fragment, its rows of latents.zarr (`z`, or None);
-    with `index_only`, its index fragment alone."""
+                index_only: bool = False, resolution: int | None = None) -> list[str]:
+    """Problems of one shard (empty = good): its tar (image sizes against `resolution`), its index fragment,
+    its rows of latents.zarr (`z`, or None); with `index_only`, its index fragment alone."""
     problems: list[str] = []
     url = fmt.join(root, entry["path"])
     data = None if index_only else _read_or_report(url, "shard file", problems)
-    latents_tar = {} if data is None else _check_tar(data, entry, members, problems)
+    latents_tar = {} if data is None else _check_tar(data, entry, members, problems, resolution=resolution)
     idata = _read_or_report(fmt.join(root, entry["index"]), "index fragment", problems)
     if idata is not None:
         _check_index(idata, entry, problems, tar=data if offsets else None)
@@ -214,26 +230,13 @@ def check_shard(root: str, entry: dict, *, members: dict, z, dim_z: int, offsets
     return problems
 
 
-def _check_dataset(rep: VerifyReport, m: dict, entries: list[dict]) -> None:
-    """Dataset-level problems: shard ids 0..K-1, contiguous first rows, latents hash and dataset id."""
-    ids = [s["shard"] for s in entries]
-    missing = sorted(set(range(len(ids))) - set(ids))
-    if missing or ids != list(range(len(ids))):
-        rep.problems.append(
-            f"shard ids are not 0..{len(ids) - 1}: missing {missing[:10]}, listed {ids[:10]}{'...' if len(ids) > 10 else ''}"
-        )
-    row = 0
-    for s in entries:
-        if s["first_row"] != row:
-            rep.problems.append(f"shard {s['shard']} ({s['path']}): first_row {s['first_row']}, expected {row}")
-            rep.bad_shards.append(s["shard"])
-        row += s["samples"]
-    lat = m.get("latents") or {}
-    latents_sha = fmt.sha256_bytes("".join(s.get("latents_sha256", "") for s in entries).encode())
-    if lat.get("sha256_of_shard_hashes") not in (None, latents_sha):
-        rep.problems.append("manifest: latents.sha256_of_shard_hashes does not match the shards' latents_sha256")
-    if fmt.dataset_id(entries, lat.get("sha256_of_shard_hashes"), m["format_version"]) != m["dataset_id"]:
-        rep.problems.append(f"manifest: dataset_id {m['dataset_id']} is not the content hash of its shards")
+def _check_dataset(rep: VerifyReport, m: dict) -> None:
+    """Dataset-level problems (``format.manifest_problems``): shard ids 0..K-1, contiguous first rows,
+    samples that fit in their bytes, latents hash and dataset id."""
+    for shard, problem in fmt.manifest_problems(m):
+        rep.problems.append(problem)
+        if shard is not None and shard not in rep.bad_shards:
+            rep.bad_shards.append(shard)
 
 
 def _checked_latents(rep: VerifyReport, root: str, m: dict):
@@ -279,7 +282,7 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
     rep = VerifyReport(url=url, dataset_id=m["dataset_id"], view_id=res.view["view_id"] if res.view else None,
                        shards=len(entries), samples=m["samples"], bytes=sum(s["bytes"] for s in entries),
                        index_only=index_only)
-    _check_dataset(rep, m, entries)
+    _check_dataset(rep, m)
     z = None if index_only else _checked_latents(rep, res.root, m)
     dim_z = int(m["dim_z"])
     members = m.get("members") or {"image": fmt.EXT_IMAGE, "mask": fmt.EXT_MASK, "latent": fmt.EXT_LATENT,
@@ -287,7 +290,8 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
     nthreads = workers or min(8, max(2, (os.cpu_count() or 1) * 2))
     with ThreadPoolExecutor(nthreads) as ex:
         results = list(ex.map(lambda s: check_shard(res.root, s, members=members, z=z, dim_z=dim_z,
-                                                    offsets=fmt.has_offsets(m), index_only=index_only), entries))
+                                                    offsets=fmt.has_offsets(m), index_only=index_only,
+                                                    resolution=m.get("resolution")), entries))
     for s, probs in zip(entries, results):
         if probs:
             rep.problems.append(f"shard {s['shard']} ({fmt.join(res.root, s['path'])}): " + "; ".join(probs))

@@ -21,17 +21,26 @@ DIFF_LIMIT = 6  # spec differences named when a folder holds another dataset
 
 
 class DatasetLock:
-    """The lock on a local output folder (``format.FolderLock``); nothing to lock on object stores."""
+    """The lock on an output folder: ``format.FolderLock`` on local disk, ``format.StoreLock`` (a lock
+    object written with a conditional put) on an object store."""
 
     def __init__(self, root: str):
         self.root = root
         fs, path = fmt.get_fs(root)
-        self.lock = fmt.FolderLock(path, "factory process", name=root) if is_local(fs) else None
+        self.lock = fmt.FolderLock(path, "factory process", name=root) if is_local(fs) else \
+            fmt.StoreLock(fs, path, "factory process", name=root)
 
     def __enter__(self):
         if self.lock is not None:
             self.lock.__enter__()  # FolderBusy (a FactoryError) while another process writes
         return self
+
+    def check(self) -> None:
+        """Still this writer's lock (an object store's may have been removed and taken by another)."""
+        try:
+            self.lock.check()
+        except fmt.FolderBusy as e:
+            raise FactoryError(str(e)) from None
 
     def __exit__(self, *exc):
         if self.lock is not None:
@@ -158,5 +167,6 @@ class DatasetWriter:
     def finish(self, manifest: dict) -> None:
         """The card (README.md, preview.png), then manifest.json: a dataset exists once its manifest does."""
         manifest["index_stats"] = index_stats(self.root, manifest, check_sha=False)  # `factory info` reads these
+        self.lock.check()  # a dataset's manifest is written by the writer holding its lock, only
         write_card(self.root, manifest)
         atomic_write(self.manifest_url, json.dumps(manifest, indent=1, sort_keys=True).encode())

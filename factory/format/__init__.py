@@ -1,8 +1,10 @@
 """The data contract shared by `factory` (writer) and `trainers` (reader).
 
-Everything a consumer needs to read a dataset lives here and imports nothing
+Everything a consumer needs to read a dataset lives in this package and imports nothing
 else of `factory`: names of files and tar members, the index schema, manifest
-validation, dataset ids, and the fsspec helpers to open a dataset anywhere.
+validation (`schema`: every field, JSON limits), dataset ids, the fsspec helpers to open
+a dataset anywhere (`store`: reachability, one-line storage errors), the streamed sha256
+check (`hashing`) and the one-writer locks (`lock`).
 The prose version of this contract is docs/format.md; bump FORMAT_VERSION on
 any incompatible change.
 """
@@ -13,7 +15,6 @@ import json
 import os
 import posixpath
 import re
-import socket
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -201,26 +202,26 @@ def get_fs(url: str):
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url)
+    check_store(url, fs)  # s3: the endpoint answers and the bucket exists (once per process)
     return fs, path
 
 
-def read_bytes(url: str) -> bytes:
+def read_bytes(url: str, limit: int | None = None) -> bytes:
+    """The bytes at ``url``; with ``limit``, at most limit + 1 of them (the caller refuses more)."""
     fs, path = get_fs(url)
     with fs.open(path, "rb") as f:
-        return f.read()
+        return f.read() if limit is None else f.read(limit + 1)
 
 
 def read_json(url: str, what: str = "file") -> dict:
+    """A JSON object from elsewhere, within the size and depth limits (``schema.loads_json``)."""
     try:
-        data = read_bytes(url)
+        data = read_bytes(url, MAX_JSON_BYTES)
     except FileNotFoundError:
         raise FormatError(f"{what} not found: {url}") from None
     except OSError as e:
         raise FormatError(f"cannot read {what} {url}: {e}") from None
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{what} {url} is not valid JSON: {e}") from None
+    obj = loads_json(data, f"{what} {url}")
     if not isinstance(obj, dict):
         raise FormatError(f"{what} {url} must hold a JSON object, got {type(obj).__name__}")
     return obj
@@ -269,6 +270,7 @@ def validate_manifest(obj: Any, where: str = "manifest", allow_remote_shards: bo
     _require(obj, "dataset_id", str, where)
     _require(obj, "samples", int, where)
     _require(obj, "dim_z", int, where)
+    check_manifest_fields(obj, where)
     shards = _require(obj, "shards", list, where)
     total = 0
     seen = set()
@@ -290,6 +292,7 @@ def validate_manifest(obj: Any, where: str = "manifest", allow_remote_shards: bo
         first = _require(s, "first_row", int, w)
         if n < 0 or b < 0 or first < 0:
             raise FormatError(f"{w}: samples, bytes and first_row must be >= 0")
+        check_shard_fields(s, w)
         total += n
     if total != obj["samples"]:
         raise FormatError(f"{where}: samples is {obj['samples']} but the shards hold {total}")
@@ -426,75 +429,20 @@ def parent_url_for(view_url: str, root: str) -> str:
     return rel.replace(os.sep, "/")
 
 
-
-# ------------------------------------------------------------------ one writer per folder
-# The lock every writer of a local dataset or maps folder honours (factory's DatasetWriter,
-# `trainers relabel`): FOLDER/.lock made with O_EXCL, holding "host pid"; a lock whose process is
-# gone (same host) is taken over.
-
-
-class FolderBusy(FactoryError):
-    """Another live process holds the folder's lock (message names it)."""
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` of this host is alive (a zombie, dead but not yet reaped, is not)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-class FolderLock:
-    """``with FolderLock(path, what):`` the lock on local folder ``path``; raises FolderBusy, naming
-    ``what`` holds it, while another live process does."""
-
-    def __init__(self, path: str | os.PathLike, what: str, *, name: str | None = None):
-        self.path, self.what, self.held = os.path.join(os.fspath(path), LOCK), what, False
-        self.name = name or os.fspath(path)  # how messages name the folder
-
-    def __enter__(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    host, pid = open(self.path).read().split()
-                except (OSError, ValueError):
-                    host, pid = "", "0"
-                if host == socket.gethostname() and not pid_alive(int(pid) if pid.isdigit() else 0):
-                    os.unlink(self.path)  # stale: its writer died
-                    continue
-                raise FolderBusy(f"{self.name} is being written by another {self.what} "
-                                 f"({host} pid {pid}); wait for it to finish, or delete {self.path} if that "
-                                 "process is gone") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{socket.gethostname()} {os.getpid()}")
-            self.held = True
-            return self
-        raise FolderBusy(f"cannot take the lock {self.path}")
-
-    def __exit__(self, *exc):
-        if self.held:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            self.held = False
-
-
 # The contract's other rooms (their names are part of this module's API).
 from factory.format.hashing import HashingReader  # noqa: E402,F401
+from factory.format.lock import FolderBusy, FolderLock, StoreLock, pid_alive  # noqa: E402,F401
+from factory.format.schema import (  # noqa: E402,F401
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_RESOLUTION,
+    check_manifest,
+    check_manifest_fields,
+    check_shard_fields,
+    loads_json,
+    manifest_problems,
+)
+from factory.format.store import check_store, storage_error  # noqa: E402,F401
 from factory.format.tar import (  # noqa: E402,F401
     MAX_SAMPLE_BYTES,
     check_member,

@@ -93,8 +93,9 @@ def check_member_size(name: str, size: int, where: str) -> None:
         )
 
 
-def open_image_checked(data: bytes, where: str):
-    """PIL image of encoded bytes whose header was checked (size limit) before any pixel is decoded."""
+def open_image_checked(data: bytes, where: str, *, side: int | None = None):
+    """PIL image of encoded bytes whose header was checked before any pixel is decoded: at most
+    MAX_IMAGE_PIXELS, and exactly ``side`` x ``side`` when given (the manifest's resolution)."""
     from PIL import Image
 
     try:
@@ -102,6 +103,10 @@ def open_image_checked(data: bytes, where: str):
     except Exception as e:  # PIL raises many types for corrupt files
         raise FormatError(f"{where}: not a readable image ({e})") from None
     w, h = im.size
+    if side is not None and (w, h) != (side, side):
+        im.close()
+        raise FormatError(f"{where}: image header declares {w}x{h} pixels, the manifest's resolution is "
+                          f"{side}x{side} (not decoded)")
     if w * h > MAX_IMAGE_PIXELS:
         im.close()
         raise FormatError(

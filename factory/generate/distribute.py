@@ -102,7 +102,8 @@ def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> 
                smoothing=0.1)
     failures = []
 
-    def record(status):
+    def record(status) -> bool:
+        """Count a shard's status; True when the job should stop (its store is unreachable)."""
         if status.get("ok"):
             done[status["shard"]] = status["result"]
         else:
@@ -117,6 +118,7 @@ def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> 
             refresh=False,  # shown by the update below, at most once per FACTORY_PROGRESS_SECONDS when piped
         )
         bar.update(status["samples"] if status.get("ok") else 0)
+        return bool(status.get("stop"))
 
     job = plan.job(cfg.out, batch_size=cfg.batch_size, device=cfg.device)
     if cfg.same_platform:  # every new shard must match the shards made before (checked on its worker)
@@ -124,7 +126,8 @@ def run_shards(cfg: GenerateConfig, plan: Plan, todo: list[int], done: dict) -> 
     try:
         if workers == 0 and not cfg.scheduler:
             for k in todo:
-                record(make_shard(job, k, plan.latent_source))
+                if record(make_shard(job, k, plan.latent_source)):
+                    break
             return failures
         client, cluster = start_client(cfg, workers)
         try:
@@ -160,12 +163,15 @@ def run_on_dask(client, job, plan: Plan, todo: list[int], *, record, resources: 
     for fut in queue:
         k, attempt = shard_of[fut.key]
         try:
-            record(fut.result())
+            stop = record(fut.result())
         except Exception as e:  # the shard's workers kept dying (KilledWorker) or similar
             if attempt < RESUBMITS:
                 queue.add(submit(k, attempt + 1))
-            else:
-                record({"shard": k, "ok": False, "error": f"shard {k}: {type(e).__name__}: {e}"})
+                continue
+            stop = record({"shard": k, "ok": False, "error": f"shard {k}: {type(e).__name__}: {e}"})
+        if stop:  # the store is unreachable: every other shard would fail the same way, slowly
+            client.cancel(held)
+            break
     retried = lost_attempts(client, [f.key for f in held])
     if retried:
         from tqdm import tqdm

@@ -49,15 +49,30 @@ def generate(cfg: GenerateConfig, log=None) -> dict:
             check_same_platform([d.get("platform") for d in done.values()], here, cfg.out)
         failures = run_shards(cfg, plan, todo, done)
         if failures:
-            raise FactoryError(
-                f"{len(failures)} shard(s) failed: " + "; ".join(f["error"] for f in failures[:5])
-                + " — rerun the same command to retry them"
-            )
+            raise FactoryError(failure_summary(failures, todo, done))
         if cfg.same_platform:
             check_one_platform(cfg.out, [d.get("platform") for d in done.values()])
         manifest = build_manifest(cfg, plan, writer.shard_entries(done))
         writer.finish(manifest)
     return manifest
+
+
+def failure_summary(failures: list[dict], todo: list[int], done: dict) -> str:
+    """One line for a job's failed shards: the distinct errors (first 3), how many shards were not
+    started, and the log file holding every failure's traceback."""
+    from factory.fsio import write_failure_log
+
+    causes: dict[str, str] = {}  # the same cause in many shards is named once, by its first shard
+    for f in failures:
+        causes.setdefault(f["error"].split("): ", 1)[-1], f["error"])
+    errors = list(causes.values())
+    shards = ", ".join(str(f["shard"]) for f in failures[:8]) + (", ..." if len(failures) > 8 else "")
+    left = len([k for k in todo if k not in done]) - len(failures)
+    log = write_failure_log("generate", failures)
+    return (f"{len(failures)} shard(s) failed ({shards}): " + "; ".join(errors[:3])
+            + (f"; {len(errors) - 3} other error(s)" if len(errors) > 3 else "")
+            + (f"; {left} shard(s) not started" if left > 0 else "")
+            + " — rerun the same command to resume" + (f" (details in {log})" if log else ""))
 
 
 def build_manifest(cfg: GenerateConfig, plan: Plan, shards: list[dict]) -> dict:

@@ -56,14 +56,14 @@ def make_shards(job: ShardJob, shard_ids: list[int], latents, *, timers: Timers 
         for k in shard_ids:
             try:
                 commit = generate_shard(job, k, latents, timers=timers)
-            except (FactoryError, OSError) as e:
+            except Exception as e:  # noqa: BLE001 - data and storage errors become status rows, bugs propagate
                 out.append(failed_row(k, e))
                 continue
             pending.append((k, committer.submit(commit)))
         for k, fut in pending:
             try:
                 out.append(fut.result())
-            except (FactoryError, OSError) as e:
+            except Exception as e:  # noqa: BLE001 - as above
                 out.append(failed_row(k, e))
     finally:
         committer.shutdown(wait=True)
@@ -71,8 +71,16 @@ def make_shards(job: ShardJob, shard_ids: list[int], latents, *, timers: Timers 
 
 
 def failed_row(shard: int, e: Exception) -> dict:
+    """The status row of a shard that failed with a data or storage error (its traceback in ``detail``;
+    ``stop``: the store is unreachable, so the job should not start more shards); re-raises anything else."""
+    import traceback
+
+    store = fmt.storage_error(e)
+    if store is None and not isinstance(e, (FactoryError, OSError)):
+        raise e
     where = fmt.shard_name(shard)
-    return {"shard": shard, "ok": False, "error": f"shard {shard} ({where}): {e}"}
+    return {"shard": shard, "ok": False, "error": f"shard {shard} ({where}): {store or e}",
+            "stop": store is not None, "detail": "".join(traceback.format_exception(e))}
 
 
 def shard_encoder_pool(device: str, threads: int | None):

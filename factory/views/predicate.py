@@ -27,8 +27,10 @@ _TOKEN = re.compile(
       | (?P<comma>,)
       | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
     )""",
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,  # digits and names in ASCII: fullwidth or other Unicode digits are refused
 )
+MAX_DEPTH = 64  # nested parentheses and 'not's of one expression
+MAX_LENGTH = 100_000  # characters of one expression
 _KEYWORDS = {"and", "or", "not", "in", "true", "false"}
 _OPS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "=": "==", "==": "==", "!=": "!=", "<>": "!="}
 
@@ -78,6 +80,10 @@ def _tokenize(text: str) -> list[tuple[str, Any, int]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
+            bad = next((i for i in range(pos, len(text)) if not text[i].isspace()), pos)
+            if not text[bad].isascii():
+                raise PredicateError(f"--where: character {text[bad]!r} at position {bad} is not ASCII; write "
+                                     "numbers, names and operators in ASCII (strings may hold any character)")
             raise PredicateError(f"--where: cannot read {text[pos:].strip()[:20]!r} at position {pos}")
         kind = m.lastgroup
         val = m.group(kind)
@@ -105,6 +111,15 @@ class _Parser:
         self.text = text
         self.toks = _tokenize(text)
         self.i = 0
+        self.depth = 0
+
+    def nest(self):
+        """One more level of parentheses or 'not' (a limit, so parsing never recurses deeply)."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            t = self.toks[self.i - 1]
+            raise PredicateError(f"--where: nested more than {MAX_DEPTH} deep (parentheses and 'not's) at "
+                                 f"position {t[2]}; simplify the expression")
 
     def peek(self, kind=None, val=None):
         if self.i >= len(self.toks):
@@ -151,7 +166,10 @@ class _Parser:
     def not_expr(self):
         if self.peek("kw", "not"):
             self.i += 1
-            return Not(self.not_expr())
+            self.nest()
+            node = Not(self.not_expr())
+            self.depth -= 1
+            return node
         return self.comparison()
 
     def comparison(self):
@@ -195,8 +213,10 @@ class _Parser:
             raise PredicateError("--where: expression ends too early")
         if t[0] == "lp":
             self.i += 1
+            self.nest()
             node = self.or_expr()
             self.take("rp", what="')'")
+            self.depth -= 1
             return node
         if t[0] == "name":
             self.i += 1
@@ -208,6 +228,8 @@ def parse_where(text: str):
     """Parse a --where expression into an AST; raises PredicateError with the position."""
     if not isinstance(text, str):
         raise PredicateError("--where must be a string")
+    if len(text) > MAX_LENGTH:
+        raise PredicateError(f"--where: {len(text)} characters, over the {MAX_LENGTH} character limit")
     return _Parser(text).parse()
 
 

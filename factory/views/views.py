@@ -81,7 +81,7 @@ class FilterSpec:
             out.append(("min_components", Cmp(">=", Col("n_components"), Lit(int(self.min_components)))))
         if self.max_components is not None:
             out.append(("max_components", Cmp("<=", Col("n_components"), Lit(int(self.max_components)))))
-        if self.where:
+        if self.where is not None:  # "" is refused like "   " (an empty expression), never "every row"
             out.append(("where", parse_where(self.where)))
         return out
 

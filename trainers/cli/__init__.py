@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from factory.format import FactoryError
+from factory.format import FactoryError, storage_error
 from trainers import __version__
 from trainers.cli.evaluate import benchmark_cmd, eval_cmd, predict_cmd
 from trainers.cli.model import convert_cmd
@@ -26,6 +26,11 @@ class TrainersGroup(click.Group):
             return super().invoke(ctx)
         except FactoryError as e:
             raise click.ClickException(str(e)) from None
+        except Exception as e:  # an object store's SDK error: one line when it is a known storage problem
+            err = storage_error(e)
+            if err is None:
+                raise
+            raise click.ClickException(str(err)) from None
 
 
 @click.group(cls=TrainersGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -47,6 +47,8 @@ from trainers.cli.options import cache_options
               help="torch deterministic algorithms (bit-exact resume on CPU; may be slower on GPU)")
 @click.option("--resume", is_flag=True, help="continue RUN from its newest checkpoint (exactly)")
 @click.option("--allow-remote-shards", is_flag=True, help="trust shard URLs in a remote manifest")
+@click.option("--no-verify", "no_verify", is_flag=True,
+              help="do not check each shard's sha256 against the manifest as it is read (checked once per process by default)")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="progress on rank 0 (stderr): a bar on a terminal, else one line every --progress-every s")
 @click.option("--progress-every", default=30.0, show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
@@ -55,7 +57,7 @@ from trainers.cli.options import cache_options
 @click.option("--audit", is_flag=True, hidden=True, help="write RUN/audit/rank-R.json (rows per step, digest)")
 def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers, seed, holdout_permille, val_max,
           checkpoint_every, val_every, device, mask, mask_source, flip, shuffle_window, access, deterministic, resume,
-          allow_remote_shards, progress, progress_every, audit, cache, cache_dir, cache_limit):
+          allow_remote_shards, no_verify, progress, progress_every, audit, cache, cache_dir, cache_limit):
     """Train the U-Net on a dataset or view (the paper's recipe by default).
 
     \b
@@ -76,6 +78,7 @@ def train(*, data, out, steps, lr, lr_step, lr_gamma, batch_size, width, workers
                       val_every=val_every, device=device, mask=mask, mask_source=mask_source, flip=flip,
                       shuffle_window=shuffle_window, access=access,
                       deterministic=deterministic, resume=resume, allow_remote_shards=allow_remote_shards,
+                      verify=not no_verify,
                       progress=progress, progress_every=progress_every, audit=audit, cache=cache,
                       cache_dir=cache_dir, cache_limit=cache_limit)
     card = run_training(cfg)

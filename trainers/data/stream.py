@@ -105,6 +105,11 @@ class ShardInfo:
     samples: int
     sha256: str | None = None  # the manifest's digest and size: the shard cache's key and its check
     bytes: int | None = None
+    verify: bool = True  # sha256 checked while the shard is streamed (False: --no-verify)
+
+
+# Shards whose sha256 this process has checked (url, sha256): each is hashed once, on its first read.
+VERIFIED_SHARDS: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -134,11 +139,13 @@ class SampleIndex:
 
 
 def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permille: int = 0,
-                mask: str = "clean", mask_source: str = "mask") -> SampleIndex:
+                mask: str = "clean", mask_source: str = "mask", verify: bool = True) -> SampleIndex:
     """Accepted samples of a dataset/view for ``split`` in {"train", "val", "all"}.
 
     ``train`` excludes the hold-out (keys whose bucket < holdout_permille),
     ``val`` is the hold-out only, ``all`` ignores it. ``mask_source``: one of MASK_SOURCES.
+    A manifest whose fields disagree (as `factory verify` reports) is refused before anything is
+    allocated; with ``verify`` each shard's sha256 is checked as it is read (once per process).
     """
     if split not in ("train", "val", "all"):
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
@@ -147,6 +154,10 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
     if mask not in ("clean", "raw"):
         raise DataError(f"mask must be 'clean' or 'raw', got {mask!r}")
     manifest = resolved.manifest
+    try:
+        fmt.check_manifest(manifest, f"dataset {manifest['dataset_id']}")
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
     check_mask_source(manifest, mask_source)
     if mask == "raw" and not manifest.get("spec", {}).get("keep_raw_mask", False):
         raise DataError(f"dataset {manifest['dataset_id']} has no raw masks (it was generated without "
@@ -156,7 +167,7 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
     rows_l, shards_l = [], []
     for s in manifest["shards"]:
         sid = s["shard"]
-        si = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"])
+        si = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"], verify)
         info[sid] = si
         if resolved.accepted is None:
             r = np.arange(si.first_row, si.first_row + si.samples, dtype=np.int64)
@@ -203,13 +214,14 @@ def check_mask_source(manifest: dict, mask_source: str) -> None:
 
 
 def open_index(url: str, *, split: str = "train", holdout_permille: int = 0, mask: str = "clean",
-               mask_source: str = "mask", allow_remote_shards: bool = False) -> SampleIndex:
+               mask_source: str = "mask", allow_remote_shards: bool = False, verify: bool = True) -> SampleIndex:
     """Open a dataset folder/URL or a view JSON and build the sample index of ``split``."""
     try:
         resolved = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
     except fmt.FormatError as e:
         raise DataError(str(e)) from None
-    return build_index(resolved, split=split, holdout_permille=holdout_permille, mask=mask, mask_source=mask_source)
+    return build_index(resolved, split=split, holdout_permille=holdout_permille, mask=mask, mask_source=mask_source,
+                       verify=verify)
 
 
 # ----------------------------------------------------------------------------- planner
@@ -321,9 +333,45 @@ def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...], cache=
     out: dict[int, dict[str, bytes]] = {}
     if not wanted:
         return out
+    # a cached copy was checked as it was written; a store's bytes are hashed as they stream past
+    check = cache is None and shard.verify and shard.sha256 is not None and \
+        (shard.url, shard.sha256) not in VERIFIED_SHARDS
+    try:
+        with open_shard(shard, cache) as raw:
+            f = fmt.HashingReader(raw, sha256=shard.sha256, size=shard.bytes, where=f"shard {shard.url}") \
+                if check else raw
+            try:
+                _read_members(f, shard, wanted, exts, out)
+            except DataError:
+                if check:
+                    f.finish()  # a changed shard is named as such, rather than by its first odd member
+                raise
+            if check:
+                f.finish()  # the rest of the file, then size and sha256 against the manifest
+                VERIFIED_SHARDS.add((shard.url, shard.sha256))
+    except DataError:
+        raise
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    except FileNotFoundError:
+        raise DataError(f"shard {shard.url} not found (dataset incomplete or moved?)") from None
+    except OSError as e:
+        raise DataError(f"shard {shard.url}: cannot read: {e}") from None
+    missing = [r for r in sorted(wanted) if set(exts) - set(out.get(r, {}))]
+    if missing:
+        r = missing[0]
+        lacks = sorted(set(exts) - set(out.get(r, {})))
+        raise DataError(f"shard {shard.url}: key {fmt.sample_key(r)} lacks member(s) {lacks} "
+                        f"({len(missing)} sample(s) incomplete)")
+    return out
+
+
+def _read_members(f, shard: ShardInfo, wanted: set[int], exts: tuple[str, ...],
+                  out: dict[int, dict[str, bytes]]) -> None:
+    """The wanted members of the tar stream ``f`` into ``out``, in one sequential pass."""
     name = "?"
     try:
-        with open_shard(shard, cache) as f, tarfile.open(fileobj=f, mode="r:") as tf:
+        with tarfile.open(fileobj=f, mode="r:") as tf:
             while True:
                 ti = tf.next()
                 if ti is None:
@@ -337,25 +385,17 @@ def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...], cache=
                 if len(data) != ti.size:
                     raise DataError(f"shard {shard.url}: member {name!r} is truncated")
                 out.setdefault(row, {})[ext] = data
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"shard {shard.url} not found (dataset incomplete or moved?)") from None
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"shard {shard.url}: cannot read after member {name!r}: {e}") from None
-    missing = [r for r in sorted(wanted) if set(exts) - set(out.get(r, {}))]
-    if missing:
-        r = missing[0]
-        lacks = sorted(set(exts) - set(out.get(r, {})))
-        raise DataError(f"shard {shard.url}: key {fmt.sample_key(r)} lacks member(s) {lacks} "
-                        f"({len(missing)} sample(s) incomplete)")
-    return out
 
 
-def decode_image(data: bytes, mode: str, where: str, expect: str = "PNG") -> np.ndarray:
-    """Pixels of an encoded member whose container must be ``expect`` (a PIL format name)."""
+def decode_image(data: bytes, mode: str, where: str, expect: str = "PNG", side: int | None = None) -> np.ndarray:
+    """Pixels of an encoded member whose container must be ``expect`` (a PIL format name) and, with
+    ``side``, whose header declares side x side pixels (checked before decoding)."""
     try:
-        with fmt.open_image_checked(data, where) as im:
+        with fmt.open_image_checked(data, where, side=side) as im:
             if im.format != expect:
                 raise DataError(f"{where} is {im.format}, expected {expect}")
             return np.asarray(im.convert(mode))
@@ -373,17 +413,17 @@ def flip_bit(seed: int, epoch: int, row: int) -> bool:
 
 
 def decode_sample(members: dict[str, bytes], mask_member: str | tuple[str, ...], where: str,
-                  image_member: str = fmt.EXT_IMAGE) -> tuple[np.ndarray, np.ndarray]:
+                  image_member: str = fmt.EXT_IMAGE, side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image float32 [3,H,W] in [-1,1], mask float32 [1,H,W] in {0,1}) from encoded members.
 
     ``image_member``: the manifest's image extension (png, webp or jpg; ``fmt.image_member``).
     ``mask_member``: one mask member, or several whose foregrounds are intersected (``SampleIndex.mask_members``);
     a mask is foreground above 127, a teacher map (KEY.teacher.png) from ``fmt.TEACHER_FG_MIN`` (p >= 0.5).
     """
-    img = decode_image(members[image_member], "RGB", f"{where}.{image_member}", fmt.IMAGE_FORMATS[image_member])
+    img = decode_image(members[image_member], "RGB", f"{where}.{image_member}", fmt.IMAGE_FORMATS[image_member], side)
     fg = None
     for name in (mask_member,) if isinstance(mask_member, str) else mask_member:
-        mask = decode_image(members[name], "L", f"{where}.{name}")
+        mask = decode_image(members[name], "L", f"{where}.{name}", "PNG", side)
         if img.shape[:2] != mask.shape:
             raise DataError(f"{where}: image {img.shape[:2]} and {name} {mask.shape} differ in size")
         this = mask >= fmt.TEACHER_FG_MIN if name == fmt.EXT_TEACHER else mask > 127
@@ -443,7 +483,8 @@ def make_batch(index: SampleIndex, reader: ShardReader, rows: np.ndarray, *, see
     for r in rows.tolist():
         s = reader.shard_of(r)
         where = f"shard {index.shard_info[s].url}: key {fmt.sample_key(r)}"
-        image, mask = decode_sample(reader.take(r), index.mask_members(), where, index.image_member)
+        image, mask = decode_sample(reader.take(r), index.mask_members(), where, index.image_member,
+                                    index.resolution)
         if flip and flip_bit(seed, epoch, r):
             image, mask = image[:, :, ::-1], mask[:, :, ::-1]
         images.append(image)

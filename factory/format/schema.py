@@ -1,0 +1,192 @@
+"""The manifest's schema beyond its shard list, the limits on JSON from elsewhere, and the checks
+that tie a manifest's fields together.
+
+* ``loads_json``: a JSON document of at most MAX_JSON_BYTES, nested at most MAX_JSON_DEPTH deep
+  (counted without recursion before it is parsed), else one FormatError line.
+* ``check_manifest_fields``: every field besides ``shards`` against its type and range (resolution,
+  dim_z, latents, members, spec's shape); run by ``format.validate_manifest`` for every reader.
+* ``manifest_problems``: what the fields must agree on (shard ids 0..K-1, contiguous rows, samples
+  that fit in a shard's bytes, the latents hash, the dataset id as the content hash of the shards). ``factory verify`` reports them;
+  ``trainers`` refuses a manifest with any (``check_manifest``) before it allocates anything.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from factory.format import (
+    DATASET_KIND,
+    IMAGE_FORMATS,
+    LATENTS,
+    MASK_RULES,
+    FormatError,
+    dataset_id,
+    sha256_bytes,
+)
+
+MAX_JSON_BYTES = 256 << 20  # a manifest or view; a view of 10M rows is ~100 MB
+MAX_JSON_DEPTH = 64  # our documents nest 5 deep
+MAX_RESOLUTION = 4096  # side of a square sample image (format.MAX_IMAGE_PIXELS = 4096 x 4096)
+MAX_DIM_Z = 1 << 16
+MAX_SAMPLES = 1 << 40
+MIN_SAMPLE_BYTES = 1024  # a sample holds at least an image and a mask member: two 512-byte tar headers
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_EXT = re.compile(r"^[a-z0-9]+(?:\.[a-z0-9]+)*$")
+
+
+def json_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> int:
+    """Deepest nesting of arrays/objects in JSON text, counted without recursion (vectorised, in
+    chunks); stops counting once above ``limit``."""
+    import numpy as np
+
+    text = np.frombuffer(_STRING.sub(b'""', data), np.uint8)
+    depth = peak = 0
+    for i in range(0, text.shape[0], 1 << 22):
+        c = text[i:i + (1 << 22)]
+        step = (c == 91).astype(np.int64) + (c == 123) - (c == 93) - (c == 125)  # [ { ] }
+        run = np.cumsum(step) + depth
+        peak = max(peak, int(run.max()))
+        depth = int(run[-1])
+        if peak > limit:
+            break
+    return peak
+
+
+def loads_json(data: bytes, what: str) -> Any:
+    """Parse JSON from elsewhere within MAX_JSON_BYTES and MAX_JSON_DEPTH; FormatError (one line) otherwise."""
+    if len(data) > MAX_JSON_BYTES:
+        raise FormatError(f"{what} is over the {MAX_JSON_BYTES:,} byte limit for a manifest or view")
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise FormatError(f"{what} nests arrays/objects more than {MAX_JSON_DEPTH} deep; not a manifest or view")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise FormatError(f"{what} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
+
+
+def _int(obj: dict, key: str, where: str, lo: int, hi: int, *, optional: bool = False, prefix: str = ""):
+    v = obj.get(key)
+    if v is None and optional:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise FormatError(f"{where}: {prefix}{key} must be an integer in {lo}..{hi}, got {str(v)[:40]!r}")
+    return v
+
+
+def _typed(obj: dict, key: str, types: tuple, where: str, what: str, prefix: str = ""):
+    v = obj.get(key)
+    if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
+        raise FormatError(f"{where}: {prefix}{key} must be {what}, got {type(v).__name__}")
+    return v
+
+
+_SPEC_FIELDS = {  # field -> (types, what): the shape a reader relies on
+    "generator": ((dict,), "an object"), "latents": ((dict,), "an object"), "direction": ((dict,), "an object"),
+    "image_codec": ((dict,), "an object"), "keep_raw_mask": ((bool,), "true or false"),
+    "mask_rule": ((str,), "a string"), "n": ((int,), "an integer"), "shard_size": ((int,), "an integer"),
+    "shift_r": ((int, float), "a number"), "max_fg": ((int, float), "a number"),
+    "cc_ratio": ((int, float), "a number"), "format_version": ((int,), "an integer"),
+}
+
+
+def _check_spec(spec: Any, where: str) -> None:
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise FormatError(f"{where}: spec must be an object, got {type(spec).__name__}")
+    for key, (types, what) in _SPEC_FIELDS.items():
+        _typed(spec, key, types, where, what, "spec.")
+    if spec.get("mask_rule") is not None and spec["mask_rule"] not in MASK_RULES:
+        raise FormatError(f"{where}: spec.mask_rule {spec['mask_rule'][:40]!r} is not one of {', '.join(MASK_RULES)}")
+    if spec.get("shard_size") is not None and spec["shard_size"] < 1:
+        raise FormatError(f"{where}: spec.shard_size must be >= 1")
+    gen = spec.get("generator") or {}
+    _typed(gen, "name", (str,), where, "a string", "spec.generator.")
+    _int(gen, "resolution", where, 1, MAX_RESOLUTION, optional=True, prefix="spec.generator.")
+
+
+def _check_members(members: Any, where: str) -> None:
+    if members is None:
+        return
+    if not isinstance(members, dict):
+        raise FormatError(f"{where}: members must be an object, got {type(members).__name__}")
+    for k, v in members.items():
+        if not isinstance(v, str) or not _EXT.match(v):
+            raise FormatError(f"{where}: members.{k} must be a member extension like 'mask.png', got {str(v)[:40]!r}")
+    if "image" in members and members["image"] not in IMAGE_FORMATS:
+        raise FormatError(f"{where}: members.image '.{members['image']}' is not one of {', '.join(IMAGE_FORMATS)}")
+
+
+def _check_latents(lat: Any, where: str) -> None:
+    if lat is None:
+        return
+    if not isinstance(lat, dict):
+        raise FormatError(f"{where}: latents must be an object, got {type(lat).__name__}")
+    path = lat.get("path", LATENTS)
+    if path != LATENTS:
+        raise FormatError(f"{where}: latents.path is {str(path)[:80]!r}; a dataset keeps its latents in "
+                          f"{LATENTS} inside its folder")
+    h = lat.get("sha256_of_shard_hashes")
+    if h is not None and not (isinstance(h, str) and _HEX64.match(h)):
+        raise FormatError(f"{where}: latents.sha256_of_shard_hashes is not a 64-digit lowercase hex digest")
+
+
+def check_manifest_fields(obj: dict, where: str) -> None:
+    """Every manifest field besides the shard list against the schema (types and ranges); FormatError."""
+    if obj.get("kind") != DATASET_KIND:
+        return
+    _int(obj, "samples", where, 0, MAX_SAMPLES)
+    _int(obj, "dim_z", where, 1, MAX_DIM_Z)
+    _int(obj, "bytes", where, 0, MAX_SAMPLES * (64 << 20), optional=True)
+    _int(obj, "resolution", where, 1, MAX_RESOLUTION, optional=True)
+    for key in ("spec_hash", "code_version"):
+        _typed(obj, key, (str,), where, "a string")
+    _check_latents(obj.get("latents"), where)
+    _check_members(obj.get("members"), where)
+    _check_spec(obj.get("spec"), where)
+
+
+def check_shard_fields(s: dict, w: str) -> None:
+    """Ranges of one shard entry whose types were checked: rows and bytes a reader may allocate for."""
+    if s["first_row"] + s["samples"] > MAX_SAMPLES:
+        raise FormatError(f"{w}: rows {s['first_row']}.. + {s['samples']} exceed the {MAX_SAMPLES} sample limit")
+    h = s.get("latents_sha256")
+    if h is not None and not (isinstance(h, str) and _HEX64.match(h)):
+        raise FormatError(f"{w}: latents_sha256 is not a 64-digit lowercase hex digest")
+
+
+def manifest_problems(m: dict) -> list[tuple[int | None, str]]:
+    """What a valid manifest's fields must agree on: (shard or None, problem) for each disagreement."""
+    out: list[tuple[int | None, str]] = []
+    entries = sorted(m["shards"], key=lambda s: s["shard"])
+    ids = [s["shard"] for s in entries]
+    if ids != list(range(len(ids))):
+        missing = sorted(set(range(len(ids))) - set(ids))
+        out.append((None, f"shard ids are not 0..{len(ids) - 1}: missing {missing[:10]}, listed {ids[:10]}"
+                          f"{'...' if len(ids) > 10 else ''}"))
+    row = 0
+    for s in entries:
+        if s["first_row"] != row:
+            out.append((s["shard"], f"shard {s['shard']} ({s['path']}): first_row {s['first_row']}, expected {row}"))
+        row += s["samples"]
+        if s["samples"] * MIN_SAMPLE_BYTES > s["bytes"]:
+            out.append((s["shard"], f"manifest: shard {s['shard']} declares {s['samples']} samples in "
+                                    f"{s['bytes']} bytes (a sample takes at least {MIN_SAMPLE_BYTES})"))
+    lat = m.get("latents") or {}
+    latents_sha = sha256_bytes("".join(s.get("latents_sha256", "") for s in entries).encode())
+    if lat.get("sha256_of_shard_hashes") not in (None, latents_sha):
+        out.append((None, "manifest: latents.sha256_of_shard_hashes does not match the shards' latents_sha256"))
+    if dataset_id(entries, lat.get("sha256_of_shard_hashes"), m["format_version"]) != m["dataset_id"]:
+        out.append((None, f"manifest: dataset_id {m['dataset_id']} is not the content hash of its shards"))
+    return out
+
+
+def check_manifest(m: dict, where: str) -> None:
+    """Refuse (FormatError, one line) a manifest whose fields disagree, as `factory verify` would."""
+    problems = manifest_problems(m)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise FormatError(f"{where}: {problems[0][1]}{more}; factory verify lists every problem")

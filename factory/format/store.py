@@ -1,0 +1,107 @@
+"""Object stores from the reader's side: a reachability probe before the first use of an S3 bucket
+(a short TCP connect, then the bucket's HEAD), and one line for the storage errors an SDK raises.
+
+``check_store(url)`` runs once per (endpoint, bucket) per process, from ``format.get_fs``: an
+unreachable endpoint fails in PROBE_TIMEOUT_S seconds instead of after the SDK's retries, a
+missing bucket is named. ``storage_error(exc)`` turns an endpoint/bucket/credentials error met
+later (the endpoint lost mid-run) into a FactoryError line, or None for anything else.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+from factory.format import FactoryError
+
+PROBE_TIMEOUT_S = float(os.environ.get("FACTORY_S3_PROBE_TIMEOUT", "3"))
+_CHECKED: set[tuple[str, str]] = set()
+
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError",
+                "ClientConnectorError", "ServerDisconnectedError", "ConnectionRefusedError",
+                "ClientOSError", "ProxyConnectionError"}
+_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError"}
+
+
+def s3_endpoint() -> str:
+    """The S3 endpoint this process talks to: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, fsspec's s3 config, AWS."""
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(k):
+            return os.environ[k]
+    try:
+        import fsspec.config
+
+        url = ((fsspec.config.conf.get("s3") or {}).get("client_kwargs") or {}).get("endpoint_url")
+    except (ImportError, AttributeError):
+        url = None
+    return url or "https://s3.amazonaws.com"
+
+
+def unreachable(endpoint: str, why: str = "") -> FactoryError:
+    return FactoryError(f"cannot reach s3 endpoint {endpoint}{f' ({why})' if why else ''}: "
+                        "check AWS_ENDPOINT_URL / network")
+
+
+def _connect(endpoint: str) -> None:
+    u = urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    socket.create_connection((u.hostname or "", port), timeout=PROBE_TIMEOUT_S).close()
+
+
+def endpoint_reachable() -> bool:
+    """Whether the S3 endpoint accepts a TCP connection now (within PROBE_TIMEOUT_S)."""
+    try:
+        _connect(s3_endpoint())
+    except OSError:
+        return False
+    return True
+
+
+def check_store(url: str, fs=None) -> None:
+    """Before the first use of an s3:// bucket in this process: its endpoint answers, its bucket exists."""
+    if not url.startswith(("s3://", "s3a://")):
+        return
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    endpoint = s3_endpoint()
+    if (endpoint, bucket) in _CHECKED or not bucket:
+        return
+    try:
+        _connect(endpoint)
+    except OSError as e:
+        raise unreachable(endpoint, e.strerror or type(e).__name__) from None
+    if fs is not None:
+        try:
+            fs.call_s3("head_bucket", Bucket=bucket)
+        except FileNotFoundError:
+            raise FactoryError(f"s3 bucket {bucket!r} does not exist at {endpoint}: check the URL, or create "
+                               "the bucket first") from None
+        except PermissionError:
+            pass  # a bucket we may read objects of without the right to HEAD it
+        except Exception as e:  # noqa: BLE001 - SDK errors: classified, else left to the real request
+            err = storage_error(e)
+            if err is not None:
+                raise err from None
+    _CHECKED.add((endpoint, bucket))
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def storage_error(exc: BaseException) -> FactoryError | None:
+    """One FactoryError line for an unreachable endpoint, a missing bucket or missing credentials
+    anywhere in ``exc``'s chain; None when it is none of these."""
+    for e in _chain(exc):
+        names = {t.__name__ for t in type(e).__mro__}
+        if names & _UNREACHABLE:
+            return unreachable(s3_endpoint(), type(e).__name__)
+        if names & _NO_CREDENTIALS:
+            return FactoryError("no credentials for the object store: set AWS_ACCESS_KEY_ID and "
+                                "AWS_SECRET_ACCESS_KEY (or an AWS profile)")
+        if "NoSuchBucket" in str(e) or "NoSuchBucket" in names:
+            return FactoryError(f"the s3 bucket does not exist at {s3_endpoint()}: check the URL, or create the bucket")
+    return None
