@@ -31,20 +31,16 @@ class DatasetLock:
             fmt.StoreLock(fs, path, "factory process", name=root)
 
     def __enter__(self):
-        if self.lock is not None:
-            self.lock.__enter__()  # FolderBusy (a FactoryError) while another process writes
+        self.lock.__enter__()  # FolderBusy (a FactoryError) while another process writes
         return self
 
     def check(self) -> None:
-        """Still this writer's lock (an object store's may have been removed and taken by another)."""
-        try:
-            self.lock.check()
-        except fmt.FolderBusy as e:
-            raise FactoryError(str(e)) from None
+        """Still this writer's lock (an object store's may have been removed and taken by another):
+        FolderBusy otherwise."""
+        self.lock.check()
 
     def __exit__(self, *exc):
-        if self.lock is not None:
-            self.lock.__exit__(*exc)
+        self.lock.__exit__(*exc)
 
 
 def check_writable(root: str) -> None:

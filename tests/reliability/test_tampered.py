@@ -151,7 +151,7 @@ def test_member_larger_than_resolution_refused_before_decoding(monkeypatch):
 
     from PIL import Image
 
-    from trainers.data import DataError, decode_sample
+    from trainers.data.stream import DataError, decode_sample
 
     def png(side):
         buf = io.BytesIO()
@@ -260,7 +260,7 @@ def test_shard_swapped_for_another_datasets_refused(ds, tmp_path):
 
 
 def test_each_shard_hashed_once_per_process_while_read(clean, monkeypatch):
-    import trainers.data as data
+    import trainers.data.stream as data
 
     opened = []
 
@@ -270,7 +270,7 @@ def test_each_shard_hashed_once_per_process_while_read(clean, monkeypatch):
             super().__init__(f, **kw)
 
     monkeypatch.setattr(fmt, "HashingReader", Counting)
-    monkeypatch.setattr(data, "_VERIFIED", set())
+    monkeypatch.setattr(data, "VERIFIED_SHARDS", set())
     idx = data.open_index(str(clean), split="all")
     for _ in range(3):  # three epochs
         assert sum(b["row"].shape[0] for b in data.iter_batches(idx, 8)) == 40

@@ -26,6 +26,8 @@ class TrainersGroup(click.Group):
             return super().invoke(ctx)
         except FactoryError as e:
             raise click.ClickException(str(e)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except Exception as e:  # an object store's SDK error: one line when it is a known storage problem
             err = storage_error(e)
             if err is None:
