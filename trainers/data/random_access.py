@@ -118,7 +118,8 @@ class RandomAccessDataset(torch.utils.data.Dataset):
         lacks = [m for m in (self.index.image_member, *self.index.mask_members()) if m not in members]
         if lacks:
             raise DataError(f"{where} lacks member(s) {lacks}")
-        image, mask = decode_sample(members, self.index.mask_members(), where, self.index.image_member)
+        image, mask = decode_sample(members, self.index.mask_members(), where, self.index.image_member,
+                                    self.index.resolution)
         if self.flip and flip_bit(self.seed, epoch, row):
             image, mask = image[:, :, ::-1], mask[:, :, ::-1]
         return {"image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask), "row": row}
