@@ -94,7 +94,9 @@ def test_decompression_bomb_refused_before_decoding():
 
 
 def test_oversized_member_refused(monkeypatch):
-    monkeypatch.setattr(fmt, "MAX_MEMBER_BYTES", 1000)
+    from factory.format import tar
+
+    monkeypatch.setattr(tar, "MAX_MEMBER_BYTES", 1000)  # the limit lives with the tar reading
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         ti = tarfile.TarInfo("0000000000.png")
