@@ -1,118 +1,148 @@
 #!/usr/bin/env bash
-# The GPU benchmark, as two commands of at most 8 minutes each (a lent GPU machine runs one
-# command for at most 10 minutes). It installs its Python dependencies offline from the wheels
-# beside it (benchmarks/gpu/wheels/, made beforehand by fetch_wheels.sh on a machine with PyPI),
-# and writes everything it prints, and every result, under $OUT (default gpu-results/):
+# The GPU benchmark as one command that fits a lent machine's lease (docs/performance.md):
 #
-#   bash benchmarks/gpu/run.sh 1   # GPU tests, end to end x3 (trace), encoder and masks tables
-#   bash benchmarks/gpu/run.sh 2   # parity with fp32, a real `factory generate`, same bytes run to run, directions
+#   bash benchmarks/gpu/run.sh                 # on the GPU machine: about 8 minutes (BUDGET=480 s)
+#   REHEARSAL=1 bash benchmarks/gpu/run.sh     # on a CPU, tiny sizes (also the default without CUDA)
 #
-#   FACTORY_SHARED=/path/to/shared bash benchmarks/gpu/run.sh 2   # also parity on the golden model
-#   GENERATOR_BENCH=1 PARTS=generator bash benchmarks/gpu/run.sh     # generator-only rates per precision
-#   PARTS=e2e,encode bash benchmarks/gpu/run.sh                      # any subset of
-#                                    tests,e2e,encode,masks,parity,generate,repeat,directions,generator
-#
-# Each step's timeout is cut to what is left of the command's budget (LIMIT_S, default 470 s),
-# and a step that no longer fits is skipped with a line saying so, so a command never runs over.
+# Steps, in this order: wheels (install benchmarks/gpu/wheels/*.whl offline if present, then check
+# wheels.txt + image.txt cover every import), e2e (recipe settings: WebP, sync-free, batch 512,
+# shards of 1,024), trace (one shard, GPU busy share), parity (fast path vs fp32), generate (a real
+# `factory generate` through the LocalCluster, sized to the time left), verify, encode, masks,
+# tests (pytest -m gpu), repeat (same bytes run to run), directions, generator. Each step's timeout
+# is cut to what is left of BUDGET; a step that no longer fits is skipped. Everything goes under
+# $OUT (default: a new temporary folder): run.log, one file per step, and summary.txt, one line per
+# step: NAME ran|skipped|failed and its key figure. PARTS=e2e,trace,... runs a subset.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-OUT="${OUT:-gpu-results}"; mkdir -p "$OUT"
-case "${1:-}" in
-  1) PARTS="${PARTS:-tests,e2e,encode,masks}"; LOG="$OUT/run1.log" ;;
-  2) PARTS="${PARTS:-parity,generate,repeat,directions}"; LOG="$OUT/run2.log" ;;
-  "") PARTS="${PARTS:-tests,e2e,encode,masks,parity,generate,repeat,directions}"; LOG="$OUT/run.log" ;;
-  *) echo "usage: bash benchmarks/gpu/run.sh [1|2]" >&2; exit 2 ;;
-esac
-exec > >(tee -a "$LOG") 2>&1   # everything printed also comes back as a file
-START=$(date +%s); LIMIT_S="${LIMIT_S:-470}"
-# budget S: the smaller of S and the seconds left (0 when the step does not fit: skip it)
-budget() { local left=$((LIMIT_S - ($(date +%s) - START))); [ "$left" -lt 20 ] && { echo 0; return; }; [ "$left" -lt "$1" ] && echo "$left" || echo "$1"; }
-fits() { T=$(budget "$1"); [ "$T" -gt 0 ] || { echo "== skipped ($2): not enough of the ${LIMIT_S} s budget left"; return 1; }; }
+OUT="${OUT:-$(mktemp -d -t factory-gpu-XXXX)}"; mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"; : > "$SUMMARY"
+exec > >(tee -a "$OUT/run.log") 2>&1
+START=$(date +%s); BUDGET="${BUDGET:-480}"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WHEELS="${WHEELS:-benchmarks/gpu/wheels}"
-export PYTHONUNBUFFERED=1
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/factory-site "$WHEELS"/*.whl \
-    && export PYTHONPATH="/tmp/factory-site:$PWD" || exit 1
+    && export PYTHONPATH="/tmp/factory-site:$PYTHONPATH" || { echo "wheels failed: pip install" > "$SUMMARY"; exit 1; }
+fi
+CUDA=$(python3 -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
+REHEARSAL="${REHEARSAL:-$([ "$CUDA" = 1 ] && echo 0 || echo 1)}"
+ALL=wheels,e2e,trace,parity,generate,verify,encode,masks,tests,repeat,directions,generator
+PARTS="${PARTS:-$ALL}"
+if [ "$REHEARSAL" = 1 ]; then   # tiny sizes: every step that runs without CUDA runs
+  DEV=cpu; GEN="--generator shapes --resolution 64"; FAST=""; N=8; B=4; SHARD=4; PN=4; PARITY="--small"
 else
-  export PYTHONPATH="$PWD"
+  DEV=cuda; GEN="--generator bigbigan --random-weights"; FAST="${FAST:---dtype bf16 --channels-last --compile}"
+  N="${N:-15360}"; B="${B:-512}"; SHARD=1024; PN=1024; PARITY=""
 fi
-N="${N:-15360}"
-FAST="${FAST:---dtype bf16 --channels-last --compile}"
-step() { echo "== $*"; }
-want() { case ",$PARTS," in *",$1,"*) return 0;; esac; return 1; }
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; echo "cpus $(nproc)"; python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$OUT/machine.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
+  echo "cpus $(nproc) rehearsal $REHEARSAL"; python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$OUT/machine.txt"
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+# step NAME MAX_S CUDA_ONLY: run s_NAME with T = min(MAX_S, time left); record the outcome
+step() {
+  local name=$1 max=$2 cuda_only=$3 t0 rc
+  case ",$PARTS," in *",$name,"*) ;; *) return 0;; esac
+  echo "== $name"
+  if [ "$cuda_only" = 1 ] && [ "$CUDA" != 1 ]; then printf '%-10s skipped: no CUDA\n' "$name" >> "$SUMMARY"; return 0; fi
+  T=$(left); [ "$T" -gt "$max" ] && T=$max
+  if [ "$T" -lt 15 ]; then printf '%-10s skipped: %s s of the %s s budget left\n' "$name" "$(left)" "$BUDGET" >> "$SUMMARY"; return 0; fi
+  t0=$(date +%s); KEY=""; "s_$name"; rc=$?
+  if [ "$rc" = 0 ]; then printf '%-10s ran %ss: %s\n' "$name" $(( $(date +%s) - t0 )) "$KEY" >> "$SUMMARY"
+  else printf '%-10s failed (exit %s%s) %ss: see %s\n' "$name" "$rc" "$([ "$rc" = 124 ] && echo ', timed out')" $(( $(date +%s) - t0 )) "$OUT/$name.*" >> "$SUMMARY"; fi
+  tail -n 3 "$OUT/$name".* 2>/dev/null | tail -n 6
+}
+jget() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, d))" "$@"; }
 
-if want tests; then
-  step "GPU tests (pytest -m gpu): CUDA masks/statistics, BigBiGAN on CUDA, a CUDA worker's shards per labelling mode"
-  fits 120 tests && timeout "$T" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_masks.py tests/test_bigbigan.py \
-    tests/test_generate.py 2>&1 | tee "$OUT/gpu_tests.txt" | tail -6
-fi
-
-# End to end at batch 512, three variants: sync-free labelling (default on CUDA: 8 updates, no host
-# check, unconverged batches redone) with PNG images, profiled on one shard (trace.json.gz for
-# Perfetto, ops.txt, GPU busy share); the same with lossless WebP images (1.8x cheaper to encode
-# on photos, benchmarks/encode_bench.py); and host-checked labelling (FACTORY_CC_ITERATIONS=0).
-B="${B:-512}"
-want e2e && for V in "auto png trace" "auto webp -" "0 png -"; do
-  set -- $V; CC=$1; CODEC=$2; TAG="b${B}_cc${CC}_$CODEC"
-  step "end to end, batch $B, FACTORY_CC_ITERATIONS=$CC, images $CODEC: BigBiGAN-128 random weights, $FAST -> masks, stats, encoding, shards, index, latents"
-  TRACE=""; [ "$3" = trace ] && TRACE="--trace $OUT/trace_$TAG"
-  fits 110 "e2e $TAG" || continue
-  FACTORY_CC_ITERATIONS=$CC timeout "$T" python3 -m factory.cli bench --generator bigbigan --random-weights --n "$N" \
-    --batch-size "$B" --shard-size 1024 --image-codec "$CODEC" $FAST $TRACE --json > "$OUT/e2e_$TAG.json" 2> "$OUT/e2e_$TAG.err"
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('candidates_per_s','generator_images_per_s','batch_size','peak_memory_bytes','cc_iterations','cc_redo_batches','staged_run','stage_share','trace')})" "$OUT/e2e_$TAG.json" || tail -5 "$OUT/e2e_$TAG.err"
-done
-
-want encode && step "encoding cost per candidate on this host's CPU (one core), per image codec" && fits 60 encode && \
-timeout "$T" python3 benchmarks/encode_bench.py --n 64 --reps 3 --json "$OUT/encode.json" 2>&1 | tee "$OUT/encode.txt" | tail -10
-
-want masks && step "masks + statistics alone, batch 1024 images: host-checked vs sync-free labelling" && \
-for K in "" "--cc-iterations 8"; do
-  fits 40 "masks $K" || continue
-  timeout "$T" python3 benchmarks/masks_bench.py --device cuda --batch 1024 $K 2>&1 | tail -5
-done | tee "$OUT/masks_bench.txt"
-
-if want parity && fits 120 parity; then
-  step "parity of the fast path with fp32 (random weights, 1024 candidates)"
-  timeout "$T" python3 benchmarks/gpu_parity.py --n 1024 --paths "bf16,bf16+cl+compile" --json "$OUT/parity_random.json" 2>&1 | tail -4
-  if [ -n "${FACTORY_SHARED:-}" ]; then
-    step "parity on the golden model"
-    fits 60 "golden parity" && timeout "$T" python3 benchmarks/gpu_parity.py --golden "$FACTORY_SHARED/reference/bigbigan/golden_small" \
-      --paths "tf32,bf16,bf16+cl" --json "$OUT/parity_golden.json" 2>&1 | tail -5
-  fi
-fi
-
-if want generate && fits 150 generate; then
-  step "factory generate on a dask LocalCluster (one worker per GPU), 10,000 candidates"
-  python3 -c "import numpy as np; v=np.random.default_rng(0).standard_normal(120).astype('float32'); np.save('/tmp/h.npy', v/np.linalg.norm(v))"
-  rm -rf /tmp/gpu-ds
-  ( time timeout "$T" python3 -m factory.cli generate --generator bigbigan --random-weights $FAST --direction /tmp/h.npy \
-      --n 10240 --shard-size 1024 --batch-size 512 --out /tmp/gpu-ds --quiet ) > "$OUT/generate.txt" 2>&1
-  tail -5 "$OUT/generate.txt"
-fi
-
-if want repeat && fits 150 repeat; then
-  step "same bytes run to run on this GPU: one command twice (fp32 and $FAST), shard hashes compared, then verify --regenerate"
-  python3 -c "import numpy as np; v=np.random.default_rng(0).standard_normal(120).astype('float32'); np.save('/tmp/h.npy', v/np.linalg.norm(v))"
-  for P in "fp32:" "fast:$FAST"; do
-    TAG=${P%%:*}; FLAGS=${P#*:}
-    for RUN in a b; do
-      rm -rf /tmp/rep-$TAG-$RUN
-      timeout "$T" python3 -m factory.cli generate --generator bigbigan --random-weights $FLAGS --direction /tmp/h.npy \
-        --n 2048 --shard-size 512 --batch-size 256 --workers 0 --out /tmp/rep-$TAG-$RUN --quiet > /dev/null 2>> "$OUT/repeat.err"
-    done
-    python3 -c "import json,sys; a,b=(json.load(open(f'/tmp/rep-{sys.argv[1]}-{r}/manifest.json')) for r in 'ab'); print(sys.argv[1], 'identical' if a['dataset_id']==b['dataset_id'] else 'DIFFERENT', a['dataset_id'], b['dataset_id'], list(a['platforms'].values()))" "$TAG" | tee -a "$OUT/repeat.txt"
-    timeout 120 python3 -m factory.cli verify /tmp/rep-$TAG-a --regenerate 8 2>&1 | tail -1 | tee -a "$OUT/repeat.txt"
+s_wheels() {
+  timeout "$T" python3 benchmarks/gpu/check_wheels.py --json "$OUT/wheels.json" > "$OUT/wheels.txt" 2>&1 || return
+  timeout "$T" python3 -c "import importlib, pathlib, factory.cli, trainers.cli
+for f in sorted(pathlib.Path('benchmarks').glob('*.py')): importlib.import_module('benchmarks.' + f.stem)" >> "$OUT/wheels.txt" 2>&1 || return
+  KEY="$(tail -n 1 "$OUT/wheels.txt"); factory, trainers and every benchmark module import"
+}
+s_e2e() {
+  timeout "$T" python3 -m factory.cli bench $GEN --n "$N" --batch-size "$B" --shard-size "$SHARD" --image-codec webp \
+    --device $DEV $FAST --json > "$OUT/e2e.json" 2> "$OUT/e2e.err" || return
+  KEY=$(jget "$OUT/e2e.json" "f'{candidates_per_s} candidates/s (generator {generator_images_per_s} images/s), batch {batch_size}, cc {cc_iterations}, peak {peak_memory_bytes/2**30:.1f} GiB, shares {stage_share}'")
+}
+s_trace() {
+  timeout "$T" python3 -m factory.cli bench $GEN --n "$SHARD" --batch-size "$B" --shard-size "$SHARD" --image-codec webp \
+    --device $DEV $FAST --trace "$OUT/trace" --json > "$OUT/trace.json" 2> "$OUT/trace.err" || return
+  KEY=$(jget "$OUT/trace.json" "f\"GPU busy share {trace['gpu_busy_share']}, span {trace['span_s']} s, {trace['kernels']} kernels, shares {stage_share}\"")
+}
+s_parity() {
+  timeout "$T" python3 benchmarks/gpu_parity.py $PARITY --device $DEV --n "$PN" --batch "$B" \
+    --paths "$([ "$CUDA" = 1 ] && echo 'bf16,bf16+cl+compile' || echo bf16)" --json "$OUT/parity.json" > "$OUT/parity.txt" 2>&1 || return
+  KEY=$(grep '^| bf16' "$OUT/parity.txt" | tr -s ' ' | paste -sd ';')
+}
+s_generate() {
+  python3 -c "import numpy as np; v=np.random.default_rng(0).standard_normal(120).astype('float32'); np.save('$OUT/h.npy', v/np.linalg.norm(v))"
+  local n=$N rate
+  rate=$(jget "$OUT/e2e.json" "candidates_per_s" 2>/dev/null || echo 0)
+  [ "$REHEARSAL" = 1 ] || n=$(python3 -c "r=float('$rate') or 20; print(max(1, min(100, int(r * ($T - 60) * 0.6 / $SHARD))) * $SHARD)")
+  rm -rf "$OUT/ds"
+  local dir="" where=""   # on CUDA: one worker per GPU (the default); rehearsal: one CPU worker
+  if [ "$REHEARSAL" = 1 ]; then where="--device cpu --workers 1"; else dir="--direction $OUT/h.npy"; fi
+  ( time timeout "$T" python3 -m factory.cli generate $GEN $FAST $dir --n "$n" --shard-size "$SHARD" --batch-size "$B" \
+      $where --out "$OUT/ds" --quiet ) > "$OUT/generate.txt" 2>&1 || return
+  KEY="$n candidates through the LocalCluster in $(grep real "$OUT/generate.txt" | tr -s ' \t' ' ')"
+}
+s_verify() {
+  [ -f "$OUT/ds/manifest.json" ] || { echo "no dataset from generate" > "$OUT/verify.txt"; return 1; }
+  timeout "$T" python3 -m factory.cli verify "$OUT/ds" --regenerate 2 --device $DEV > "$OUT/verify.txt" 2>&1 || return
+  KEY=$(tail -n 1 "$OUT/verify.txt")
+}
+s_encode() {
+  timeout "$T" python3 benchmarks/encode_bench.py --n "$([ "$REHEARSAL" = 1 ] && echo 2 || echo 64)" --reps "$([ "$REHEARSAL" = 1 ] && echo 1 || echo 3)" \
+    --json "$OUT/encode.json" > "$OUT/encode.txt" 2>&1 || return
+  KEY="per codec ms/candidate in encode.txt"
+}
+s_masks() {
+  local k
+  for k in "" "--cc-iterations 8"; do
+    timeout "$T" python3 benchmarks/masks_bench.py --device $DEV --batch "$([ "$REHEARSAL" = 1 ] && echo 4 || echo 1024)" \
+      $([ "$REHEARSAL" = 1 ] && echo "--reps 1 --warmup 0") $k --json >> "$OUT/masks.json" 2>> "$OUT/masks.err" || return
   done
-fi
+  KEY="host-checked and sync-free labelling in masks.json"
+}
+s_tests() {
+  timeout "$T" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_masks.py tests/test_bigbigan.py tests/test_generate.py \
+    > "$OUT/tests.txt" 2>&1 || return
+  KEY=$(tail -n 1 "$OUT/tests.txt")
+}
+s_repeat() {
+  local p tag flags run n=2048 shard=512 b=256
+  [ "$REHEARSAL" = 1 ] && { n=$N; shard=$SHARD; b=$B; }
+  for p in "fp32:" "fast:$FAST"; do
+    tag=${p%%:*}; flags=${p#*:}
+    [ "$REHEARSAL" = 1 ] && [ "$tag" = fast ] && continue   # no fast path on the CPU
+    for run in a b; do
+      rm -rf "$OUT/rep-$tag-$run"
+      timeout "$T" python3 -m factory.cli generate $GEN $flags --n "$n" --shard-size "$shard" --batch-size "$b" --device $DEV \
+        --workers 0 --out "$OUT/rep-$tag-$run" --quiet > /dev/null 2>> "$OUT/repeat.err" || return
+    done
+    python3 -c "import json,sys; a,b=(json.load(open(f'$OUT/rep-{sys.argv[1]}-{r}/manifest.json')) for r in 'ab'); same=a['dataset_id']==b['dataset_id']; print(sys.argv[1], 'identical' if same else 'DIFFERENT', a['dataset_id']); sys.exit(0 if same else 3)" "$tag" >> "$OUT/repeat.txt" || return
+  done
+  KEY=$(paste -sd ';' "$OUT/repeat.txt")
+}
+s_directions() {
+  timeout "$T" python3 benchmarks/directions_bench.py time --k 120 --resolution 128 --device cuda > "$OUT/directions.json" 2> "$OUT/directions.err" || return
+  KEY=$(tail -c 200 "$OUT/directions.json" | tr '\n' ' ')
+}
+s_generator() {
+  timeout "$T" python3 benchmarks/gpu_generator.py --json "$OUT/generator.json" > "$OUT/generator.txt" 2>&1 || return
+  KEY="images/s per precision in generator.json"
+}
 
-if want directions && fits 180 directions; then
-  step "directions score: 120 candidates, paper settings (steps 200, batch 4), shapes world at 128 px (issue 6)"
-  timeout "$T" python3 benchmarks/directions_bench.py time --k 120 --resolution 128 --device cuda > "$OUT/directions_time.json" 2> "$OUT/directions_time.err"
-  tail -c 600 "$OUT/directions_time.json" || tail -3 "$OUT/directions_time.err"
-fi
-if [ -n "${GENERATOR_BENCH:-}" ] || want generator; then
-  step "generator images/s per precision"
-  fits 300 generator && timeout "$T" python3 benchmarks/gpu_generator.py --json "$OUT/generator.json" 2>&1 | tail -14
-fi
-echo "done in $(( $(date +%s) - START )) s: results in $OUT (this log: $LOG)"
+step wheels 120 0
+step e2e 150 0
+step trace 90 0
+step parity 90 0
+step generate 240 0
+step verify 60 0
+step encode 40 0
+step masks 40 0
+step tests 120 1
+step repeat 120 0
+step directions 120 1
+step generator 240 1
+echo "done in $(( $(date +%s) - START )) s: results in $OUT"
+cat "$SUMMARY"
