@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from factory.format import FactoryError
 
-PROBE_TIMEOUT_S = float(os.environ.get("FACTORY_S3_PROBE_TIMEOUT", "3"))
+PROBE_TIMEOUT_S = 3.0  # seconds for the TCP probe (a constant: the contract reads no settings)
 _CHECKED: set[tuple[str, str]] = set()
 
 _UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError",
