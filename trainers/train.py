@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -379,16 +380,22 @@ def _device_text(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def time_forward(net: torch.nn.Module, *, device: torch.device, resolution: int) -> float:
-    """Seconds of one eval-mode forward pass of one sample (changes no weight, statistic or RNG)."""
+def time_forward(net: torch.nn.Module, *, device: torch.device, resolution: int, repeats: int = 5) -> float:
+    """Seconds of one eval-mode forward pass of one sample: the median of ``repeats`` timed passes of a
+    batch of 4, so one pass delayed by a busy machine does not turn minutes into hours (changes no
+    weight, statistic or RNG)."""
     was = net.training
     net.eval()
-    x = torch.zeros(1, 3, resolution, resolution, device=device)
+    x = torch.zeros(4, 3, resolution, resolution, device=device)
     try:
-        net(x)  # warm-up: first-call allocations
-        t0 = time.perf_counter()
-        net(x)
-        return time.perf_counter() - t0
+        with torch.no_grad():
+            net(x)  # warm-up: first-call allocations
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                net(x)
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times) / x.shape[0]
     finally:
         net.train(was)
 
