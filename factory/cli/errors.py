@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from factory.format import FactoryError, storage_error
+from factory.format import user_error
 
 
 class FactoryGroup(click.Group):
@@ -15,12 +15,10 @@ class FactoryGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except FactoryError as e:
-            raise click.ClickException(str(e)) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except Exception as e:  # an object store's SDK error: one line when it is a known storage problem
-            err = storage_error(e)
+        except Exception as e:  # a FactoryError, or an object store's SDK error that is a known storage problem
+            err = user_error(e)
             if err is None:
                 raise
             raise click.ClickException(str(err)) from None

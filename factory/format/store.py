@@ -92,6 +92,14 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
 
 
+def user_error(exc: BaseException) -> FactoryError | None:
+    """What a CLI prints as one line for ``exc``: the FactoryError itself, or the one line for a known
+    storage problem (``storage_error``); None for anything else (a bug: let its traceback show)."""
+    if isinstance(exc, FactoryError):
+        return exc
+    return storage_error(exc)
+
+
 def storage_error(exc: BaseException) -> FactoryError | None:
     """One FactoryError line for an unreachable endpoint, a missing bucket or missing credentials
     anywhere in ``exc``'s chain; None when it is none of these."""

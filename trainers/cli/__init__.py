@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from factory.format import FactoryError, storage_error
+from factory.format import user_error
 from trainers import __version__
 from trainers.cli.evaluate import benchmark_cmd, eval_cmd, predict_cmd
 from trainers.cli.model import convert_cmd
@@ -24,12 +24,10 @@ class TrainersGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except FactoryError as e:
-            raise click.ClickException(str(e)) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except Exception as e:  # an object store's SDK error: one line when it is a known storage problem
-            err = storage_error(e)
+        except Exception as e:  # a FactoryError, or an object store's SDK error that is a known storage problem
+            err = user_error(e)
             if err is None:
                 raise
             raise click.ClickException(str(err)) from None
