@@ -367,7 +367,7 @@ def test_cli_prints_the_address_and_stops_on_ctrl_c(ds):
         port = int(address.rsplit(":", 1)[1].strip("/"))
         assert json.loads(get(address + "api/meta")[2])["samples"] == 1000
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=20)
+        out, err = p.communicate(timeout=60)  # request threads are joined (each has a 10 s socket timeout)
         assert p.returncode == 0, err
         assert "stopped" in out and "Traceback" not in err
         assert not port_open(port)

@@ -97,6 +97,8 @@ def test_stale_offsets_are_an_error_naming_the_key(ds, tmp_path):
     data = parquet_bytes(t)
     (bad / e["index"]).write_bytes(data)
     e["index_sha256"] = fmt.sha256_bytes(data)
+    m["dataset_id"] = fmt.dataset_id(m["shards"], (m.get("latents") or {}).get("sha256_of_shard_hashes"),
+                                     m["format_version"])  # a consistent manifest: only the offsets lie
     (bad / fmt.MANIFEST).write_text(json.dumps(m))
     idx = open_index(str(bad), split="all")
     ra = open_random_access(str(bad), idx, batch_size=4)
