@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from factory.format import user_error
+from factory.format import silence_orphaned_tasks, user_error
 
 
 class FactoryGroup(click.Group):
@@ -21,4 +21,5 @@ class FactoryGroup(click.Group):
             err = user_error(e)
             if err is None:
                 raise
+            silence_orphaned_tasks()
             raise click.ClickException(str(err)) from None

@@ -442,7 +442,7 @@ from factory.format.schema import (  # noqa: E402,F401
     loads_json,
     manifest_problems,
 )
-from factory.format.store import check_store, storage_error, user_error  # noqa: E402,F401
+from factory.format.store import check_store, silence_orphaned_tasks, storage_error, user_error  # noqa: E402,F401
 from factory.format.tar import (  # noqa: E402,F401
     MAX_SAMPLE_BYTES,
     check_member,

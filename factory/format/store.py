@@ -8,6 +8,7 @@ later (the endpoint lost mid-run) into a FactoryError line, or None for anything
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from urllib.parse import urlparse
@@ -98,6 +99,13 @@ def user_error(exc: BaseException) -> FactoryError | None:
     if isinstance(exc, FactoryError):
         return exc
     return storage_error(exc)
+
+
+def silence_orphaned_tasks() -> None:
+    """After a failure has been reported in one line: the object store client's background tasks that
+    lost their connection would each print "Task exception was never retrieved" with a traceback when
+    collected at exit; the run's log file has the details, so asyncio's logger stays quiet."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def storage_error(exc: BaseException) -> FactoryError | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from factory.format import user_error
+from factory.format import silence_orphaned_tasks, user_error
 from trainers import __version__
 from trainers.cli.evaluate import benchmark_cmd, eval_cmd, predict_cmd
 from trainers.cli.model import convert_cmd
@@ -30,6 +30,7 @@ class TrainersGroup(click.Group):
             err = user_error(e)
             if err is None:
                 raise
+            silence_orphaned_tasks()
             raise click.ClickException(str(err)) from None
 
 
