@@ -355,8 +355,11 @@ def test_server_answers_the_page_and_api_then_stops(ds, tmp_path):
 def test_cli_prints_the_address_and_stops_on_ctrl_c(ds):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    # as from a terminal: Ctrl-C delivered (an earlier test's library may leave SIGINT ignored in this
+    # process, and an ignored signal is inherited)
     p = subprocess.Popen([sys.executable, "-m", "factory.cli", "browse", ds, "--port", "0"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+                         stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = [None]
         t = threading.Thread(target=lambda: line.__setitem__(0, p.stdout.readline()), daemon=True)
