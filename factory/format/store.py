@@ -20,7 +20,7 @@ _CHECKED: set[tuple[str, str]] = set()
 
 _UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ReadTimeoutError",
                 "ClientConnectorError", "ServerDisconnectedError", "ConnectionRefusedError",
-                "ClientOSError", "ProxyConnectionError"}
+                "ClientOSError", "ProxyConnectionError", "ClientConnectionResetError"}
 _NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError"}
 
 
@@ -58,10 +58,25 @@ def endpoint_reachable() -> bool:
     return True
 
 
+class _DropLostConnectionTasks(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for a store client's request whose connection was
+    lost: the failure itself is reported once, by the code that awaited the request (one line, and a log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and str(record.msg).startswith("Task exception was never retrieved")
+                    and storage_error(exc) is not None)
+
+
+_TASK_FILTER = _DropLostConnectionTasks()
+
+
 def check_store(url: str, fs=None) -> None:
     """Before the first use of an s3:// bucket in this process: its endpoint answers, its bucket exists."""
     if not url.startswith(("s3://", "s3a://")):
         return
+    if _TASK_FILTER not in logging.getLogger("asyncio").filters:  # this process talks to a store from now on
+        logging.getLogger("asyncio").addFilter(_TASK_FILTER)
     bucket = url.split("://", 1)[1].split("/", 1)[0]
     endpoint = s3_endpoint()
     if (endpoint, bucket) in _CHECKED or not bucket:

@@ -183,3 +183,26 @@ def test_second_generate_on_one_prefix_refused(s3_server):
     r = CliRunner().invoke(main, GEN + ["--n", "40", "--out", f"s3://{root}"])
     assert r.exit_code == 0, r.output
     assert fs.exists(f"{root}/manifest.json") and not fs.exists(f"{root}/.lock")
+
+
+def test_orphaned_task_of_a_lost_connection_is_not_printed():
+    """asyncio reports a store request whose connection died as "Task exception was never retrieved" with a
+    traceback when the task is collected; once a process uses a store those records are dropped (the run
+    reports the failure itself) and every other asyncio record still shows."""
+    import logging
+
+    aiohttp = pytest.importorskip("aiohttp")
+    from factory.format import store
+
+    fmt.check_store("s3://")  # an s3 URL without a bucket: installs the filter, probes nothing
+    log = logging.getLogger("asyncio")
+    assert store._TASK_FILTER in log.filters
+
+    def record(exc: BaseException, msg: str) -> logging.LogRecord:
+        return log.makeRecord("asyncio", logging.ERROR, __file__, 1, msg, (), (type(exc), exc, None))
+
+    lost = aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+    assert not log.filter(record(lost, "Task exception was never retrieved\nfuture: <Task ...>"))
+    assert log.filter(record(ValueError("a bug"), "Task exception was never retrieved\nfuture: <Task ...>"))
+    assert log.filter(record(lost, "Exception in callback ..."))
+    assert "cannot reach s3 endpoint" in str(fmt.storage_error(lost))
