@@ -8,9 +8,11 @@ later (the endpoint lost mid-run) into a FactoryError line, or None for anything
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import socket
+import sys
 from urllib.parse import urlparse
 
 from factory.format import FactoryError
@@ -117,10 +119,21 @@ def user_error(exc: BaseException) -> FactoryError | None:
 
 
 def silence_orphaned_tasks() -> None:
-    """After a failure has been reported in one line: the object store client's background tasks that
-    lost their connection would each print "Task exception was never retrieved" with a traceback when
-    collected at exit; the run's log file has the details, so asyncio's logger stays quiet."""
+    """After a failure has been reported in one line: the object store client's requests left pending
+    would each print a traceback when collected at exit ("Task exception was never retrieved" from
+    asyncio's logger, "Exception ignored in: <coroutine ...>" when a coroutine is closed); the run's log
+    file has the details, so both stay quiet."""
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    previous = sys.unraisablehook
+    if getattr(previous, "factory_quiet", False):
+        return
+
+    def hook(unraisable):
+        if not inspect.iscoroutine(unraisable.object):
+            previous(unraisable)
+
+    hook.factory_quiet = True
+    sys.unraisablehook = hook
 
 
 def storage_error(exc: BaseException) -> FactoryError | None:
