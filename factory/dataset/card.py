@@ -25,28 +25,35 @@ def index_stats(root: str, manifest: dict, *, check_sha: bool = True) -> dict:
     return summary_stats(load_index(root, manifest, columns=stats_columns(root, manifest), check_sha=check_sha))
 
 
-def summary_stats(table) -> dict:
-    """Filter statistics of an index table: fg ratio quantiles and pass rate of each filter."""
-    if table is None or table.num_rows == 0:
+def summary_stats(table, mask: np.ndarray | None = None) -> dict:
+    """Filter statistics of an index table (of its rows where `mask` is True): fg ratio quantiles and
+    pass rate of each filter. Columns are selected as arrays, never the whole table filtered."""
+    n = 0 if table is None else table.num_rows if mask is None else int(np.count_nonzero(mask))
+    if n == 0:
         return {"samples": 0}
-    out: dict = {"samples": table.num_rows}
-    fg = table.column("fg_ratio").to_numpy()
+    out: dict = {"samples": n}
+
+    def column(name: str) -> np.ndarray:
+        values = table.column(name).to_numpy()
+        return values if mask is None else values[mask]
+
+    fg = column("fg_ratio")
     qs = ("0.05", "0.25", "0.5", "0.75", "0.95")
     out["fg_ratio_quantiles"] = {q: round(float(v), 4) for q, v in zip(qs, np.quantile(fg, [float(q) for q in qs]))}
-    area = table.column("pass_area").to_numpy()
-    hist_ref = table.column("pass_hist_reference").to_numpy()
+    area = column("pass_area")
+    hist_ref = column("pass_hist_reference")
     out["pass_rate"] = {
         "area": round(float(area.mean()), 4),
         "hist_reference": round(float(hist_ref.mean()), 4),
-        "hist_paper": round(float(table.column("pass_hist_paper").to_numpy().mean()), 4),
+        "hist_paper": round(float(column("pass_hist_paper").mean()), 4),
         "area_and_hist_reference": round(float((area & hist_ref).mean()), 4),
     }
     out["components_mean"] = {
-        "raw": round(float(table.column("n_components_raw").to_numpy().mean()), 3),
-        "clean": round(float(table.column("n_components").to_numpy().mean()), 3),
+        "raw": round(float(column("n_components_raw").mean()), 3),
+        "clean": round(float(column("n_components").mean()), 3),
     }
     if "true_iou" in table.column_names:
-        iou = table.column("true_iou").to_numpy()
+        iou = column("true_iou")
         out["true_iou_mean"] = {
             "all": round(float(iou.mean()), 4),
             "area_and_hist_reference": round(float(iou[area & hist_ref].mean()), 4) if (area & hist_ref).any() else None,

@@ -70,10 +70,9 @@ def filter_stats(res: fmt.Resolved) -> dict:
     table = load_index(res.root, m, columns=stats_columns(res.root, m))
     out = {"filter_stats": cached or summary_stats(table)}
     if v is not None and table is not None:
-        import pyarrow as pa
 
         flags = accepted_flags(res.accepted, table.column("row").to_numpy())
-        out["filter_stats_accepted"] = summary_stats(table.filter(pa.array(flags)))
+        out["filter_stats_accepted"] = summary_stats(table, flags)
     return out
 
 

@@ -119,14 +119,15 @@ def _as_rows_by_shard(shard_col: np.ndarray, row_col: np.ndarray, mask: np.ndarr
                       shard_ids: list[int]) -> dict[str, dict]:
     """The view's ``accepted`` in the contract's compact form (`format.encode_accepted`), every shard listed."""
     by_shard = {k: np.zeros(0, np.int64) for k in shard_ids}
-    if mask.any():
-        s = shard_col[mask]
-        r = row_col[mask]
-        order = np.lexsort((r, s))
-        s, r = s[order], r[order]
-        cuts = np.flatnonzero(np.diff(s)) + 1
-        for chunk_s, chunk_r in zip(np.split(s, cuts), np.split(r, cuts)):
-            by_shard[int(chunk_s[0])] = chunk_r
+    n = len(shard_col)
+    cuts = np.flatnonzero(shard_col[1:] != shard_col[:-1]) + 1
+    starts = np.concatenate([[0], cuts]) if n else cuts
+    if len(np.unique(shard_col[starts])) == len(starts):  # each shard's rows are contiguous (as an index is read)
+        for a, b in zip(starts.tolist(), np.concatenate([cuts, [n]]).tolist()):
+            by_shard[int(shard_col[a])] = row_col[a:b][mask[a:b]]  # encode_rows sorts only what is unsorted
+    elif mask.any():
+        for sid in np.unique(shard_col[mask]).tolist():
+            by_shard[sid] = row_col[mask & (shard_col == sid)]
     return fmt.encode_accepted(by_shard)
 
 
@@ -229,7 +230,6 @@ def view_predicate(res: fmt.Resolved, spec: FilterSpec) -> tuple[str, str]:
 def view_from_index(url: str, res: fmt.Resolved, spec: FilterSpec, table, *, view_url: str | None = None) -> dict:
     """The view of `spec` on dataset/view `url` (opened as `res`) from its index `table` (not written).
     `table` holds at least shard, row and every column the spec reads (`index_table`)."""
-    import pyarrow as pa
 
     steps = spec.steps()
     check_steps(res, steps)
@@ -258,7 +258,7 @@ def view_from_index(url: str, res: fmt.Resolved, spec: FilterSpec, table, *, vie
         "rejected": out.rejected,
         "rejected_in_turn": out.in_turn,
         "accepted_sha256": acc_sha,
-        "accepted_stats": summary_stats(table.filter(pa.array(mask))),
+        "accepted_stats": summary_stats(table, mask),
         "code_version": __version__,
         "accepted": accepted,
     }
