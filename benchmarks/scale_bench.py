@@ -16,7 +16,7 @@ every fragment), trainers' first batch from the view with ``--access stream`` an
 (10 = linear).
 
     pip install -e '.[bench]'
-    python benchmarks/scale_bench.py [--sizes 1000000,4000000,10000000] [--root /tmp/scale-bench]
+    python benchmarks/scale_bench.py [--sizes 1000000,4000000,10000000] [--root /tmp/scale-bench] [--json OUT]
 """
 from __future__ import annotations
 
@@ -298,6 +298,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000000,4000000,10000000")
     ap.add_argument("--root", default="/tmp/scale-bench")
+    ap.add_argument("--json", help="also write every measurement here: {rows: {command: {wall_s, cpu_s, peak_mb, "
+                                   "stdout}}}")
     args = ap.parse_args()
 
     def log(msg):
@@ -310,6 +312,10 @@ def main() -> None:
         results[rows] = bench_size(os.path.join(args.root, f"{rows // 1_000_000}M" if rows >= 1e6 else str(rows)),
                                    rows, log)
     log(f"load average at end {os.getloadavg()[0]:.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({rows: {k: dict(zip(("wall_s", "peak_mb", "stdout", "cpu_s"), v)) if isinstance(v, tuple) else v
+                              for k, v in res.items()} for rows, res in results.items()}, f, indent=1)
     log(table(results))
     sizes = sorted(results)
     if len(sizes) > 1:
