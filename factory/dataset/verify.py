@@ -141,7 +141,9 @@ def _check_index(idata: bytes, entry: dict, problems: list[str], tar: bytes | No
     if fmt.sha256_bytes(idata) != entry["index_sha256"]:
         problems.append(f"index fragment {entry['index']} sha256 differs from the manifest")
     try:
-        t = pq.read_table(pa.BufferReader(idata), columns=["key", "shard", "row", *(fmt.OFFSET_COLUMNS if tar else ())])
+        # ParquetFile.read: ~4x less CPU per small file than pq.read_table (no dataset layer, no thread pool)
+        t = pq.ParquetFile(pa.BufferReader(idata)).read(
+            columns=["key", "shard", "row", *(fmt.OFFSET_COLUMNS if tar else ())], use_threads=False)
     except Exception as e:  # noqa: BLE001 - any unreadable fragment is reported, not raised
         problems.append(f"index fragment {entry['index']} unreadable: {e}")
         return
@@ -287,7 +289,10 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
     dim_z = int(m["dim_z"])
     members = m.get("members") or {"image": fmt.EXT_IMAGE, "mask": fmt.EXT_MASK, "latent": fmt.EXT_LATENT,
                                    "meta": fmt.EXT_META}
-    nthreads = workers or min(8, max(2, (os.cpu_count() or 1) * 2))
+    # reading tars (or an object store) waits on I/O: twice the cores; checking local index fragments is
+    # CPU work that more threads than cores only slow down (10M rows on 2 cores: 5.7 s wall with 2, 10.7 with 8)
+    cpu_bound = index_only and not fmt.is_remote_url(res.root)
+    nthreads = workers or (min(4, os.cpu_count() or 1) if cpu_bound else min(8, max(2, (os.cpu_count() or 1) * 2)))
     with ThreadPoolExecutor(nthreads) as ex:
         results = list(ex.map(lambda s: check_shard(res.root, s, members=members, z=z, dim_z=dim_z,
                                                     offsets=fmt.has_offsets(m), index_only=index_only,
