@@ -163,4 +163,5 @@ $TOOLS shrink "$F/score/figure1.png" "$IMG/score-figure1.png" --max-side 1000
 $TOOLS shrink "$F/score/figure2.png" "$IMG/score-figure2.png" --max-side 1000 --colors 256
 $TOOLS shrink "$OUT/score-random/figure1.png" "$IMG/score-random-figure1.png" --max-side 1000
 $TOOLS shrink "$F/score-refined/figure2.png" "$IMG/score-refined-figure2.png" --max-side 1000 --colors 256
+$TOOLS shrink "$OUT/seeds-selected.png" "$IMG/seeds-selected.png" --max-side 1000 --colors 256
 cat "$OUT/seeds.md"

@@ -304,7 +304,31 @@ def seeds(a) -> None:
         for k, v in summary[arm].items():
             lines.append(f"| {arm} | {k} | {v['mean']:.3f} | {v['sd']:.3f} | {v['min']:.3f} | {v['max']:.3f} |")
     (out / "seeds.md").write_text("\n".join(lines) + "\n")
+    selected_figure(out, a.seeds, out / "seeds-selected.png")
     print("\n".join(lines))
+
+
+STRIP_HEAD, STRIP_ROW, STRIP_LABEL = 18, 66, 150  # strips.png: header height, row height, label column width
+
+
+def selected_figure(out: Path, seeds: list[int], png: Path) -> None:
+    """The paper selection's direction of every seed, one row each: the first row of each seed's strips.png
+    (the selected candidate; two latents at shifts -6..+6), relabelled with the seed."""
+    from PIL import Image, ImageDraw
+
+    ims = [Image.open(out / f"seed-{sd}" / "strips.png").convert("RGB") for sd in seeds]
+    w = ims[0].size[0]
+    fig = Image.new("RGB", (w, STRIP_HEAD + STRIP_ROW * len(ims)), "white")
+    fig.paste(ims[0].crop((0, 0, w, STRIP_HEAD)), (0, 0))
+    draw = ImageDraw.Draw(fig)
+    for i, (sd, im) in enumerate(zip(seeds, ims)):
+        y = STRIP_HEAD + i * STRIP_ROW
+        fig.paste(im.crop((0, STRIP_HEAD, w, STRIP_HEAD + STRIP_ROW)), (0, y))
+        info = json.loads((out / f"seed-{sd}" / "strips.json").read_text())
+        draw.rectangle((0, y, STRIP_LABEL - 2, y + STRIP_ROW - 1), fill="white")
+        draw.text((4, y + 18), f"seed {sd}: dir {info['selected']}", fill=(200, 0, 0))
+        draw.text((4, y + 34), f"change {info['change'][str(info['selected'])]:.2f}", fill="black")
+    fig.save(png)
 
 
 def _band_profile(P):
