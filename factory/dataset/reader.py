@@ -11,6 +11,7 @@ from factory import format as fmt
 # ================================================================ index reading
 
 LOCAL_THREADS = 4  # index fragments read and parsed at once from a local disk
+GROUP = 64  # local index fragments per task
 
 def load_index(root: str, manifest: dict, columns: list[str] | None = None, *, check_sha: bool = True,
                shards: list[int] | None = None):
@@ -32,6 +33,12 @@ def load_index(root: str, manifest: dict, columns: list[str] | None = None, *, c
             raise fmt.FormatError(f"index fragment missing: {url} (shard {s['shard']})") from None
         except OSError as e:
             raise fmt.FormatError(f"cannot read index fragment {url}: {e}") from None
+
+    def concat(tables):
+        try:
+            return pa.concat_tables(tables, promote_options="default")
+        except pa.ArrowInvalid as e:
+            raise fmt.FormatError(f"{root}: index fragments have different schemas: {e}") from None
 
     def parse(s, data):
         url = fmt.join(root, s["index"])
@@ -55,14 +62,19 @@ def load_index(root: str, manifest: dict, columns: list[str] | None = None, *, c
     if len(entries) == 1:
         tables = [parse(entries[0], fetch(entries[0]))]
     else:
+        # local: a task is a group of fragments, joined into one table with one chunk per column (few
+        # futures; later column reads convert one chunk, not thousands); a store: one fetch per task
+        group = 1 if remote else GROUP
+        groups = [entries[i:i + group] for i in range(0, len(entries), group)]
+
+        def run(g):
+            return concat([parse(s, fetch(s)) for s in g]).combine_chunks() if len(g) > 1 else parse(g[0], fetch(g[0]))
+
         tables = []
-        with ThreadPoolExecutor(min(32 if remote else LOCAL_THREADS, len(entries))) as ex:
-            for i in range(0, len(entries), 256):  # a bounded batch at a time
-                tables += ex.map(lambda s: parse(s, fetch(s)), entries[i:i + 256])
-    try:
-        return pa.concat_tables(tables, promote_options="default")
-    except pa.ArrowInvalid as e:
-        raise fmt.FormatError(f"{root}: index fragments have different schemas: {e}") from None
+        with ThreadPoolExecutor(min(32 if remote else LOCAL_THREADS, len(groups))) as ex:
+            for i in range(0, len(groups), 256):  # a bounded batch at a time
+                tables += ex.map(run, groups[i:i + 256])
+    return concat(tables)
 
 
 def accepted_flags(accepted: fmt.AcceptedRows, row_col: np.ndarray) -> np.ndarray:
