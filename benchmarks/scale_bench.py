@@ -7,8 +7,8 @@ because filter, info and index verification never read them; trainers' first bat
 shards that batch touches are made for real (every sample the same 32 px PNG pair, at the byte
 ranges the index records).
 
-Each command runs as a subprocess (imports included); wall time, CPU seconds and peak RSS come
-from ``/usr/bin/time -v``. Measured: ``factory filter --max-fg 0.5 --histogram reference`` (and duckdb's same
+Each command runs as a subprocess (imports included), three times (``--repeats``); the run with the
+median wall time is reported, with its CPU seconds and peak RSS from ``/usr/bin/time -v``. Measured: ``factory filter --max-fg 0.5 --histogram reference`` (and duckdb's same
 query, fetching the accepted (shard, row) pairs), ``factory info`` of the dataset and of the view
 (duckdb: the same aggregates), ``factory verify --index-only`` (duckdb: reading key, shard, row of
 every fragment), trainers' first batch from the view with ``--access stream`` and ``random``
@@ -192,7 +192,13 @@ def first_batch_shards(view: str, access: str) -> set[int]:
 
 # ---------------------------------------------------------------- measuring
 
-def run_measured(cmd: list[str]) -> tuple[float, float, str, float]:
+def run_measured(cmd: list[str], repeats: int = 3) -> tuple[float, float, str, float]:
+    """The run with the median wall time of `repeats` runs of `cmd` (`measure_once`)."""
+    runs = sorted((measure_once(cmd) for _ in range(max(1, repeats))), key=lambda r: r[0])
+    return runs[len(runs) // 2]
+
+
+def measure_once(cmd: list[str]) -> tuple[float, float, str, float]:
     """(wall seconds, peak RSS MB, stdout, CPU seconds) of one subprocess, measured by /usr/bin/time -v (a small
     parent, so a fork's copy of this process does not count). On a shared machine CPU seconds are steadier."""
     import subprocess
@@ -245,7 +251,7 @@ print(f"first batch {{tuple(b['image'].shape)}} after {{time.perf_counter() - t0
     return [sys.executable, "-c", code, view, access]
 
 
-def bench_size(root: str, rows: int, log) -> dict:
+def bench_size(root: str, rows: int, log, repeats: int = 3) -> dict:
     t = time.perf_counter()
     build(root, rows)
     seal(root)
@@ -254,15 +260,15 @@ def bench_size(root: str, rows: int, log) -> dict:
     fac = [sys.executable, "-m", "factory.cli"]
     res = {}
     res["filter"] = run_measured(fac + ["filter", root, "--max-fg", "0.5", "--histogram", "reference", "--out", view,
-                                       "--overwrite"])
+                                       "--overwrite"], repeats)
     res["view_bytes"] = os.path.getsize(view)
-    res["info"] = run_measured(fac + ["info", root])
-    res["info_view"] = run_measured(fac + ["info", view])
-    res["verify_index"] = run_measured(fac + ["verify", root, "--index-only"])
+    res["info"] = run_measured(fac + ["info", root], repeats)
+    res["info_view"] = run_measured(fac + ["info", view], repeats)
+    res["verify_index"] = run_measured(fac + ["verify", root, "--index-only"], repeats)
     for access in ("stream", "random"):
-        res[f"first_batch_{access}"] = run_measured(first_batch_cmd(view, access))
+        res[f"first_batch_{access}"] = run_measured(first_batch_cmd(view, access), repeats)
     for name, q in DUCK.items():
-        res[f"duckdb_{name}"] = run_measured(duck(q.format(root=root)))
+        res[f"duckdb_{name}"] = run_measured(duck(q.format(root=root)), repeats)
     for k, v in res.items():
         if isinstance(v, tuple):
             last = v[2].strip().splitlines()[-1][:90] if v[2].strip() else ""
@@ -298,6 +304,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000000,4000000,10000000")
     ap.add_argument("--root", default="/tmp/scale-bench")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each command (the median is reported)")
     ap.add_argument("--json", help="also write every measurement here: {rows: {command: {wall_s, cpu_s, peak_mb, "
                                    "stdout}}}")
     args = ap.parse_args()
@@ -310,7 +317,7 @@ def main() -> None:
     results = {}
     for rows in (int(s) for s in args.sizes.split(",")):
         results[rows] = bench_size(os.path.join(args.root, f"{rows // 1_000_000}M" if rows >= 1e6 else str(rows)),
-                                   rows, log)
+                                   rows, log, args.repeats)
     log(f"load average at end {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -18,7 +18,7 @@ def test_scale_bench_smoke(tmp_path):
     pytest.importorskip("duckdb", reason="the scale benchmark's baseline: pip install -e '.[bench]'")
     out = tmp_path / "scale.json"
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scale_bench.py"), "--sizes", "3000",
-                        "--root", str(tmp_path / "skel"), "--json", str(out)], cwd=REPO, capture_output=True,
+                        "--root", str(tmp_path / "skel"), "--repeats", "1", "--json", str(out)], cwd=REPO, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())["3000"]
