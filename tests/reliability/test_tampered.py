@@ -240,13 +240,38 @@ def _flip_last_byte(path: Path) -> None:
     path.write_bytes(bytes(b))
 
 
-def test_changed_shard_refused_naming_it_and_no_verify_trains(ds, tmp_path):
+@pytest.mark.parametrize("access", ["stream", "random"])
+def test_changed_shard_refused_naming_it_and_no_verify_trains(ds, tmp_path, access):
     _flip_last_byte(ds / "shards" / "000001.tar")
-    r, _ = train(ds, tmp_path / "run", "--steps", "10")
+    r, _ = train(ds, tmp_path / "run", "--steps", "10", "--access", access)
     line = one_line(r)
     assert "shards/000001.tar: sha256 differs from the manifest" in line, line
-    r, _ = train(ds, tmp_path / "run2", "--steps", "10", "--no-verify")
+    r, _ = train(ds, tmp_path / "run2", "--steps", "10", "--no-verify", "--access", access)
     assert r.exit_code == 0, r.output
+
+
+def test_random_access_hashes_each_shard_once_per_process(clean, monkeypatch):
+    """Range reads cannot hash a shard as it streams past: random access hashes the whole shard once, before
+    its first sample, and never again in that process."""
+    import trainers.data.random_access as ra
+    import trainers.data.stream as data
+
+    checked = []
+
+    class Counting(fmt.HashingReader):
+        def __init__(self, f, **kw):
+            checked.append(kw["where"])
+            super().__init__(f, **kw)
+
+    monkeypatch.setattr(fmt, "HashingReader", Counting)
+    monkeypatch.setattr(data, "VERIFIED_SHARDS", set())
+    res = fmt.open_dataset(str(clean))
+    idx = data.open_index(str(clean), split="all")
+    stream = ra.RandomAccessStream(idx, res, batch_size=8)
+    for epoch in range(2):
+        stream.set_state(data.LoaderState(0, epoch, 0))
+        assert sum(b["row"].shape[0] for b in stream.loader(num_workers=0)) == 40
+    assert sorted(checked) == [f"shard {clean}/shards/00000{k}.tar" for k in (0, 1)]
 
 
 def test_shard_swapped_for_another_datasets_refused(ds, tmp_path):

@@ -10,7 +10,9 @@ all accepted samples:
   ``j`` takes ``order[c + j*W*B : c + (j+1)*W*B]``, rank ``r`` its ``r``-th slice of ``B``; the
   remainder is dropped. Exact under DDP, and the loader state ``(seed, epoch, consumed)`` resumes it
   with any number of ranks or loader workers (a torch DataLoader returns batches in sampler order).
-* **samples** (`RandomAccessDataset`): a torch map-style Dataset over the accepted rows. A sample's
+* **samples** (`RandomAccessDataset`): a torch map-style Dataset over the accepted rows. Each shard's
+  sha256 is checked once per process, by a pass over the whole shard before its first sample is used
+  (``--no-verify`` skips it; with ``--cache-dir`` the cached copy was checked as it was fetched). A sample's
   byte range comes from its shard's index fragment (read once per shard and loader worker, sha256
   checked, 12 bytes a sample kept), its members from `format.sample_members` (safe tar rules, the key
   checked); members are decoded as the stream decodes them, flips are the same pure function of
@@ -30,6 +32,7 @@ from trainers.data.stream import (
     DataError,
     LoaderState,
     SampleIndex,
+    check_whole_shard,
     decode_sample,
     epoch_order,
     flip_bit,
@@ -101,7 +104,8 @@ class RandomAccessDataset(torch.utils.data.Dataset):
         off, size = self.offsets.range_of(sid, row)
         try:
             if self.index.cache is None:
-                data = fmt.read_range(url, off, size)
+                check_whole_shard(self.index.shard_info[sid])  # once per shard and process (a cached copy
+                data = fmt.read_range(url, off, size)           # was checked as it was fetched)
             else:  # the shard's copy in the node's cache (fetched whole, once per node)
                 with self.index.cache.open(self.index.shard_info[sid]) as f:
                     f.seek(off)

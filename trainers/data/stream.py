@@ -324,6 +324,23 @@ def open_shard(shard: ShardInfo, cache=None):
     return fs.open(path, "rb")
 
 
+def check_whole_shard(shard: ShardInfo) -> None:
+    """For readers of byte ranges (random access): hash the whole of ``shard`` once per process, before its
+    first sample is used; DataError naming the shard when it differs from the manifest."""
+    if not shard.verify or shard.sha256 is None or (shard.url, shard.sha256) in VERIFIED_SHARDS:
+        return
+    try:
+        with open_shard(shard) as raw:
+            fmt.HashingReader(raw, sha256=shard.sha256, size=shard.bytes, where=f"shard {shard.url}").finish()
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    except FileNotFoundError:
+        raise DataError(f"shard {shard.url} not found (dataset incomplete or moved?)") from None
+    except OSError as e:
+        raise DataError(f"shard {shard.url}: cannot read: {e}") from None
+    VERIFIED_SHARDS.add((shard.url, shard.sha256))
+
+
 def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...], cache=None) -> dict[int, dict[str, bytes]]:
     """Encoded members ``exts`` of the ``wanted`` rows of one shard, read in one sequential pass
     (through ``cache`` when given).
