@@ -73,8 +73,8 @@ def platform_record(identity: dict, device: str) -> dict:
 
 
 def platform_id(record: dict) -> str:
-    """A short content id of a platform record (``pf-`` + 12 hex)."""
-    return "pf-" + fmt.sha256_bytes(fmt.canonical_json(record))[:12]
+    """A short content id of a platform record (``pf-`` + 12 hex; `factory verify` recomputes it)."""
+    return fmt.platform_record_id(record)
 
 
 def describe(record: dict) -> str:

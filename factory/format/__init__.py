@@ -441,6 +441,7 @@ from factory.format.schema import (  # noqa: E402,F401
     check_shard_fields,
     loads_json,
     manifest_problems,
+    platform_record_id,
 )
 from factory.format.store import check_store, silence_orphaned_tasks, storage_error, user_error  # noqa: E402,F401
 from factory.format.tar import (  # noqa: E402,F401

@@ -21,6 +21,7 @@ from factory.format import (
     LATENTS,
     MASK_RULES,
     FormatError,
+    canonical_json,
     dataset_id,
     sha256_bytes,
 )
@@ -33,6 +34,7 @@ MAX_SAMPLES = 1 << 40
 MIN_SAMPLE_BYTES = 1024  # a sample holds at least an image and a mask member: two 512-byte tar headers
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_PLATFORM_ID = re.compile(r"^pf-[0-9a-f]{12}$")  # provenance.platform_id: a content id of the record
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _EXT = re.compile(r"^[a-z0-9]+(?:\.[a-z0-9]+)*$")
 
@@ -134,6 +136,24 @@ def _check_latents(lat: Any, where: str) -> None:
         raise FormatError(f"{where}: latents.sha256_of_shard_hashes is not a 64-digit lowercase hex digest")
 
 
+def _check_platforms(table: Any, where: str) -> None:
+    if table is None:
+        return
+    if not isinstance(table, dict):
+        raise FormatError(f"{where}: platforms must be an object, got {type(table).__name__}")
+    for pid, rec in table.items():
+        if not _PLATFORM_ID.match(pid):
+            raise FormatError(f"{where}: platforms key {pid[:40]!r} is not a platform id like 'pf-3a1f40d8932c'")
+        if not isinstance(rec, dict) or not all(v is None or isinstance(v, (str, int, float, bool))
+                                                for v in rec.values()):
+            raise FormatError(f"{where}: platforms.{pid} must be an object of plain values (device, torch, ...)")
+
+
+def platform_record_id(record: dict) -> str:
+    """The id of a platform record (``pf-`` + 12 hex of its canonical JSON's sha256)."""
+    return "pf-" + sha256_bytes(canonical_json(record))[:12]
+
+
 def check_manifest_fields(obj: dict, where: str) -> None:
     """Every manifest field besides the shard list against the schema (types and ranges); FormatError."""
     if obj.get("kind") != DATASET_KIND:
@@ -147,6 +167,7 @@ def check_manifest_fields(obj: dict, where: str) -> None:
     _check_latents(obj.get("latents"), where)
     _check_members(obj.get("members"), where)
     _check_spec(obj.get("spec"), where)
+    _check_platforms(obj.get("platforms"), where)
 
 
 def check_shard_fields(s: dict, w: str) -> None:
@@ -156,6 +177,9 @@ def check_shard_fields(s: dict, w: str) -> None:
     h = s.get("latents_sha256")
     if h is not None and not (isinstance(h, str) and _HEX64.match(h)):
         raise FormatError(f"{w}: latents_sha256 is not a 64-digit lowercase hex digest")
+    pid = s.get("platform")
+    if pid is not None and not (isinstance(pid, str) and _PLATFORM_ID.match(pid)):
+        raise FormatError(f"{w}: platform is not a platform id like 'pf-3a1f40d8932c'")
 
 
 def manifest_problems(m: dict) -> list[tuple[int | None, str]]:
@@ -175,6 +199,13 @@ def manifest_problems(m: dict) -> list[tuple[int | None, str]]:
         if s["samples"] * MIN_SAMPLE_BYTES > s["bytes"]:
             out.append((s["shard"], f"manifest: shard {s['shard']} declares {s['samples']} samples in "
                                     f"{s['bytes']} bytes (a sample takes at least {MIN_SAMPLE_BYTES})"))
+    table = m.get("platforms") or {}
+    for pid, rec in table.items():
+        if platform_record_id(rec) != pid:
+            out.append((None, f"manifest: platforms.{pid} is not the content id of its record (edited?)"))
+    unknown = sorted({s["platform"] for s in entries if s.get("platform") is not None} - set(table))
+    if unknown:
+        out.append((None, f"manifest: shards name platform(s) {unknown[:3]} that platforms does not list"))
     lat = m.get("latents") or {}
     latents_sha = sha256_bytes("".join(s.get("latents_sha256", "") for s in entries).encode())
     if lat.get("sha256_of_shard_hashes") not in (None, latents_sha):

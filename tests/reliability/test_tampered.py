@@ -99,6 +99,11 @@ SCHEMA_CASES = {
     "dim-z-huge": (_set("dim_z", 10**9), "dim_z must be an integer in 1..65536"),
     "first-row-2^70": (_set("shards.0.first_row", 2**70), "exceed the"),
     "samples-negative": (_set("shards.0.samples", -1), "must be >= 0"),
+    "platforms-string": (_set("platforms", "x"), "platforms must be an object, got str"),
+    "platforms-record-list": (lambda m: m.update(platforms={k: [1] for k in m["platforms"]}),
+                              "must be an object of plain values"),
+    "platforms-key": (lambda m: m.update(platforms={"../x": {}}), "platforms key '../x' is not a platform id"),
+    "shard-platform": (_set("shards.0.platform", {"a": 1}), "platform is not a platform id"),
 }
 
 
@@ -120,6 +125,9 @@ CONSISTENCY_CASES = {
     "shard-sha256": (_set("shards.1.sha256", "0" * 64), "is not the content hash of its shards"),
     "latents-hash": (_set("latents.sha256_of_shard_hashes", "0" * 64), "latents.sha256_of_shard_hashes does not match"),
     "samples-in-bytes": (_set("shards.0.bytes", 100), "declares 20 samples in 100 bytes"),
+    "platform-record": (lambda m: [r.update(device="gpu") for r in m["platforms"].values()],
+                        "is not the content id of its record"),
+    "platform-unlisted": (_set("shards.1.platform", "pf-000000000000"), "name platform(s) ['pf-000000000000']"),
 }
 
 
