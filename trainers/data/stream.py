@@ -47,6 +47,7 @@ seeking; fsspec files of object stores seek with range reads).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tarfile
 from dataclasses import dataclass, field
@@ -329,16 +330,24 @@ def check_whole_shard(shard: ShardInfo) -> None:
     first sample is used; DataError naming the shard when it differs from the manifest."""
     if not shard.verify or shard.sha256 is None or (shard.url, shard.sha256) in VERIFIED_SHARDS:
         return
+    with shard_errors(shard), open_shard(shard) as raw:
+        fmt.HashingReader(raw, sha256=shard.sha256, size=shard.bytes, where=f"shard {shard.url}").finish()
+    VERIFIED_SHARDS.add((shard.url, shard.sha256))
+
+
+@contextlib.contextmanager
+def shard_errors(shard: ShardInfo):
+    """Errors met reading ``shard`` as one DataError line naming it."""
     try:
-        with open_shard(shard) as raw:
-            fmt.HashingReader(raw, sha256=shard.sha256, size=shard.bytes, where=f"shard {shard.url}").finish()
+        yield
+    except DataError:
+        raise
     except fmt.FormatError as e:
         raise DataError(str(e)) from None
     except FileNotFoundError:
         raise DataError(f"shard {shard.url} not found (dataset incomplete or moved?)") from None
     except OSError as e:
         raise DataError(f"shard {shard.url}: cannot read: {e}") from None
-    VERIFIED_SHARDS.add((shard.url, shard.sha256))
 
 
 def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...], cache=None) -> dict[int, dict[str, bytes]]:
@@ -353,27 +362,18 @@ def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...], cache=
     # a cached copy was checked as it was written; a store's bytes are hashed as they stream past
     check = cache is None and shard.verify and shard.sha256 is not None and \
         (shard.url, shard.sha256) not in VERIFIED_SHARDS
-    try:
-        with open_shard(shard, cache) as raw:
-            f = fmt.HashingReader(raw, sha256=shard.sha256, size=shard.bytes, where=f"shard {shard.url}") \
-                if check else raw
-            try:
-                _read_members(f, shard, wanted, exts, out)
-            except DataError:
-                if check:
-                    f.finish()  # a changed shard is named as such, rather than by its first odd member
-                raise
+    with shard_errors(shard), open_shard(shard, cache) as raw:
+        f = fmt.HashingReader(raw, sha256=shard.sha256, size=shard.bytes, where=f"shard {shard.url}") \
+            if check else raw
+        try:
+            _read_members(f, shard, wanted, exts, out)
+        except DataError:
             if check:
-                f.finish()  # the rest of the file, then size and sha256 against the manifest
-                VERIFIED_SHARDS.add((shard.url, shard.sha256))
-    except DataError:
-        raise
-    except fmt.FormatError as e:
-        raise DataError(str(e)) from None
-    except FileNotFoundError:
-        raise DataError(f"shard {shard.url} not found (dataset incomplete or moved?)") from None
-    except OSError as e:
-        raise DataError(f"shard {shard.url}: cannot read: {e}") from None
+                f.finish()  # a changed shard is named as such, rather than by its first odd member
+            raise
+        if check:
+            f.finish()  # the rest of the file, then size and sha256 against the manifest
+            VERIFIED_SHARDS.add((shard.url, shard.sha256))
     missing = [r for r in sorted(wanted) if set(exts) - set(out.get(r, {}))]
     if missing:
         r = missing[0]
