@@ -230,7 +230,6 @@ def view_predicate(res: fmt.Resolved, spec: FilterSpec) -> tuple[str, str]:
 def view_from_index(url: str, res: fmt.Resolved, spec: FilterSpec, table, *, view_url: str | None = None) -> dict:
     """The view of `spec` on dataset/view `url` (opened as `res`) from its index `table` (not written).
     `table` holds at least shard, row and every column the spec reads (`index_table`)."""
-
     steps = spec.steps()
     check_steps(res, steps)
     shard_ids = [s["shard"] for s in res.manifest["shards"]]
