@@ -1,7 +1,8 @@
 """What every index-side command costs at 1M, 4M and 10M rows, beside duckdb on the same Parquet files.
 
 For each size it builds (once, under --root) a dataset skeleton: the real index schema (format
-version 2, incl. true_iou and tar offsets) with realistic column distributions, in fragments of
+version 2, incl. true_iou and tar offsets) with realistic column distributions and values stored as a
+32-px dataset stores them (a fragment is as large as the real 1M run's, rewritten), in fragments of
 1,000 rows written by the factory's own fragment writer, and a valid manifest. Tars are not made,
 because filter, info and index verification never read them; trainers' first batch does, so the
 shards that batch touches are made for real (every sample the same 32 px PNG pair, at the byte
@@ -70,13 +71,16 @@ def fragment(k: int, rows: int, seed: int) -> tuple[int, bytes]:
     rng = np.random.default_rng([seed, k])
     first = k * FRAGMENT
     n = min(FRAGMENT, rows - first)
-    fg_raw = rng.beta(1.2, 3.0, n).astype(np.float32)
-    fg = np.clip(fg_raw - rng.uniform(0, 0.05, n), 0, 1).astype(np.float32)
-    hist = rng.dirichlet(np.ones(fmt.HIST_BINS), n).astype(np.float32)
+    # values as a 32-px dataset holds them (so the fragments compress like the real 1M run's, ~50 kB per
+    # 1,000 rows): ratios of pixel counts, histograms of counts
+    px = RES * RES
+    fg_raw = (np.round(rng.beta(1.2, 3.0, n) * px) / px).astype(np.float32)
+    fg = (np.round(np.clip(fg_raw - rng.uniform(0, 0.05, n), 0, 1) * px) / px).astype(np.float32)
+    hist = rng.multinomial(6 * px, rng.dirichlet(np.ones(fmt.HIST_BINS) * 0.3, n)).astype(np.float32)
     maxima = rng.integers(1, 5, n).astype(np.int32)
     inner = rng.integers(0, 4, n).astype(np.int32)
     ncr = rng.integers(1, 6, n).astype(np.int32)
-    iou = rng.beta(5, 2, n).astype(np.float32)
+    iou = (np.round(rng.beta(5, 2, n) * px) / px).astype(np.float32)
     cols = {
         "key": np.array([fmt.sample_key(r) for r in range(first, first + n)], dtype=object),
         "shard": np.full(n, k, np.int32), "row": np.arange(first, first + n, dtype=np.int64),
@@ -85,7 +89,7 @@ def fragment(k: int, rows: int, seed: int) -> tuple[int, bytes]:
         "hist": hist, "hist_maxima": maxima, "hist_gray_maxima_inner": inner,
         "pass_area": fg < 0.5, "pass_hist_reference": maxima >= 2, "pass_hist_paper": inner >= 2,
         "tar_offset": np.arange(n, dtype=np.int64) * RECORD, "tar_size": np.full(n, RECORD, np.int64),
-        "true_iou": iou, "true_iou_raw": np.clip(iou - 0.05, 0, 1).astype(np.float32),
+        "true_iou": iou, "true_iou_raw": (np.round(np.clip(iou - 0.05, 0, 1) * px) / px).astype(np.float32),
     }
     return n, parquet_bytes(index_table(cols))
 

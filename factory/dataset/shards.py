@@ -88,8 +88,9 @@ def parquet_bytes(table) -> bytes:
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    # snappy without dictionaries: a fragment is ~0.6x the decoding CPU of zstd with dictionaries (what
-    # every index-wide read pays, 10,000 times at 10M rows) and no larger (unique keys, floats)
+    # snappy without dictionaries: on the real 1M run's fragments 0.6x the CPU to hash and decode of zstd
+    # with dictionaries (what every index-wide read pays, 10,000 times at 10M rows), at 71 kB instead of
+    # 50 kB per 1,000 rows (an index is under 1 % of a dataset's bytes)
     pq.write_table(table, sink, compression="snappy", use_dictionary=False, write_statistics=True)
     return sink.getvalue().to_pybytes()
 
