@@ -53,6 +53,19 @@ def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
 
 # ---------------------------------------------------------------- index
 
+def table_rows(table) -> dict[str, np.ndarray]:
+    """An index table as the column arrays `index_table` takes (its inverse)."""
+    rows = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if name == "hist":
+            rows[name] = np.asarray(col.combine_chunks().flatten().to_numpy(zero_copy_only=False),
+                                    np.float32).reshape(-1, fmt.HIST_BINS)
+        else:
+            rows[name] = col.to_numpy(zero_copy_only=False)
+    return rows
+
+
 def index_table(rows: dict[str, np.ndarray]):
     """Arrow table of one shard's index rows with the contract's types first."""
     import pyarrow as pa

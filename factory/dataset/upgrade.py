@@ -17,12 +17,10 @@ import json
 import sys
 from dataclasses import dataclass
 
-import numpy as np
-
 from factory import format as fmt
 from factory.dataset.card import index_stats, write_card
 from factory.dataset.reader import load_index
-from factory.dataset.shards import index_table, parquet_bytes, with_offsets
+from factory.dataset.shards import index_table, parquet_bytes, table_rows, with_offsets
 from factory.dataset.writer import DatasetLock
 from factory.format import FactoryError
 from factory.fsio import atomic_write, exists
@@ -42,19 +40,6 @@ class UpgradeResult:
         return (f"{self.root}: upgraded from format version {self.from_version} to {fmt.FORMAT_VERSION} "
                 f"({self.shards} index fragments gained tar offsets; tars untouched); dataset id "
                 f"{self.previous_id} -> {self.dataset_id} (views of the old id still open)")
-
-
-def table_rows(table) -> dict:
-    """An index table as the column arrays `shards.index_table` takes."""
-    rows = {}
-    for name in table.column_names:
-        col = table.column(name)
-        if name == "hist":
-            rows[name] = np.asarray(col.combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                                    np.float32).reshape(-1, fmt.HIST_BINS)
-        else:
-            rows[name] = col.to_numpy(zero_copy_only=False)
-    return rows
 
 
 def upgraded_fragment(root: str, entry: dict) -> bytes:

@@ -16,7 +16,7 @@ import numpy as np
 from factory import __version__
 from factory import format as fmt
 from factory.dataset.reader import decode_npy, load_index, read_samples, read_shard_samples
-from factory.dataset.shards import commit_shard, tar_bytes
+from factory.dataset.shards import commit_shard, table_rows, tar_bytes
 from factory.dataset.writer import DatasetWriter
 from factory.format import FactoryError, parent_url_for
 
@@ -124,14 +124,7 @@ def copy_shard(source: ParentShards, *, k: int, new_rows: np.ndarray, src_rows: 
 
 def renumbered_index_rows(idx, *, k: int, new_rows: np.ndarray, src_rows: np.ndarray) -> dict:
     """The index rows of materialized shard k: the parent's columns, renumbered, plus parent_row."""
-    rows = {}
-    for name in idx.column_names:
-        col = idx.column(name)
-        if name == "hist":
-            rows[name] = np.asarray(col.combine_chunks().flatten().to_numpy(zero_copy_only=False),
-                                    np.float32).reshape(-1, fmt.HIST_BINS)
-        else:
-            rows[name] = col.to_numpy(zero_copy_only=False)
+    rows = table_rows(idx)
     rows["parent_row"] = src_rows.copy()
     rows["key"] = np.array([fmt.sample_key(int(r)) for r in new_rows], dtype=object)
     rows["shard"] = np.full(len(new_rows), k, np.int32)
