@@ -119,7 +119,7 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
     rep = run(dataset, allow_remote_shards=allow_remote_shards, workers=workers, index_only=index_only)
     regen = None
     if rep.ok and regenerate is not None:
-        from factory.dataset.regenerate import regenerate as remake
+        from factory.generate.regenerate import regenerate as remake
 
         regen = remake(dataset, regenerate, seed=seed, weights=weights, latents=latents, direction=direction,
                        device=device, allow_remote_shards=allow_remote_shards)
