@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from factory.format import FormatError
+from factory.format.errors import FormatError
 
 CHUNK = 1 << 20
 

@@ -14,7 +14,8 @@ import os
 import socket
 import uuid
 
-from factory.format import LOCK, FactoryError
+from factory.format.errors import FactoryError
+from factory.format.names import LOCK
 from factory.format.store import endpoint_reachable
 
 

@@ -15,16 +15,22 @@ import json
 import re
 from typing import Any
 
-from factory.format import (
+from factory.format.errors import FormatError
+from factory.format.names import (
     DATASET_KIND,
     IMAGE_FORMATS,
     LATENTS,
+    MAPS_KIND,
     MASK_RULES,
-    FormatError,
+    READ_VERSIONS,
+    VIEW_KIND,
     canonical_json,
     dataset_id,
     sha256_bytes,
 )
+from factory.format.paths import check_relative_path
+from factory.format.store import read_bytes
+from factory.format.views import check_accepted
 
 MAX_JSON_BYTES = 256 << 20  # a manifest or view; a view of 10M rows is ~100 MB
 MAX_JSON_DEPTH = 64  # our documents nest 5 deep
@@ -221,3 +227,129 @@ def check_manifest(m: dict, where: str) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise FormatError(f"{where}: {problems[0][1]}{more}; factory verify lists every problem")
+
+
+# ---------------------------------------------------------------- manifests, views and maps
+
+def read_json(url: str, what: str = "file") -> dict:
+    """A JSON object from elsewhere, within the size and depth limits (``schema.loads_json``)."""
+    try:
+        data = read_bytes(url, MAX_JSON_BYTES)
+    except FileNotFoundError:
+        raise FormatError(f"{what} not found: {url}") from None
+    except OSError as e:
+        raise FormatError(f"cannot read {what} {url}: {e}") from None
+    obj = loads_json(data, f"{what} {url}")
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what} {url} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _require(obj: dict, key: str, types, where: str):
+    if key not in obj:
+        raise FormatError(f"{where}: missing field {key!r}")
+    val = obj[key]
+    if not isinstance(val, types) or (isinstance(val, bool) and bool not in _as_tuple(types)):
+        raise FormatError(f"{where}: field {key!r} has type {type(val).__name__}")
+    return val
+
+
+def _as_tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
+def check_version(obj: dict, where: str) -> int:
+    """The object's format_version when this code reads it, else FormatError."""
+    version = obj.get("format_version")
+    if version not in READ_VERSIONS or isinstance(version, bool):
+        raise FormatError(f"{where}: format_version {version!r} is not supported (this code reads "
+                          f"{', '.join(map(str, READ_VERSIONS))})")
+    return version
+
+
+def has_offsets(manifest: dict) -> bool:
+    """Whether a dataset's index records each sample's byte range (format version 2 on)."""
+    return manifest.get("format_version", 1) >= 2
+
+
+def validate_manifest(obj: Any, where: str = "manifest", allow_remote_shards: bool = False) -> dict:
+    """Check a dataset manifest from an untrusted source; return it unchanged or raise FormatError."""
+    if not isinstance(obj, dict):
+        raise FormatError(f"{where}: manifest must be a JSON object")
+    kind = obj.get("kind")
+    if kind != DATASET_KIND:
+        raise FormatError(f"{where}: kind is {kind!r}, expected {DATASET_KIND!r}")
+    check_version(obj, where)
+    _require(obj, "dataset_id", str, where)
+    _require(obj, "samples", int, where)
+    _require(obj, "dim_z", int, where)
+    check_manifest_fields(obj, where)
+    shards = _require(obj, "shards", list, where)
+    total = 0
+    seen = set()
+    for i, s in enumerate(shards):
+        w = f"{where}: shards[{i}]"
+        if not isinstance(s, dict):
+            raise FormatError(f"{w} must be an object")
+        sid = _require(s, "shard", int, w)
+        if sid in seen:
+            raise FormatError(f"{w}: shard id {sid} listed twice")
+        seen.add(sid)
+        check_relative_path(_require(s, "path", str, w), w, allow_remote_shards)
+        check_relative_path(_require(s, "index", str, w), w, allow_remote_shards)
+        for h in ("sha256", "index_sha256"):
+            if not _HEX64.match(str(_require(s, h, str, w))):
+                raise FormatError(f"{w}: {h} is not a 64-digit lowercase hex digest")
+        n = _require(s, "samples", int, w)
+        b = _require(s, "bytes", int, w)
+        first = _require(s, "first_row", int, w)
+        if n < 0 or b < 0 or first < 0:
+            raise FormatError(f"{w}: samples, bytes and first_row must be >= 0")
+        check_shard_fields(s, w)
+        total += n
+    if total != obj["samples"]:
+        raise FormatError(f"{where}: samples is {obj['samples']} but the shards hold {total}")
+    return obj
+
+
+def validate_maps(obj: Any, where: str = "maps") -> dict:
+    """Check a teacher-maps manifest (maps.json); return it unchanged or raise FormatError."""
+    if not isinstance(obj, dict) or obj.get("kind") != MAPS_KIND:
+        raise FormatError(f"{where}: not a teacher-maps manifest (kind {MAPS_KIND!r}); make one with trainers relabel")
+    check_version(obj, where)
+    parent = _require(obj, "parent", dict, where)
+    _require(parent, "dataset_id", str, f"{where}: parent")
+    teacher = _require(obj, "teacher", dict, where)
+    if not _HEX64.match(str(_require(teacher, "sha256", str, f"{where}: teacher"))):
+        raise FormatError(f"{where}: teacher sha256 is not a 64-digit lowercase hex digest")
+    _require(obj, "samples", int, where)
+    total = 0
+    for i, p in enumerate(_require(obj, "parts", list, where)):
+        w = f"{where}: parts[{i}]"
+        if not isinstance(p, dict):
+            raise FormatError(f"{w} must be an object")
+        _require(p, "shard", int, w)
+        check_relative_path(_require(p, "path", str, w), w)
+        if not _HEX64.match(str(_require(p, "sha256", str, w))):
+            raise FormatError(f"{w}: sha256 is not a 64-digit lowercase hex digest")
+        total += _require(p, "samples", int, w)
+    if total != obj["samples"]:
+        raise FormatError(f"{where}: samples is {obj['samples']} but the parts hold {total}")
+    return obj
+
+
+def validate_view(obj: Any, where: str = "view") -> dict:
+    if not isinstance(obj, dict):
+        raise FormatError(f"{where}: view must be a JSON object")
+    if obj.get("kind") != VIEW_KIND:
+        raise FormatError(f"{where}: kind is {obj.get('kind')!r}, expected {VIEW_KIND!r}")
+    version = check_version(obj, where)
+    _require(obj, "view_id", str, where)
+    parent = _require(obj, "parent", dict, where)
+    _require(parent, "dataset_id", str, f"{where}: parent")
+    _require(parent, "url", str, f"{where}: parent")
+    _require(obj, "samples", int, where)
+    total = check_accepted(_require(obj, "accepted", dict, where), version, where)
+    if total != obj["samples"]:
+        raise FormatError(f"{where}: samples is {obj['samples']} but accepted holds {total}")
+    return obj

@@ -15,7 +15,7 @@ import socket
 import sys
 from urllib.parse import urlparse
 
-from factory.format import FactoryError
+from factory.format.errors import FactoryError
 
 PROBE_TIMEOUT_S = 3.0  # seconds for the TCP probe (a constant: the contract reads no settings)
 _CHECKED: set[tuple[str, str]] = set()
@@ -149,3 +149,19 @@ def storage_error(exc: BaseException) -> FactoryError | None:
         if "NoSuchBucket" in str(e) or "NoSuchBucket" in names:
             return FactoryError(f"the s3 bucket does not exist at {s3_endpoint()}: check the URL, or create the bucket")
     return None
+
+
+def get_fs(url: str):
+    """fsspec filesystem and path for a URL or local folder."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    check_store(url, fs)  # s3: the endpoint answers and the bucket exists (once per process)
+    return fs, path
+
+
+def read_bytes(url: str, limit: int | None = None) -> bytes:
+    """The bytes at ``url``; with ``limit``, at most limit + 1 of them (the caller refuses more)."""
+    fs, path = get_fs(url)
+    with fs.open(path, "rb") as f:
+        return f.read() if limit is None else f.read(limit + 1)

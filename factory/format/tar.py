@@ -7,15 +7,9 @@ import io
 import re
 import tarfile
 
-from factory.format import (
-    EXT_IMAGE,
-    IMAGE_FORMATS,
-    MAX_IMAGE_PIXELS,
-    MAX_MEMBER_BYTES,
-    FormatError,
-    get_fs,
-    key_row,
-)
+from factory.format.errors import FormatError
+from factory.format.names import EXT_IMAGE, IMAGE_FORMATS, MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, key_row
+from factory.format.store import get_fs
 
 
 def safe_tar_members(data: bytes, where: str = "tar") -> list[tuple[str, bytes]]:

@@ -18,7 +18,8 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from factory.format import FormatError, canonical_json, sha256_bytes
+from factory.format.errors import FormatError
+from factory.format.names import canonical_json, sha256_bytes
 
 _SHARD = re.compile(r"^\d+$")
 

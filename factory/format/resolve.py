@@ -1,0 +1,79 @@
+"""Opening a dataset or a view by URL (`open_dataset`): the manifest read and validated, a view
+resolved to its parent dataset (checked by id) and its accepted rows."""
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+
+from factory.format.errors import FormatError
+from factory.format.names import DATASET_KIND, MANIFEST, VIEW_KIND
+from factory.format.paths import is_remote_url, join, manifest_url
+from factory.format.schema import read_json, validate_manifest, validate_view
+from factory.format.views import AcceptedRows
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A dataset or view opened by URL: the dataset root, its manifest, and the accepted rows."""
+
+    root: str
+    manifest: dict
+    view: dict | None
+    accepted: AcceptedRows | None  # shard -> sorted accepted global rows (decoded per shard); None = all
+
+    @property
+    def samples(self) -> int:
+        if self.view is not None:
+            return self.view["samples"]
+        return self.manifest["samples"]
+
+    def shard_urls(self) -> list[tuple[int, str]]:
+        return [(s["shard"], join(self.root, s["path"])) for s in self.manifest["shards"]]
+
+
+def open_dataset(url: str, allow_remote_shards: bool = False) -> Resolved:
+    """Open a dataset folder/URL, its manifest.json, or a view JSON; views resolve to their parent."""
+    murl = manifest_url(url)
+    not_ours = f"{url} is not a dataset folder, a manifest or a view"
+    if not is_remote_url(url) and not url.rstrip("/").endswith(".json") and os.path.isfile(url):
+        if url.endswith(".toml"):
+            not_ours += f" (a recipe? make its dataset with: factory generate --recipe {url} --out FOLDER)"
+        raise FormatError(not_ours)
+    try:
+        obj = read_json(murl, "manifest")
+    except FormatError:
+        if not is_remote_url(url) and os.path.isfile(url.rstrip("/")) and murl != url.rstrip("/"):
+            raise FormatError(not_ours) from None
+        raise
+    if murl.endswith(".json") and murl == url.rstrip("/") and obj.get("kind") not in (VIEW_KIND, DATASET_KIND):
+        raise FormatError(f"{not_ours} (its \"kind\" is {obj.get('kind')!r})")
+    if obj.get("kind") == VIEW_KIND:
+        view = validate_view(obj, murl)
+        parent_url = view["parent"]["url"]
+        if not is_remote_url(parent_url) and not parent_url.startswith("/"):
+            parent_url = join(posixpath.dirname(murl) if is_remote_url(murl) else _dirname(murl), parent_url)
+        parent = open_dataset(parent_url, allow_remote_shards)
+        if parent.view is not None:
+            raise FormatError(f"{murl}: parent of a view must be a dataset (views of views are flattened)")
+        if view["parent"]["dataset_id"] not in parent_ids(parent.manifest):
+            raise FormatError(
+                f"{murl}: parent dataset at {parent_url} has id {parent.manifest['dataset_id']}, "
+                f"the view was made from {view['parent']['dataset_id']} (parent changed)"
+            )
+        accepted = AcceptedRows(view["accepted"], view["format_version"], murl)
+        return Resolved(parent.root, parent.manifest, view, accepted)
+    manifest = validate_manifest(obj, murl, allow_remote_shards)
+    root = murl[: -len(MANIFEST) - 1] if murl.endswith("/" + MANIFEST) else _dirname(murl)
+    return Resolved(root, manifest, None, None)
+
+
+def parent_ids(manifest: dict) -> tuple[str, ...]:
+    """Ids a view's parent may carry: the dataset id, and the id it had before `factory upgrade`
+    (same samples and rows, so views made before the upgrade still resolve)."""
+    before = (manifest.get("upgraded_from") or {}).get("dataset_id")
+    return (manifest["dataset_id"],) + ((before,) if isinstance(before, str) else ())
+
+
+def _dirname(path: str) -> str:
+    return os.path.dirname(os.path.abspath(path)) if not is_remote_url(path) else posixpath.dirname(path)
