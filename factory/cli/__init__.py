@@ -11,7 +11,7 @@ import click
 from factory import __version__
 from factory.cli.bench import bench
 from factory.cli.browse import browse
-from factory.cli.dataset import filter_cmd, info, preview, relabel, upgrade, verify
+from factory.cli.dataset import filter_cmd, info, preview, relabel, sign, upgrade, verify
 from factory.cli.directions import directions
 from factory.cli.embeddings import embeddings
 from factory.cli.errors import FactoryGroup
@@ -33,8 +33,8 @@ def main():
     """
 
 
-for _command in (generate, generators, embeddings, bench, testworld, weights, filter_cmd, info, verify, preview, relabel,
-                 upgrade, directions, browse):
+for _command in (generate, generators, embeddings, bench, testworld, weights, filter_cmd, info, verify, sign, preview,
+                 relabel, upgrade, directions, browse):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,5 @@
-"""`factory filter`, `factory info`, `factory verify`, `factory preview`: thin commands over factory.views
-and factory.dataset."""
+"""`factory filter`, `factory info`, `factory verify`, `factory sign`, `factory preview`: thin commands over
+factory.views and factory.dataset."""
 from __future__ import annotations
 
 import json
@@ -97,9 +97,12 @@ def info(dataset, as_json, no_stats, allow_remote_shards):
 @click.option("--direction", help="With --regenerate: the direction file, for manifests that do not hold it.")
 @click.option("--device", help="With --regenerate: device to regenerate on (default: a GPU if any, else cpu).")
 @click.option("--verbose", is_flag=True, help="With --regenerate: one line per regenerated sample.")
+@click.option("--trust", multiple=True, type=click.Path(dir_okay=False), metavar="PUB.pem",
+              help="Fail unless this Ed25519 public key signed exactly this manifest (`factory sign`); repeatable: "
+                   "any one of the keys.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, weights, latents, direction, device,
-           verbose, as_json):
+           verbose, trust, as_json):
     """Recompute every shard's sha256, bytes and samples; cross-check tars, index and latents.
 
     Exits 1 naming every bad shard (one line each) and what is wrong. With
@@ -111,11 +114,14 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
       factory verify data/demo
       factory verify data/million --index-only
       factory verify data/demo --regenerate 16
+      factory verify data/demo --trust team-a.pub.pem
       factory verify s3://team/faces --regenerate 8 --weights netG.pth --verbose
       AWS_ENDPOINT_URL=http://minio:9000 factory verify s3://team/bigbigan-imagenet-v1
     """
+    from factory.dataset.signing import check_trust
     from factory.dataset.verify import verify as run
 
+    signed = check_trust(dataset, list(trust)) if trust else None
     rep = run(dataset, allow_remote_shards=allow_remote_shards, workers=workers, index_only=index_only)
     regen = None
     if rep.ok and regenerate is not None:
@@ -127,6 +133,8 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
         obj = {"ok": rep.ok, "dataset_id": rep.dataset_id, "view_id": rep.view_id,
                "samples": rep.samples, "shards": rep.shards, "bytes": rep.bytes,
                "bad_shards": rep.bad_shards, "problems": rep.problems}
+        if signed is not None:
+            obj["signed_by"] = {"signer": signed["signer"], "fingerprint": signed["fingerprint"]}
         if regen is not None:
             obj["ok"] = regen.ok
             obj["regenerate"] = regen.to_json()
@@ -138,6 +146,8 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
         for p in rep.problems:
             click.echo(p, err=True)
         raise click.ClickException(rep.summary())
+    if signed is not None:
+        click.echo(f"signed by {signed['signer'] or 'an unnamed signer'} (trusted key {signed['fingerprint']})")
     if regen is None:
         click.echo(rep.summary())
         return
@@ -148,6 +158,32 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
     click.echo(regen.summary())
     if not regen.ok:
         sys.exit(1)
+
+
+@click.command()
+@click.argument("dataset")
+@click.option("--key", required=True, type=click.Path(dir_okay=False), metavar="KEY.pem",
+              help="Ed25519 private key (PEM), as `openssl genpkey -algorithm ed25519 -out KEY.pem` writes it.")
+@click.option("--signer", help="Who signs, in one line (e.g. a team and its contact); signed with the manifest.")
+def sign(dataset, key, signer):
+    """Sign DATASET's manifest (every file's sha256 and the spec) with an Ed25519 key.
+
+    Writes signatures.json beside manifest.json (signing again with the same key replaces its
+    signature); the dataset id does not change. Receivers check it with
+    `factory verify DATASET --trust PUB.pem`; `factory info` shows who signed.
+
+    \b
+    Examples:
+      openssl genpkey -algorithm ed25519 -out team-a.pem
+      openssl pkey -in team-a.pem -pubout -out team-a.pub.pem
+      factory sign data/demo --key team-a.pem --signer "team A <a@example.org>"
+      factory verify data/demo --trust team-a.pub.pem
+    """
+    from factory.dataset.signing import sign_dataset
+
+    e = sign_dataset(dataset, key, signer)
+    click.echo(f"{dataset}: dataset {e['dataset_id']} signed by {e['signer'] or 'an unnamed signer'} "
+               f"(key {e['fingerprint']}; manifest sha256 {e['manifest_sha256']})")
 
 
 @click.command()

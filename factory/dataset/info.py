@@ -5,6 +5,7 @@ from __future__ import annotations
 from factory import format as fmt
 from factory.dataset.card import stats_columns, summary_stats
 from factory.dataset.reader import accepted_flags, load_index
+from factory.dataset.signing import describe_signatures
 from factory.provenance import platforms_line
 
 
@@ -54,6 +55,10 @@ def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) ->
             "rejected_in_turn": v.get("rejected_in_turn"),
             "accept_rate": round(v["samples"] / m["samples"], 4) if m["samples"] else None,
         })
+    try:
+        out["signatures"] = describe_signatures(url)
+    except fmt.FormatError as e:
+        out["signatures"] = [{"problem": str(e)}]
     if stats:
         out.update(filter_stats(res))
     return out
@@ -123,6 +128,15 @@ def format_pairs(d: dict | None) -> str:
                       else f"{k} {d[k]}" for k in keys if d[k] is not None)
 
 
+def format_signature(sig: dict) -> str:
+    """One signature as `info` prints it: signer, key fingerprint, whether it covers this manifest."""
+    if "problem" in sig:
+        return sig["problem"]
+    state = ("signature matches this manifest" if sig["matches_manifest"]
+             else "signature does NOT match this manifest")
+    return f"{sig['signer'] or 'unnamed signer'}  key {sig['fingerprint']}  ({state}; trust: verify --trust PUB.pem)"
+
+
 def format_info(d: dict) -> str:
     """Human-readable `factory info`."""
     lines = []
@@ -149,6 +163,8 @@ def format_info(d: dict) -> str:
     lines.append(f"  seed         {p.get('seed')}   recipe {p.get('recipe') or '-'}   code {p.get('code_version')}")
     if p.get("platforms"):
         lines.append(f"  platform     {p['platforms']}")
+    for sig in d.get("signatures") or [{"problem": "nobody (factory sign signs a dataset; receivers check it with verify --trust)"}]:
+        lines.append(f"  signed by    {format_signature(sig)}")
     if d.get("materialized_from"):
         mf = d["materialized_from"]
         lines.append(f"  materialized from {mf['parent']['dataset_id']} ({mf['parent']['url']}) where {mf['predicate']}")

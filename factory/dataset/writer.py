@@ -14,6 +14,7 @@ import os
 from factory import format as fmt
 from factory.dataset.card import index_stats, write_card
 from factory.dataset.shards import create_latents, read_sidecars
+from factory.dataset.signing import SIGNATURES
 from factory.format import FactoryError
 from factory.fsio import atomic_write, exists, is_local, remove_temp_files
 
@@ -69,7 +70,8 @@ def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def wipe(root: str) -> None:
     fs, path = fmt.get_fs(root)
-    for name in (fmt.MANIFEST, fmt.SPEC, fmt.CARD, fmt.SHARD_DIR, fmt.INDEX_DIR, fmt.DONE_DIR, fmt.LATENTS, "preview.png"):
+    for name in (SIGNATURES, fmt.MANIFEST, fmt.SPEC, fmt.CARD, fmt.SHARD_DIR, fmt.INDEX_DIR, fmt.DONE_DIR, fmt.LATENTS,
+                 "preview.png"):
         p = path.rstrip("/") + "/" + name
         if fs.exists(p):
             fs.rm(p, recursive=True)
