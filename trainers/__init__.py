@@ -13,7 +13,11 @@ Modules (each imports only those above it, and factory.format):
   model/         the network and its files: unet.py (U-Net, ModelConfig; no I/O), authors.py (the
                  paper authors' released .pth checkpoints), checkpoint.py (run folders, --model,
                  convert, training checkpoints)
-  data/          factory dataset/view -> training batches: stream.py (view-aware, seeded, exact under DDP)
+  data/          factory dataset/view -> training batches: stream.py (batches; view-aware, seeded, exact
+                 under DDP), holdout.py (key-hash hold-out), index.py (a split's accepted rows),
+                 planner.py (each epoch's order, cut for ranks and workers), reader.py (shards read,
+                 checked and decoded), cache.py (the node's shard cache for remote datasets),
+                 random_access.py (the map-style reader, --access random)
   eval/          metrics.py (the paper's metrics + pysodmetrics), layouts.py (evaluation dataset
                  layouts: ECSSD, DUTS-TE, DUT-OMRON, CUB, Flowers, folder), evaluate.py (the authors'
                  protocol, prediction folders), table.py (`trainers benchmark`)

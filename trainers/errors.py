@@ -10,3 +10,7 @@ from factory.format import FactoryError
 
 class TrainersError(FactoryError):
     """An error caused by user input or files, reported by the CLI as one line."""
+
+
+class DataError(TrainersError, ValueError):
+    """A dataset, view or shard that cannot be read as asked (message names the file)."""

@@ -262,6 +262,7 @@ def test_random_access_hashes_each_shard_once_per_process(clean, monkeypatch):
     """Range reads cannot hash a shard as it streams past: random access hashes the whole shard once, before
     its first sample, and never again in that process."""
     import trainers.data.random_access as ra
+    import trainers.data.reader as reader
     import trainers.data.stream as data
 
     checked = []
@@ -272,7 +273,7 @@ def test_random_access_hashes_each_shard_once_per_process(clean, monkeypatch):
             super().__init__(f, **kw)
 
     monkeypatch.setattr(fmt, "HashingReader", Counting)
-    monkeypatch.setattr(data, "VERIFIED_SHARDS", set())
+    monkeypatch.setattr(reader, "VERIFIED_SHARDS", set())
     res = fmt.open_dataset(str(clean))
     idx = data.open_index(str(clean), split="all")
     stream = ra.RandomAccessStream(idx, res, batch_size=8)
@@ -293,6 +294,7 @@ def test_shard_swapped_for_another_datasets_refused(ds, tmp_path):
 
 
 def test_each_shard_hashed_once_per_process_while_read(clean, monkeypatch):
+    import trainers.data.reader as reader
     import trainers.data.stream as data
 
     opened = []
@@ -303,7 +305,7 @@ def test_each_shard_hashed_once_per_process_while_read(clean, monkeypatch):
             super().__init__(f, **kw)
 
     monkeypatch.setattr(fmt, "HashingReader", Counting)
-    monkeypatch.setattr(data, "VERIFIED_SHARDS", set())
+    monkeypatch.setattr(reader, "VERIFIED_SHARDS", set())
     idx = data.open_index(str(clean), split="all")
     for _ in range(3):  # three epochs
         assert sum(b["row"].shape[0] for b in data.iter_batches(idx, 8)) == 40

@@ -28,17 +28,10 @@ import numpy as np
 import torch
 
 from factory import format as fmt
-from trainers.data.stream import (
-    DataError,
-    LoaderState,
-    SampleIndex,
-    check_whole_shard,
-    decode_sample,
-    epoch_order,
-    flip_bit,
-    rank_steps,
-    steps_in_epoch,
-)
+from trainers.data.index import SampleIndex
+from trainers.data.planner import LoaderState, epoch_order, flip_bit, rank_steps, steps_in_epoch
+from trainers.data.reader import check_whole_shard, decode_sample
+from trainers.errors import DataError
 
 ACCESS_MODES = ("stream", "random")  # trainers train --access
 

@@ -1,0 +1,138 @@
+"""The sample index (`SampleIndex`): the accepted samples of a dataset or view for a split, known from the
+manifest and the view alone (no tar is opened): global rows, their shard, the shard URLs; the key-hash
+hold-out (`trainers.data.holdout`) splits it into ``train`` and ``val``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from factory import format as fmt
+from trainers.data.holdout import holdout_buckets
+from trainers.errors import DataError
+
+MASK_SOURCES = ("mask", "teacher", "intersection")  # --mask-source: the GAN mask, the teacher's, both
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard: int
+    url: str
+    first_row: int
+    samples: int
+    sha256: str | None = None  # the manifest's digest and size: the shard cache's key and its check
+    bytes: int | None = None
+    verify: bool = True  # sha256 checked while the shard is streamed (False: --no-verify)
+
+
+@dataclass(frozen=True)
+class SampleIndex:
+    """The samples a split may use: global rows (sorted) and their shard ids."""
+
+    rows: np.ndarray  # int64 [n], sorted
+    shards: np.ndarray  # int64 [n], shard of each row
+    shard_info: dict  # shard id -> ShardInfo
+    dataset_id: str
+    view_id: str | None
+    split: str
+    holdout_permille: int
+    mask_member: str
+    resolution: int | None
+    image_member: str = fmt.EXT_IMAGE
+    mask_source: str = "mask"
+    cache: Any = field(default=None, compare=False)  # a cache.ShardCache for remote shards (cache.open_cache)
+
+    def mask_members(self) -> tuple[str, ...]:
+        """The members the training mask is made of (``mask_source``)."""
+        return {"mask": (self.mask_member,), "teacher": (fmt.EXT_TEACHER,),
+                "intersection": (self.mask_member, fmt.EXT_TEACHER)}[self.mask_source]
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+
+def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permille: int = 0,
+                mask: str = "clean", mask_source: str = "mask", verify: bool = True) -> SampleIndex:
+    """Accepted samples of a dataset/view for ``split`` in {"train", "val", "all"}.
+
+    ``train`` excludes the hold-out (keys whose bucket < holdout_permille),
+    ``val`` is the hold-out only, ``all`` ignores it. ``mask_source``: one of MASK_SOURCES.
+    A manifest whose fields disagree (as `factory verify` reports) is refused before anything is
+    allocated; with ``verify`` each shard's sha256 is checked as it is read (once per process).
+    """
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+    if not isinstance(holdout_permille, int) or not 0 <= holdout_permille < 1000:
+        raise DataError(f"holdout_permille must be an integer in 0..999, got {holdout_permille!r}")
+    if mask not in ("clean", "raw"):
+        raise DataError(f"mask must be 'clean' or 'raw', got {mask!r}")
+    manifest = resolved.manifest
+    try:
+        fmt.check_manifest(manifest, f"dataset {manifest['dataset_id']}")
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    check_mask_source(manifest, mask_source)
+    if mask == "raw" and not manifest.get("spec", {}).get("keep_raw_mask", False):
+        raise DataError(f"dataset {manifest['dataset_id']} has no raw masks (it was generated without "
+                        f"--keep-raw-mask); train with --mask clean")
+    urls = dict(resolved.shard_urls())
+    info = {}
+    rows_l, shards_l = [], []
+    for s in manifest["shards"]:
+        sid = s["shard"]
+        si = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"], verify)
+        info[sid] = si
+        if resolved.accepted is None:
+            r = np.arange(si.first_row, si.first_row + si.samples, dtype=np.int64)
+        else:
+            acc = resolved.accepted.get(sid, ())
+            r = np.asarray(acc, dtype=np.int64)  # sorted
+            bad = r[(r < si.first_row) | (r >= si.first_row + si.samples)]
+            if bad.size:
+                raise DataError(f"view {resolved.view['view_id']}: row {int(bad[0])} is listed under shard "
+                                f"{sid}, which holds rows {si.first_row}..{si.first_row + si.samples - 1}")
+        rows_l.append(r)
+        shards_l.append(np.full(r.shape, sid, np.int64))
+    if resolved.accepted is not None:
+        unknown = sorted(set(resolved.accepted) - set(info))
+        if unknown:
+            raise DataError(f"view {resolved.view['view_id']} accepts rows of shard(s) {unknown[:5]} that the "
+                            f"parent dataset {manifest['dataset_id']} does not have")
+    rows = np.concatenate(rows_l) if rows_l else np.zeros(0, np.int64)
+    shards = np.concatenate(shards_l) if shards_l else np.zeros(0, np.int64)
+    order = np.argsort(rows, kind="stable")
+    rows, shards = rows[order], shards[order]
+    if holdout_permille and split != "all":
+        held = holdout_buckets(rows) < holdout_permille
+        keep = held if split == "val" else ~held
+        rows, shards = rows[keep], shards[keep]
+    elif split == "val":
+        rows, shards = rows[:0], shards[:0]
+    return SampleIndex(
+        rows=rows, shards=shards, shard_info=info, dataset_id=manifest["dataset_id"],
+        view_id=resolved.view["view_id"] if resolved.view is not None else None, split=split,
+        holdout_permille=holdout_permille,
+        mask_member=fmt.EXT_MASK if mask == "clean" else fmt.EXT_RAW_MASK,
+        resolution=manifest.get("resolution"),
+        image_member=fmt.image_member(manifest), mask_source=mask_source,
+    )
+
+
+def check_mask_source(manifest: dict, mask_source: str) -> None:
+    if mask_source not in MASK_SOURCES:
+        raise DataError(f"--mask-source must be one of {', '.join(MASK_SOURCES)}, got {mask_source!r}")
+    if mask_source != "mask" and "teacher" not in (manifest.get("members") or {}):
+        raise DataError(f"dataset {manifest['dataset_id']} has no teacher masks (KEY.{fmt.EXT_TEACHER}); "
+                        "make a relabelled one with trainers relabel + factory relabel, or use --mask-source mask")
+
+
+def open_index(url: str, *, split: str = "train", holdout_permille: int = 0, mask: str = "clean",
+               mask_source: str = "mask", allow_remote_shards: bool = False, verify: bool = True) -> SampleIndex:
+    """Open a dataset folder/URL or a view JSON and build the sample index of ``split``."""
+    try:
+        resolved = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    return build_index(resolved, split=split, holdout_permille=holdout_permille, mask=mask, mask_source=mask_source,
+                       verify=verify)

@@ -1,0 +1,206 @@
+"""The shard reader (the loader worker's side): reads the shards its rows live in, each at most once per
+epoch, sequentially, through fsspec (local folders or any URL) or the node's shard cache.
+
+Tar headers are checked (regular files only, flat names, no ``..``, no absolute paths, keys that are rows
+of that shard); members of rows the worker does not need (rejected by the view, held out, or owned by
+another rank or worker) and members it does not use (``.json``, ``.latent.npy``) are skipped without
+reading their data, so nothing rejected is ever decoded. Kept samples wait, still encoded, until their
+step; decoding happens when a batch is assembled (`decode_sample`). Images become float32 CHW in
+[-1, 1], masks float32 ``[1, H, W]`` in {0, 1}. Errors name the shard URL and the member. A shard's
+sha256 is checked as it streams past, once per process (`VERIFIED_SHARDS`).
+"""
+from __future__ import annotations
+
+import contextlib
+import tarfile
+
+import numpy as np
+
+from factory import format as fmt
+from trainers.data.index import SampleIndex, ShardInfo
+from trainers.errors import DataError
+from trainers.model.unet import pixels_to_input
+
+# Shards whose sha256 this process has checked (url, sha256): each is hashed once, on its first read.
+VERIFIED_SHARDS: set[tuple[str, str]] = set()
+
+
+def check_member(ti: tarfile.TarInfo, shard: ShardInfo) -> tuple[int, str]:
+    """Validate one tar header by the format's rule; return (row, extension)."""
+    try:
+        return fmt.check_member(ti, url=shard.url, shard=shard.shard, first_row=shard.first_row,
+                                samples=shard.samples)
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+
+
+def open_shard(shard: ShardInfo, cache=None):
+    """The shard's bytes as a binary file: its copy in ``cache`` (a cache.ShardCache) when given, else the store's."""
+    if cache is not None:
+        return cache.open(shard)
+    fs, path = fmt.get_fs(shard.url)
+    return fs.open(path, "rb")
+
+
+def check_whole_shard(shard: ShardInfo) -> None:
+    """For readers of byte ranges (random access): hash the whole of ``shard`` once per process, before its
+    first sample is used; DataError naming the shard when it differs from the manifest."""
+    if not shard.verify or shard.sha256 is None or (shard.url, shard.sha256) in VERIFIED_SHARDS:
+        return
+    with shard_errors(shard), open_shard(shard) as raw:
+        fmt.HashingReader(raw, sha256=shard.sha256, size=shard.bytes, where=f"shard {shard.url}").finish()
+    VERIFIED_SHARDS.add((shard.url, shard.sha256))
+
+
+@contextlib.contextmanager
+def shard_errors(shard: ShardInfo):
+    """Errors met reading ``shard`` as one DataError line naming it."""
+    try:
+        yield
+    except DataError:
+        raise
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    except FileNotFoundError:
+        raise DataError(f"shard {shard.url} not found (dataset incomplete or moved?)") from None
+    except OSError as e:
+        raise DataError(f"shard {shard.url}: cannot read: {e}") from None
+
+
+def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...], cache=None) -> dict[int, dict[str, bytes]]:
+    """Encoded members ``exts`` of the ``wanted`` rows of one shard, read in one sequential pass
+    (through ``cache`` when given).
+
+    Data of other members is skipped (seek), never read nor decoded.
+    """
+    out: dict[int, dict[str, bytes]] = {}
+    if not wanted:
+        return out
+    # a cached copy was checked as it was written; a store's bytes are hashed as they stream past
+    check = cache is None and shard.verify and shard.sha256 is not None and \
+        (shard.url, shard.sha256) not in VERIFIED_SHARDS
+    with shard_errors(shard), open_shard(shard, cache) as raw:
+        f = fmt.HashingReader(raw, sha256=shard.sha256, size=shard.bytes, where=f"shard {shard.url}") \
+            if check else raw
+        try:
+            _read_members(f, shard, wanted, exts, out)
+        except DataError:
+            if check:
+                f.finish()  # a changed shard is named as such, rather than by its first odd member
+            raise
+        if check:
+            f.finish()  # the rest of the file, then size and sha256 against the manifest
+            VERIFIED_SHARDS.add((shard.url, shard.sha256))
+    missing = [r for r in sorted(wanted) if set(exts) - set(out.get(r, {}))]
+    if missing:
+        r = missing[0]
+        lacks = sorted(set(exts) - set(out.get(r, {})))
+        raise DataError(f"shard {shard.url}: key {fmt.sample_key(r)} lacks member(s) {lacks} "
+                        f"({len(missing)} sample(s) incomplete)")
+    return out
+
+
+def _read_members(f, shard: ShardInfo, wanted: set[int], exts: tuple[str, ...],
+                  out: dict[int, dict[str, bytes]]) -> None:
+    """The wanted members of the tar stream ``f`` into ``out``, in one sequential pass."""
+    name = "?"
+    try:
+        with tarfile.open(fileobj=f, mode="r:") as tf:
+            while True:
+                ti = tf.next()
+                if ti is None:
+                    break
+                name = ti.name
+                row, ext = check_member(ti, shard)
+                if row not in wanted or ext not in exts:
+                    continue
+                fh = tf.extractfile(ti)
+                data = fh.read()
+                if len(data) != ti.size:
+                    raise DataError(f"shard {shard.url}: member {name!r} is truncated")
+                out.setdefault(row, {})[ext] = data
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"shard {shard.url}: cannot read after member {name!r}: {e}") from None
+
+
+def decode_image(data: bytes, mode: str, where: str, expect: str = "PNG", side: int | None = None) -> np.ndarray:
+    """Pixels of an encoded member whose container must be ``expect`` (a PIL format name) and, with
+    ``side``, whose header declares side x side pixels (checked before decoding)."""
+    try:
+        with fmt.open_image_checked(data, where, side=side) as im:
+            if im.format != expect:
+                raise DataError(f"{where} is {im.format}, expected {expect}")
+            return np.asarray(im.convert(mode))
+    except DataError:
+        raise
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise DataError(f"{where}: cannot decode {expect}: {e}") from None
+
+
+def decode_sample(members: dict[str, bytes], mask_member: str | tuple[str, ...], where: str,
+                  image_member: str = fmt.EXT_IMAGE, side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32 [3,H,W] in [-1,1], mask float32 [1,H,W] in {0,1}) from encoded members.
+
+    ``image_member``: the manifest's image extension (png, webp or jpg; ``fmt.image_member``).
+    ``mask_member``: one mask member, or several whose foregrounds are intersected (``SampleIndex.mask_members``);
+    a mask is foreground above 127, a teacher map (KEY.teacher.png) from ``fmt.TEACHER_FG_MIN`` (p >= 0.5).
+    """
+    img = decode_image(members[image_member], "RGB", f"{where}.{image_member}", fmt.IMAGE_FORMATS[image_member], side)
+    fg = None
+    for name in (mask_member,) if isinstance(mask_member, str) else mask_member:
+        mask = decode_image(members[name], "L", f"{where}.{name}", "PNG", side)
+        if img.shape[:2] != mask.shape:
+            raise DataError(f"{where}: image {img.shape[:2]} and {name} {mask.shape} differ in size")
+        this = mask >= fmt.TEACHER_FG_MIN if name == fmt.EXT_TEACHER else mask > 127
+        fg = this if fg is None else fg & this
+    image = pixels_to_input(img.transpose(2, 0, 1))
+    return image, fg.astype(np.float32)[None]
+
+
+class ShardReader:
+    """Serves encoded samples of a fixed set of rows, reading each shard once, when first needed.
+
+    The rows are kept as sorted arrays (16 bytes a row), a shard's wanted set is made when it is read."""
+
+    def __init__(self, index: SampleIndex, rows_needed: np.ndarray, prefetch: int = 2):
+        self.index = index
+        self.exts = (index.image_member, *index.mask_members())
+        self.prefetcher = None
+        if index.cache is not None:  # the shards in the order they are needed, fetched ahead
+            from trainers.data.cache import Prefetcher
+
+            need = index.shards[np.searchsorted(index.rows, np.asarray(rows_needed, np.int64))]
+            _, first = np.unique(need, return_index=True)
+            order = [index.shard_info[int(s)] for s in need[np.sort(first)]]
+            self.prefetcher = Prefetcher(index.cache, order, prefetch)
+        self._rows = np.sort(np.asarray(rows_needed, np.int64))
+        self._shards = index.shards[np.searchsorted(index.rows, self._rows)]  # rows sorted -> shards sorted
+        self._read: set[int] = set()
+        self._cache: dict[int, dict[str, bytes]] = {}
+        self.shards_read: list[int] = []
+
+    def shard_of(self, row: int) -> int:
+        return int(self._shards[np.searchsorted(self._rows, row)])
+
+    def take(self, row: int) -> dict[str, bytes]:
+        if row not in self._cache:
+            s = self.shard_of(row)
+            if s in self._read:
+                raise RuntimeError(f"row {row} of shard {s} requested twice in one epoch")
+            self._read.add(s)
+            lo, hi = np.searchsorted(self._shards, [s, s + 1])
+            wanted = set(self._rows[lo:hi].tolist())
+            if self.prefetcher is not None:
+                self.prefetcher.reading(self.index.shard_info[s])
+            self._cache.update(read_shard(self.index.shard_info[s], wanted, self.exts, self.index.cache))
+            self.shards_read.append(s)
+        return self._cache.pop(row)
+
+    def close(self) -> None:
+        """Stop the prefetch threads (a fetch in flight stops at its next chunk)."""
+        if self.prefetcher is not None:
+            self.prefetcher.close()
