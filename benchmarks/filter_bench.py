@@ -3,7 +3,7 @@
 Builds (once, under --root) the dataset skeleton of benchmarks/scale_bench.py: the contract's
 real index columns in fragments of 1,000 rows written by generate's own fragment writer, and a
 valid manifest; tars are not needed because filter reads only the index. Prints the
-median of 3 timed runs, both in-process (`filters.run_filter`) and as the CLI
+median of 3 timed runs, both in-process (`factory.api.run_filter`) and as the CLI
 (a fresh `python -m factory.cli filter ...` process, so imports are included),
 after one untimed warm-up run. Hardware is printed with the figures.
 
@@ -33,7 +33,8 @@ def main() -> None:
     t0 = time.perf_counter()
     build(args.root, args.rows)
     print(f"index: {args.rows:,} rows in {-(-args.rows // FRAGMENT)} fragments at {args.root} (ready in {time.perf_counter() - t0:.1f} s)")
-    from factory.views.views import FilterSpec, run_filter
+    from factory.api import run_filter
+    from factory.views.views import FilterSpec
 
     spec = FilterSpec(max_fg=0.5, histogram="reference")
     out = os.path.join(os.path.dirname(args.root.rstrip("/")), "filter-bench-view.json")

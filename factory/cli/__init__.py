@@ -15,6 +15,7 @@ from factory.cli.dataset import filter_cmd, info, preview, relabel, sign, upgrad
 from factory.cli.directions import directions
 from factory.cli.embeddings import embeddings
 from factory.cli.errors import FactoryGroup
+from factory.cli.export import export
 from factory.cli.generate import generate
 from factory.cli.generators import generators
 from factory.cli.testworld import testworld
@@ -34,7 +35,7 @@ def main():
 
 
 for _command in (generate, generators, embeddings, bench, testworld, weights, filter_cmd, info, verify, sign, preview,
-                 relabel, upgrade, directions, browse):
+                 relabel, upgrade, directions, browse, export):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,8 +38,9 @@ def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_component
       factory filter data/paper.json --where "n_components <= 2 and not (fg_ratio < 0.05)" --out data/strict.json
       factory filter data/demo --max-fg 0.5 --histogram reference --materialize --out data/demo-paper
     """
+    from factory.api import run_filter
     from factory.dataset.info import format_filter_line
-    from factory.views.views import FilterSpec, run_filter
+    from factory.views.views import FilterSpec
 
     spec = FilterSpec(max_fg=max_fg, min_fg=min_fg, histogram=histogram, min_components=min_components,
                       max_components=max_components, where=where)

@@ -10,8 +10,8 @@ Architecture
   filters the accepted rows further; the new view's parent is still the root dataset and
   ``lineage`` records the chain of predicates.
 * ``write_view`` writes it (the same content again is a no-op; views are immutable).
-* ``run_filter`` is `factory filter`: a view file, or with ``materialize`` a compact new dataset
-  (``factory.views.materialize``).
+* `factory filter` is ``factory.api.run_filter``: the public API's ``open(url).apply(spec)`` and
+  ``View.save`` over these calls (or, with ``materialize``, a compact new dataset, ``factory.views.materialize``).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from factory import format as fmt
 from factory.dataset.card import stats_columns, summary_stats
 from factory.dataset.reader import accepted_flags, index_schema, load_index
 from factory.format import FactoryError, parent_url_for
-from factory.views.materialize import materialize_view
 from factory.views.predicate import (
     BoolOp,
     Cmp,
@@ -308,22 +307,3 @@ def write_view(view: dict, out: str, overwrite: bool = False) -> bool:
             )
     atomic_write(out, data)
     return True
-
-
-def run_filter(url: str, spec: FilterSpec, out: str, *, overwrite: bool = False, allow_remote_shards: bool = False,
-               materialize: bool = False, shard_size: int | None = None, log=None) -> FilterResult:
-    """`factory filter`: compute the view of `spec` on `url` and write it to `out` (or materialize it there)."""
-    if not out:
-        raise FactoryError("--out is required: a VIEW.json path (or a folder with --materialize)")
-    if shard_size is not None and not materialize:
-        raise FactoryError("--shard-size only applies with --materialize")
-    if materialize:
-        view = compute_view(url, spec, allow_remote_shards)
-        man = materialize_view(url, view, out, shard_size=shard_size, overwrite=overwrite,
-                               allow_remote_shards=allow_remote_shards, log=log)
-        return FilterResult(view, out, True, man)
-    if not out.endswith(".json"):
-        raise FactoryError(f"--out {out}: a view is a JSON file; name it *.json (or add --materialize for a dataset folder)")
-    view = compute_view(url, spec, allow_remote_shards, view_url=out)
-    written = write_view(view, out, overwrite)
-    return FilterResult(view, out, written)
