@@ -83,16 +83,40 @@ def info(dataset, as_json, no_stats, allow_remote_shards):
     click.echo(json.dumps(d, sort_keys=True) if as_json else format_info(d))
 
 
+class SampleCount(click.ParamType):
+    """A positive number of samples, or ``all``."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "all" or isinstance(value, int):
+            return value
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            self.fail(f"{value!r} is neither a positive number of samples nor 'all'", param, ctx)
+        return n
+
+
 @click.command()
 @click.argument("dataset")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
 @click.option("--workers", type=int, help="Shards checked in parallel (threads; default 2 x CPUs, at most 8).")
 @click.option("--index-only", is_flag=True,
               help="Check only the manifest and index fragments (sha256, keys, rows, shard ids); read no tar or latent.")
-@click.option("--regenerate", type=int, metavar="N",
-              help="Also make N random samples again from the manifest's spec alone and compare latent, image, "
-                   "mask, statistics and decisions (exact on the platform that made them, else within thresholds).")
-@click.option("--seed", type=int, default=0, show_default=True, help="With --regenerate: which samples are drawn.")
+@click.option("--regenerate", type=SampleCount(), metavar="N|all",
+              help="Also make N samples (drawn across the shards; 'all': every one) again from the manifest's spec "
+                   "alone and compare latent, image, mask, statistics and decisions (bytes where the project "
+                   "promises them, else within thresholds).")
+@click.option("--seed", type=int, help="With --regenerate: which samples are drawn (default: a fresh random seed, "
+                                       "printed so the run can be repeated).")
+@click.option("--shard", "shards", type=int, multiple=True, metavar="S",
+              help="With --regenerate: draw from shard S only (repeatable).")
+@click.option("--generator", help="With --regenerate: the code that rebuilds the spec's generator (a built-in, an "
+                                  "installed plug-in or package.module:function, by your choice); default: the spec's "
+                                  "name, if a built-in or installed plug-in has it.")
 @click.option("--weights", help="With --regenerate: the generator weights file (path or URL), checked by sha256.")
 @click.option("--latents", help="With --regenerate: the latents file or embeddings the spec names, checked by sha256.")
 @click.option("--direction", help="With --regenerate: the direction file, for manifests that do not hold it.")
@@ -102,13 +126,16 @@ def info(dataset, as_json, no_stats, allow_remote_shards):
               help="Fail unless this Ed25519 public key signed exactly this manifest (`factory sign`); repeatable: "
                    "any one of the keys.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, weights, latents, direction, device,
-           verbose, trust, as_json):
+def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, shards, generator, weights, latents,
+           direction, device, verbose, trust, as_json):
     """Recompute every shard's sha256, bytes and samples; cross-check tars, index and latents.
 
     Exits 1 naming every bad shard (one line each) and what is wrong. With
-    --regenerate N it then remakes N random samples from the spec and prints
-    PASS or FAIL in one line (see docs/format.md, "Reproducibility").
+    --regenerate N it then remakes N samples drawn across the shards from the
+    spec and prints PASS or FAIL in one line with the seed, then what the draw
+    can and cannot exclude (see docs/format.md, "Reproducibility"). The
+    dataset never chooses code: its generator name must be a built-in or an
+    installed plug-in, else pass --generator.
 
     \b
     Examples:
@@ -116,20 +143,18 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
       factory verify data/million --index-only
       factory verify data/demo --regenerate 16
       factory verify data/demo --trust team-a.pub.pem
+      factory verify data/demo --regenerate all --shard 3
       factory verify s3://team/faces --regenerate 8 --weights netG.pth --verbose
       AWS_ENDPOINT_URL=http://minio:9000 factory verify s3://team/bigbigan-imagenet-v1
     """
     from factory.dataset.signing import check_trust
-    from factory.dataset.verify import verify as run
+    from factory.generate.regenerate import verify_dataset
 
     signed = check_trust(dataset, list(trust)) if trust else None
-    rep = run(dataset, allow_remote_shards=allow_remote_shards, workers=workers, index_only=index_only)
-    regen = None
-    if rep.ok and regenerate is not None:
-        from factory.generate.regenerate import regenerate as remake
-
-        regen = remake(dataset, regenerate, seed=seed, weights=weights, latents=latents, direction=direction,
-                       device=device, allow_remote_shards=allow_remote_shards)
+    rep, regen = verify_dataset(dataset, allow_remote_shards=allow_remote_shards, workers=workers,
+                                index_only=index_only, samples=regenerate,
+                                options=dict(seed=seed, shards=shards, generator=generator, weights=weights,
+                                             latents=latents, direction=direction, device=device))
     if as_json:
         obj = {"ok": rep.ok, "dataset_id": rep.dataset_id, "view_id": rep.view_id,
                "samples": rep.samples, "shards": rep.shards, "bytes": rep.bytes,
@@ -157,6 +182,7 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
         for d in regen.details:
             click.echo("  " + "  ".join(f"{k} {v}" for k, v in d.items()))
     click.echo(regen.summary())
+    click.echo(f"coverage: {regen.coverage}")
     if not regen.ok:
         sys.exit(1)
 

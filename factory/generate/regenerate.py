@@ -4,14 +4,24 @@ generate path's own compute (`generate.worker.BatchPipeline`, `generate.encode` 
 `submit_encoding`), and compared with what the dataset holds: latent, image, mask, statistics and
 filter decisions.
 
-Where this platform is the one that made a sample's shard (`factory.provenance`), everything must be
-identical, byte for byte. Elsewhere (another GPU, bf16, compiled graphs, or a dataset without a
-platform record) the latents must still be identical and the rest agree within `THRESHOLDS`.
+Nothing in the dataset chooses the code that runs: the spec's generator name maps to a built-in or an
+installed plug-in (`generators.installed`), or the user names one (`--generator`). The draw cannot be
+foreseen: a fresh seed by default (printed, so a run can be repeated with ``--seed``), spread over the
+shards so that every shard is checked once N reaches their count (`pick_rows`); the report says what
+a run can and cannot exclude (`coverage_line`).
+
+Where identical bytes are promised, everything must be identical, byte for byte, whatever a shard's
+platform record says: the shapes world on an x86-64 CPU, any generator on the platform that made the
+shard (`factory.provenance`). Elsewhere (another GPU, bf16, compiled graphs) the latents must still be
+identical and the rest agree within `THRESHOLDS`. A missing platform record is a problem, not a
+reason to relax.
 """
 from __future__ import annotations
 
-import inspect
 import io
+import math
+import re
+import secrets
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from factory import format as fmt
+from factory.dataset.reader import shard_of_row
 from factory.format import FactoryError
 
 # Agreement required where the platform differs (fractions; latents are always exact).
@@ -31,8 +42,11 @@ DECISIONS = ("pass_area", "pass_hist_reference", "pass_hist_paper")
 class RegenerateReport:
     url: str
     dataset_id: str
+    seed: int = 0
+    coverage: str = ""  # what the draw can and cannot exclude
     samples: int = 0
-    exact: bool = True  # the platform matched for every sample: bit identity was required
+    exact: bool = True  # identical bytes were required (why_exact says why)
+    why_exact: str = ""
     platform: str = ""
     latents_equal: int = 0
     bytes_equal: int = 0
@@ -49,11 +63,11 @@ class RegenerateReport:
         return not self.problems
 
     def summary(self) -> str:
-        what = f"{self.url}: {self.samples} samples of {self.dataset_id} regenerated from the spec"
+        what = f"{self.url}: {self.samples} samples of {self.dataset_id} regenerated from the spec (--seed {self.seed})"
         if not self.ok:
             return f"FAIL {what}: " + "; ".join(self.problems[:3])
         if self.exact:
-            return (f"PASS {what} on the platform that made them ({self.platform}): latents, images, masks, "
+            return (f"PASS {what}, bytes compared ({self.why_exact}; {self.platform}): latents, images, masks, "
                     "statistics and decisions identical")
         t = THRESHOLDS
         return (f"PASS {what} on another platform ({self.platform}): latents identical, {self.bytes_equal} of "
@@ -69,41 +83,25 @@ class RegenerateReport:
 
 # ---------------------------------------------------------------- the spec's inputs
 
-def generator_options(identity: dict, weights: str | None) -> dict:
-    """Keyword options that rebuild the generator an identity names (weights: a local file)."""
-    from factory.generators import resolve
+def generator_options(name: str, identity: dict, weights: str | None) -> dict:
+    """Keyword options that rebuild, as generator `name`, the generator an identity names (the
+    registry's inverse of ``identity()``); ``weights``: a local file checked by sha256."""
+    from factory.generators import options_from_identity
 
-    fn = resolve(identity["name"])[0]
-    params = inspect.signature(fn).parameters
-    # identity entries that are loader options (config, truncation, classes, ...), as the loader takes them
-    opts: dict = {k: v for k, v in identity.items()
-                  if k in params and k not in ("name", "weights", "weights_sha256", "weights_source", "precision")}
-    if opts.get("classes") == "all":
-        opts["classes"] = None
-    p = identity.get("precision") or {}
-    for k in ("autocast", "channels_last", "compile", "fused"):
-        if p.get(k) not in (None, False):
-            opts[k] = p[k]
-    if p.get("dtype") not in (None, "float32"):
-        opts["dtype"] = p["dtype"]
-    source = str(identity.get("weights_source") or "")
+    opts = options_from_identity(name, identity)
     if weights:
-        opts["weights"] = weights
-    elif source.startswith("random(seed="):
-        opts.update(random_weights=True, seed=int(source[len("random(seed="):-1]))
-    if any(q.kind is q.VAR_KEYWORD for q in params.values()):
-        return opts
-    return {k: v for k, v in opts.items() if k in params}
+        opts = {k: v for k, v in opts.items() if k not in ("random_weights", "seed")} | {"weights": weights}
+    return opts
 
 
 def weights_file(identity: dict, weights: str | None) -> str | None:
     """A local copy of the weights the identity names: --weights (checked by sha256), else this host's cache."""
     from factory.fsio import cache_dir, fetch_copy
+    from factory.generators.torchcore import needs_weights_file
 
-    want = identity.get("weights_sha256")
-    source = str(identity.get("weights_source") or "")
-    if not want or not source or source.startswith("random("):
+    if not needs_weights_file(identity):
         return None
+    want, source = str(identity["weights_sha256"]), str(identity["weights_source"])
     if weights:
         local, got = fetch_copy(weights)
         if got != want:
@@ -111,7 +109,8 @@ def weights_file(identity: dict, weights: str | None) -> str | None:
                                f"{want[:12]}… ({source}); pass that file")
         return local
     cached = cache_dir() / want / source
-    if cached.is_file():
+    plain = re.fullmatch(r"[0-9a-f]{64}", want) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}", source)
+    if plain and cached.is_file():  # names from the manifest: never a path outside the cache
         return str(cached)
     raise FactoryError(f"the spec's weights are not at hand: pass --weights FILE ({source}, sha256 {want[:12]}…)")
 
@@ -137,31 +136,120 @@ def direction_vector(manifest: dict, gen, direction: str | None) -> np.ndarray:
 
 
 def latent_source(spec: dict, dim_z: int, latents: str | None):
-    """The spec's latent source, rebuilt from its description (files and stores checked by sha256)."""
+    """The spec's latent source, rebuilt from its description (files and stores checked by sha256). A
+    name in the spec is looked up in this machine's embeddings store only, never read as a path or URL."""
+    from factory.latents import embeddings
     from factory.latents import sources as lat
 
     d = spec["latents"]
-    if d["kind"] == "gaussian":
+    kind = d.get("kind")
+    if kind == "gaussian":
         return lat.gaussian(dim_z, d["seed"])
-    if d["kind"] == "truncated":
+    if kind == "truncated":
         return lat.truncated(dim_z, d["seed"], bound=d["bound"], scale=d["scale"])
-    if d["kind"] == "embeddings":
-        src = lat.from_embeddings(latents or d["name"], dim_z, d["seed"], d["z_noise"])
+    if kind not in ("embeddings", "file"):
+        raise FactoryError(f"latent kind {str(kind)[:40]!r} is not known here (gaussian, truncated, embeddings, file)")
+    want = d.get("sha256")
+    if not (isinstance(want, str) and re.fullmatch(r"[0-9a-f]{64}", want)):
+        raise FactoryError(f"the spec's latents ({kind}) carry no sha256: nothing to check a latents file against, "
+                           "so this dataset cannot be regenerated")
+    if kind == "embeddings":
+        name = d.get("name")
+        if not latents:
+            if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", name)
+                    and embeddings.stored(name)):
+                raise FactoryError(f"the spec's embeddings {str(name)[:40]!r} are not in this machine's store: "
+                                   f"pass --latents FILE (sha256 {want[:12]}…)")
+            latents = str(embeddings.store_dir() / f"{name}.zarr")
+        src = lat.from_embeddings(latents, dim_z, d["seed"], d["z_noise"])
     elif latents:
         src = lat.from_file(latents, dim_z)
     else:
-        raise FactoryError(f"the spec's latents are a file (sha256 {d['sha256'][:12]}…): pass --latents FILE")
-    if src.sha256 != d["sha256"]:
-        raise FactoryError(f"latents {latents or d.get('name')} have sha256 {src.sha256[:12]}…, the spec names "
-                           f"{d['sha256'][:12]}…")
+        raise FactoryError(f"the spec's latents are a file (sha256 {want[:12]}…): pass --latents FILE")
+    if src.sha256 != want:
+        raise FactoryError(f"latents {latents} have sha256 {src.sha256[:12]}…, the spec names {want[:12]}…")
     return src
 
 
 # ---------------------------------------------------------------- regenerate and compare
 
-def pick_rows(n_total: int, n: int, seed: int) -> list[int]:
+def fresh_seed() -> int:
+    """A seed nobody could know when the dataset was made (printed as ``--seed N`` so a run can be repeated)."""
+    return secrets.randbelow(1 << 31)
+
+
+def chosen_shards(manifest: dict, shards=()) -> list[dict]:
+    """The shard entries to draw from: every shard, or those named (one line for an id the dataset lacks)."""
+    entries = sorted((e for e in manifest["shards"] if e["samples"] > 0), key=lambda e: e["shard"])
+    if not shards:
+        return entries
+    by_id = {e["shard"]: e for e in entries}
+    missing = sorted(set(shards) - set(by_id))
+    if missing:
+        raise FactoryError(f"--shard {missing[0]}: the dataset has no such shard with samples "
+                           f"(shards 0..{len(manifest['shards']) - 1})")
+    return [by_id[k] for k in sorted(set(shards))]
+
+
+def draws_per_shard(sizes: list[int], n: int, rng: np.random.Generator) -> list[int]:
+    """How many of `n` samples each shard gives: as even as the shards allow (every shard once n reaches
+    their count), the remainder to shards picked at random."""
+    counts = [0] * len(sizes)
+    left = min(n, sum(sizes))
+    while left:
+        room = [i for i, (c, s) in enumerate(zip(counts, sizes)) if c < s]
+        share, extra = divmod(left, len(room))
+        lucky = set(rng.choice(len(room), size=extra, replace=False).tolist()) if extra else set()
+        for j, i in enumerate(room):
+            add = min(share + (j in lucky), sizes[i] - counts[i])
+            counts[i] += add
+            left -= add
+    return counts
+
+
+def pick_rows(entries: list[dict], n: int | None, seed: int) -> list[int]:
+    """`n` rows (None: all) drawn across `entries`, spread over the shards (`draws_per_shard`), at random
+    within each; a pure function of the seed."""
+    if n is None:
+        return [r for e in entries for r in range(e["first_row"], e["first_row"] + e["samples"])]
     rng = np.random.default_rng([seed, 0x7E6E])
-    return sorted(int(i) for i in rng.choice(n_total, size=min(n, n_total), replace=False))
+    counts = draws_per_shard([e["samples"] for e in entries], n, rng)
+    rows: list[int] = []
+    for e, c in zip(entries, counts):
+        rows += (e["first_row"] + rng.choice(e["samples"], size=c, replace=False)).tolist()
+    return sorted(int(r) for r in rows)
+
+
+def none_drawn(size: int, k: int, m: int) -> float:
+    """The probability that `m` rows drawn without replacement from `size` miss `k` given ones."""
+    m, k = min(m, size), min(k, size)
+    return math.comb(size - k, m) / math.comb(size, m) if m <= size - k else 0.0
+
+
+def miss_probability(entries: list[dict], n: int | None, k: int) -> float:
+    """The probability, over fresh seeds, that a run of `n` draws misses every sample of a forgery of `k`
+    samples in one shard (the worst shard for the checker), the shard's draws dealt as `draws_per_shard`
+    deals them."""
+    if n is None or n >= sum(e["samples"] for e in entries):
+        return 0.0
+    base, extra = divmod(n, len(entries))
+    p_extra = extra / len(entries)
+    return max((1 - p_extra) * none_drawn(e["samples"], k, base) + p_extra * none_drawn(e["samples"], k, base + 1)
+               for e in entries)
+
+
+def coverage_line(entries: list[dict], n: int | None, every: int) -> str:
+    """What a run can and cannot exclude, in one sentence."""
+    K = len(entries)
+    scope = "" if K == every else f" (only shard(s) {', '.join(str(e['shard']) for e in entries[:8])} of {every})"
+    if n is None or n >= sum(e["samples"] for e in entries):
+        return f"every sample of {K} shard(s) checked{scope}: no forgery in them can be missed"
+    size = max(e["samples"] for e in entries)
+    ks = sorted({1, max(1, size // 10)} - {size})
+    parts = [f"{miss_probability(entries, n, k):.1%} ({k} sample{'s' * (k != 1)})" for k in ks]
+    parts.append(f"{miss_probability(entries, n, size):.1%} (the whole shard)")
+    checked = "every shard checked" if n >= K else f"{K - n} of {K} shards unchecked"
+    return (f"{checked}{scope}; a forgery in 1 of {K} shards is missed with probability " + ", ".join(parts))
 
 
 def batches_of(manifest: dict, rows: list[int], device: str, batch: int = 64) -> list[tuple[list[int], list[int]]]:
@@ -172,7 +260,7 @@ def batches_of(manifest: dict, rows: list[int], device: str, batch: int = 64) ->
         return [(rows[i:i + batch], rows[i:i + batch]) for i in range(0, len(rows), batch)]
     groups: dict[tuple, list[int]] = {}
     for r in rows:
-        e = _entry_of(manifest, r)
+        e = shard_of_row(manifest, r)
         bs = int(e.get("batch_size") or batch)
         b0 = e["first_row"] + (r - e["first_row"]) // bs * bs
         groups.setdefault((b0, min(b0 + bs, e["first_row"] + e["samples"])), []).append(r)
@@ -250,59 +338,120 @@ def _same(a, b) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
 
 
-def _entry_of(manifest: dict, row: int) -> dict:
-    for s in manifest["shards"]:
-        if s["first_row"] <= row < s["first_row"] + s["samples"]:
-            return s
-    raise fmt.FormatError(f"row {row} is in no shard of the manifest")
-
-
 def stored_samples(res: fmt.Resolved, rows: list[int]) -> tuple[dict, dict]:
     """({row: {ext: bytes}}, {row: index row}) of the dataset's samples at `rows`: one range read per sample
     where the index has offsets (format 2), else their shards read whole."""
     from factory.dataset.reader import load_index, read_samples
 
     samples = read_samples(res, rows)
-    shards = sorted({_entry_of(res.manifest, r)["shard"] for r in rows})
+    shards = sorted({shard_of_row(res.manifest, r)["shard"] for r in rows})
     index = {rec["row"]: rec for rec in load_index(res.root, res.manifest, shards=shards).to_pylist()
              if rec["row"] in samples}
     return samples, index
 
 
-def regenerate(url: str, n: int = 8, *, seed: int = 0, weights: str | None = None, latents: str | None = None,
-               direction: str | None = None, device: str | None = None,
-               allow_remote_shards: bool = False) -> RegenerateReport:
-    """Regenerate `n` random samples of a dataset from its manifest's spec and compare (see the module)."""
+def verify_dataset(url: str, *, allow_remote_shards: bool = False, workers: int | None = None,
+                   index_only: bool = False, samples: int | str | None = None, options: dict | None = None):
+    """`factory verify`: (the verify report, the regenerate report or None). ``samples``: None for no
+    regeneration, else `regenerate`'s `n` (``"all"``: every sample); it runs only when verify found
+    nothing wrong."""
+    from factory.dataset.verify import verify
+
+    rep = verify(url, allow_remote_shards=allow_remote_shards, workers=workers, index_only=index_only)
+    if not rep.ok or samples is None:
+        return rep, None
+    n = None if samples == "all" else samples
+    return rep, regenerate(url, n, allow_remote_shards=allow_remote_shards, **(options or {}))
+
+
+SPEC_NEEDS = ("generator", "latents", "direction", "shift_r", "mask_rule", "max_fg", "image_codec", "keep_raw_mask",
+              "shard_size")
+DERIVED = ("materialized-view", "relabelled")
+
+
+def regenerable_spec(m: dict) -> dict:
+    """The manifest's spec when it can be made again: one FactoryError line for a derived dataset or a
+    spec that lacks what generate writes."""
+    kind = (m.get("provenance") or {}).get("kind") if isinstance(m.get("provenance"), dict) else None
+    if kind in DERIVED:
+        raise FactoryError(f"dataset {m['dataset_id']} is derived ({kind}): its rows are renumbered copies, "
+                           "so regenerate its parent dataset instead")
+    spec = m.get("spec") or {}
+    missing = [k for k in SPEC_NEEDS if k not in spec]
+    if missing:
+        raise FactoryError(f"the manifest's spec lacks {', '.join(missing)}: nothing to regenerate from "
+                           "(not a dataset factory generate wrote)")
+    if not isinstance(spec["generator"], dict) or not isinstance(spec["latents"], dict):
+        raise FactoryError("the manifest's spec.generator and spec.latents must be objects")
+    return spec
+
+
+def bytes_promised(generator: str, spec: dict, device: str) -> bool:
+    """Whether identical bytes are promised whatever a shard's platform record says: the shapes world
+    regenerated on an x86-64 CPU (docs/format.md, "Reproducibility")."""
+    import platform
+
+    return (generator == "shapes" and spec["generator"].get("name") == "shapes" and str(device) == "cpu"
+            and platform.machine().lower() in ("x86_64", "amd64"))
+
+
+def record_problems(m: dict, rows: list[int]) -> list[str]:
+    """Shards of `rows` without a usable platform record (reported; never a reason to relax). A dataset
+    upgraded from format 1, made before the record existed, is the one honest case."""
+    table = m.get("platforms") or {}
+    bad = sorted({e["shard"] for e in (shard_of_row(m, r) for r in rows) if e.get("platform") not in table})
+    if not bad or (m.get("upgraded_from") or {}).get("format_version") == 1:
+        return []
+    return [f"shard(s) {', '.join(map(str, bad[:5]))} name no platform record the manifest lists (a generate run "
+            "always writes one: stripped or edited)"]
+
+
+def regenerate(url: str, n: int | None = 8, *, seed: int | None = None, shards=(), generator: str | None = None,
+               weights: str | None = None, latents: str | None = None, direction: str | None = None,
+               device: str | None = None, allow_remote_shards: bool = False) -> RegenerateReport:
+    """Regenerate `n` samples (None: all) drawn across the dataset's shards (or `shards`) with `seed` (None:
+    a fresh one) from its manifest's spec, and compare (see the module). `generator`: the user's choice of
+    code for the spec's generator (any name load_generator takes); else the spec's name, built-in or
+    installed plug-ins only."""
     from factory.device import pick_device
     from factory.generate.compute import cached_generator
     from factory.generate.plan import ShardJob
+    from factory.generators import installed
     from factory.provenance import describe, platform_id, platform_record
 
-    if n < 1:
-        raise FactoryError(f"--regenerate must be a positive number of samples, got {n}")
+    if n is not None and n < 1:
+        raise FactoryError(f"--regenerate must be a positive number of samples or 'all', got {n}")
+    seed = fresh_seed() if seed is None else seed
     res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
     m = res.manifest
-    spec = m.get("spec") or {}
-    rep = RegenerateReport(url=url, dataset_id=m["dataset_id"])
+    spec = regenerable_spec(m)
+    entries = chosen_shards(m, shards)
+    rep = RegenerateReport(url=url, dataset_id=m["dataset_id"], seed=seed,
+                           coverage=coverage_line(entries, n, len(m["shards"])))
     if fmt.sha256_bytes(fmt.canonical_json(spec)) != m.get("spec_hash"):
         rep.problems.append("the manifest's spec_hash is not the sha256 of its spec (edited)")
         return rep
     ident = spec["generator"]
-    options = generator_options(ident, weights_file(ident, weights))
+    name = generator or installed(ident.get("name"))
+    options = generator_options(name, ident, weights_file(ident, weights))
     dev = pick_device(device)
-    gen = cached_generator(ident["name"], options, dev)
+    gen = cached_generator(name, options, dev)
     strip = lambda d: {k: v for k, v in d.items() if k != "weights_source"}  # noqa: E731
     if strip(gen.identity()) != strip(ident):
         diff = sorted(k for k in set(ident) | set(gen.identity()) if ident.get(k) != gen.identity().get(k))
         rep.problems.append(f"the generator rebuilt from the spec differs from it in {', '.join(diff)}")
         return rep
-    job = ShardJob(root=res.root, spec=spec, spec_hash=m["spec_hash"], generator=ident["name"],
+    job = ShardJob(root=res.root, spec=spec, spec_hash=m["spec_hash"], generator=name,
                    generator_options=options, direction=direction_vector(m, gen, direction), device=dev)
     src = latent_source(spec, gen.dim_z, latents)
-    rows = pick_rows(m["samples"], n, seed)
+    rows = pick_rows(entries, n, seed)
     here = platform_record(ident, dev)
     rep.platform = describe(here)
-    rep.exact = all(_entry_of(m, r).get("platform") == platform_id(here) for r in rows)
+    rep.problems += record_problems(m, rows)
+    promised = bytes_promised(name, spec, dev)
+    rep.exact = promised or all(shard_of_row(m, r).get("platform") == platform_id(here) for r in rows)
+    rep.why_exact = ("the shapes world promises the same bytes on every x86-64 CPU" if promised
+                     else "the platform that made them" if rep.exact else "")
     got = recompute(job, m, rows, src)
     want, index = stored_samples(res, rows)
     exts = m["members"]

@@ -21,6 +21,14 @@ Generators come from three places, resolved in this order by ``load_generator(na
 3. plug-ins: entry points of the group ``factory.generators`` declared by installed
    distributions (``name = "package.module:function"`` in their pyproject.toml).
 
+A name the user types (``--generator``) may take any of the three forms. A name read from a
+dataset (a manifest's ``spec.generator.name``) maps to code only through 2 and 3: ``installed``
+never imports a ``module:function`` a manifest spells, and an unknown name is one line. The
+inverse of ``identity()`` belongs to the registry too: ``options_from_identity`` gives the
+loader options that rebuild a generator from its identity (a built-in registers it with
+``@register(..., from_identity=fn)``, a plug-in's factory carries it as its
+``options_from_identity`` attribute).
+
 Each source is a *factory*: a callable taking keyword options (the engine always passes
 ``device=``; ``--weights``, ``--resolution``, ... add ``weights=``, ``resolution=``, ...) and
 returning a generator. Every failure is one FactoryError line naming the generator and what
@@ -84,6 +92,7 @@ class GeneratorInfo:
 
 
 _REGISTRY: dict[str, Callable[..., Generator]] = {}
+_FROM_IDENTITY: dict[str, Callable[[dict], dict]] = {}
 _INFO: dict[str, dict] = {
     # built-ins registered without metadata (their defaults; options change them)
     "shapes": dict(dim_z=120, resolution=128, summary="procedural test world with ground-truth masks",
@@ -93,12 +102,15 @@ _INFO: dict[str, dict] = {
 
 
 def register(name: str, *, dim_z: int | None = None, resolution: int | None = None, summary: str = "",
-             note: str = ""):
+             note: str = "", from_identity: Callable[[dict], dict] | None = None):
     """Decorator registering a built-in factory; the keywords are what describe_generators shows
-    without building it (leave dim_z/resolution None when they depend on the options)."""
+    without building it (leave dim_z/resolution None when they depend on the options);
+    ``from_identity(identity) -> options`` is the inverse of the generator's ``identity()``."""
 
     def deco(fn):
         _REGISTRY[name] = fn
+        if from_identity is not None:
+            _FROM_IDENTITY[name] = from_identity
         info = {k: v for k, v in dict(dim_z=dim_z, resolution=resolution, summary=summary, note=note).items() if v}
         _INFO[name] = {**_INFO.get(name, {}), **info}
         return fn
@@ -195,6 +207,41 @@ def resolve(name: str) -> tuple[Callable[..., Generator], str, str]:
         f"unknown generator {name!r}; known generators: {', '.join(known_generators())} "
         f"(or package.module:function for a plug-in)"
     )
+
+
+def installed(name: object) -> str:
+    """`name` read from a dataset (a manifest or view), checked to be a built-in or an installed
+    plug-in: nothing is imported (a ``module:function`` a manifest spells never is); one FactoryError
+    line otherwise."""
+    if not isinstance(name, str) or not name.strip():
+        raise FactoryError(f"the dataset names no generator (spec.generator.name is {str(name)[:40]!r}); "
+                           "pass --generator")
+    if ":" in name or name not in known_generators():
+        raise FactoryError(f"generator {name[:80]!r} is not installed here; install the plug-in that provides it "
+                           "or pass --generator")
+    return name
+
+
+def options_from_identity(name: str, identity: dict) -> dict:
+    """The loader options (weights file aside) that rebuild, as generator `name`, the generator whose
+    ``identity()`` is `identity`: the inverse the built-in registered, or the plug-in factory's
+    ``options_from_identity`` attribute. One FactoryError line when there is none or it fails."""
+    fn, origin, source = resolve(name)
+    inverse = _FROM_IDENTITY.get(name) if origin == "builtin" else getattr(fn, "options_from_identity", None)
+    if inverse is None:
+        raise FactoryError(f"generator {name!r} ({source}) does not say how to rebuild it from its identity: "
+                           "its factory has no options_from_identity (docs/generators.md)")
+    if not isinstance(identity, dict):
+        raise FactoryError(f"generator {name!r}: the identity must be an object, got {type(identity).__name__}")
+    try:
+        opts = inverse(identity)
+    except FactoryError:
+        raise
+    except Exception as e:
+        raise FactoryError(f"generator {name!r}: options_from_identity raised {_one_line(e)}") from e
+    if not isinstance(opts, dict) or "device" in opts:
+        raise FactoryError(f"generator {name!r}: options_from_identity must return a dict of options without device")
+    return opts
 
 
 def _check_generator(gen: object, what: str) -> None:

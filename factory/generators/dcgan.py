@@ -46,8 +46,10 @@ from factory.generators import register
 from factory.generators.torchcore import (
     check_options,
     compiled,
+    identity_options,
     load_strict,
     precision_scope,
+    random_source,
     read_torch_weights,
     state_dict_digest,
     weights_digest,
@@ -279,7 +281,12 @@ class DCGANGenerator:
         return f"DCGANGenerator(nz={c.nz}, ngf={c.ngf}, nc={c.nc}, {c.resolution}px, {self.weights_source})"
 
 
-@register("dcgan", summary="PyTorch-examples DCGAN; shape read off the weights file")
+def dcgan_options(identity: dict) -> dict:
+    """load_dcgan's options that rebuild the generator an identity describes (the weights file aside)."""
+    return identity_options(identity, what="dcgan")
+
+
+@register("dcgan", summary="PyTorch-examples DCGAN; shape read off the weights file", from_identity=dcgan_options)
 def load_dcgan(*, weights: str | Path | None = None, config: Any = None, random_weights: bool = False,
                seed: int = 0, device: str | torch.device = "cpu", dtype: Any = None, resolution: int | None = None,
                autocast: str | None = None, channels_last: bool = False, compile: bool | str = False,
@@ -312,7 +319,7 @@ def load_dcgan(*, weights: str | Path | None = None, config: Any = None, random_
     elif random_weights:
         cfg = DCGANConfig.from_any(config)
         sd, key = random_state_dict(cfg, seed), None
-        sha, source = state_dict_digest(sd), f"random(seed={int(seed)})"
+        sha, source = state_dict_digest(sd), random_source(seed)
     else:
         hint = packaged_face_weights()
         hint = f" (the installed gan-face-generate package ships one: {hint})" if hint else ""

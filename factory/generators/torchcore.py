@@ -202,3 +202,49 @@ def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, source: str
     model.load_state_dict(check_state_dict(sd, model, source=source, what=what, optional=optional, hint=hint),
                           strict=True)
     return model.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------ identity and its inverse
+
+_RANDOM_SOURCE = re.compile(r"^random\(seed=(\d{1,19})\)$")
+_PRECISION_OPTIONS = ("autocast", "channels_last", "compile", "fused")
+
+
+def random_source(seed: int) -> str:
+    """The ``weights_source`` an identity records for seeded random weights (``random(seed=N)``)."""
+    return f"random(seed={int(seed)})"
+
+
+def identity_options(identity: dict, *, keys: tuple[str, ...] = ("config",), what: str) -> dict:
+    """The loader options that rebuild the torch generator an ``identity`` describes (the weights file
+    aside: the caller passes it as ``weights=``): the entries named in ``keys`` (objects, numbers, lists
+    or strings only: a manifest never names a file to read), the precision's dtype and fast paths, and
+    the seed of random weights (``random_source``'s inverse). FactoryError (one line) for a malformed one."""
+    opts: dict = {}
+    for k in keys:
+        v = identity.get(k)
+        if v is None:
+            continue
+        if k == "config" and not isinstance(v, dict):
+            raise FactoryError(f"{what}: the identity's config must be an object, got {type(v).__name__}")
+        if not isinstance(v, (dict, list, str, int, float, bool)):
+            raise FactoryError(f"{what}: the identity's {k} must be plain JSON, got {type(v).__name__}")
+        opts[k] = v
+    p = identity.get("precision") or {}
+    if not isinstance(p, dict):
+        raise FactoryError(f"{what}: the identity's precision must be an object, got {type(p).__name__}")
+    for k in _PRECISION_OPTIONS:
+        if p.get(k) not in (None, False):
+            opts[k] = p[k]
+    if p.get("dtype") not in (None, "float32"):
+        opts["dtype"] = p["dtype"]
+    m = _RANDOM_SOURCE.match(str(identity.get("weights_source") or ""))
+    if m:
+        opts.update(random_weights=True, seed=int(m.group(1)))
+    return opts
+
+
+def needs_weights_file(identity: dict) -> bool:
+    """Whether an identity names a weights file (by sha256) rather than seeded random weights."""
+    return bool(identity.get("weights_sha256") and identity.get("weights_source")
+                and not _RANDOM_SOURCE.match(str(identity["weights_source"])))

@@ -49,8 +49,10 @@ from factory.generators.bigbigan.model import BigBiGAN, BigBiGANConfig
 from factory.generators.torchcore import (
     check_options,
     compiled,
+    identity_options,
     load_strict,
     precision_scope,
+    random_source,
     state_dict_digest,
     weights_digest,
 )
@@ -142,7 +144,12 @@ class BigBiGANGenerator:
         return f"BigBiGANGenerator({self.config.short()}, {self.precision()})"
 
 
-@register("bigbigan")
+def bigbigan_options(identity: dict) -> dict:
+    """load_bigbigan's options that rebuild the generator an identity describes (the weights file aside)."""
+    return identity_options(identity, what="bigbigan")
+
+
+@register("bigbigan", from_identity=bigbigan_options)
 def load_bigbigan(*, weights: str | Path | None = None, config: Any = None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, random_weights: bool = False, seed: int = 0,
                   compile: bool | str = False, channels_last: bool = False, autocast: str | None = None,
@@ -168,7 +175,7 @@ def load_bigbigan(*, weights: str | Path | None = None, config: Any = None, devi
     elif random_weights:
         sd = random_state_dict(model, seed)
         sha = state_dict_digest(sd)
-        source = f"random(seed={int(seed)})"
+        source = random_source(seed)
     else:
         raise FactoryError(
             "bigbigan needs its weights: the file is the authors' BigBiGAN_x1.pth (282 MB); "

@@ -32,7 +32,9 @@ from factory.generators.torchcore import (
     TorchOptions,
     check_options,
     compiled,
+    identity_options,
     precision_scope,
+    random_source,
     state_dict_digest,
     weights_digest,
 )
@@ -170,11 +172,19 @@ def _weights(*, weights, config, random_weights: bool, seed: int, resolution: in
                            "see docs/generators.md), or --random-weights for benchmarks")
     cfg = read_config(config if config is not None else (resolution or 128))
     sd = random_state_dict(cfg, seed)
-    return cfg, sd, state_dict_digest(sd), f"random(seed={int(seed)})"
+    return cfg, sd, state_dict_digest(sd), random_source(seed)
+
+
+def biggan_options(identity: dict) -> dict:
+    """load_biggan's options that rebuild the generator an identity describes (the weights file aside)."""
+    opts = identity_options(identity, keys=("config", "truncation", "classes"), what="biggan")
+    if opts.get("classes") == "all":
+        opts["classes"] = None
+    return opts
 
 
 @register("biggan", dim_z=128, summary="BigGAN-deep, pytorch-pretrained-biggan checkpoints (config.json + weights)",
-          note="resolution 128/256/512 from config.json; class-conditional (--classes)")
+          note="resolution 128/256/512 from config.json; class-conditional (--classes)", from_identity=biggan_options)
 def load_biggan(*, weights: str | Path | None = None, config: Any = None, device: str | torch.device = "cpu",
                 dtype: Any = None, random_weights: bool = False, seed: int = 0,
                 truncation: float = 1.0, classes: Any = None, resolution: int | None = None,

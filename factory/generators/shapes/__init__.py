@@ -353,7 +353,16 @@ def _object_geometry(f: _Frame):
     return d, r, inside, d < 0
 
 
-@register("shapes")
+def shapes_options(identity: dict) -> dict:
+    """load_shapes' options that rebuild the world an identity describes: resolution, dim_z, seed."""
+    opts = {k: identity[k] for k in ("resolution", "dim_z", "seed") if k in identity}
+    bad = [k for k, v in opts.items() if not isinstance(v, int) or isinstance(v, bool)]
+    if bad:
+        raise FactoryError(f"shapes: the identity's {', '.join(bad)} must be integers")
+    return opts
+
+
+@register("shapes", from_identity=shapes_options)
 def load_shapes(
     *, resolution: int = 128, dim_z: int = 120, device: str | torch.device = "cpu", seed: int = 0, dtype=None, **unknown
 ) -> ShapesWorld:

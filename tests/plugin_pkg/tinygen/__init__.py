@@ -68,3 +68,10 @@ def make(*, device="cpu", weights=None, resolution: int = 32, seed: int = 0, **o
     for k, v in net.state_dict().items():
         h.update(k.encode() + v.numpy().tobytes())
     return TinyGenerator(net, dim_z, resolution, torch.device(device), h.hexdigest())
+
+def options_from_identity(identity: dict) -> dict:
+    """The options that rebuild the generator an identity describes (`factory verify --regenerate`)."""
+    return {"resolution": int(identity["resolution"])}
+
+
+make.options_from_identity = options_from_identity
