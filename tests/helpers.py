@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 from click.testing import CliRunner
+
+PLUGIN_DIR = Path(__file__).resolve().parent / "plugin_pkg"  # holds the importable package `tinygen`
 
 
 def run(args, expect: int = 0):
@@ -46,3 +49,74 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def install_dist(site: Path, name: str, version: str, entry_points: dict[str, str]) -> None:
+    """Write `name-version.dist-info` with METADATA and generator entry points into `site` (what `pip
+    install` would leave), so that importlib.metadata finds them once `site` is on sys.path."""
+    from factory.generators import ENTRY_POINT_GROUP
+
+    d = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    d.mkdir(parents=True)
+    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (d / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{lines}")
+
+
+# ------------------------------------------------------------------ a forger's tools (tests/security)
+
+def reseal(root: Path) -> dict:
+    """Recompute every hash and id of the dataset at `root` from its files, exactly as the writer does
+    (shard and index sha256, bytes, latents hashes, spec hash, dataset id): a forger's last step, after
+    which every self-consistency check passes. Returns the new manifest."""
+    import json
+
+    import numpy as np
+
+    from factory import format as fmt
+    from factory.dataset.shards import open_latents
+
+    m = json.loads((root / "manifest.json").read_text())
+    z = open_latents(str(root), "r")
+    for s in m["shards"]:
+        tar = (root / s["path"]).read_bytes()
+        rows = np.ascontiguousarray(z[s["first_row"]:s["first_row"] + s["samples"]], np.float32)
+        s.update(sha256=fmt.sha256_bytes(tar), bytes=len(tar), latents_sha256=fmt.sha256_bytes(rows.tobytes()),
+                 index_sha256=fmt.sha256_bytes((root / s["index"]).read_bytes()))
+    shards = sorted(m["shards"], key=lambda s: s["shard"])
+    latents = fmt.sha256_bytes("".join(s["latents_sha256"] for s in shards).encode())
+    m["latents"]["sha256_of_shard_hashes"] = latents
+    m["bytes"] = sum(s["bytes"] for s in shards)
+    m["spec_hash"] = fmt.sha256_bytes(fmt.canonical_json(m["spec"]))
+    m["dataset_id"] = fmt.dataset_id(shards, latents, m["format_version"])
+    (root / "manifest.json").write_text(json.dumps(m))
+    return m
+
+
+def swap_shard(root: Path, other: Path, shard: int) -> dict:
+    """Shard `shard` of `root` replaced by the same shard of dataset `other` (tar, index fragment, latents
+    rows), then resealed."""
+    import json
+    import shutil
+
+    from factory.dataset.shards import open_latents
+
+    m = json.loads((root / "manifest.json").read_text())
+    e = next(s for s in m["shards"] if s["shard"] == shard)
+    for key in ("path", "index"):
+        shutil.copyfile(other / e[key], root / e[key])
+    a, b = e["first_row"], e["first_row"] + e["samples"]
+    open_latents(str(root), "r+")[a:b] = open_latents(str(other), "r")[a:b]
+    return reseal(root)
+
+
+def strip_platform_records(root: Path) -> dict:
+    """The manifest without its platform record (``platforms`` and each shard's ``platform``), resealed."""
+    import json
+
+    m = json.loads((root / "manifest.json").read_text())
+    m.pop("platforms", None)
+    for s in m["shards"]:
+        s.pop("platform", None)
+    (root / "manifest.json").write_text(json.dumps(m))
+    return reseal(root)

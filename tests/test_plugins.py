@@ -9,16 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import PLUGIN_DIR, install_dist
 
 from factory.format import FactoryError
 from factory.generators import (
-    ENTRY_POINT_GROUP,
     describe_generators,
     known_generators,
     load_generator,
 )
-
-PLUGIN_DIR = Path(__file__).resolve().parent / "plugin_pkg"  # holds the importable package `tinygen`
 
 BROKEN_MODULE = '''
 def make(**options):
@@ -30,15 +28,6 @@ def not_a_generator(**options):
 def strict(*, device):
     raise AssertionError("unreachable")
 '''
-
-
-def install_dist(site: Path, name: str, version: str, entry_points: dict[str, str]) -> None:
-    """Write `name-version.dist-info` with METADATA and entry_points.txt into `site`."""
-    d = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    d.mkdir(parents=True)
-    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
-    (d / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{lines}")
 
 
 @pytest.fixture

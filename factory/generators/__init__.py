@@ -26,8 +26,8 @@ dataset (a manifest's ``spec.generator.name``) maps to code only through 2 and 3
 never imports a ``module:function`` a manifest spells, and an unknown name is one line. The
 inverse of ``identity()`` belongs to the registry too: ``options_from_identity`` gives the
 loader options that rebuild a generator from its identity (a built-in registers it with
-``@register(..., from_identity=fn)``, a plug-in's factory carries it as its
-``options_from_identity`` attribute).
+``@register(..., from_identity=fn)``, which sets the factory's ``options_from_identity``
+attribute; a plug-in's factory carries that attribute itself).
 
 Each source is a *factory*: a callable taking keyword options (the engine always passes
 ``device=``; ``--weights``, ``--resolution``, ... add ``weights=``, ``resolution=``, ...) and
@@ -92,7 +92,6 @@ class GeneratorInfo:
 
 
 _REGISTRY: dict[str, Callable[..., Generator]] = {}
-_FROM_IDENTITY: dict[str, Callable[[dict], dict]] = {}
 _INFO: dict[str, dict] = {
     # built-ins registered without metadata (their defaults; options change them)
     "shapes": dict(dim_z=120, resolution=128, summary="procedural test world with ground-truth masks",
@@ -110,7 +109,7 @@ def register(name: str, *, dim_z: int | None = None, resolution: int | None = No
     def deco(fn):
         _REGISTRY[name] = fn
         if from_identity is not None:
-            _FROM_IDENTITY[name] = from_identity
+            fn.options_from_identity = from_identity  # where a plug-in's factory carries its own
         info = {k: v for k, v in dict(dim_z=dim_z, resolution=resolution, summary=summary, note=note).items() if v}
         _INFO[name] = {**_INFO.get(name, {}), **info}
         return fn
@@ -224,10 +223,10 @@ def installed(name: object) -> str:
 
 def options_from_identity(name: str, identity: dict) -> dict:
     """The loader options (weights file aside) that rebuild, as generator `name`, the generator whose
-    ``identity()`` is `identity`: the inverse the built-in registered, or the plug-in factory's
-    ``options_from_identity`` attribute. One FactoryError line when there is none or it fails."""
+    ``identity()`` is `identity`: the factory's ``options_from_identity`` attribute (what a built-in
+    registered, or what a plug-in declares). One FactoryError line when there is none or it fails."""
     fn, origin, source = resolve(name)
-    inverse = _FROM_IDENTITY.get(name) if origin == "builtin" else getattr(fn, "options_from_identity", None)
+    inverse = getattr(fn, "options_from_identity", None)
     if inverse is None:
         raise FactoryError(f"generator {name!r} ({source}) does not say how to rebuild it from its identity: "
                            "its factory has no options_from_identity (docs/generators.md)")
