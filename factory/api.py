@@ -3,11 +3,13 @@
 Both read through the contract (`factory.format`) and the library's own readers: the index by
 `dataset.reader.load_index`, one sample by `dataset.reader.read_samples` (one range read, checked), a filter
 by `views.views` (the very calls of `factory filter`, which is `run_filter` below), wids shard lists by
-`views.wids`. Nothing here imports torch or dask at import time.
+`views.wids`. `torch()` hands the opened dataset or view to trainers' reader
+(`trainers.data.samples.torch_dataset`), the one `trainers train` reads through. Nothing here imports torch or
+dask at import time.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -15,10 +17,14 @@ from factory import format as fmt
 from factory.dataset.reader import decode_npy, index_schema, load_index, read_samples
 from factory.views.materialize import materialize_view
 from factory.views.views import FilterResult, FilterSpec, index_table, view_from_index, write_view
-from factory.views.wids import write_wids
+from factory.views.wids import wids_plan, write_wids
+
+SPLITS = ("train", "holdout", "all")
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
+    import torch
+
 
 def open(url: str, *, allow_remote_shards: bool = False) -> Dataset | View:  # noqa: A001 - the API's verb
     """A dataset folder, its manifest, an s3:// (any fsspec) URL, or a view JSON: a `Dataset`, or a `View`
@@ -127,7 +133,29 @@ class Dataset:
                            fmt.AcceptedRows(view["accepted"], view["format_version"], self.url))
         return View(self.url, res, allow_remote_shards=self.allow_remote_shards, saved=False)
 
-    # ---------------------------------------------------------------- readers for other libraries
+    # ---------------------------------------------------------------- readers for models and other libraries
+    def torch(self, split: str = "train", seed: int = 0, transform: Callable | None = None, *,
+              access: str = "stream", **options: Any) -> torch.utils.data.Dataset:
+        """A torch dataset of ``(image, mask)`` float tensors (3xHxW in [-1, 1], 1xHxW in {0, 1}; or what
+        ``transform(image, mask)`` returns) over ``split`` ("train", "holdout" or "all"), read by trainers'
+        reader in `trainers train`'s seeded, DDP-aware order with its checks. ``access="stream"``: an
+        IterableDataset (shards read in order, each hashed as it streams); ``"random"``: map-style (one range
+        read a sample), ``.sampler()`` its order. ``options``: holdout_permille (10), batch_size (the
+        DataLoader's, 1), epoch, consumed (resume), world_size / rank (torch.distributed's), shuffle_window,
+        flip (False), mask, mask_source, verify (`trainers.data.samples.torch_dataset`)."""
+        from trainers.data.samples import torch_dataset
+
+        if split not in SPLITS:
+            raise fmt.FactoryError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        return torch_dataset(self.resolved, split="val" if split == "holdout" else split, seed=seed,
+                             transform=transform, access=access, **options)
+
+    def shard_urls(self) -> list[str]:
+        """The shards holding these samples (a view: those with an accepted row), in shard order: absolute
+        local paths or the store's URLs, for readers of WebDataset tars (webdataset, Hugging Face datasets)."""
+        desc, _ = wids_plan(self.resolved, name=self.id)
+        return [e["url"] for e in desc["shardlist"]]
+
     def export_wids(self, out: str, indices: str) -> dict:
         """Write the wids shard list of the shards holding these samples (``out``, JSON) and the samples'
         indices in its numbering (``indices``, .npy): ``Subset(wids.ShardListDataset(out), np.load(indices))``

@@ -4,7 +4,8 @@ The parts: the sample index (`trainers.data.index`, with the hold-out of `traine
 planner (`trainers.data.planner`: each epoch's seeded order, cut exactly for DDP ranks and loader workers,
 the loader state) and the shard reader (`trainers.data.reader`: each shard read once per epoch, checked
 and hashed, samples decoded when a batch is assembled). This module assembles batches from them
-(`TrainStream`, `iter_batches`) and re-exports their names.
+(`TrainStream`, `iter_batches`) and re-exports their names. `TrainStream` stacks what
+`trainers.data.samples.rank_samples` yields: the path of the public per-sample datasets (`factory.open(URL).torch()`).
 
 Reading all members of a shard once per worker costs one pass over the tar
 headers plus the data of the worker's own samples (tar data are skipped by
@@ -12,12 +13,12 @@ seeking; fsspec files of object stores seek with range reads).
 """
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from factory import format as fmt
 from trainers.data.holdout import holdout_bucket, holdout_buckets, holdout_rule  # noqa: F401
 from trainers.data.index import (  # noqa: F401
     MASK_SOURCES,
@@ -47,21 +48,12 @@ from trainers.data.reader import (  # noqa: F401
     read_shard,
     shard_errors,
 )
+from trainers.data.samples import decode_row, rank_samples
 from trainers.errors import DataError  # noqa: F401
 
 
-def make_batch(index: SampleIndex, reader: ShardReader, rows: np.ndarray, *, seed: int, epoch: int,
-               flip: bool) -> dict:
-    images, masks = [], []
-    for r in rows.tolist():
-        s = reader.shard_of(r)
-        where = f"shard {index.shard_info[s].url}: key {fmt.sample_key(r)}"
-        image, mask = decode_sample(reader.take(r), index.mask_members(), where, index.image_member,
-                                    index.resolution)
-        if flip and flip_bit(seed, epoch, r):
-            image, mask = image[:, :, ::-1], mask[:, :, ::-1]
-        images.append(image)
-        masks.append(mask)
+def stack_batch(images: list[np.ndarray], masks: list[np.ndarray], rows: np.ndarray) -> dict:
+    """One batch dict (image, mask, row tensors) of decoded samples."""
     try:
         image_b = np.stack(images)
         mask_b = np.stack(masks)
@@ -70,7 +62,13 @@ def make_batch(index: SampleIndex, reader: ShardReader, rows: np.ndarray, *, see
         raise DataError(f"samples of one batch differ in size {shapes[:3]}; a dataset holds one resolution") \
             from None
     return {"image": torch.from_numpy(image_b), "mask": torch.from_numpy(mask_b),
-            "row": torch.from_numpy(rows.astype(np.int64))}
+            "row": torch.from_numpy(np.asarray(rows).astype(np.int64))}
+
+
+def make_batch(index: SampleIndex, reader: ShardReader, rows: np.ndarray, *, seed: int, epoch: int,
+               flip: bool) -> dict:
+    pairs = [decode_row(index, reader, r, seed=seed, epoch=epoch, flip=flip) for r in rows.tolist()]
+    return stack_batch([p[0] for p in pairs], [p[1] for p in pairs], rows)
 
 
 class TrainStream(torch.utils.data.IterableDataset):
@@ -117,26 +115,18 @@ class TrainStream(torch.utils.data.IterableDataset):
         return self.steps()
 
     def __iter__(self) -> Iterator[dict]:
+        """The rank's samples from `samples.rank_samples` (the one reading path), stacked step by step."""
         info = torch.utils.data.get_worker_info()
         wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
         st = self.state
-        order = epoch_order(self.index, st.seed, st.epoch, self.shuffle_window)
-        steps = rank_steps(order, st.consumed, world_size=self.world_size, rank=self.rank,
-                           batch_size=self.batch_size)
-        mine = list(range(wid, len(steps), nw))
-        if not mine:
-            return
-        rows_needed = self.index.rows[np.concatenate([steps[j] for j in mine])]
-        reader = ShardReader(self.index, rows_needed)
-        try:
-            for j in mine:
-                batch = make_batch(self.index, reader, self.index.rows[steps[j]], seed=st.seed, epoch=st.epoch,
-                                   flip=self.flip)
-                batch["step"] = j
-                batch["epoch"] = st.epoch
-                yield batch
-        finally:
-            reader.close()
+        samples = rank_samples(self.index, st, world_size=self.world_size, rank=self.rank, batch_size=self.batch_size,
+                               worker=wid, workers=nw, shuffle_window=self.shuffle_window, flip=self.flip)
+        for j, group in itertools.groupby(samples, key=lambda s: s[0]):
+            items = list(group)
+            batch = stack_batch([s[2] for s in items], [s[3] for s in items], np.array([s[1] for s in items]))
+            batch["step"] = j
+            batch["epoch"] = st.epoch
+            yield batch
 
 
 def iter_batches(index: SampleIndex, batch_size: int, limit: int | None = None) -> Iterator[dict]:
