@@ -43,6 +43,8 @@ __all__ = [
     "histogram_paper",
     "candidate_stats",
     "process_batch",
+    "count_maxima",
+    "fg_ratio",
 ]
 
 _LANES = 32
@@ -93,11 +95,24 @@ def smooth_and_count_maxima(hist: torch.Tensor, *, inner_only: bool = False) -> 
     """
     p = F.pad(hist, (1, 1))
     s = p[:, :-2] + p[:, 1:-1] + p[:, 2:]
-    q = F.pad(s, (1, 1))
-    is_max = (s >= q[:, :-2]) & (s >= q[:, 2:])
+    return s, count_maxima(s, inner_only=inner_only)
+
+
+def count_maxima(smoothed: torch.Tensor, *, inner_only: bool = False) -> torch.Tensor:
+    """Local maxima (``>=`` both neighbours, zeros outside) of smoothed histograms [B, bins] -> int32 [B]:
+    what ``hist_maxima`` holds for the index's ``hist`` (`factory verify` recounts it)."""
+    q = F.pad(smoothed, (1, 1))
+    is_max = (smoothed >= q[:, :-2]) & (smoothed >= q[:, 2:])
     if inner_only:
         is_max = is_max[:, 1:-1]
-    return s, is_max.sum(dim=1, dtype=torch.int32)
+    return is_max.sum(dim=1, dtype=torch.int32)
+
+
+def fg_ratio(mask: torch.Tensor) -> torch.Tensor:
+    """Foreground fraction of bool masks [B, H, W] -> float32 [B]: an exact integer count, then one fp32
+    division (the value of fp32 ``mask.mean()``), as the index's ``fg_ratio`` columns hold it."""
+    B = mask.shape[0]
+    return mask.reshape(B, -1).sum(dim=1, dtype=torch.int32).to(torch.float32) / (mask.shape[1] * mask.shape[2])
 
 
 def histogram_reference(img_shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -158,11 +173,7 @@ def candidate_stats(
         raise ValueError(f"raw {list(raw.shape)} and clean {list(clean.shape)} must both be [B,H,W] with B={img.shape[0]}")
     if not 0.0 < float(max_fg) <= 1.0:
         raise ValueError(f"max_fg must be in (0, 1], got {max_fg!r}")
-    B = raw.shape[0]
-    npx = raw.shape[1] * raw.shape[2]
-    # exact integer counts, then one fp32 division: the value of fp32 mask.mean()
-    fg_raw = raw.reshape(B, -1).sum(dim=1, dtype=torch.int32).to(torch.float32) / npx
-    fg = clean.reshape(B, -1).sum(dim=1, dtype=torch.int32).to(torch.float32) / npx
+    fg_raw, fg = fg_ratio(raw), fg_ratio(clean)
     _, smoothed, n_max = histogram_reference(img_shifted)
     _, _, n_inner = histogram_paper(img_shifted)
     return {

@@ -89,8 +89,43 @@ def reseal(root: Path) -> dict:
     m["bytes"] = sum(s["bytes"] for s in shards)
     m["spec_hash"] = fmt.sha256_bytes(fmt.canonical_json(m["spec"]))
     m["dataset_id"] = fmt.dataset_id(shards, latents, m["format_version"])
+    if "index_stats" in m:
+        from factory.dataset.card import index_stats
+
+        m["index_stats"] = index_stats(str(root), m, check_sha=False)
     (root / "manifest.json").write_text(json.dumps(m))
     return m
+
+
+def forge_samples(root: Path, edit) -> dict:
+    """Every sample of the dataset at `root` rewritten: ``edit(parts, row)`` changes a sample's members
+    (``{ext: bytes}``) and its index row (a dict) in place; tars are rebuilt as the writer builds them,
+    the index's tar offsets recomputed, and the dataset resealed."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from factory import format as fmt
+    from factory.dataset.shards import tar_bytes
+
+    m = json.loads((root / "manifest.json").read_text())
+    for e in m["shards"]:
+        samples: dict[str, dict[str, bytes]] = {}
+        for name, body in fmt.safe_tar_members((root / e["path"]).read_bytes(), e["path"]):
+            key, ext = fmt.split_member(name)
+            samples.setdefault(key, {})[ext] = body
+        table = pq.read_table(root / e["index"])
+        rows = table.to_pylist()
+        for row in rows:
+            edit(samples[row["key"]], row)
+        tar = tar_bytes([(f"{k}.{x}", b) for k in sorted(samples) for x, b in sorted(samples[k].items())])
+        ranges = fmt.member_ranges(tar, e["path"])
+        for row in rows:
+            row["tar_offset"], row["tar_size"] = ranges[row["key"]]
+        (root / e["path"]).write_bytes(tar)
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), root / e["index"])
+    return reseal(root)
 
 
 def swap_shard(root: Path, other: Path, shard: int) -> dict:

@@ -84,8 +84,9 @@ def _check_image_sizes(samples: dict[str, dict[str, bytes]], members: dict, reso
 
 
 def _check_tar(data: bytes, entry: dict, members: dict, problems: list[str], *,
-               resolution: int | None = None) -> dict[str, np.ndarray]:
-    """Problems of a shard's tar bytes (appended to `problems`); returns its latents, key -> array."""
+               resolution: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict[str, bytes]]]:
+    """Problems of a shard's tar bytes (appended to `problems`); returns its latents (key -> array) and
+    its samples (key -> ext -> bytes)."""
     n, first = entry["samples"], entry["first_row"]
     expected_keys = [fmt.sample_key(r) for r in range(first, first + n)]
     if len(data) != entry["bytes"]:
@@ -96,7 +97,7 @@ def _check_tar(data: bytes, entry: dict, members: dict, problems: list[str], *,
         parsed = fmt.safe_tar_members(data, entry["path"])
     except fmt.FormatError as e:
         problems.append(str(e).replace(f"{entry['path']}: ", ""))
-        return {}
+        return {}, {}
     samples: dict[str, dict[str, bytes]] = {}
     for name, body in parsed:
         key, ext = fmt.split_member(name)
@@ -128,7 +129,7 @@ def _check_tar(data: bytes, entry: dict, members: dict, problems: list[str], *,
             except (ValueError, OSError):
                 problems.append(f"{kk}.{lat_ext} is not a readable .npy")
                 break
-    return latents_tar
+    return latents_tar, samples
 
 
 def _check_index(idata: bytes, entry: dict, problems: list[str], tar: bytes | None = None) -> None:
@@ -215,16 +216,22 @@ def _check_latents(z, entry: dict, *, dim_z: int, latents_tar: dict[str, np.ndar
 
 
 def check_shard(root: str, entry: dict, *, members: dict, z, dim_z: int, offsets: bool = False,
-                index_only: bool = False, resolution: int | None = None) -> list[str]:
-    """Problems of one shard (empty = good): its tar (image sizes against `resolution`), its index fragment,
-    its rows of latents.zarr (`z`, or None); with `index_only`, its index fragment alone."""
+                index_only: bool = False, resolution: int | None = None, spec: dict | None = None) -> list[str]:
+    """Problems of one shard (empty = good): its tar (image sizes against `resolution`), its index fragment
+    and the statistics and decisions it holds (recomputed from the stored members, `statcheck`), its rows
+    of latents.zarr (`z`, or None); with `index_only`, its index fragment alone."""
+    from factory.dataset.statcheck import stat_problems
+
     problems: list[str] = []
     url = fmt.join(root, entry["path"])
     data = None if index_only else _read_or_report(url, "shard file", problems)
-    latents_tar = {} if data is None else _check_tar(data, entry, members, problems, resolution=resolution)
+    latents_tar, samples = ({}, {}) if data is None else _check_tar(data, entry, members, problems,
+                                                                    resolution=resolution)
     idata = _read_or_report(fmt.join(root, entry["index"]), "index fragment", problems)
     if idata is not None:
         _check_index(idata, entry, problems, tar=data if offsets else None)
+        if samples:
+            problems += stat_problems(samples, idata, members=members, spec=spec)
     if index_only:
         return problems
     if z is not None and entry["samples"]:
@@ -296,13 +303,25 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
     with ThreadPoolExecutor(nthreads) as ex:
         results = list(ex.map(lambda s: check_shard(res.root, s, members=members, z=z, dim_z=dim_z,
                                                     offsets=fmt.has_offsets(m), index_only=index_only,
-                                                    resolution=m.get("resolution")), entries))
+                                                    resolution=m.get("resolution"), spec=m.get("spec")), entries))
     for s, probs in zip(entries, results):
         if probs:
             rep.problems.append(f"shard {s['shard']} ({fmt.join(res.root, s['path'])}): " + "; ".join(probs))
             if s["shard"] not in rep.bad_shards:
                 rep.bad_shards.append(s["shard"])
+    if not index_only and not rep.problems and isinstance(m.get("index_stats"), dict):
+        _check_index_stats(rep, res)
     if res.view is not None:
         _check_view(rep, url, res, entries)
     rep.bad_shards.sort()
     return rep
+
+
+def _check_index_stats(rep: VerifyReport, res: fmt.Resolved) -> None:
+    """The manifest's summary of the index (``index_stats``: pass rates, quantiles) recomputed from the
+    fragments just checked."""
+    from factory.dataset.card import index_stats
+
+    if index_stats(res.root, res.manifest) != res.manifest["index_stats"]:
+        rep.problems.append(f"{fmt.join(res.root, fmt.MANIFEST)}: index_stats differ from the statistics of "
+                            "the index (edited?)")
