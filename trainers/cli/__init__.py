@@ -4,7 +4,8 @@ The group `main` is the console script `trainers` (also `python -m trainers.cli`
 starts); each command lives in a module of this package and is attached here. ``--model`` is a run
 folder or one of the paper authors' ``.pth`` files (trainers.model.checkpoint.open_model). User
 errors (every FactoryError: TrainersError, raised by the library with the fix in the message, and
-the contract's FormatError) become one-line click errors (exit 1) in ONE place: ``TrainersGroup.invoke``.
+the contract's FormatError) become one-line click errors (exit 1) in ONE place: ``TrainersGroup.invoke``,
+raised in the process or in a DataLoader worker (``errors.one_line``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from trainers.cli.evaluate import benchmark_cmd, eval_cmd, predict_cmd
 from trainers.cli.model import convert_cmd
 from trainers.cli.relabel import relabel_cmd
 from trainers.cli.train import train
+from trainers.errors import one_line
 
 
 class TrainersGroup(click.Group):
@@ -31,7 +33,7 @@ class TrainersGroup(click.Group):
             if err is None:
                 raise
             silence_orphaned_tasks()
-            raise click.ClickException(str(err)) from None
+            raise click.ClickException(one_line(err)) from None
 
 
 @click.group(cls=TrainersGroup, context_settings={"help_option_names": ["-h", "--help"]})
