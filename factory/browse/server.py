@@ -12,15 +12,17 @@ import json
 import secrets
 import sys
 import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from factory.browse.api import Browser
 from factory.browse.page import STATIC, page_html
-from factory.format import FactoryError
+from factory.format import FactoryError, FormatError, loads_json
 
 HOST = "127.0.0.1"
 MAX_BODY = 64 << 10
+MAX_ERROR = 300  # characters of an error line
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -69,6 +71,31 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, obj, status: int = 200) -> None:
         self._send(status, json.dumps(obj, allow_nan=False).encode(), "application/json; charset=utf-8")
 
+    def _error(self, status: int, message: str) -> None:
+        """One line saying why, whatever a request made the message quote (hostile input is cut short)."""
+        line = " ".join(str(message).split())
+        self._json({"error": line if len(line) <= MAX_ERROR else line[: MAX_ERROR - 3] + "..."}, status)
+
+    def send_error(self, code, message=None, explain=None):  # http.server's own refusals (bad request line, ...)
+        self.close_connection = True
+        self._error(code, message or HTTPStatus(code).phrase)
+
+    def _body(self) -> bytes:
+        """The request's body: at most MAX_BODY bytes, exactly as many as Content-Length says."""
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise HttpError(400, "Content-Length must be a whole number") from None
+        if not 0 < n <= MAX_BODY:
+            raise HttpError(400, f"a save request is a small JSON object (1 to {MAX_BODY:,} bytes)")
+        try:
+            data = self.rfile.read(n)
+        except OSError:  # the client stopped sending (the socket's timeout)
+            data = b""
+        if len(data) != n:
+            raise HttpError(400, f"the body ended after {len(data):,} of the {n:,} bytes Content-Length says")
+        return data
+
     def _check_host(self) -> None:
         host = self.headers.get("Host", "")
         if host not in self.server.hosts:
@@ -87,14 +114,14 @@ class Handler(BaseHTTPRequestHandler):
                 raise HttpError(404, f"no such page: {url.path}")
             route(self, q)
         except HttpError as e:
-            self._json({"error": str(e)}, e.status)
+            self._error(e.status, str(e))
         except FactoryError as e:
-            self._json({"error": str(e)}, 400)
+            self._error(400, str(e))
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as e:  # noqa: BLE001 - one bad request must not stop the server
             self.log_error("%s: %s", type(e).__name__, e)
-            self._json({"error": f"internal error ({type(e).__name__}); see the terminal"}, 500)
+            self._error(500, f"internal error ({type(e).__name__}); see the terminal")
 
     def do_GET(self):  # noqa: N802 - http.server's names
         self._dispatch("GET")
@@ -140,13 +167,10 @@ class Handler(BaseHTTPRequestHandler):
     def save(self, q):
         if not secrets.compare_digest(self.headers.get("X-Factory-Token", ""), self.server.token):
             raise HttpError(403, "saving needs the page's token: reload the page")
-        n = int(self.headers.get("Content-Length") or 0)
-        if not 0 < n <= MAX_BODY:
-            raise HttpError(400, "a save request is a small JSON object")
         try:
-            body = json.loads(self.rfile.read(n))
-        except ValueError:
-            raise HttpError(400, "a save request is a JSON object with name and where") from None
+            body = loads_json(self._body(), "a save request")
+        except FormatError as e:
+            raise HttpError(400, f"a save request is a JSON object with name and where: {e}") from None
         if not isinstance(body, dict) or not isinstance(body.get("name"), str) or \
                 not isinstance(body.get("where", ""), str):
             raise HttpError(400, "a save request is a JSON object with name and where (strings)")
