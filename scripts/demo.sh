@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e .
+python -m pip install -q -e '.[full]'
 factory generate --recipe manifests/shapes-demo.toml --out data/demo
 factory info data/demo

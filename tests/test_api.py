@@ -146,3 +146,25 @@ def test_import_factory_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_missing_extra_is_one_line(small_dataset, tmp_path, monkeypatch):
+    # a training install has no zarr: a command that needs it names the extra, no traceback
+    monkeypatch.setitem(sys.modules, "zarr", None)
+    r = cli("generate", "--generator", "shapes", "--resolution", "32", "--n", "8", "--shard-size", "8",
+            "--workers", "0", "--quiet", "--out", tmp_path / "d")
+    one_line_error(r, "needs the 'zarr' package", "pip install 'gan-dataset-factory[full]'")
+    # reading and filtering need none of them
+    assert len(factory.open(str(small_dataset)).filter(max_fg=0.5)) > 0
+
+
+def test_core_dependencies_leave_out_the_factory_stack():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=\[]", d)[0] for d in project["dependencies"]}
+    assert core.isdisjoint({"dask", "distributed", "zarr", "numcodecs", "matplotlib", "scipy", "cryptography"})
+    extras = project["optional-dependencies"]
+    assert "train" in extras and "gan-dataset-factory[full,examples]" in extras["test"]
+    full = {re.split(r"[<>=\[]", d)[0] for d in extras["full"]}
+    assert {"dask", "zarr", "numcodecs", "matplotlib", "scipy", "cryptography"} <= full

@@ -251,6 +251,8 @@ def _check_dataset(rep: VerifyReport, m: dict) -> None:
 def _checked_latents(rep: VerifyReport, root: str, m: dict):
     """latents.zarr of the dataset when it opens with the manifest's shape, else None (problem reported)."""
     dim_z = int(m["dim_z"])
+    import zarr  # noqa: F401 - missing in a training install: the CLI names the extra (format.user_error)
+
     try:
         z = _open_latents(root)
         if tuple(z.shape) != (m["samples"], dim_z):

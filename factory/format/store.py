@@ -110,11 +110,21 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
 
 
+# Packages the core install leaves out (pyproject.toml's extras) -> the extra that brings each.
+OPTIONAL_PACKAGES = {"zarr": "full", "numcodecs": "full", "dask": "full", "distributed": "full",
+                     "matplotlib": "full", "scipy": "full", "cryptography": "full", "s3fs": "s3"}
+
+
 def user_error(exc: BaseException) -> FactoryError | None:
-    """What a CLI prints as one line for ``exc``: the FactoryError itself, or the one line for a known
-    storage problem (``storage_error``); None for anything else (a bug: let its traceback show)."""
+    """What a CLI prints as one line for ``exc``: the FactoryError itself, the one line for a known
+    storage problem (``storage_error``), or for a package an extra brings that is not installed; None for
+    anything else (a bug: let its traceback show)."""
     if isinstance(exc, FactoryError):
         return exc
+    top = (getattr(exc, "name", None) or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+    if top in OPTIONAL_PACKAGES:
+        return FactoryError(f"this command needs the {top!r} package, which this install leaves out: "
+                            f"pip install 'gan-dataset-factory[{OPTIONAL_PACKAGES[top]}]'")
     return storage_error(exc)
 
 
