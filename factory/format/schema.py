@@ -18,6 +18,7 @@ from typing import Any
 from factory.format.errors import FormatError
 from factory.format.names import (
     DATASET_KIND,
+    IMAGE_CODECS,
     IMAGE_FORMATS,
     LATENTS,
     MAPS_KIND,
@@ -97,7 +98,15 @@ _SPEC_FIELDS = {  # field -> (types, what): the shape a reader relies on
     "mask_rule": ((str,), "a string"), "n": ((int,), "an integer"), "shard_size": ((int,), "an integer"),
     "shift_r": ((int, float), "a number"), "max_fg": ((int, float), "a number"),
     "cc_ratio": ((int, float), "a number"), "format_version": ((int,), "an integer"),
+    "labels": ((dict,), "an object"), "operators": ((dict,), "an object"),
 }
+LATENT_KINDS = {  # kind -> its fields besides kind, seed, dim_z: (types, what)
+    "gaussian": {}, "truncated": {"bound": ((int, float), "a number"), "scale": ((int, float), "a number")},
+    "embeddings": {"name": ((str,), "a string"), "z_noise": ((int, float), "a number"), "sha256": ((str,), "a digest"),
+                   "rows": ((int,), "an integer")},
+    "file": {"sha256": ((str,), "a digest"), "rows": ((int,), "an integer")},
+}
+DERIVED_KINDS = ("materialized-view", "relabelled")  # provenance.kind of a dataset copied from a parent
 
 
 def _check_spec(spec: Any, where: str) -> None:
@@ -105,8 +114,20 @@ def _check_spec(spec: Any, where: str) -> None:
         return
     if not isinstance(spec, dict):
         raise FormatError(f"{where}: spec must be an object, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(_SPEC_FIELDS))
+    if unknown:
+        raise FormatError(f"{where}: spec.{str(unknown[0])[:40]} is not a field of a dataset spec (a spec holds only "
+                          "what decides the bytes: " + ", ".join(sorted(_SPEC_FIELDS)) + ")")
     for key, (types, what) in _SPEC_FIELDS.items():
         _typed(spec, key, types, where, what, "spec.")
+    for key, lo, hi in (("cc_ratio", 0.0, 1.0), ("max_fg", 0.0, 1.0)):
+        if spec.get(key) is not None and not lo <= spec[key] <= hi:
+            raise FormatError(f"{where}: spec.{key} must be in [{lo:g}, {hi:g}], got {spec[key]!r}")
+    codec = spec.get("image_codec") or {}
+    if codec and codec.get("image") not in IMAGE_CODECS:
+        raise FormatError(f"{where}: spec.image_codec.image {str(codec.get('image'))[:40]!r} is not one of "
+                          f"{', '.join(IMAGE_CODECS)}")
+    _check_spec_latents(spec.get("latents"), where)
     if spec.get("mask_rule") is not None and spec["mask_rule"] not in MASK_RULES:
         raise FormatError(f"{where}: spec.mask_rule {spec['mask_rule'][:40]!r} is not one of {', '.join(MASK_RULES)}")
     if spec.get("shard_size") is not None and spec["shard_size"] < 1:
@@ -114,6 +135,39 @@ def _check_spec(spec: Any, where: str) -> None:
     gen = spec.get("generator") or {}
     _typed(gen, "name", (str,), where, "a string", "spec.generator.")
     _int(gen, "resolution", where, 1, MAX_RESOLUTION, optional=True, prefix="spec.generator.")
+
+
+def _check_spec_latents(lat: dict | None, where: str) -> None:
+    """spec.latents: a known kind with the fields that kind needs (a file or embeddings by sha256)."""
+    if lat is None:
+        return
+    kind = lat.get("kind")
+    if kind not in LATENT_KINDS:
+        raise FormatError(f"{where}: spec.latents.kind {str(kind)[:40]!r} is not one of {', '.join(LATENT_KINDS)}")
+    _int(lat, "seed", where, 0, 2**63 - 1, prefix="spec.latents.")
+    for key, (types, what) in LATENT_KINDS[kind].items():
+        if lat.get(key) is None:
+            raise FormatError(f"{where}: spec.latents.{key} is missing (latents of kind {kind!r} need it)")
+        _typed(lat, key, types, where, what, "spec.latents.")
+    if "sha256" in LATENT_KINDS[kind] and not _HEX64.match(lat["sha256"]):
+        raise FormatError(f"{where}: spec.latents.sha256 is not a 64-digit lowercase hex digest")
+
+
+def _check_spec_counts(obj: dict, where: str) -> None:
+    """spec.n and spec.shard_size against the shards: a generated dataset holds exactly n samples in shards
+    of at most shard_size (a derived one at most n: a view's copy)."""
+    spec = obj.get("spec") or {}
+    n, size, shards = spec.get("n"), spec.get("shard_size"), obj.get("shards")
+    if n is None or not isinstance(shards, list):
+        return
+    derived = isinstance(obj.get("provenance"), dict) and obj["provenance"].get("kind") in DERIVED_KINDS
+    if n != obj["samples"] if not derived else n < obj["samples"]:
+        raise FormatError(f"{where}: spec.n is {n} but the shards hold {obj['samples']} samples")
+    if not derived and size is not None:
+        big = [s for s in shards if isinstance(s, dict) and isinstance(s.get("samples"), int) and s["samples"] > size]
+        if big:
+            raise FormatError(f"{where}: shard {big[0].get('shard')} holds {big[0]['samples']} samples, more than "
+                              f"spec.shard_size {size}")
 
 
 def _check_members(members: Any, where: str) -> None:
@@ -173,6 +227,7 @@ def check_manifest_fields(obj: dict, where: str) -> None:
     _check_latents(obj.get("latents"), where)
     _check_members(obj.get("members"), where)
     _check_spec(obj.get("spec"), where)
+    _check_spec_counts(obj, where)
     _check_platforms(obj.get("platforms"), where)
 
 

@@ -146,7 +146,8 @@ def warm_up(gen, plan: Plan, batch_size: int) -> None:
     spec = plan.spec
     compute_batch(gen, torch.from_numpy(plan.latent_source.rows(0, batch_size)).to(gen.device),
                   torch.as_tensor(plan.direction, device=gen.device), shift_r=spec["shift_r"],
-                  mask_rule=spec["mask_rule"], max_fg=spec["max_fg"], operators=spec.get("operators"))
+                  mask_rule=spec["mask_rule"], max_fg=spec["max_fg"], operators=spec.get("operators"),
+                  cc_ratio=spec["cc_ratio"])
 
 
 def timed_passes(plan: Plan, job: ShardJob, *, trace_dir: str | None) -> dict:

@@ -69,10 +69,11 @@ def cc_iterations_for(device: str) -> int | None:
 
 
 def masks_and_stats(gen, z, img, shifted, *, mask_rule: str, max_fg: float, operators=None,
-                    cc_iterations: int | None = None):
+                    cc_iterations: int | None = None, cc_ratio: float = CC_RATIO):
     """Masks, CC cleanup and statistics on the generator's device; image quantised to uint8 HWC.
 
     ``operators``: the spec's ``operators`` entry (or a [2,3,4] array) for ``mask_rule="operators"``.
+    ``cc_ratio``: the spec's cleanup ratio (a component is kept when its area is above it times the largest).
     ``cc_iterations``: see ``cc_iterations_for``; then ``stats["cc_converged"]`` says which rows are exact.
     """
     import torch
@@ -84,7 +85,7 @@ def masks_and_stats(gen, z, img, shifted, *, mask_rule: str, max_fg: float, oper
         if isinstance(operators, dict):
             operators = operators["values"]
         ops = torch.as_tensor(operators, dtype=torch.float32, device=img.device)
-    raw, clean, stats = process_batch(img, shifted, rule=mask_rule, max_fg=max_fg, ratio=CC_RATIO,
+    raw, clean, stats = process_batch(img, shifted, rule=mask_rule, max_fg=max_fg, ratio=cc_ratio,
                                       cc_iterations=cc_iterations, operators=ops)
     if hasattr(gen, "true_mask"):
         truth = gen.true_mask(z).to(clean.device)
@@ -103,12 +104,12 @@ def needs_redo(converged) -> bool:
 
 
 def exact_masks_and_stats(gen, z, pair, *, mask_rule: str, max_fg: float, operators=None,
-                          timers: Timers | None = None):
+                          timers: Timers | None = None, cc_ratio: float = CC_RATIO):
     """Rare: an image needs more labelling updates than the sync-free pass ran. Redo the batch exactly
     (host-checked labelling); counted in ``counters["cc_redo_batches"]`` and timed as ``cc_redo``."""
     t0 = time.perf_counter()
     out = masks_and_stats(gen, z, *pair, mask_rule=mask_rule, max_fg=max_fg, operators=operators,
-                          cc_iterations=None)
+                          cc_iterations=None, cc_ratio=cc_ratio)
     counters["cc_redo_batches"] += 1
     if timers is not None:
         timers.add("cc_redo", time.perf_counter() - t0)
@@ -116,7 +117,7 @@ def exact_masks_and_stats(gen, z, pair, *, mask_rule: str, max_fg: float, operat
 
 
 def compute_batch(gen, z, direction, *, shift_r: float, mask_rule: str, max_fg: float, operators=None,
-                  timers: Timers | None = None):
+                  timers: Timers | None = None, cc_ratio: float = CC_RATIO):
     """Both forwards, masks and statistics for one batch, all on the generator's device, as a worker
     computes them: sync-free labelling where ``cc_iterations_for`` says so, and the exact redo of a batch
     it leaves unconverged.
@@ -124,7 +125,7 @@ def compute_batch(gen, z, direction, *, shift_r: float, mask_rule: str, max_fg: 
     Returns (image uint8 [B,H,W,3], clean mask bool, raw mask bool, stats dict of tensors).
     """
     dev = str(z.device)
-    rule = dict(mask_rule=mask_rule, max_fg=max_fg, operators=operators)
+    rule = dict(mask_rule=mask_rule, max_fg=max_fg, operators=operators, cc_ratio=cc_ratio)
     t0 = time.perf_counter()
     pair = generate_pair(gen, z, direction, shift_r)
     if timers is not None:

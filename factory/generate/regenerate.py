@@ -364,8 +364,8 @@ def verify_dataset(url: str, *, allow_remote_shards: bool = False, workers: int 
     return rep, regenerate(url, n, allow_remote_shards=allow_remote_shards, **(options or {}))
 
 
-SPEC_NEEDS = ("generator", "latents", "direction", "shift_r", "mask_rule", "max_fg", "image_codec", "keep_raw_mask",
-              "shard_size")
+SPEC_NEEDS = ("generator", "latents", "direction", "shift_r", "mask_rule", "cc_ratio", "max_fg", "image_codec",
+              "keep_raw_mask", "shard_size")
 DERIVED = ("materialized-view", "relabelled")
 
 
@@ -478,8 +478,8 @@ def judge(rep: RegenerateReport, spec: dict) -> None:
     if rep.exact:
         bad = [x["key"] for x in d if not (x["bytes"] and x["stats"])]
         if bad:
-            rep.problems.append(f"{len(bad)} of {rep.samples} samples differ on the platform that made them "
-                                f"(first {bad[0]})")
+            rep.problems.append(f"{len(bad)} of {rep.samples} samples differ where identical bytes are promised "
+                                f"({rep.why_exact}; first {bad[0]})")
         return
     for name, value in (("pixel", rep.pixels), ("mask", rep.masks), ("decision", rep.decisions)):
         t = THRESHOLDS[name + "s"]

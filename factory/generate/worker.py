@@ -104,7 +104,8 @@ class BatchPipeline:
         self.gen, self.device, self.timers = gen, device, timers
         self.h = torch.as_tensor(direction, dtype=torch.float32, device=gen.device)
         self.shift_r = spec["shift_r"]
-        self.rule = dict(mask_rule=spec["mask_rule"], max_fg=spec["max_fg"], operators=spec.get("operators"))
+        self.rule = dict(mask_rule=spec["mask_rule"], max_fg=spec["max_fg"], operators=spec.get("operators"),
+                         cc_ratio=spec["cc_ratio"])
         self.keep_raw = spec["keep_raw_mask"]
         self.cuda = gen.device.type == "cuda"
         self.cc_iterations = cc_iterations_for(device)
