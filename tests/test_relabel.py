@@ -251,3 +251,18 @@ def test_one_relabel_writer_per_folder(work, tmp_path):
     (maps / ".lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}")
     _ok(CliRunner().invoke(trainers_main, args))
     assert (maps / "maps.json").exists() and not (maps / ".lock").exists()
+
+
+def test_public_api_reads_teacher_maps(work):
+    import factory
+
+    ds = factory.open(str(work["derived"]))
+    members = _members(work["derived"])
+    key = ds.keys()[7]
+    s = ds.sample(key)
+    teacher = _gray(members[f"{key}.teacher.png"])
+    assert s["teacher"].dtype == np.float32 and np.array_equal(s["teacher"], teacher.astype(np.float32) / 255)
+    assert np.array_equal(s["mask"], _gray(members[f"{key}.mask.png"]) > 127)
+    data = ds.torch(split="all", mask_source="teacher", access="random")
+    _, mask = data[7]
+    assert np.array_equal(mask[0].numpy() > 0.5, teacher >= 128)
