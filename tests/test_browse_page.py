@@ -222,3 +222,189 @@ def test_hostile_dataset_runs_no_script(ds, chrome, tmp_path):
         assert not chrome.find_elements(By.CSS_SELECTOR, "#detail img[src=x], #detail script")
         wait_for(chrome, images_loaded, "every tile loaded")
         assert severe_logs(chrome) == []
+
+
+# ---------------------------------------------------------------- map, tags, brushing, views, the sample view
+
+def map_pixels(browser: Browser):
+    """Rows and canvas pixels of the map's points, as the page places them (356 px square, 8 px margin)."""
+    import base64
+
+    import numpy as np
+
+    m = browser.latent_map()
+    rows, x, y = (np.frombuffer(base64.b64decode(m[k]), d) for k, d in (("rows", "<i4"), ("x", "<f4"), ("y", "<f4")))
+    size, pad = 356, 8
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    sx = (size - 2 * pad) / max(1e-12, float(np.float32(x.max()) - np.float32(x.min())))
+    sy = (size - 2 * pad) / max(1e-12, float(np.float32(y.max()) - np.float32(y.min())))
+    px = np.floor(pad + (x - x.min()) * sx + 0.5)
+    py = np.floor(size - pad - (y - y.min()) * sy + 0.5)
+    return rows, px, py
+
+
+def in_polygon(poly, x: float, y: float) -> bool:
+    ok = False
+    j = len(poly) - 1
+    for i in range(len(poly)):
+        (xi, yi), (xj, yj) = poly[i], poly[j]
+        if (yi > y) != (yj > y) and x < (xj - xi) * (y - yi) / (yj - yi) + xi:
+            ok = not ok
+        j = i
+    return ok
+
+
+def rows_of_view(path) -> list[int]:
+    from factory import format as fmt
+
+    v = json.loads(open(path).read())
+    return fmt.AcceptedRows(v["accepted"], v["format_version"]).all_rows().tolist()
+
+
+def by_testid(driver, testid: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, f'[data-testid="{testid}"]')
+
+
+def drag(driver, element, points) -> None:
+    """Press at the first point (offsets from the element's centre), move through the others, release."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ac = ActionChains(driver, duration=0)
+    ac.move_to_element_with_offset(element, *points[0]).click_and_hold()
+    for p in points[1:]:
+        ac.move_to_element_with_offset(element, *p)
+    ac.release().perform()
+
+
+def test_lasso_on_the_map_saves_the_selected_samples(ds, chrome, tmp_path):
+    views = tmp_path / "views"
+    views.mkdir()
+    b = Browser(ds, views_dir=str(views))
+    with BrowseServer(b, 0) as srv:
+        chrome.get(srv.address)
+        wait_for(chrome, lambda d: by_testid(d, "map").get_attribute("data-points") == "1000", "the map's points")
+        by_testid(chrome, "lasso").click()
+        poly = [(-120, -120), (40, -150), (130, -20), (60, 120), (-80, 90), (-140, 0)]
+        drag(chrome, by_testid(chrome, "map"), poly)
+        wait_for(chrome, lambda d: d.find_element("id", "where").get_attribute("value") == "#selection",
+                 "the selection in the filter box")
+        path = json.loads(by_testid(chrome, "map").get_attribute("data-path"))
+        assert len(path) >= len(poly)  # the lasso, not a box
+        rows, px, py = map_pixels(b)
+        want = sorted(int(r) for r, x, y in zip(rows, px, py) if in_polygon(path, x, y))
+        assert 0 < len(want) < 1000
+        wait_for(chrome, lambda d: text_of(d, "#counts").startswith(f"{len(want):,} of 1,000 accepted"),
+                 "the selection's count")
+        assert by_testid(chrome, "map").get_attribute("data-selected") == str(len(want))
+        shown = {int(t.get_attribute("data-row")) for t in tiles(chrome)}
+        assert shown <= set(want) and len(shown) == min(48, len(want))
+        chrome.find_element("id", "view-name").send_keys("lasso-pick")
+        chrome.find_element("id", "save").click()
+        wait_for(chrome, lambda d: text_of(d, "#save-status").startswith("saved "), "the saved view")
+        assert rows_of_view(views / "lasso-pick.json") == want
+        # the bytes factory filter writes for those explicit rows; factory info reads it
+        filter_line(ds, "--where", "row in (" + ", ".join(map(str, want)) + ")", "--out", views / "cli.json")
+        assert (views / "cli.json").read_bytes() == (views / "lasso-pick.json").read_bytes()
+        # listed with the tags (a view of explicit rows) with its count; one click opens it
+        wait_for(chrome, lambda d: f"#lasso-pick\n{len(want)}" in text_of(d, '[data-testid="tags"]'), "listed")
+        type_filter(chrome, "")
+        wait_for(chrome, lambda d: text_of(d, "#counts").startswith("1,000 of 1,000"), "no filter")
+        by_testid(chrome, "open-lasso-pick").click()
+        wait_for(chrome, lambda d: text_of(d, "#counts").startswith(f"{len(want):,} of 1,000 accepted (")
+                 and "where #lasso-pick;" in text_of(d, "#counts"), "the view opened")
+        assert severe_logs(chrome) == []
+
+
+def test_tags_brushing_views_and_the_sample_view(ds, chrome, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    views = tmp_path / "views"
+    views.mkdir()
+    with BrowseServer(Browser(ds, views_dir=str(views)), 0) as srv:
+        chrome.get(srv.address)
+        wait_for(chrome, lambda d: len(tiles(d)) == 48, "the first page")
+        # a tag on three samples (shift-click marks them) is a view of those three
+        picked = tiles(chrome)[3:6]
+        rows = sorted(int(t.get_attribute("data-row")) for t in picked)
+        for t in picked:
+            ActionChains(chrome).key_down(Keys.SHIFT).click(t).key_up(Keys.SHIFT).perform()
+        by_testid(chrome, "tag").send_keys("bad" + Keys.ENTER)
+        wait_for(chrome, lambda d: text_of(d, "#tag-status").startswith("tagged 3"), "the tag saved")
+        assert rows_of_view(views / "bad.json") == rows
+        filter_line(ds, "--where", "row in (" + ", ".join(map(str, rows)) + ")", "--out", views / "cli.json")
+        assert (views / "cli.json").read_bytes() == (views / "bad.json").read_bytes()
+        wait_for(chrome, lambda d: "#bad\n3" in text_of(d, '[data-testid="tags"]'), "the tag listed and counted")
+        by_testid(chrome, "open-bad").click()
+        wait_for(chrome, lambda d: text_of(d, "#counts").startswith("3 of 1,000 accepted (0.3%) where #bad;"), "#bad")
+        assert sorted(int(t.get_attribute("data-row")) for t in tiles(chrome)) == rows
+        # the key t tags the hovered sample too
+        type_filter(chrome, "")
+        wait_for(chrome, lambda d: len(tiles(d)) == 48, "all samples again")
+        hovered = tiles(chrome)[10]
+        chrome.execute_script("document.activeElement.blur()")  # keys go to the page, not the filter box
+        ActionChains(chrome).move_to_element(hovered).send_keys("t").perform()
+        wait_for(chrome, lambda d: text_of(d, "#tag-status").startswith("tagged 1"), "the hovered sample tagged")
+        assert rows_of_view(views / "bad.json") == sorted(rows + [int(hovered.get_attribute("data-row"))])
+        # compare two views: both, either, neither
+        type_filter(chrome, "fg_ratio < 0.3")
+        small_line = filter_line(ds, "--where", "fg_ratio < 0.3", "--out", tmp_path / "small.json")
+        wait_for(chrome, lambda d: text_of(d, "#counts") == small_line, "fg_ratio < 0.3")
+        chrome.find_element("id", "view-name").send_keys("small")
+        chrome.find_element("id", "save").click()
+        wait_for(chrome, lambda d: d.find_elements("css selector", '[data-testid="open-small"]'), "small listed")
+        chrome.find_element("css selector", '#compare-a option[value="bad"]').click()
+        chrome.find_element("css selector", '#compare-b option[value="small"]').click()
+        by_testid(chrome, "compare-go").click()
+        bad, small = set(rows_of_view(views / "bad.json")), set(rows_of_view(views / "small.json"))
+        wait_for(chrome, lambda d: text_of(d, '[data-testid="compare"]').startswith(f"both {len(bad & small)}"),
+                 "the comparison")
+        assert f"either {len(bad | small)}" in text_of(chrome, '[data-testid="compare"]')
+        assert f"neither {1000 - len(bad | small):,}" in text_of(chrome, '[data-testid="compare"]')
+        # brushing fg_ratio's histogram writes the predicate; the count is factory filter's
+        type_filter(chrome, "")
+        wait_for(chrome, lambda d: text_of(d, "#counts").startswith("1,000 of 1,000"), "no filter")
+        hist = by_testid(chrome, "hist-fg_ratio").find_element("css selector", "svg")
+        w = hist.size["width"]
+        drag(chrome, hist, [(int(-w * 0.35), 10), (0, 10), (int(-w * 0.1), 10)])
+        wait_for(chrome, lambda d: "fg_ratio >=" in d.find_element("id", "where").get_attribute("value"), "brushed")
+        where = chrome.find_element("id", "where").get_attribute("value")
+        line = filter_line(ds, "--where", where, "--out", tmp_path / "brush.json")
+        wait_for(chrome, lambda d: text_of(d, "#counts") == line, f"counts {line!r}")
+        # a checkbox writes its clause too
+        by_testid(chrome, "check-pass_area-true").click()
+        wait_for(chrome, lambda d: "(pass_area == true)" in d.find_element("id", "where").get_attribute("value"),
+                 "the checkbox's clause")
+        where = chrome.find_element("id", "where").get_attribute("value")
+        line = filter_line(ds, "--where", where, "--out", tmp_path / "check.json")
+        wait_for(chrome, lambda d: text_of(d, "#counts") == line, f"counts {line!r}")
+        # the sample view: full size, opacity, next/previous by key and button; kept on reload
+        type_filter(chrome, "")
+        wait_for(chrome, lambda d: text_of(d, "#counts").startswith("1,000 of 1,000"), "no filter")
+        keys = [t.get_attribute("data-key") for t in tiles(chrome)]
+        tiles(chrome)[2].click()
+        wait_for(chrome, lambda d: by_testid(d, "detail").is_displayed() and keys[2] in text_of(d, "#detail"),
+                 "the sample view")
+        assert f"key={keys[2]}" in chrome.current_url
+        opacity = by_testid(chrome, "opacity")
+        chrome.execute_script("arguments[0].value = 0.2; arguments[0].dispatchEvent(new Event('input'))", opacity)
+        assert chrome.find_element("css selector", "#detail img.over").value_of_css_property("opacity") == "0.2"
+        chrome.find_element("tag name", "body").send_keys(Keys.ARROW_RIGHT)
+        wait_for(chrome, lambda d: f"key={keys[3]}" in d.current_url and keys[3] in text_of(d, "#detail .dkey"),
+                 "the next sample by key")
+        by_testid(chrome, "prev").click()
+        wait_for(chrome, lambda d: keys[2] in text_of(d, "#detail .dkey"), "the previous sample by button")
+        by_testid(chrome, "next").click()
+        wait_for(chrome, lambda d: keys[3] in text_of(d, "#detail .dkey"), "the next sample by button")
+        chrome.refresh()
+        wait_for(chrome, lambda d: d.find_elements("css selector", "#detail .dkey")
+                 and text_of(d, "#detail .dkey") == keys[3], "the sample kept on reload")
+        # page size and zoom
+        chrome.find_element("css selector", '#limit option[value="24"]').click()
+        wait_for(chrome, lambda d: len(tiles(d)) == 24, "24 tiles a page")
+        zoom = by_testid(chrome, "zoom")
+        chrome.execute_script("arguments[0].value = 200; arguments[0].dispatchEvent(new Event('input'))", zoom)
+        wait_for(chrome, lambda d: tiles(d)[0].size["width"] >= 200, "bigger tiles")
+        assert severe_logs(chrome) == []

@@ -18,6 +18,8 @@ from collections import OrderedDict
 import numpy as np
 
 from factory import format as fmt
+from factory.browse import latentmap as lmap
+from factory.browse import named as nm
 from factory.browse import samples as smp
 from factory.dataset.info import format_filter_line
 from factory.dataset.reader import index_schema, load_index
@@ -36,6 +38,7 @@ from factory.views.views import (
 SHOW = ("accepted", "rejected", "all")
 MAX_PAGE = 500
 HIST_BINS = 30
+MAX_CATEGORIES = 50  # values of a string column shown as checkboxes
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
 
@@ -63,8 +66,9 @@ def default_views_dir(url: str) -> str:
 class Filtered:
     """One filter evaluated over the index: the outcome, the CLI's counts and the line it prints."""
 
-    def __init__(self, where: str, outcome, summary: dict):
+    def __init__(self, where: str, outcome, summary: dict, key=None):
         self.where = where
+        self.key = where if key is None else key
         self.outcome = outcome
         self.summary = summary
         self.line = format_filter_line(summary)
@@ -97,25 +101,32 @@ class Browser:
         self._filters: OrderedDict[str, Filtered] = OrderedDict()
         self._orders: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._fragments: OrderedDict[int, object] = OrderedDict()
+        self._maps: OrderedDict[str, tuple] = OrderedDict()
         self._lock = threading.Lock()
+        self.named = nm.Named(self.views_dir, fmt.parent_ids(self.res.manifest))
+        self.kinds = self._kinds()
 
     # ------------------------------------------------------------ what the page is about
-    def meta(self) -> dict:
+    def _kinds(self) -> dict[str, str]:
         import pyarrow as pa
 
-        m, v = self.res.manifest, self.res.view
         kinds = {}
         for name in self.columns:
             t = self.table.schema.field(name).type
             kinds[name] = ("bool" if pa.types.is_boolean(t) else "number" if (pa.types.is_integer(t) or
                            pa.types.is_floating(t)) else "string")
+        return kinds
+
+    def meta(self) -> dict:
+        m, v = self.res.manifest, self.res.view
+        kinds = self.kinds
         return jsonable({
             "url": self.url, "kind": "view" if v is not None else "dataset", "dataset_id": m["dataset_id"],
             "view_id": v["view_id"] if v is not None else None, "predicate": v.get("predicate") if v else None,
             "samples": self.res.samples, "candidates": self.table.num_rows, "shards": len(m["shards"]),
             "columns": kinds, "image": fmt.image_member(m), "resolution": m.get("resolution"),
             "relabelled": "teacher_iou" in self.columns, "views_dir": self.views_dir,
-            "view_filters": list(self.view_passed),
+            "view_filters": list(self.view_passed), "map_methods": lmap.methods(),
         })
 
     def _view_verdicts(self) -> dict[str, np.ndarray]:
@@ -143,24 +154,50 @@ class Browser:
         """`factory filter URL --where WHERE` evaluated on the resident index (cached; PredicateError when
         it does not parse or fit the index)."""
         where = (where or "").strip()
+        parts = nm.split_refs(where)
+        refs = sorted({s for k, s in parts if k == "ref"})
+        key = (where, self.named.generation) if refs else where
         with self._lock:
-            hit = self._filters.get(where)
+            hit = self._filters.get(key)
             if hit is not None:
-                self._filters.move_to_end(where)
+                self._filters.move_to_end(key)
                 return hit
-        spec = FilterSpec(where=where or None)
-        steps = spec.steps()
-        check_steps(self.res, steps)
-        out = apply_steps(steps, self.table, self.base)
+        if refs:
+            out, predicate = self._with_refs(parts, refs), where
+        else:
+            spec = FilterSpec(where=where or None)
+            steps = spec.steps()
+            check_steps(self.res, steps)
+            out, predicate = apply_steps(steps, self.table, self.base), view_predicate(self.res, spec)[1]
         counts = out.counts()
-        summary = {"samples": counts["accepted"], "counts": counts, "predicate": view_predicate(self.res, spec)[1],
+        summary = {"samples": counts["accepted"], "counts": counts, "predicate": predicate,
                    "rejected": out.rejected, "rejected_in_turn": out.in_turn}
-        f = Filtered(where, out, summary)
+        f = Filtered(where, out, summary, key)
         with self._lock:
-            self._filters[where] = f
+            self._filters[key] = f
             while len(self._filters) > 8:
                 self._filters.popitem(last=False)
         return f
+
+    def _with_refs(self, parts: list, refs: list[str]):
+        """A filter naming views, tags or the selection (``#name``): each evaluated as a bool column."""
+        import pyarrow as pa
+
+        col = {name: f"__ref{i}" for i, name in enumerate(refs)}
+        node = parse_where("".join(s if k == "text" else col[s] for k, s in parts))
+        table = self.table
+        for name in refs:
+            table = table.append_column(col[name], pa.array(np.isin(self.row_col, self.named.rows(name))))
+        if check_types(node, table.schema) != "bool":
+            raise FactoryError("--where: the filter is not a condition (compare it, e.g. 'fg_ratio < 0.3')")
+        return apply_steps([("where", node)], table, self.base)
+
+    def expand(self, where: str) -> str:
+        """The filter with each ``#name`` written as its explicit rows: the --where `factory filter` runs."""
+        parts = nm.split_refs((where or "").strip())
+        if len(parts) == 1 and parts[0][0] == "ref":  # "#name" alone: exactly its explicit rows
+            return nm.rows_where(self.named.rows(parts[0][1]))
+        return "".join(s if k == "text" else f"({nm.rows_where(self.named.rows(s))})" for k, s in parts)
 
     def counts(self, where: str = "") -> dict:
         f = self.filtered(where)
@@ -169,7 +206,7 @@ class Browser:
     def _order(self, f: Filtered, show: str, sort: str, descending: bool) -> np.ndarray:
         import pyarrow.compute as pc
 
-        key = (f.where, show, sort, descending)
+        key = (f.key, show, sort, descending)
         with self._lock:
             hit = self._orders.get(key)
             if hit is not None:
@@ -226,6 +263,15 @@ class Browser:
             return {"column": column, "kind": "bool", "labels": ["false", "true"],
                     "accepted": [int((acc & ~x).sum()), int((acc & x).sum())],
                     "rejected": [int((~acc & ~x).sum()), int((~acc & x).sum())]}
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+            x = self.table.column(column).to_numpy(zero_copy_only=False).astype(str)
+            labels, codes = np.unique(x, return_inverse=True)
+            if labels.size > MAX_CATEGORIES:
+                raise FactoryError(f"column {column!r} has {labels.size:,} values: no histogram over more than "
+                                   f"{MAX_CATEGORIES}")
+            return {"column": column, "kind": "category", "labels": labels.tolist(),
+                    "accepted": np.bincount(codes[acc], minlength=labels.size).tolist(),
+                    "rejected": np.bincount(codes[~acc], minlength=labels.size).tolist()}
         if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
             raise FactoryError(f"column {column!r} ({t}) has no histogram: choose a number or bool column")
         x = self.table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -315,11 +361,98 @@ class Browser:
         """Write the filter as a view file, the bytes `factory filter URL --where WHERE --out PATH` writes."""
         out = self.view_path(name)
         self.filtered(where)  # the filter box's error, before anything is written
-        spec = FilterSpec(where=(where or "").strip() or None)
+        spec = FilterSpec(where=self.expand(where) or None)
         view = view_from_index(self.url, self.res, spec, self.table, view_url=out)
         try:
             written = write_view(view, out)
         except OSError as e:
             raise FactoryError(f"cannot write {out} ({e.strerror or e}); choose another --views-dir") from None
+        self.named.changed()
         return {"path": out, "view_id": view["view_id"], "written": written, "samples": view["samples"],
                 "line": format_filter_line(view)}
+
+    # ------------------------------------------------------------ tags and the map's selection
+    def tag(self, name: str, rows, mode: str = "add") -> dict:
+        """Tag `rows` NAME: the view of explicit rows NAME.json gets them (``add``), loses them (``remove``)
+        or becomes them (``set``); the file is what `factory filter URL --where "row in (...)"` writes."""
+        if mode not in ("add", "remove", "set"):
+            raise FactoryError(f"tag mode must be add, remove or set, got {mode!r}")
+        out = self.view_path(name)
+        name = os.path.basename(out)[:-5]
+        if name == nm.SELECTION:
+            raise FactoryError("'selection' names the map's selection: choose another tag name")
+        rows = np.asarray(rows, np.int64)
+        if rows.size and not np.isin(rows, self.row_col[self.base]).all():
+            raise FactoryError(f"tag {name}: some rows are not samples of {self.url}")
+        old = self.named.view(name)
+        if old is not None and not nm.explicit_rows(old):
+            raise FactoryError(f"{name}.json is a saved filter, not a tag: choose another tag name")
+        have = self.named.rows(name) if old is not None else np.zeros(0, np.int64)
+        new = np.union1d(have, rows) if mode == "add" else np.setdiff1d(have, rows) if mode == "remove" else rows
+        if new.size > nm.MAX_SELECTION:
+            raise FactoryError(f"a tag holds at most {nm.MAX_SELECTION:,} samples")
+        spec = FilterSpec(where=nm.rows_where(new))
+        view = view_from_index(self.url, self.res, spec, self.table, view_url=out)
+        try:
+            written = write_view(view, out, overwrite=True)
+        except OSError as e:
+            raise FactoryError(f"cannot write {out} ({e.strerror or e}); choose another --views-dir") from None
+        self.named.changed()
+        return {"name": name, "path": out, "view_id": view["view_id"], "written": written,
+                "samples": view["samples"]}
+
+    def select(self, rows) -> dict:
+        """The map's selection (``#selection`` in the filter box)."""
+        return {"selected": self.named.select(rows)}
+
+    def views(self) -> dict:
+        """The views folder's views of this dataset (tags marked) and the selection's size."""
+        return {"views_dir": self.views_dir, "views": self.named.listing(),
+                "selection": int(self.named.selection.size)}
+
+    def compare(self, a: str, b: str) -> dict:
+        """Samples of this dataset or view in both views, either, only one and neither (``#a``, ``#b``)."""
+        fa = np.isin(self.row_col, self.named.rows(a)) & self.base
+        fb = np.isin(self.row_col, self.named.rows(b)) & self.base
+        return {"a": a, "b": b, "both": int((fa & fb).sum()), "either": int((fa | fb).sum()),
+                "only_a": int((fa & ~fb).sum()), "only_b": int((fb & ~fa).sum()),
+                "neither": int((self.base & ~fa & ~fb).sum())}
+
+    # ------------------------------------------------------------ the latent map
+    def _map(self, method: str):
+        """(index positions of the drawn points, their x, y) of the input rows' projection (last two kept)."""
+        with self._lock:
+            hit = self._maps.get(method)
+            if hit is not None:
+                self._maps.move_to_end(method)
+                return hit
+        pos = np.flatnonzero(self.base)
+        pos = pos[np.argsort(self.row_col[pos], kind="stable")]
+        v = self.res.view
+        xy = lmap.projection(self.res.root, self.row_col[pos].astype(np.int64),
+                             dataset_id=self.res.manifest["dataset_id"], view_id=v["view_id"] if v else None,
+                             method=method)
+        pick = lmap.sample(pos.size)
+        hit = (pos[pick], xy[pick])
+        with self._lock:
+            self._maps[method] = hit
+            while len(self._maps) > 2:
+                self._maps.popitem(last=False)
+        return hit
+
+    def latent_map(self, method: str = "pca") -> dict:
+        """The drawn points of the latent map: their rows and x, y (little-endian int32 / float32, base64)."""
+        pos, xy = self._map(method)
+        return {"method": method, "points": int(pos.size), "total": int(self.base.sum()),
+                "rows": lmap.b64(self.row_col[pos].astype("<i4")), "x": lmap.b64(xy[:, 0].astype("<f4")),
+                "y": lmap.b64(xy[:, 1].astype("<f4"))}
+
+    def map_colours(self, column: str, where: str = "", method: str = "pca") -> dict:
+        """Column `column` at the map's points, and which of them the filter accepts (packed bits)."""
+        if column not in self.columns:
+            raise FactoryError(f"cannot colour by {column!r}: use one of {', '.join(self.columns)}")
+        pos, _ = self._map(method)
+        values = self.table.column(column).take(pos).to_numpy(zero_copy_only=False)
+        acc = self.filtered(where).outcome.mask[pos]
+        return {**lmap.colours(values, self.kinds[column]), "column": column,
+                "accepted": lmap.b64(np.packbits(acc, bitorder="little"))}

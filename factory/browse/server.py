@@ -23,6 +23,7 @@ from factory.format import FactoryError, FormatError, loads_json
 HOST = "127.0.0.1"
 MAX_BODY = 64 << 10
 MAX_ERROR = 300  # characters of an error line
+MAX_ROWS_BODY = 2 << 20  # a tag or selection: up to named.MAX_SELECTION rows as JSON
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
@@ -80,14 +81,14 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._error(code, message or HTTPStatus(code).phrase)
 
-    def _body(self) -> bytes:
-        """The request's body: at most MAX_BODY bytes, exactly as many as Content-Length says."""
+    def _body(self, limit: int = MAX_BODY, what: str = "a save request") -> bytes:
+        """The request's body: at most `limit` bytes, exactly as many as Content-Length says."""
         try:
             n = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             raise HttpError(400, "Content-Length must be a whole number") from None
-        if not 0 < n <= MAX_BODY:
-            raise HttpError(400, f"a save request is a small JSON object (1 to {MAX_BODY:,} bytes)")
+        if not 0 < n <= limit:
+            raise HttpError(400, f"{what} is a small JSON object (1 to {limit:,} bytes)")
         try:
             data = self.rfile.read(n)
         except OSError:  # the client stopped sending (the socket's timeout)
@@ -164,6 +165,47 @@ class Handler(BaseHTTPRequestHandler):
         data, ctype = self.server.browser.picture(_one(q, "key"), _one(q, "which", "image"))
         self._send(200, data, ctype, cache=True)
 
+    def _posted(self, limit: int = MAX_BODY) -> dict:
+        """The JSON object a token-holding page posted (at most `limit` bytes)."""
+        if not secrets.compare_digest(self.headers.get("X-Factory-Token", ""), self.server.token):
+            raise HttpError(403, "changes need the page's token: reload the page")
+        try:
+            body = loads_json(self._body(limit, "a tag or selection request"), "a request")
+        except FormatError as e:
+            raise HttpError(400, f"a request body is a JSON object: {e}") from None
+        if not isinstance(body, dict):
+            raise HttpError(400, "a request body is a JSON object")
+        return body
+
+    def _rows_of(self, body: dict) -> list[int]:
+        rows = body.get("rows")
+        if not isinstance(rows, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
+            raise HttpError(400, "rows must be a list of whole numbers")
+        return rows
+
+    def tag(self, q):
+        body = self._posted(MAX_ROWS_BODY)
+        name, mode = body.get("name"), body.get("mode", "add")
+        if not isinstance(name, str) or not isinstance(mode, str):
+            raise HttpError(400, "a tag request is a JSON object with name, mode and rows")
+        self._json(self.server.browser.tag(name, self._rows_of(body), mode))
+
+    def select(self, q):
+        self._json(self.server.browser.select(self._rows_of(self._posted(MAX_ROWS_BODY))))
+
+    def views(self, q):
+        self._json(self.server.browser.views())
+
+    def compare(self, q):
+        self._json(self.server.browser.compare(_one(q, "a"), _one(q, "b")))
+
+    def latent_map(self, q):
+        self._json(self.server.browser.latent_map(_one(q, "method", "pca")))
+
+    def map_colours(self, q):
+        b: Browser = self.server.browser
+        self._json(b.map_colours(_one(q, "column", "row"), _one(q, "where"), _one(q, "method", "pca")))
+
     def save(self, q):
         if not secrets.compare_digest(self.headers.get("X-Factory-Token", ""), self.server.token):
             raise HttpError(403, "saving needs the page's token: reload the page")
@@ -188,6 +230,12 @@ ROUTES = {
     ("GET", "/api/tile"): Handler.tile,
     ("GET", "/api/picture"): Handler.picture,
     ("POST", "/api/save"): Handler.save,
+    ("POST", "/api/tag"): Handler.tag,
+    ("POST", "/api/select"): Handler.select,
+    ("GET", "/api/views"): Handler.views,
+    ("GET", "/api/compare"): Handler.compare,
+    ("GET", "/api/map"): Handler.latent_map,
+    ("GET", "/api/mapcolour"): Handler.map_colours,
 }
 
 
