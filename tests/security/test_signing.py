@@ -205,3 +205,15 @@ def test_sign_and_verify_on_s3(s3_server, keys, tmp_path):
     s3_server["fs"].pipe(f"{s3_server['bucket']}/signed-v1/manifest.json",
                          s3_server["fs"].cat(f"{s3_server['bucket']}/signed-v1/manifest.json") + b" ")
     one_line_error(cli("verify", root, "--trust", keys["a"][1]), "changed after it was signed")
+
+
+def test_another_dataset_written_over_a_signed_one_drops_the_signature(keys, tmp_path):
+    root = tmp_path / "d"
+    gen = ["generate", "--generator", "shapes", "--n", "20", "--shard-size", "10", "--resolution", "32",
+           "--workers", "0", "--quiet", "--out", root]
+    assert cli(*gen).exit_code == 0
+    assert cli("sign", root, "--key", keys["a"][0]).exit_code == 0
+    r = cli(*gen[:4], "30", *gen[5:], "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert not (root / SIGNATURES).exists()
+    one_line_error(cli("verify", root, "--trust", keys["a"][1]), "is not signed")
