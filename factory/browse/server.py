@@ -179,8 +179,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _rows_of(self, body: dict) -> list[int]:
         rows = body.get("rows")
-        if not isinstance(rows, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
-            raise HttpError(400, "rows must be a list of whole numbers")
+        if not isinstance(rows, list) or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < 2**63
+                                                 for r in rows):
+            raise HttpError(400, "rows must be a list of row numbers (whole numbers from 0)")
         return rows
 
     def tag(self, q):

@@ -25,10 +25,10 @@ def raw(port: int, request: bytes) -> tuple[int, dict]:
     return int(head.split(b" ", 2)[1]), json.loads(body)
 
 
-def post(port: int, token: str, body: bytes, length: str | None = None) -> tuple[int, dict]:
+def post(port: int, token: str, body: bytes, length: str | None = None, route: str = "/api/save") -> tuple[int, dict]:
     length = str(len(body)) if length is None else length
-    return raw(port, b"POST /api/save HTTP/1.0\r\nHost: 127.0.0.1:%d\r\nX-Factory-Token: %s\r\n"
-                     b"Content-Length: %s\r\n\r\n%s" % (port, token.encode(), length.encode(), body))
+    return raw(port, b"POST %s HTTP/1.0\r\nHost: 127.0.0.1:%d\r\nX-Factory-Token: %s\r\n"
+                     b"Content-Length: %s\r\n\r\n%s" % (route.encode(), port, token.encode(), length.encode(), body))
 
 
 BODIES = {
@@ -55,7 +55,21 @@ BODIES = {
     "body_over_limit": (b" " * (65 << 10), None),
 }
 
+ROUTE_BODIES = {  # the other routes that take a body: tags and selections of rows
+    "tag_rows_huge": ("/api/tag", b'{"name": "t", "rows": [100000000000000000000000000000]}'),
+    "tag_rows_negative": ("/api/tag", b'{"name": "t", "rows": [-1]}'),
+    "tag_rows_not_ints": ("/api/tag", b'{"name": "t", "rows": [true, 1.5, "3"]}'),
+    "tag_mode_unknown": ("/api/tag", b'{"name": "t", "mode": "exec", "rows": [0]}'),
+    "tag_name_path": ("/api/tag", b'{"name": "../../x", "rows": [0]}'),
+    "tag_nested": ("/api/tag", b"[" * 30000 + b"]" * 30000),
+    "select_rows_huge": ("/api/select", b'{"rows": [0, 100000000000000000000000000000]}'),
+    "select_nested": ("/api/select", b'{"rows": ' + b"[" * 30000 + b"]" * 30000 + b"}"),
+    "select_not_object": ("/api/select", b'"rows"'),
+}
+
 QUERIES = [
+    "/api/compare?a=..%2F..%2Fmanifest&b=", "/api/map?method=%00evil", "/api/mapcolour?column=__class__",
+    "/api/mapcolour?where=" + "%28" * 10000 + "fg_ratio<1" + "%29" * 10000,
     "/api/rows?where=" + "%28" * 10000 + "fg_ratio<1" + "%29" * 10000,
     "/api/rows?limit=99999999999999999999999",
     "/api/rows?limit=-1", "/api/rows?offset=abc", "/api/rows?sort=__class__", "/api/rows?show=%00",
@@ -80,6 +94,13 @@ def _one_line_400(status: int, answer: dict, case) -> None:
 def test_hostile_save_body_is_a_one_line_400(server, case):
     body, length = BODIES[case]
     status, answer = post(server.port, server.httpd.token, body, length)
+    _one_line_400(status, answer, case)
+
+
+@pytest.mark.parametrize("case", list(ROUTE_BODIES))
+def test_hostile_tag_and_selection_bodies_are_one_line_400s(server, case):
+    route, body = ROUTE_BODIES[case]
+    status, answer = post(server.port, server.httpd.token, body, route=route)
     _one_line_400(status, answer, case)
 
 
