@@ -283,6 +283,7 @@
   const histCols = Object.entries(cols).filter(([c, k]) => k === "number" && !BOOKKEEPING.includes(c)).map(([c]) => c);
   const checkCols = Object.entries(cols).filter(([c, k]) => k === "bool" || (k === "string" && c !== "key")).map(([c]) => c);
   const clauses = {};  // column -> the clause a brush or checkbox put into the filter box
+  const brushed = {};  // column -> the bins brushed
 
   function setClause(col, clause) {
     let w = whereInput.value.trim();
@@ -361,6 +362,11 @@
     g.append(t(W - pad, H + 13, num(h.integer ? h.edges[n] - 0.5 : h.edges[n]), "end"));
     const brush = svg("rect", { class: "brush", x: 0, y: top, width: 0, height: H - top });
     g.append(brush);
+    const kept = brushed[h.column];  // the range brushed before, while its clause is still in the filter
+    if (kept && clauses[h.column] && state.where.includes(clauses[h.column]) && kept[1] < n) {
+      brush.setAttribute("x", pad + kept[0] * bw);
+      brush.setAttribute("width", (kept[1] - kept[0] + 1) * bw);
+    }
     const box = el("div", { class: "h1", testid: "hist-" + h.column, "data-column": h.column }, g);
     if (!live) return box;
     const bin = (e) => {
@@ -381,6 +387,7 @@
       const a = Math.min(start, bin(e)), b = Math.max(start, bin(e));
       start = null;
       const c = h.column;
+      brushed[c] = [a, b];
       let clause;
       if (h.integer) {
         const lo = h.edges[a] + 0.5, hi = h.edges[b + 1] - 0.5;
@@ -454,27 +461,29 @@
   function drawMap() {
     const img = ctx.createImageData(MW, MH), d = img.data;
     d.fill(255);
-    const n = map.px.length, big = n < 20000, c = map.colour;
-    const put = (i, rgb) => {
-      const x = map.px[i], y = map.py[i];
-      for (let dy = 0; dy < (big ? 2 : 1); dy++) for (let dx = 0; dx < (big ? 2 : 1); dx++) {
+    const n = map.px.length, c = map.colour, r0 = n < 5000 ? 3 : n < 20000 ? 2 : 1;
+    const put = (i, rgb, r) => {
+      const x = map.px[i] - (r >> 1), y = map.py[i] - (r >> 1);
+      for (let dy = 0; dy < r; dy++) for (let dx = 0; dx < r; dx++) {
+        if (x + dx < 0 || x + dx >= MW || y + dy < 0 || y + dy >= MH) continue;
         const o = ((y + dy) * MW + x + dx) * 4;
-        if (o >= 0 && o < d.length - 3) { d[o] = rgb[0]; d[o + 1] = rgb[1]; d[o + 2] = rgb[2]; }
+        d[o] = rgb[0]; d[o + 1] = rgb[1]; d[o + 2] = rgb[2];
       }
     };
     const acc = (i) => (map.accepted[i >> 3] >> (i & 7)) & 1;
-    const grey = [208, 213, 221], sel = [255, 106, 0];
-    for (let i = 0; i < n; i++) if (!acc(i)) put(i, grey);
+    const grey = [208, 213, 221];
     const span = c.max > c.min ? c.max - c.min : 1;
-    for (let i = 0; i < n; i++) {
-      if (!acc(i)) continue;
+    const colourOf = (i) => {
       const v = map.values[i];
-      put(i, Number.isNaN(v) ? [120, 120, 120] : c.kind === "category" ? CATS[v % CATS.length] : ramp((v - c.min) / span));
-    }
+      return Number.isNaN(v) ? [120, 120, 120] : c.kind === "category" ? CATS[v % CATS.length] : ramp((v - c.min) / span);
+    };
+    for (let i = 0; i < n; i++) if (!acc(i)) put(i, grey, r0);
     let nsel = 0;
-    for (let i = 0; i < n; i++) if (map.selected[i]) { put(i, sel); nsel++; }
+    for (let i = 0; i < n; i++) if (acc(i) && !map.selected[i]) put(i, colourOf(i), r0);
+    for (let i = 0; i < n; i++) if (map.selected[i]) { put(i, [30, 30, 30], r0 + 2); put(i, colourOf(i), r0); nsel++; }
     map.base = img;
     ctx.putImageData(img, 0, 0);
+    if (nsel && map.lastPath) { map.path = map.lastPath; strokePath(false); map.path = null; }
     mapCanvas.dataset.selected = String(nsel);
     mapStatus.textContent = map.info + " · colour " + c.column + (c.kind === "category" ? "" :
       " " + num(c.min) + " → " + num(c.max)) + (nsel ? " · " + fmtInt.format(nsel) + " selected" : "");
@@ -484,8 +493,8 @@
     const r = mapCanvas.getBoundingClientRect();
     return [(e.clientX - r.left) * (MW / r.width), (e.clientY - r.top) * (MH / r.height)];
   }
-  function strokePath() {
-    ctx.putImageData(map.base, 0, 0);
+  function strokePath(restore) {
+    if (restore !== false) ctx.putImageData(map.base, 0, 0);
     const p = map.path;
     if (!p || p.length < 1) return;
     ctx.strokeStyle = "#2f6fde"; ctx.lineWidth = 1.5; ctx.fillStyle = "rgba(47,111,222,.08)";
@@ -511,6 +520,7 @@
   async function finishSelection() {
     const p = map.path;
     map.path = null;
+    map.lastPath = p;
     if (!p || p.length < 2) { drawMap(); return; }
     const n = map.px.length, rows = [];
     map.selected.fill(0);
