@@ -147,7 +147,7 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
       factory verify s3://team/faces --regenerate 8 --weights netG.pth --verbose
       AWS_ENDPOINT_URL=http://minio:9000 factory verify s3://team/bigbigan-imagenet-v1
     """
-    from factory.dataset.signing import check_trust
+    from factory.dataset.signing import check_trust, same_dataset
     from factory.generate.regenerate import verify_dataset
 
     signed = check_trust(dataset, list(trust)) if trust else None
@@ -155,6 +155,7 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
                                 index_only=index_only, samples=regenerate,
                                 options=dict(seed=seed, shards=shards, generator=generator, weights=weights,
                                              latents=latents, direction=direction, device=device))
+    same_dataset(dataset, signed, rep.dataset_id)
     if as_json:
         obj = {"ok": rep.ok, "dataset_id": rep.dataset_id, "view_id": rep.view_id,
                "samples": rep.samples, "shards": rep.shards, "bytes": rep.bytes,

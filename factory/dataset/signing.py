@@ -257,6 +257,14 @@ def check_trust(url: str, trusted: list[str | Path]) -> dict:
                          + ", ".join(k[:16] for k in keys))
 
 
+def same_dataset(url: str, signed: dict | None, dataset_id: str) -> None:
+    """After a verify: the dataset it checked is the signed one (its id covers every shard's and the latents'
+    hashes), so a manifest swapped between the signature check and the verify's own read fails."""
+    if signed is not None and signed["dataset_id"] != dataset_id:
+        raise SignatureError(f"{url}: verify read dataset {dataset_id}, the signature is over {signed['dataset_id']} "
+                             "(the manifest changed while it was checked); verify again")
+
+
 def describe_signatures(url: str) -> list[dict]:
     """What `factory info` says of each signature: signer, key fingerprint, and whether the signature
     matches this manifest under the key it carries (who signed; trust is `verify --trust`'s question)."""

@@ -49,6 +49,28 @@ def test_signed_dataset_passes_with_its_key_and_keeps_its_id(ds, keys):
     assert r.exit_code == 0 and before in r.output, r.output
     # repeated --trust: any one trusted key suffices
     assert cli("verify", ds, "--trust", keys["b"][1], "--trust", keys["a"][1]).exit_code == 0
+    d = json.loads(cli("verify", ds, "--trust", keys["a"][1], "--json").output)
+    assert d["ok"] and d["signed_by"]["signer"] == "team A" and d["dataset_id"] == before
+
+
+def test_manifest_swapped_between_check_and_verify_fails(ds, keys, tmp_path, monkeypatch):
+    """A store that serves the signed manifest to the signature check and another to the verify's read."""
+    from factory.dataset import signing
+
+    cli("sign", ds, "--key", keys["a"][0], "--signer", "team A")
+    other = tmp_path / "other"
+    assert cli("generate", "--generator", "shapes", "--n", "20", "--shard-size", "10", "--resolution", "32",
+               "--workers", "0", "--quiet", "--out", other).exit_code == 0
+    checked = signing.check_trust
+
+    def check_then_swap(url, trusted):
+        entry = checked(url, trusted)
+        shutil.rmtree(ds)
+        shutil.copytree(other, ds)
+        return entry
+
+    monkeypatch.setattr(signing, "check_trust", check_then_swap)
+    one_line_error(cli("verify", ds, "--trust", keys["a"][1]), "the manifest changed while it was checked")
 
 
 def test_other_key_fails_in_one_line(ds, keys):
