@@ -274,12 +274,16 @@ def relabel(dataset, maps, out, shard_size, overwrite, allow_remote_shards):
 
 @click.command()
 @click.argument("dataset")
-def upgrade(dataset):
+@click.option("--compact", "compact_index", is_flag=True,
+              help="Compact the index into parts even when the dataset has few shards (64 or more always are).")
+def upgrade(dataset, compact_index):
     """Bring a dataset written by an older format version to the current one, in place.
 
     Version 1 -> 2 adds each sample's byte range in its tar to the index (random access by key;
     trainers train --access random), rewriting index fragments and the manifest only, never a tar.
-    The dataset id changes; views made before still open. Do not read the dataset meanwhile.
+    Version 2 -> 3 (64 shards or more, or --compact) compacts the index fragments into a few large
+    Parquet parts, reading only the index. The dataset id changes; views made before still open.
+    Do not read the dataset meanwhile.
 
     \b
     Example:
@@ -287,4 +291,4 @@ def upgrade(dataset):
     """
     from factory.dataset.upgrade import upgrade as run_upgrade
 
-    click.echo(run_upgrade(dataset).summary())
+    click.echo(run_upgrade(dataset, compact_index=compact_index).summary())

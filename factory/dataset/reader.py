@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from factory import format as fmt
+from factory.format import index as fidx
 
 # ================================================================ index reading
 
@@ -15,9 +16,13 @@ GROUP = 64  # local index fragments per task
 
 def load_index(root: str, manifest: dict, columns: list[str] | None = None, *, check_sha: bool = True,
                shards: list[int] | None = None):
-    """Concatenated index fragments (shard order), only `columns`; each fragment's sha256 is checked."""
+    """Concatenated index fragments (shard order), only `columns`; each fragment's sha256 is checked. A
+    compacted index (format 3) is read by row groups: only those holding `shards`, footers and pages checked."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    if fidx.has_parts(manifest):
+        return load_parts(root, manifest, columns, shards=shards)
 
     entries = [s for s in manifest["shards"] if shards is None or s["shard"] in shards]
     entries.sort(key=lambda s: s["shard"])
@@ -77,6 +82,57 @@ def load_index(root: str, manifest: dict, columns: list[str] | None = None, *, c
     return concat(tables)
 
 
+def load_parts(root: str, manifest: dict, columns: list[str] | None = None, *, shards: list[int] | None = None,
+               threads: int = LOCAL_THREADS):
+    """A compacted index's rows (shard order), only `columns`, of `shards` (None: every shard)."""
+    import pyarrow as pa
+
+    parts = fidx.index_parts(manifest)
+    if shards is None:
+        plan = {i: list(range(len(p["row_groups"]))) for i, p in enumerate(parts)}
+        expect = manifest["samples"]
+    else:
+        want = set(int(s) for s in shards)
+        plan = fidx.part_of_shards(parts, want)
+        expect = sum(s["samples"] for s in manifest["shards"] if s["shard"] in want)
+    if not plan:
+        return None
+    whole = shards is None or all(
+        all(k in want for k in range(g[0], g[0] + g[1])) for i, gs in plan.items()
+        for g in (parts[i]["row_groups"][j] for j in gs))
+    cols = columns if whole or columns is None or "shard" in columns else [*columns, "shard"]
+
+    def run(item):
+        i, groups = item
+        pf = fidx.open_part(root, parts[i])
+        try:
+            t = fidx.read_row_groups(pf, groups, cols, fmt.join(root, parts[i]["path"]))
+        finally:
+            pf.close()
+        if not whole:
+            import pyarrow.compute as pc
+
+            t = t.filter(pc.is_in(t.column("shard"), pa.array(sorted(want), pa.int32())))
+            if cols is not columns:
+                t = t.drop_columns(["shard"])
+        return t
+
+    items = sorted(plan.items())
+    if len(items) == 1:
+        tables = [run(items[0])]
+    else:
+        with ThreadPoolExecutor(min(threads, len(items))) as ex:
+            tables = list(ex.map(run, items))
+    try:
+        table = pa.concat_tables(tables)
+    except pa.ArrowInvalid as e:
+        raise fmt.FormatError(f"{root}: index parts have different schemas: {e}") from None
+    if table.num_rows != expect:
+        raise fmt.FormatError(f"{root}: the index parts hold {table.num_rows} rows of those shards, the manifest "
+                              f"says {expect}")
+    return table
+
+
 def accepted_flags(accepted: fmt.AcceptedRows, row_col: np.ndarray) -> np.ndarray:
     """Bool per entry of an index's ``row`` column: True where a view accepts that row."""
     return accepted.flags(row_col)
@@ -88,6 +144,13 @@ def index_schema(root: str, manifest: dict):
 
     if not manifest["shards"]:
         return contract_schema()
+    if fidx.has_parts(manifest):
+        part = fidx.index_parts(manifest)[0]
+        pf = fidx.open_part(root, part)
+        try:
+            return pf.schema_arrow
+        finally:
+            pf.close()
     s = min(manifest["shards"], key=lambda e: e["shard"])
     url = fmt.join(root, s["index"])
     fs, path = fmt.get_fs(url)
@@ -164,7 +227,8 @@ def sample_ranges(root: str, manifest: dict, entry: dict) -> tuple[np.ndarray, n
     if not fmt.has_offsets(manifest):
         raise fmt.FormatError(f"{root}: dataset {manifest['dataset_id']} has no tar offsets in its index "
                               f"(format version {manifest.get('format_version')}); run factory upgrade {root}")
-    t = load_index(root, {"shards": [entry]}, ["row", *fmt.OFFSET_COLUMNS])
+    t = load_index(root, manifest if fidx.has_parts(manifest) else {"shards": [entry]}, ["row", *fmt.OFFSET_COLUMNS],
+                   shards=[entry["shard"]])
     return tuple(t.column(c).to_numpy() for c in ("row", *fmt.OFFSET_COLUMNS))
 
 

@@ -97,19 +97,25 @@ def meta_problems(samples: dict[str, dict[str, bytes]], table, meta_ext: str) ->
     return []
 
 
-def stat_problems(samples: dict[str, dict[str, bytes]], idata: bytes, *, members: dict, spec: dict | None) -> list[str]:
+def stat_problems(samples: dict[str, dict[str, bytes]], idata, *, members: dict, spec: dict | None) -> list[str]:
     """Problems (one line each, naming a first bad key) of a shard's index statistics and decisions
-    against what its stored members give (`samples`: key -> ext -> bytes; `idata`: its index fragment)."""
+    against what its stored members give (`samples`: key -> ext -> bytes; `idata`: its index fragment's
+    bytes, or its rows as a table, e.g. its slice of a compacted index's part)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        pf = pq.ParquetFile(pa.BufferReader(idata))
-        if not set(NEEDED) <= set(pf.schema_arrow.names):
-            return []  # not an index of generated candidates (checked elsewhere)
-        table = pf.read(use_threads=False)
-    except Exception:  # noqa: BLE001 - an unreadable fragment is reported by the index check
-        return []
+    if isinstance(idata, pa.Table):
+        if not set(NEEDED) <= set(idata.column_names):
+            return []
+        table = idata
+    else:
+        try:
+            pf = pq.ParquetFile(pa.BufferReader(idata))
+            if not set(NEEDED) <= set(pf.schema_arrow.names):
+                return []  # not an index of generated candidates (checked elsewhere)
+            table = pf.read(use_threads=False)
+        except Exception:  # noqa: BLE001 - an unreadable fragment is reported by the index check
+            return []
     if not table.num_rows:
         return []
     try:

@@ -7,6 +7,10 @@ two columns, byte for byte what the current writer writes; then the shard's side
 manifest.json last. The dataset id changes (it hashes the format version and the fragments), and the
 manifest records the old one under ``upgraded_from``, so views made before still resolve.
 
+Version 2 -> 3 (a dataset of `compact.COMPACT_MIN_SHARDS` shards or more, or any with ``compact``) reads
+only the index: its fragments are compacted into parts (`factory.dataset.compact`); tars, latents and
+sidecars are untouched, the manifest names the parts, and the fragments are deleted after it.
+
 A killed upgrade is run again: a fragment already carrying offsets is accepted when its offsets equal
 the tar's and it is exactly what the writer makes of its other columns. Readers should not read the
 dataset while it is being upgraded (fragments and manifest disagree until the manifest is written).
@@ -19,10 +23,12 @@ from dataclasses import dataclass
 
 from factory import format as fmt
 from factory.dataset.card import index_stats, write_card
+from factory.dataset.compact import compact, drop_fragments, should_compact
 from factory.dataset.reader import load_index
 from factory.dataset.shards import index_table, parquet_bytes, table_rows, with_offsets
 from factory.dataset.writer import DatasetLock
 from factory.format import FactoryError
+from factory.format import index as fidx
 from factory.fsio import atomic_write, exists
 
 
@@ -33,12 +39,20 @@ class UpgradeResult:
     dataset_id: str
     previous_id: str | None
     shards: int
+    to_version: int = fmt.FORMAT_VERSION
+    parts: int = 0
 
     def summary(self) -> str:
         if self.previous_id is None:
-            return f"{self.root}: dataset {self.dataset_id} is already format version {fmt.FORMAT_VERSION}; nothing to do"
-        return (f"{self.root}: upgraded from format version {self.from_version} to {fmt.FORMAT_VERSION} "
-                f"({self.shards} index fragments gained tar offsets; tars untouched); dataset id "
+            return (f"{self.root}: dataset {self.dataset_id} is already format version {self.to_version} "
+                    "with its layout; nothing to do")
+        what = []
+        if self.from_version < 2:
+            what.append(f"{self.shards} index fragments gained tar offsets")
+        if self.parts:
+            what.append(f"the index compacted into {self.parts} part{'s' if self.parts > 1 else ''}")
+        return (f"{self.root}: upgraded from format version {self.from_version} to {self.to_version} "
+                f"({'; '.join(what)}; tars untouched); dataset id "
                 f"{self.previous_id} -> {self.dataset_id} (views of the old id still open)")
 
 
@@ -75,27 +89,41 @@ def upgrade_shard(root: str, entry: dict) -> dict:
     return out
 
 
-def upgrade(url: str, *, log=None) -> UpgradeResult:
-    """`factory upgrade DATASET`: add what the current format records to an older dataset, in place."""
+def upgrade(url: str, *, compact_index: bool = False, log=None) -> UpgradeResult:
+    """`factory upgrade DATASET`: add what the current format records to an older dataset, in place; a
+    dataset of many shards (or any, with ``compact_index``) gets its index compacted into parts."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     res = fmt.open_dataset(url)
     if res.view is not None:
         raise FactoryError(f"{url} is a view; upgrade its dataset ({res.root}) instead")
     m = res.manifest
     version = m["format_version"]
-    if version == fmt.FORMAT_VERSION:
-        return UpgradeResult(res.root, version, m["dataset_id"], None, len(m["shards"]))
+    offsets = version < 2
+    parts = fidx.has_parts(m)
+    squeeze = not parts and (compact_index or should_compact(m))
+    if not offsets and not squeeze:
+        if parts:
+            with DatasetLock(res.root):
+                drop_fragments(res.root, m)  # a run killed after its manifest: the fragments it compacted
+        return UpgradeResult(res.root, version, m["dataset_id"], None, len(m["shards"]), version)
     with DatasetLock(res.root):
-        shards = []
-        entries = sorted(m["shards"], key=lambda s: s["shard"])
-        for i, e in enumerate(entries):
-            shards.append(upgrade_shard(res.root, e))
-            if (i + 1) % 100 == 0 or i + 1 == len(entries):
-                log(f"upgrade: {i + 1}/{len(entries)} index fragments")
-        lat = (m.get("latents") or {}).get("sha256_of_shard_hashes")
-        new = dict(m, format_version=fmt.FORMAT_VERSION, shards=shards, dataset_id=fmt.dataset_id(shards, lat),
-                   upgraded_from={"dataset_id": m["dataset_id"], "format_version": version})
+        new = dict(m)
+        if offsets:
+            shards = []
+            entries = sorted(m["shards"], key=lambda s: s["shard"])
+            for i, e in enumerate(entries):
+                shards.append(upgrade_shard(res.root, e))
+                if (i + 1) % 100 == 0 or i + 1 == len(entries):
+                    log(f"upgrade: {i + 1}/{len(entries)} index fragments")
+            lat = (m.get("latents") or {}).get("sha256_of_shard_hashes")
+            new = dict(m, format_version=fmt.FORMAT_VERSION, shards=shards, dataset_id=fmt.dataset_id(shards, lat))
+        if squeeze:
+            new = compact(res.root, new, log=log)
+        new["upgraded_from"] = {"dataset_id": m["dataset_id"], "format_version": version}
         new["index_stats"] = m.get("index_stats") or index_stats(res.root, new, check_sha=False)
         write_card(res.root, new)
         atomic_write(fmt.join(res.root, fmt.MANIFEST), json.dumps(new, indent=1, sort_keys=True).encode())
-    return UpgradeResult(res.root, version, new["dataset_id"], m["dataset_id"], len(shards))
+        drop_fragments(res.root, new)
+    n_parts = len(new["index"]["parts"]) if squeeze else 0
+    return UpgradeResult(res.root, version, new["dataset_id"], m["dataset_id"], len(new["shards"]),
+                         new["format_version"], n_parts)

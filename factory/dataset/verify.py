@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from factory import format as fmt
+from factory.dataset import parts_check
+from factory.format import index as fidx
 
 
 @dataclass
@@ -138,7 +140,6 @@ def _check_index(idata: bytes, entry: dict, problems: list[str], tar: bytes | No
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    k, n, first = entry["shard"], entry["samples"], entry["first_row"]
     if fmt.sha256_bytes(idata) != entry["index_sha256"]:
         problems.append(f"index fragment {entry['index']} sha256 differs from the manifest")
     try:
@@ -148,6 +149,13 @@ def _check_index(idata: bytes, entry: dict, problems: list[str], tar: bytes | No
     except Exception as e:  # noqa: BLE001 - any unreadable fragment is reported, not raised
         problems.append(f"index fragment {entry['index']} unreadable: {e}")
         return
+    check_index_table(t, entry, problems, tar)
+
+
+def check_index_table(t, entry: dict, problems: list[str], tar: bytes | None = None) -> None:
+    """Problems of a shard's index rows (a fragment's, or its slice of a part): count, keys, rows, shard ids,
+    and with the shard's `tar`, the byte ranges."""
+    k, n, first = entry["shard"], entry["samples"], entry["first_row"]
     if t.num_rows != n:
         problems.append(f"index has {t.num_rows} rows, manifest says {n}")
         return
@@ -216,10 +224,12 @@ def _check_latents(z, entry: dict, *, dim_z: int, latents_tar: dict[str, np.ndar
 
 
 def check_shard(root: str, entry: dict, *, members: dict, z, dim_z: int, offsets: bool = False,
-                index_only: bool = False, resolution: int | None = None, spec: dict | None = None) -> list[str]:
+                index_only: bool = False, resolution: int | None = None, spec: dict | None = None,
+                index_rows=None) -> list[str]:
     """Problems of one shard (empty = good): its tar (image sizes against `resolution`), its index fragment
-    and the statistics and decisions it holds (recomputed from the stored members, `statcheck`), its rows
-    of latents.zarr (`z`, or None); with `index_only`, its index fragment alone."""
+    (or its rows of a part, `index_rows`, the part checked by `parts_check`) and the statistics and decisions
+    it holds (recomputed from the stored members, `statcheck`), its rows of latents.zarr (`z`, or None); with
+    `index_only`, its index alone."""
     from factory.dataset.statcheck import stat_problems
 
     problems: list[str] = []
@@ -227,8 +237,11 @@ def check_shard(root: str, entry: dict, *, members: dict, z, dim_z: int, offsets
     data = None if index_only else _read_or_report(url, "shard file", problems)
     latents_tar, samples = ({}, {}) if data is None else _check_tar(data, entry, members, problems,
                                                                     resolution=resolution)
-    idata = _read_or_report(fmt.join(root, entry["index"]), "index fragment", problems)
-    if idata is not None:
+    if index_rows is not None:
+        check_index_table(index_rows, entry, problems, tar=data if offsets else None)
+        if samples:
+            problems += stat_problems(samples, index_rows, members=members, spec=spec)
+    elif (idata := _read_or_report(fmt.join(root, entry["index"]), "index fragment", problems)) is not None:
         _check_index(idata, entry, problems, tar=data if offsets else None)
         if samples:
             problems += stat_problems(samples, idata, members=members, spec=spec)
@@ -283,6 +296,34 @@ def _check_view(rep: VerifyReport, url: str, res: fmt.Resolved, entries: list[di
     rep.samples = v["samples"]
 
 
+def _check_parts(rep: VerifyReport, root: str, m: dict, ex, check, *, index_only: bool) -> list[list[str]]:
+    """Per-shard problems of a dataset with a compacted index: each part read whole and checked
+    (`parts_check`), then its shards checked with their slices of it (one part in memory at a time)."""
+    problems = parts_check.section_problems(m)
+    rep.problems += problems
+    by_id = {s["shard"]: s for s in m["shards"]}
+    out = {k: [] for k in by_id}
+    if problems:
+        return [out[k] + ["index section invalid"] for k in sorted(out)]
+    # every column when the tars are read too (their statistics are recomputed from the members)
+    columns = ["key", "shard", "row", *(fmt.OFFSET_COLUMNS if fmt.has_offsets(m) else ())] if index_only else None
+    for part in m["index"]["parts"]:
+        table, probs = parts_check.read_part(root, part, columns)
+        rep.problems += probs
+        shards = range(part["first_shard"], part["first_shard"] + part["shards"])
+        if table is None:
+            for k in shards:
+                out[k].append(f"index part {part['path']} unusable")
+            continue
+        for k in shards:
+            if probs:
+                out[k].append(f"index part {part['path']} differs from the manifest")
+        slices = list(parts_check.shard_slices(table, part, by_id))
+        for (e, _), p in zip(slices, ex.map(lambda a: check(*a), slices)):
+            out[e["shard"]] += p
+    return [out[k] for k in sorted(out)]
+
+
 def verify(url: str, allow_remote_shards: bool = False, workers: int | None = None, *,
            index_only: bool = False) -> VerifyReport:
     """Verify a dataset or view; FormatError only for an unreadable/invalid manifest, else a report.
@@ -302,10 +343,16 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
     # CPU work that more threads than cores only slow down (10M rows on 2 cores: 5.7 s wall with 2, 10.7 with 8)
     cpu_bound = index_only and not fmt.is_remote_url(res.root)
     nthreads = workers or (min(4, os.cpu_count() or 1) if cpu_bound else min(8, max(2, (os.cpu_count() or 1) * 2)))
+    def check(s, rows=None):
+        return check_shard(res.root, s, members=members, z=z, dim_z=dim_z, offsets=fmt.has_offsets(m),
+                           index_only=index_only, resolution=m.get("resolution"), spec=m.get("spec"),
+                           index_rows=rows)
+
     with ThreadPoolExecutor(nthreads) as ex:
-        results = list(ex.map(lambda s: check_shard(res.root, s, members=members, z=z, dim_z=dim_z,
-                                                    offsets=fmt.has_offsets(m), index_only=index_only,
-                                                    resolution=m.get("resolution"), spec=m.get("spec")), entries))
+        if fidx.has_parts(m):
+            results = _check_parts(rep, res.root, m, ex, check, index_only=index_only)
+        else:
+            results = list(ex.map(check, entries))
     for s, probs in zip(entries, results):
         if probs:
             rep.problems.append(f"shard {s['shard']} ({fmt.join(res.root, s['path'])}): " + "; ".join(probs))

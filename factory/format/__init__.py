@@ -9,6 +9,7 @@ else of `factory`. This file only gathers the rooms' names (``fmt.X``); each roo
 * `store`: fsspec access (`get_fs`, `read_bytes`), reachability, one-line storage errors;
 * `schema`: every manifest, view and maps field, the JSON limits (`read_json`), cross-field problems;
 * `views`: a view's accepted rows; `resolve`: opening a dataset or view (`open_dataset`);
+* `index`: the compacted index of format version 3 (parts of whole shards, footers hashed, page checksums);
 * `tar`: the tar reading; `hashing`: the streamed sha256 check; `lock`: the one-writer locks.
 
 The prose version of this contract is docs/format.md; bump FORMAT_VERSION on
@@ -21,6 +22,17 @@ from factory.format.errors import (  # noqa: F401
 )
 from factory.format.hashing import (  # noqa: F401
     HashingReader,
+)
+from factory.format.index import (  # noqa: F401
+    KEY_BUCKET,
+    PARTS_VERSION,
+    has_parts,
+    index_parts,
+    key_buckets,
+    open_part,
+    part_name,
+    read_row_groups,
+    read_shards_index,
 )
 from factory.format.lock import (  # noqa: F401
     FolderBusy,

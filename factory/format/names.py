@@ -8,8 +8,9 @@ from typing import Any, Iterable
 
 FORMAT_VERSION = 2
 # Versions readers accept. 1: no tar offsets in the index (readers scan shards; `factory upgrade` adds
-# them), views list accepted rows. 2: index columns tar_offset / tar_size, compact views.
-READ_VERSIONS = (1, 2)
+# them), views list accepted rows. 2: index columns tar_offset / tar_size, compact views. 3: the index
+# compacted into parts (format/index.py), written for datasets of many shards (fewer keep version 2).
+READ_VERSIONS = (1, 2, 3)
 DATASET_KIND = "factory-dataset"
 VIEW_KIND = "factory-view"
 

@@ -12,6 +12,7 @@ import sys
 
 from factory import __version__
 from factory import format as fmt
+from factory.dataset.compact import compact, drop_fragments, should_compact
 from factory.dataset.writer import DatasetWriter
 from factory.device import pick_device
 from factory.format import FactoryError
@@ -43,6 +44,7 @@ def generate(cfg: GenerateConfig, log=None) -> dict:
     with output_writer(cfg, plan) as writer:
         done, todo, manifest = writer.resume(log)
         if manifest is not None:
+            drop_fragments(cfg.out, manifest)  # a run killed after its compacted manifest
             return manifest
         if cfg.same_platform and not cfg.scheduler:  # here, before any work (cluster workers check each shard)
             here = platform_record(plan.spec["generator"], pick_device(cfg.device))
@@ -53,7 +55,10 @@ def generate(cfg: GenerateConfig, log=None) -> dict:
         if cfg.same_platform:
             check_one_platform(cfg.out, [d.get("platform") for d in done.values()])
         manifest = build_manifest(cfg, plan, writer.shard_entries(done))
+        if should_compact(manifest):  # many shards: the index as a few large parts (format 3)
+            manifest = compact(cfg.out, manifest, log=log)
         writer.finish(manifest)
+        drop_fragments(cfg.out, manifest)
     return manifest
 
 

@@ -45,6 +45,7 @@ class ShardOffsets:
             raise DataError(f"dataset {m['dataset_id']} (format version {m.get('format_version')}) has no tar "
                             f"offsets for random access; run factory upgrade {resolved.root}")
         self.root = resolved.root
+        self.manifest = m
         self.entries = {s["shard"]: s for s in m["shards"]}
         self.cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -56,13 +57,19 @@ class ShardOffsets:
 
             e = self.entries[sid]
             url = fmt.join(self.root, e["index"])
-            try:
-                data = fmt.read_bytes(url)
-            except OSError as err:
-                raise DataError(f"cannot read index fragment {url}: {err}") from None
-            if fmt.sha256_bytes(data) != e["index_sha256"]:
-                raise DataError(f"index fragment {url} does not match the manifest's sha256 (changed or corrupt)")
-            t = pq.ParquetFile(pa.BufferReader(data)).read(columns=["row", *fmt.OFFSET_COLUMNS])
+            if fmt.has_parts(self.manifest):  # a compacted index: the row group holding the shard
+                try:
+                    t = fmt.read_shards_index(self.root, self.manifest, [sid], ["row", *fmt.OFFSET_COLUMNS])
+                except fmt.FormatError as err:
+                    raise DataError(str(err)) from None
+            else:
+                try:
+                    data = fmt.read_bytes(url)
+                except OSError as err:
+                    raise DataError(f"cannot read index fragment {url}: {err}") from None
+                if fmt.sha256_bytes(data) != e["index_sha256"]:
+                    raise DataError(f"index fragment {url} does not match the manifest's sha256 (changed or corrupt)")
+                t = pq.ParquetFile(pa.BufferReader(data)).read(columns=["row", *fmt.OFFSET_COLUMNS])
             rows = t.column("row").to_numpy()
             if not np.array_equal(rows, np.arange(e["first_row"], e["first_row"] + e["samples"])):
                 raise DataError(f"index fragment {url}: rows are not {e['first_row']}..{e['first_row'] + e['samples'] - 1}")

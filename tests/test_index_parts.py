@@ -1,0 +1,161 @@
+"""The compacted index (format version 3): parts of whole shards with page checksums and footers hashed
+in the manifest; generate compacts many shards, upgrade compacts earlier datasets; stock readers count
+every row once; a changed byte in what a reader reads is caught; a killed compaction finishes on rerun."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from factory import format as fmt
+from factory.cli import main
+from factory.dataset import compact as cp
+from factory.dataset.reader import load_index, read_sample, read_shard_samples
+from factory.format import index as fidx
+
+N, SHARD = 60, 10
+
+
+def cli(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in r.output, r.output
+    return r
+
+
+def manifest(root) -> dict:
+    return json.load(open(os.path.join(root, fmt.MANIFEST)))
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("parts") / "shapes")
+    r = cli("generate", "--generator", "shapes", "--n", N, "--shard-size", SHARD, "--resolution", 32,
+            "--workers", 0, "--quiet", "--out", root)
+    assert r.exit_code == 0, r.output
+    return root
+
+
+@pytest.fixture()
+def compacted(ds, tmp_path, monkeypatch) -> str:
+    """A copy of `ds` upgraded to parts of 2 row groups of 2 shards (small sizes: several parts and groups)."""
+    monkeypatch.setattr(cp, "PART_ROWS", 4 * SHARD)
+    monkeypatch.setattr(cp, "GROUP_ROWS", 2 * SHARD)
+    root = str(tmp_path / "c")
+    shutil.copytree(ds, root)
+    r = cli("upgrade", root, "--compact")
+    assert r.exit_code == 0 and "compacted into 2 parts" in r.output, r.output
+    return root
+
+
+def test_upgrade_compacts_the_index_reading_only_the_index(ds, compacted):
+    old, new = manifest(ds), manifest(compacted)
+    assert old["format_version"] == 2 and new["format_version"] == 3
+    assert sorted(os.listdir(os.path.join(compacted, "index"))) == ["000000-000003.parquet", "000004-000005.parquet"]
+    parts = fidx.index_parts(new)
+    assert [p["row_groups"] for p in parts] == [[[0, 2, 20], [2, 2, 20]], [[4, 2, 20]]]
+    # tars, latents and their digests untouched; only the index entries and the id change
+    for a, b in zip(old["shards"], new["shards"]):
+        assert {k: v for k, v in a.items() if not k.startswith("index")} == \
+            {k: v for k, v in b.items() if not k.startswith("index")}
+    assert new["upgraded_from"] == {"dataset_id": old["dataset_id"], "format_version": 2}
+    assert new["dataset_id"] == fmt.dataset_id(new["shards"], new["latents"]["sha256_of_shard_hashes"], 3)
+    assert not fmt.manifest_problems(new)
+    # same rows, same values, plus the key's hold-out bucket
+    a, b = load_index(ds, old), load_index(compacted, new)
+    assert b.drop_columns([fidx.KEY_BUCKET]).equals(a)
+    rows = b.column("row").to_numpy()
+    assert b.column(fidx.KEY_BUCKET).to_pylist() == [
+        int(fmt.sha256_bytes(fmt.sample_key(r).encode()), 16) % 1000 for r in rows]
+    md = pq.read_metadata(os.path.join(compacted, parts[0]["path"]))
+    assert md.row_group(0).column(md.schema.names.index("fg_ratio")).statistics.has_min_max
+    r = cli("verify", compacted)
+    assert r.exit_code == 0 and r.output.startswith("OK"), r.output
+    assert "nothing to do" in cli("upgrade", compacted).output
+
+
+def test_stock_readers_count_every_sample_once(compacted):
+    import duckdb
+    import pandas as pd
+
+    glob = os.path.join(compacted, "index", "**", "*.parquet")
+    n, distinct = duckdb.connect().execute(f"SELECT count(*), count(DISTINCT row) FROM read_parquet('{glob}')").fetchone()
+    assert n == distinct == N
+    df = pd.read_parquet(os.path.join(compacted, "index"))
+    assert len(df) == N and sorted(df["row"]) == list(range(N))
+
+
+def test_views_samples_and_training_reads_are_the_same(ds, compacted, tmp_path):
+    va, vb = tmp_path / "a.json", tmp_path / "b.json"
+    assert cli("filter", ds, "--max-fg", "0.5", "--histogram", "reference", "--out", va).exit_code == 0
+    assert cli("filter", compacted, "--max-fg", "0.5", "--histogram", "reference", "--out", vb).exit_code == 0
+    a, b = json.load(open(va)), json.load(open(vb))
+    assert a["accepted"] == b["accepted"] and a["counts"] == b["counts"] and a["accepted_stats"] == b["accepted_stats"]
+    e = manifest(ds)["shards"][3]
+    assert read_sample(compacted, "0000000033") == read_shard_samples(ds, e)["0000000033"]
+    sub = load_index(compacted, manifest(compacted), ["row", "tar_offset"], shards=[2, 5])
+    assert sub.column("row").to_pylist() == list(range(20, 30)) + list(range(50, 60))
+    from trainers.data.random_access import ShardOffsets
+
+    off = ShardOffsets(fmt.open_dataset(compacted))
+    ref = load_index(ds, manifest(ds), ["tar_offset"], shards=[4]).column("tar_offset").to_numpy()
+    assert np.array_equal(off.shard(4)[0], ref)
+
+
+def test_a_changed_byte_in_what_a_reader_reads_is_caught(compacted, tmp_path):
+    part = fidx.index_parts(manifest(compacted))[1]
+    path = os.path.join(compacted, part["path"])
+    md = pq.read_metadata(path)
+    col = md.row_group(0).column(md.schema.names.index("fg_ratio"))
+    data = bytearray(open(path, "rb").read())
+    data[col.data_page_offset + col.total_compressed_size - 3] ^= 1  # a byte of fg_ratio's page data
+    open(path, "wb").write(bytes(data))
+    r = cli("filter", compacted, "--max-fg", "0.5", "--out", tmp_path / "v.json")
+    assert r.exit_code == 1 and "changed or corrupt" in r.output, r.output
+    r = cli("verify", compacted, "--index-only")
+    assert r.exit_code == 1 and "sha256 differs" in r.output, r.output
+    # a reader of other columns does not read that page; a changed footer is caught by its sha256
+    data = bytearray(open(path, "rb").read())
+    data[-12] ^= 1
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(fmt.FormatError, match="footer"):
+        load_index(compacted, manifest(compacted), ["row"])
+
+
+def test_generate_compacts_many_shards_and_a_killed_compaction_finishes(tmp_path, monkeypatch):
+    from factory.generate.config import GenerateConfig
+    from factory.generate.engine import generate
+
+    monkeypatch.setattr(cp, "COMPACT_MIN_SHARDS", 4)
+    monkeypatch.setattr(cp, "PART_ROWS", 3 * SHARD)
+    monkeypatch.setattr(cp, "PROCESSES", 1)  # in this process, where the patched part writer dies
+    root = str(tmp_path / "g")
+    cfg = dict(n=N, out=root, generator="shapes", generator_options={"resolution": 32}, shard_size=SHARD,
+               workers=0, progress=False)
+    real = cp.compact_part
+    calls = []
+
+    def dies_on_the_second(root, part):
+        calls.append(part)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(root, part)
+
+    monkeypatch.setattr(cp, "compact_part", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(**cfg), log=lambda msg: None)
+    assert not os.path.exists(os.path.join(root, fmt.MANIFEST))  # fragments kept until the manifest
+    monkeypatch.setattr(cp, "compact_part", real)
+    m = generate(GenerateConfig(**cfg), log=lambda msg: None)
+    assert m["format_version"] == 3 and len(m["index"]["parts"]) == 2
+    assert sorted(os.listdir(os.path.join(root, "index"))) == ["000000-000002.parquet", "000003-000005.parquet"]
+    # killed after the manifest, before the fragments went: the next run of the command removes them
+    stray = os.path.join(root, fmt.index_name(0))
+    shutil.copy(os.path.join(root, "index", "000000-000002.parquet"), stray)
+    generate(GenerateConfig(**cfg), log=lambda msg: None)
+    assert not os.path.exists(stray)
+    assert cli("verify", root).exit_code == 0
