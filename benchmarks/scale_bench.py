@@ -36,7 +36,7 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
 
 from factory import format as fmt  # noqa: E402
-from factory.dataset.shards import index_table, parquet_bytes, tar_join, tar_records  # noqa: E402
+from factory.dataset.shards import index_table, tar_join, tar_records  # noqa: E402
 
 FRAGMENT = 1000
 RES = 32
@@ -67,12 +67,10 @@ def sample_members(key: str) -> list[tuple[str, bytes]]:
 RECORD = len(tar_records(sample_members("0000000000")))
 
 
-def fragment(k: int, rows: int, seed: int) -> tuple[int, bytes]:
-    rng = np.random.default_rng([seed, k])
-    first = k * FRAGMENT
-    n = min(FRAGMENT, rows - first)
-    # values as a 32-px dataset holds them (so the fragments compress like the real 1M run's, ~50 kB per
-    # 1,000 rows): ratios of pixel counts, histograms of counts
+def skeleton_rows(first: int, n: int, seed: int) -> dict:
+    """Index rows first..first+n-1 (shards of FRAGMENT rows), values as a 32-px dataset holds them (ratios of
+    pixel counts, histograms of counts), so the files compress like the real 1M run's index."""
+    rng = np.random.default_rng([seed, first])
     px = RES * RES
     fg_raw = (np.round(rng.beta(1.2, 3.0, n) * px) / px).astype(np.float32)
     fg = (np.round(np.clip(fg_raw - rng.uniform(0, 0.05, n), 0, 1) * px) / px).astype(np.float32)
@@ -81,50 +79,69 @@ def fragment(k: int, rows: int, seed: int) -> tuple[int, bytes]:
     inner = rng.integers(0, 4, n).astype(np.int32)
     ncr = rng.integers(1, 6, n).astype(np.int32)
     iou = (np.round(rng.beta(5, 2, n) * px) / px).astype(np.float32)
-    cols = {
+    row = np.arange(first, first + n, dtype=np.int64)
+    return {
         "key": np.array([fmt.sample_key(r) for r in range(first, first + n)], dtype=object),
-        "shard": np.full(n, k, np.int32), "row": np.arange(first, first + n, dtype=np.int64),
+        "shard": (row // FRAGMENT).astype(np.int32), "row": row,
         "fg_ratio_raw": fg_raw, "fg_ratio": fg, "n_components_raw": ncr,
         "n_components": np.minimum(ncr, rng.integers(1, 3, n)).astype(np.int32),
         "hist": hist, "hist_maxima": maxima, "hist_gray_maxima_inner": inner,
         "pass_area": fg < 0.5, "pass_hist_reference": maxima >= 2, "pass_hist_paper": inner >= 2,
-        "tar_offset": np.arange(n, dtype=np.int64) * RECORD, "tar_size": np.full(n, RECORD, np.int64),
+        "tar_offset": (row % FRAGMENT) * RECORD, "tar_size": np.full(n, RECORD, np.int64),
         "true_iou": iou, "true_iou_raw": (np.round(np.clip(iou - 0.05, 0, 1) * px) / px).astype(np.float32),
     }
-    return n, parquet_bytes(index_table(cols))
 
 
-def _write_fragment(args) -> tuple[int, int, str]:
-    root, k, rows, seed = args
-    path = os.path.join(root, fmt.index_name(k))
-    if os.path.exists(path):  # fragments are a pure function of (k, rows, seed): a killed build resumes
-        with open(path, "rb") as f:
-            return k, min(FRAGMENT, rows - k * FRAGMENT), fmt.sha256_bytes(f.read())
-    n, data = fragment(k, rows, seed)
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
-    return k, n, fmt.sha256_bytes(data)
+def _write_part(args) -> dict:
+    """One part of the compacted index, written by the factory's own part writer (`dataset.compact`)."""
+    import pyarrow as pa
+
+    from factory.dataset.compact import part_bytes
+    from factory.format import index as fidx
+
+    root, part, seed = args
+    first, last = part[0][0]["shard"], part[-1][-1]["shard"]
+    path = fidx.part_name(first, last)
+    groups = []
+    for g in part:
+        n = sum(e["samples"] for e in g)
+        t = index_table(skeleton_rows(g[0]["first_row"], n, seed))
+        groups.append(t.append_column(fidx.KEY_BUCKET, pa.array(fidx.key_buckets(t.column("row").to_numpy()),
+                                                                 pa.int16())))
+    full = os.path.join(root, path)
+    if not os.path.exists(full):  # parts are a pure function of (shards, seed): a killed build resumes
+        data = part_bytes(groups, path)
+        with open(full + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(full + ".tmp", full)
+    data = open(full, "rb").read()
+    return {"path": path, "first_shard": first, "shards": last - first + 1,
+            "rows": sum(e["samples"] for g in part for e in g), "bytes": len(data), "sha256": fmt.sha256_bytes(data),
+            "footer_sha256": fmt.sha256_bytes(data[-8 - int.from_bytes(data[-8:-4], "little"):]),
+            "row_groups": [[g[0]["shard"], len(g), sum(e["samples"] for e in g)] for g in part]}
 
 
 def build(root: str, rows: int, seed: int = 0, jobs: int = 2) -> None:
+    """The skeleton as a finished run of `rows` writes it: shards of FRAGMENT rows, the index compacted into
+    parts (format 3) by the factory's part writer, a manifest with its index section and statistics."""
+    from factory.dataset.compact import compacted_manifest, plan_parts
+
     if os.path.exists(os.path.join(root, fmt.MANIFEST)):
         m = json.load(open(os.path.join(root, fmt.MANIFEST)))
         if m["samples"] == rows:
-            if "index_stats" not in m:
-                write_manifest(root, m)
             return
     os.makedirs(os.path.join(root, fmt.INDEX_DIR), exist_ok=True)
-    k_all = -(-rows // FRAGMENT)
-    with ProcessPoolExecutor(jobs) as ex:
-        done = list(ex.map(_write_fragment, [(root, k, rows, seed) for k in range(k_all)], chunksize=64))
     entries = []
-    for k, n, sha in sorted(done):
+    for k in range(-(-rows // FRAGMENT)):
+        n = min(FRAGMENT, rows - k * FRAGMENT)
         tar_len = -(-(RECORD * n + 1024) // 10240) * 10240  # records, two zero blocks, 10 KiB padding
         entries.append({"shard": k, "path": fmt.shard_name(k), "index": fmt.index_name(k),
                         "sha256": fmt.sha256_bytes(b"skeleton %d" % k), "bytes": tar_len, "samples": n,
-                        "first_row": k * FRAGMENT, "index_sha256": sha,
+                        "first_row": k * FRAGMENT, "index_sha256": fmt.sha256_bytes(b"fragment %d" % k),
                         "latents_sha256": fmt.sha256_bytes(b"latents %d" % k)})
+    plan = plan_parts(entries)
+    with ProcessPoolExecutor(jobs) as ex:
+        parts = list(ex.map(_write_part, [(root, p, seed) for p in plan]))
     lat = fmt.sha256_bytes("".join(e["latents_sha256"] for e in entries).encode())
     manifest = {"kind": fmt.DATASET_KIND, "format_version": fmt.FORMAT_VERSION,
                 "dataset_id": fmt.dataset_id(entries, lat), "samples": rows,
@@ -134,7 +151,7 @@ def build(root: str, rows: int, seed: int = 0, jobs: int = 2) -> None:
                 "latents": {"path": fmt.LATENTS, "sha256_of_shard_hashes": lat},
                 "members": {"image": "png", "mask": "mask.png", "latent": "latent.npy", "meta": "json"},
                 "shards": entries}
-    write_manifest(root, manifest)
+    write_manifest(root, compacted_manifest(manifest, parts))
 
 
 def write_manifest(root: str, manifest: dict) -> None:
@@ -179,7 +196,7 @@ def seal(root: str) -> None:
             p = os.path.join(root, e["path"])
             e["sha256"], e["bytes"] = fmt.sha256_bytes(open(p, "rb").read()), os.path.getsize(p)
     m["bytes"] = sum(e["bytes"] for e in m["shards"])
-    m["dataset_id"] = fmt.dataset_id(m["shards"], m["latents"]["sha256_of_shard_hashes"])
+    m["dataset_id"] = fmt.dataset_id(m["shards"], m["latents"]["sha256_of_shard_hashes"], m["format_version"])
     write_manifest(root, m)
     open(os.path.join(root, ".sealed"), "w").close()
 

@@ -159,3 +159,16 @@ def test_generate_compacts_many_shards_and_a_killed_compaction_finishes(tmp_path
     generate(GenerateConfig(**cfg), log=lambda msg: None)
     assert not os.path.exists(stray)
     assert cli("verify", root).exit_code == 0
+
+
+def test_a_view_of_a_view_over_parts_equals_the_one_over_fragments(ds, compacted, tmp_path):
+    out = {}
+    for name, root in (("frag", ds), ("parts", compacted)):
+        first, second = tmp_path / f"{name}1.json", tmp_path / f"{name}2.json"
+        assert cli("filter", root, "--max-fg", "0.6", "--out", first).exit_code == 0
+        r = cli("filter", first, "--histogram", "reference", "--min-components", 1, "--out", second)
+        assert r.exit_code == 0, r.output
+        out[name] = json.load(open(second))
+    a, b = out["frag"], out["parts"]
+    assert a["accepted"] == b["accepted"] and a["counts"] == b["counts"] and a["rejected_in_turn"] == b["rejected_in_turn"]
+    assert a["accepted_stats"] == b["accepted_stats"] and 0 < b["samples"] < N

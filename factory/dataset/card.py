@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from factory import format as fmt
-from factory.dataset.reader import index_schema, load_index
+from factory.dataset.reader import index_schema, scan_index
 from factory.fsio import atomic_write
 from factory.provenance import platforms_line
 
@@ -21,44 +21,83 @@ def stats_columns(root: str, manifest: dict) -> list[str]:
 
 
 def index_stats(root: str, manifest: dict, *, check_sha: bool = True) -> dict:
-    """summary_stats of a dataset's whole index, reading only the columns they need."""
-    return summary_stats(load_index(root, manifest, columns=stats_columns(root, manifest), check_sha=check_sha))
+    """summary_stats of a dataset's whole index, reading only the columns they need (a compacted index one
+    part at a time: memory holds one part's columns and the fg ratios)."""
+    cols = stats_columns(root, manifest)
+    acc = SummaryStats()
+    for part in scan_index(root, manifest, cols, lambda t: SummaryStats().add(t), check_sha=check_sha):
+        acc.merge(part)
+    return acc.result()
 
 
 def summary_stats(table, mask: np.ndarray | None = None) -> dict:
     """Filter statistics of an index table (of its rows where `mask` is True): fg ratio quantiles and
     pass rate of each filter. Columns are selected as arrays, never the whole table filtered."""
-    n = 0 if table is None else table.num_rows if mask is None else int(np.count_nonzero(mask))
-    if n == 0:
-        return {"samples": 0}
-    out: dict = {"samples": n}
+    return SummaryStats().add(table, mask).result() if table is not None else {"samples": 0}
 
-    def column(name: str) -> np.ndarray:
-        values = table.column(name).to_numpy()
-        return values if mask is None else values[mask]
 
-    fg = column("fg_ratio")
-    qs = ("0.05", "0.25", "0.5", "0.75", "0.95")
-    out["fg_ratio_quantiles"] = {q: round(float(v), 4) for q, v in zip(qs, np.quantile(fg, [float(q) for q in qs]))}
-    area = column("pass_area")
-    hist_ref = column("pass_hist_reference")
-    out["pass_rate"] = {
-        "area": round(float(area.mean()), 4),
-        "hist_reference": round(float(hist_ref.mean()), 4),
-        "hist_paper": round(float(column("pass_hist_paper").mean()), 4),
-        "area_and_hist_reference": round(float((area & hist_ref).mean()), 4),
-    }
-    out["components_mean"] = {
-        "raw": round(float(column("n_components_raw").mean()), 3),
-        "clean": round(float(column("n_components").mean()), 3),
-    }
-    if "true_iou" in table.column_names:
-        iou = column("true_iou")
-        out["true_iou_mean"] = {
-            "all": round(float(iou.mean()), 4),
-            "area_and_hist_reference": round(float(iou[area & hist_ref].mean()), 4) if (area & hist_ref).any() else None,
-        }
-    return out
+class SummaryStats:
+    """`summary_stats` accumulated over pieces of an index (`add` a table and its mask, `merge` another's):
+    counts and sums, and the fg ratios of the rows counted (for the quantiles)."""
+
+    COUNTS = ("area", "hist_reference", "hist_paper", "area_and_hist_reference")
+
+    def __init__(self):
+        self.n = 0
+        self.fg: list[np.ndarray] = []
+        self.counts = dict.fromkeys(self.COUNTS, 0)
+        self.comp = {"raw": 0, "clean": 0}
+        self.iou: list[float] | None = None  # [sum over all, sum over area & hist_reference]
+
+    def add(self, table, mask: np.ndarray | None = None) -> "SummaryStats":
+        n = table.num_rows if mask is None else int(np.count_nonzero(mask))
+        if n == 0:
+            return self
+
+        def column(name: str) -> np.ndarray:
+            values = table.column(name).to_numpy()
+            return values if mask is None else values[mask]
+
+        self.n += n
+        self.fg.append(np.asarray(column("fg_ratio"), np.float32))
+        area, ref = column("pass_area"), column("pass_hist_reference")
+        both = area & ref
+        for k, v in zip(self.COUNTS, (area, ref, column("pass_hist_paper"), both)):
+            self.counts[k] += int(np.count_nonzero(v))
+        self.comp["raw"] += int(column("n_components_raw").sum(dtype=np.int64))
+        self.comp["clean"] += int(column("n_components").sum(dtype=np.int64))
+        if "true_iou" in table.column_names:
+            iou = column("true_iou")
+            self.iou = self.iou or [0.0, 0.0]
+            self.iou[0] += float(iou.sum(dtype=np.float64))
+            self.iou[1] += float(iou[both].sum(dtype=np.float64))
+        return self
+
+    def merge(self, other: "SummaryStats") -> None:
+        self.n += other.n
+        self.fg += other.fg
+        for k in self.COUNTS:
+            self.counts[k] += other.counts[k]
+        for k in self.comp:
+            self.comp[k] += other.comp[k]
+        if other.iou is not None:
+            self.iou = [a + b for a, b in zip(self.iou or [0.0, 0.0], other.iou)]
+
+    def result(self) -> dict:
+        n = self.n
+        if n == 0:
+            return {"samples": 0}
+        fg = np.concatenate(self.fg) if len(self.fg) > 1 else self.fg[0]
+        qs = ("0.05", "0.25", "0.5", "0.75", "0.95")
+        out: dict = {"samples": n}
+        out["fg_ratio_quantiles"] = {q: round(float(v), 4) for q, v in zip(qs, np.quantile(fg, [float(q) for q in qs]))}
+        out["pass_rate"] = {k: round(self.counts[k] / n, 4) for k in self.COUNTS}
+        out["components_mean"] = {k: round(v / n, 3) for k, v in self.comp.items()}
+        if self.iou is not None:
+            both = self.counts["area_and_hist_reference"]
+            out["true_iou_mean"] = {"all": round(self.iou[0] / n, 4),
+                                    "area_and_hist_reference": round(self.iou[1] / both, 4) if both else None}
+        return out
 
 
 def render(manifest: dict, stats: dict, preview: str | None = None, *, title: str | None = None,

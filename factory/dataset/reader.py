@@ -133,6 +133,33 @@ def load_parts(root: str, manifest: dict, columns: list[str] | None = None, *, s
     return table
 
 
+def scan_index(root: str, manifest: dict, columns: list[str] | None, fn, *, check_sha: bool = True,
+               threads: int = LOCAL_THREADS) -> list:
+    """``fn(table)`` of each piece of the index, in shard order: of each part of a compacted index, read and
+    handed to ``fn`` in `threads` threads (memory holds the parts in flight, not the index), else of the
+    whole index at once (per-shard fragments)."""
+    if not fidx.has_parts(manifest):
+        t = load_index(root, manifest, columns, check_sha=check_sha)
+        return [] if t is None else [fn(t)]
+    parts = fidx.index_parts(manifest)
+
+    def run(part):
+        pf = fidx.open_part(root, part)
+        try:
+            t = fidx.read_row_groups(pf, list(range(len(part["row_groups"]))), columns, fmt.join(root, part["path"]))
+        finally:
+            pf.close()
+        if t.num_rows != part["rows"]:
+            raise fmt.FormatError(f"index part {fmt.join(root, part['path'])} has {t.num_rows} rows, "
+                                  f"the manifest says {part['rows']}")
+        return fn(t)
+
+    if len(parts) == 1:
+        return [run(parts[0])]
+    with ThreadPoolExecutor(min(threads, len(parts))) as ex:
+        return list(ex.map(run, parts))
+
+
 def accepted_flags(accepted: fmt.AcceptedRows, row_col: np.ndarray) -> np.ndarray:
     """Bool per entry of an index's ``row`` column: True where a view accepts that row."""
     return accepted.flags(row_col)

@@ -24,8 +24,8 @@ import numpy as np
 
 from factory import __version__
 from factory import format as fmt
-from factory.dataset.card import stats_columns, summary_stats
-from factory.dataset.reader import accepted_flags, index_schema, load_index
+from factory.dataset.card import SummaryStats, stats_columns, summary_stats
+from factory.dataset.reader import accepted_flags, index_schema, load_index, scan_index
 from factory.format import FactoryError, parent_url_for
 from factory.views.predicate import (
     BoolOp,
@@ -235,9 +235,15 @@ def view_from_index(url: str, res: fmt.Resolved, spec: FilterSpec, table, *, vie
     shard_col = table.column("shard").to_numpy()
     row_col = table.column("row").to_numpy()
     out = apply_steps(steps, table, input_rows(url, res, row_col))
-    mask = out.mask
+    accepted = _as_rows_by_shard(shard_col, row_col, out.mask, shard_ids)
+    return _view(res, spec, accepted, out.counts(), out.rejected, out.in_turn, summary_stats(table, out.mask),
+                 view_url=view_url)
+
+
+def _view(res: fmt.Resolved, spec: FilterSpec, accepted: dict, counts: dict, rejected: dict, in_turn: list,
+          stats: dict, *, view_url: str | None) -> dict:
+    """The view document from a filter's outcome."""
     own, predicate = view_predicate(res, spec)
-    accepted = _as_rows_by_shard(shard_col, row_col, mask, shard_ids)
     acc_sha = fmt.accepted_sha256(accepted)
     parent_id = res.manifest["dataset_id"]
     vid = fmt.view_id(parent_id, predicate, acc_sha)
@@ -250,22 +256,67 @@ def view_from_index(url: str, res: fmt.Resolved, spec: FilterSpec, table, *, vie
                    "url": parent_url_for(view_url or "view.json", res.root)},
         "predicate": predicate,
         "filters": filters,
-        "lineage": _lineage(res, {"view_id": vid, "predicate": own, "samples": int(mask.sum())}),
-        "samples": int(mask.sum()),
-        "counts": out.counts(),
-        "rejected": out.rejected,
-        "rejected_in_turn": out.in_turn,
+        "lineage": _lineage(res, {"view_id": vid, "predicate": own, "samples": counts["accepted"]}),
+        "samples": counts["accepted"],
+        "counts": counts,
+        "rejected": rejected,
+        "rejected_in_turn": in_turn,
         "accepted_sha256": acc_sha,
-        "accepted_stats": summary_stats(table, mask),
+        "accepted_stats": stats,
         "code_version": __version__,
         "accepted": accepted,
     }
+
+
+def view_from_parts(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: str | None = None) -> dict:
+    """`view_from_index` over a compacted index, one part at a time (`scan_index`: parts read and filtered in
+    threads, memory holding the parts in flight, not the index): the same view."""
+    steps = spec.steps()
+    check_steps(res, steps)
+    needed = {"shard", "row", *stats_columns(res.root, res.manifest)}
+    for _, node in steps:
+        needed |= columns_of(node)
+
+    def piece(table):
+        shard_col = table.column("shard").to_numpy()
+        row_col = table.column("row").to_numpy()
+        base = np.ones(len(row_col), bool)
+        if res.accepted is not None:
+            mine = [k for k in np.unique(shard_col).tolist() if k in res.accepted]
+            rows = [res.accepted[k] for k in mine]
+            base = np.isin(row_col, np.concatenate(rows)) if rows else np.zeros(len(row_col), bool)
+        out = apply_steps(steps, table, base)
+        accepted = _as_rows_by_shard(shard_col, row_col, out.mask, np.unique(shard_col).tolist())
+        return out.counts(), out.rejected, out.in_turn, accepted, SummaryStats().add(table, out.mask)
+
+    pieces = scan_index(res.root, res.manifest, sorted(needed), piece)
+    accepted = fmt.encode_accepted({s["shard"]: np.zeros(0, np.int64) for s in res.manifest["shards"]})
+    counts = {"candidates": 0, "input": 0, "accepted": 0, "rejected": 0}
+    rejected = {name: 0 for name, _ in steps}
+    in_turn = [{"filter": name, "rejected": 0, "also_rejected": 0} for name, _ in steps]
+    stats = SummaryStats()
+    for c, rej, turn, acc, st in pieces:
+        for k in counts:
+            counts[k] += c[k]
+        for k in rejected:
+            rejected[k] += rej[k]
+        for a, b in zip(in_turn, turn):
+            a["rejected"] += b["rejected"]
+            a["also_rejected"] += b["also_rejected"]
+        accepted.update(acc)
+        stats.merge(st)
+    if res.view is not None and counts["input"] != res.view["samples"]:
+        raise fmt.FormatError(f"{url}: view accepts {res.view['samples']} rows but only {counts['input']} exist in "
+                              "the parent's index")
+    return _view(res, spec, accepted, counts, rejected, in_turn, stats.result(), view_url=view_url)
 
 
 def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
                  view_url: str | None = None) -> dict:
     """Evaluate `spec` on the index of dataset/view `url` and return the view dict (not written)."""
     res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    if fmt.has_parts(res.manifest):
+        return view_from_parts(url, res, spec, view_url=view_url)
     table = index_table(res, spec.steps())
     return view_from_index(url, res, spec, table, view_url=view_url)
 
