@@ -10,6 +10,7 @@ columns and the spec's ``max_fg``; each sample's JSON against its index row. Wha
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 
@@ -30,7 +31,7 @@ def decode_mask(data: bytes, where: str) -> np.ndarray:
             a = np.asarray(im)
     except Exception as e:  # noqa: BLE001 - any undecodable member is one problem line
         raise fmt.FormatError(f"{where} does not decode: {type(e).__name__}") from None
-    if a.ndim != 2 or a.dtype != np.uint8 or not np.isin(a, (0, 255)).all():
+    if a.ndim != 2 or a.dtype != np.uint8 or not ((a == 0) | (a == 255)).all():
         raise fmt.FormatError(f"{where} is not a 0/255 mask")
     return a > 127
 
@@ -53,20 +54,28 @@ def recomputed(samples: dict[str, dict[str, bytes]], table, *, members: dict, sp
     """Every column this module can recompute, for the rows of index `table` (same order)."""
     import torch
 
-    from factory.masks import cc_cleanup
+    from factory.masks import cc_cleanup as cleanup
     from factory.stats import count_maxima, fg_ratio
 
     keys = table.column("key").to_pylist()
     clean = masks_of(samples, keys, members.get("mask", fmt.EXT_MASK))
-    _, n_clean, _ = cc_cleanup(clean, 0.0)  # ratio 0 keeps every component: their count
-    out = {"fg_ratio": fg_ratio(clean).numpy(), "n_components": n_clean.numpy()}
+    # scipy's labelling where installed (the factory's extra), else the tensor algorithm: identical results
+    backend = "scipy" if importlib.util.find_spec("scipy") else "torch"
+
+    def cc_cleanup(mask, ratio):
+        return cleanup(mask, ratio, backend=backend)
+
     ratio = spec.get("cc_ratio")
-    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 <= ratio <= 1:
-        out["clean_is_clean"] = (cc_cleanup(clean, float(ratio))[0] == clean).flatten(1).all(1).numpy()
+    ratio = float(ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 <= ratio <= 1 else None
+    # the cleanup of a clean mask: its components (n_all) and those the rule keeps (all of them, if clean)
+    _, n_all, n_kept = cc_cleanup(clean, ratio or 0.0)
+    out = {"fg_ratio": fg_ratio(clean).numpy(), "n_components": n_all.numpy()}
+    if ratio is not None:
+        out["clean_is_clean"] = (n_kept == n_all).numpy()
         raw_ext = members.get("raw_mask")
         if raw_ext:
             raw = masks_of(samples, keys, raw_ext)
-            again, n_raw, n_kept = cc_cleanup(raw, float(ratio))
+            again, n_raw, _ = cc_cleanup(raw, ratio)
             out.update(fg_ratio_raw=fg_ratio(raw).numpy(), n_components_raw=n_raw.numpy(),
                        clean_from_raw=(again == clean).flatten(1).all(1).numpy())
     hist = np.asarray(table.column("hist").to_pylist(), np.float32).reshape(len(keys), -1)
