@@ -167,3 +167,25 @@ def test_server_routes_for_map_tags_and_views(ds, tmp_path):
         c = json.loads(get(a + "api/compare?a=good&b=selection")[2])
         assert (c["both"], c["either"], c["neither"]) == (0, 5, 995)
         assert json.loads(get(a + "api/rows?where=%23good")[2])["total"] == 3
+
+
+def test_caches_stay_bounded_whatever_is_clicked(ds, tmp_path, monkeypatch):
+    from factory.browse import named
+
+    monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "home"))
+    views = tmp_path / "views"
+    views.mkdir()
+    b = Browser(ds, views_dir=str(views))
+    for i in range(named.MAX_ROW_SETS + 4):
+        b.tag(f"t{i}", [i, i + 1])
+        assert b.counts(f"#t{i} or fg_ratio < {0.01 * i}")["samples"] >= 2
+        b.rows(f"#t{i}", sort="fg_ratio")
+        b.histogram("fg_ratio", f"#t{i}")
+    assert len(b.named._rows) <= named.MAX_ROW_SETS and len(b._filters) <= 8 and len(b._orders) <= 8
+    assert all(s is None or "accepted" not in s for _, s in b.named._files.values())  # summaries, no rows
+    assert len(b.views()["views"]) == named.MAX_ROW_SETS + 4
+    b.latent_map()
+    b.map_colours("n_components", "#t0")
+    assert len(b._maps) == 1
+    b.tag("t0", [999])  # a tag rewritten: its rows are read again, not served stale
+    assert b.counts("#t0")["samples"] == 3

@@ -307,6 +307,11 @@ def test_lasso_on_the_map_saves_the_selected_samples(ds, chrome, tmp_path):
         # the bytes factory filter writes for those explicit rows; factory info reads it
         filter_line(ds, "--where", "row in (" + ", ".join(map(str, want)) + ")", "--out", views / "cli.json")
         assert (views / "cli.json").read_bytes() == (views / "lasso-pick.json").read_bytes()
+        # the Tag button tags the map's selection while the grid shows it
+        by_testid(chrome, "tag").send_keys("near")
+        by_testid(chrome, "tag-apply").click()
+        wait_for(chrome, lambda d: text_of(d, "#tag-status").startswith(f"tagged {len(want)}"), "the selection tagged")
+        assert rows_of_view(views / "near.json") == want
         # listed with the tags (a view of explicit rows) with its count; one click opens it
         wait_for(chrome, lambda d: f"#lasso-pick\n{len(want)}" in text_of(d, '[data-testid="tags"]'), "listed")
         type_filter(chrome, "")

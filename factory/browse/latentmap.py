@@ -1,6 +1,7 @@
 """The latent map of `factory browse`: a 2-D projection of the latents of a dataset's (or view's) rows.
 
-PCA by default (numpy, two streamed passes over ``latents.zarr``: mean and covariance, then the projection
+PCA by default (numpy, two streamed passes over ``latents.zarr``: mean and covariance (float32 products
+summed in float64), then the projection
 onto the two leading components, each component's sign fixed so its largest coefficient is positive); UMAP
 (umap-learn, seeded) when installed and asked for. A projection is computed once and cached outside the
 dataset, under ``$FACTORY_HOME/browse-maps/DATASET_ID/VIEW_ID-METHOD.npy`` (float32, one x, y per input row
@@ -10,6 +11,7 @@ below that).
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import os
 
@@ -32,26 +34,46 @@ def cache_path(dataset_id: str, view_id: str | None, method: str) -> str:
 
 
 def _blocks(z, rows: np.ndarray):
-    """(slice of `rows`, their latents as float64) a block of latent rows at a time (rows sorted)."""
+    """(slice of `rows`, their latents as float32) a block of latent rows at a time (rows sorted)."""
     i = 0
     while i < rows.size:
         a = int(rows[i])
         j = int(np.searchsorted(rows, a + BLOCK))
-        chunk = np.asarray(z[a:int(rows[j - 1]) + 1], np.float64)
+        chunk = np.asarray(z[a:int(rows[j - 1]) + 1], np.float32)
         yield slice(i, j), chunk[rows[i:j] - a]
         i = j
 
 
+def one_thread():
+    """BLAS on one thread where threadpoolctl is installed: the same floats on every machine, and no
+    threads spinning against each other on a busy one (20x slower there)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
 def pca(z, rows: np.ndarray) -> np.ndarray:
     """The rows' latents projected on their two leading principal components (float32, n x 2)."""
+    with one_thread():
+        return _pca(z, rows)
+
+
+def _pca(z, rows: np.ndarray) -> np.ndarray:
     d = int(z.shape[1])
     n = rows.size
-    s, ss = np.zeros(d), np.zeros((d, d))
-    for _, x in _blocks(z, rows):
-        s += x.sum(0)
-        ss += x.T @ x
-    mu = s / max(1, n)
-    cov = ss / max(1, n) - np.outer(mu, mu)
+    s, ss, shift = np.zeros(d), np.zeros((d, d)), None
+    for _, x in _blocks(z, rows):  # float32 products of rows centred on the first block's mean, summed in float64
+        if shift is None:
+            shift = x.mean(0)
+        x = x - shift
+        s += x.sum(0, dtype=np.float64)
+        ss += (x.T @ x).astype(np.float64)
+    shift = np.zeros(d, np.float32) if shift is None else shift
+    mean = s / max(1, n)
+    cov = ss / max(1, n) - np.outer(mean, mean)
+    mu = (mean + shift).astype(np.float32)
     w, v = np.linalg.eigh(cov)
     comp = v[:, np.argsort(w)[::-1][:2]]
     if comp.shape[1] < 2:
@@ -59,7 +81,7 @@ def pca(z, rows: np.ndarray) -> np.ndarray:
     comp *= np.where(comp[np.abs(comp).argmax(0), range(2)] < 0, -1.0, 1.0)
     out = np.zeros((n, 2), np.float32)
     for sl, x in _blocks(z, rows):
-        out[sl] = (x - mu) @ comp
+        out[sl] = (x - mu) @ comp.astype(np.float32)
     return out
 
 

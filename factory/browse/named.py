@@ -21,6 +21,7 @@ from factory.format import FactoryError
 SELECTION = "selection"
 REF = re.compile(r"#([A-Za-z0-9][A-Za-z0-9_.-]{0,79})")
 MAX_VIEWS = 200  # view files listed from one folder
+MAX_ROW_SETS = 8  # views' decoded rows kept (8 bytes a row)
 MAX_SELECTION = 110_000  # rows of an explicit-rows view (its --where stays under the language's limit)
 
 
@@ -79,7 +80,8 @@ class Named:
         self.dataset_ids = dataset_ids
         self.selection = np.zeros(0, np.int64)
         self.generation = 0  # grows with every change of a set (the filter cache's key)
-        self._files: dict[str, tuple[tuple, dict | None]] = {}
+        self._files: dict[str, tuple[tuple, dict | None]] = {}  # name -> (stamp, summary)
+        self._rows: dict[str, tuple[tuple, np.ndarray]] = {}  # name -> (stamp, rows): the last MAX_ROW_SETS
         self._lock = threading.Lock()
 
     def _path(self, name: str) -> str:
@@ -100,53 +102,85 @@ class Named:
                 return []
         return sorted(f[:-5] for f in files if f.endswith(".json") and REF.fullmatch("#" + f[:-5]))[:MAX_VIEWS]
 
-    def view(self, name: str) -> dict | None:
-        """View NAME.json of the views folder when it is a view of this dataset, else None."""
+    def _stamp(self, path: str):
+        if fmt.is_remote_url(path):
+            fs, p = fmt.get_fs(path)
+            info = fs.info(p)
+            return (info.get("size"), info.get("mtime") or info.get("LastModified") or info.get("ETag"))
+        st = os.stat(path)
+        return (st.st_size, st.st_mtime_ns)
+
+    def _read(self, name: str):
+        """(stamp, view) of NAME.json when it is a view of this dataset, else (stamp, None); None if absent."""
         path = self._path(name)
         try:
-            if fmt.is_remote_url(path):
-                stamp = (path,)
-            else:
-                st = os.stat(path)
-                stamp = (st.st_size, st.st_mtime_ns)
+            stamp = self._stamp(path)
+        except OSError:
+            return None
+        try:
+            obj = fmt.validate_view(fmt.read_json(path, "view"), path)
+        except FactoryError:
+            return stamp, None
+        return stamp, (obj if obj["parent"]["dataset_id"] in self.dataset_ids else None)
+
+    def summary(self, name: str) -> dict | None:
+        """Name, samples, whether it is a tag, id and predicate of view NAME.json (kept per file size and time,
+        without its rows: at most MAX_VIEWS small entries)."""
+        path = self._path(name)
+        try:
+            stamp = self._stamp(path)
         except OSError:
             return None
         with self._lock:
             hit = self._files.get(name)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        try:
-            obj = fmt.validate_view(fmt.read_json(path, "view"), path)
-            ok = obj["parent"]["dataset_id"] in self.dataset_ids
-        except FactoryError:
-            ok = False
-        v = obj if ok else None
+        got = self._read(name)
+        if got is None:
+            return None
+        stamp, v = got
+        s = None
+        if v is not None:
+            tag = explicit_rows(v)
+            s = {"name": name, "samples": v["samples"], "tag": tag, "view_id": v["view_id"],
+                 "predicate": None if tag else v.get("predicate")}
         with self._lock:
-            self._files[name] = (stamp, v)
+            self._files[name] = (stamp, s)
             while len(self._files) > MAX_VIEWS:
                 self._files.pop(next(iter(self._files)))
-        return v
+        return s
+
+    def view(self, name: str) -> dict | None:
+        """View NAME.json of the views folder when it is a view of this dataset, else None (read each time)."""
+        got = self._read(name)
+        return None if got is None else got[1]
 
     def listing(self) -> list[dict]:
         """Every view of this dataset in the views folder: name, samples, whether it is a tag, its predicate."""
-        out = []
-        for name in self._names():
-            v = self.view(name)
-            if v is not None:
-                tag = explicit_rows(v)
-                out.append({"name": name, "samples": v["samples"], "tag": tag, "view_id": v["view_id"],
-                            "predicate": None if tag else v.get("predicate")})
-        return out
+        return [s for s in map(self.summary, self._names()) if s is not None]
 
     def rows(self, name: str) -> np.ndarray:
-        """Sorted rows of ``#name``: the selection, or view NAME.json's accepted rows."""
+        """Sorted rows of ``#name``: the selection, or view NAME.json's accepted rows (the last few kept)."""
         if name == SELECTION:
             return self.selection
+        try:
+            stamp = self._stamp(self._path(name))
+        except OSError:
+            stamp = None
+        with self._lock:
+            hit = self._rows.get(name)
+        if stamp is not None and hit is not None and hit[0] == stamp:
+            return hit[1]
         v = self.view(name)
         if v is None:
             raise FactoryError(f"#{name}: no view {name}.json of this dataset in {self.views_dir}; "
                                "tag samples or save a view first")
-        return fmt.AcceptedRows(v["accepted"], v["format_version"], name).all_rows()
+        rows = fmt.AcceptedRows(v["accepted"], v["format_version"], name).all_rows()
+        with self._lock:
+            self._rows[name] = (stamp, rows)
+            while len(self._rows) > MAX_ROW_SETS:
+                self._rows.pop(next(iter(self._rows)))
+        return rows
 
     def select(self, rows) -> int:
         rows = np.unique(np.asarray(rows, np.int64))

@@ -557,6 +557,11 @@
   function tagTargets(fromKey) {
     if (state.marked.size) return [...state.marked.values()];
     if (fromKey && state.hover) return [state.hover.row];
+    if (map.selected && state.where.includes("#selection")) {  // the map's selection while the grid shows it
+      const rows = [];
+      for (let i = 0; i < map.selected.length; i++) if (map.selected[i]) rows.push(map.rows[i]);
+      if (rows.length) return rows;
+    }
     if (state.key && state.detailRow !== undefined) return [state.detailRow];
     return [];
   }
