@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 from test_browse import filter_line, get, post
-from test_filter import build_dataset
+from test_filter import build_dataset, cli
 
 from factory import format as fmt
 from factory.browse import latentmap
@@ -90,6 +90,14 @@ def test_tags_and_selections_are_views_of_explicit_rows(ds, tmp_path):
     assert r["samples"] == 3 and rows_of(views / "bad.json") == [3, 5, 9]
     filter_line(ds, "--where", "row in (3, 5, 9)", "--out", tmp_path / "cli.json")
     assert (tmp_path / "cli.json").read_bytes() == (views / "bad.json").read_bytes().replace(b'"../', b'"')
+    # any reader takes a tag as a view: factory info, factory.open, the trainers' index
+    import factory
+    from trainers.data.index import build_index
+
+    r = cli("info", str(views / "bad.json"))
+    assert r.exit_code == 0 and "row in (3, 5, 9)" in r.output
+    assert factory.open(str(views / "bad.json")).rows().tolist() == [3, 5, 9]
+    assert len(build_index(fmt.open_dataset(str(views / "bad.json")), split="all")) == 3
     b.tag("bad", [12])
     b.tag("bad", [5], "remove")
     assert rows_of(views / "bad.json") == [3, 9, 12]
