@@ -279,12 +279,27 @@ def drag(driver, element, points) -> None:
 
 
 def test_lasso_on_the_map_saves_the_selected_samples(ds, chrome, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+
     views = tmp_path / "views"
     views.mkdir()
     b = Browser(ds, views_dir=str(views))
     with BrowseServer(b, 0) as srv:
         chrome.get(srv.address)
         wait_for(chrome, lambda d: by_testid(d, "map").get_attribute("data-points") == "1000", "the map's points")
+        # a click on an isolated point opens its sample
+        import numpy as np
+
+        rows, px, py = map_pixels(b)
+        d2 = (px[:, None] - px[None, :]) ** 2 + (py[:, None] - py[None, :]) ** 2
+        np.fill_diagonal(d2, 1e9)
+        lone = int(np.flatnonzero((d2.min(1) > 100) & (np.abs(px - 178) < 150) & (np.abs(py - 178) < 150))[0])
+        ActionChains(chrome).move_to_element_with_offset(by_testid(chrome, "map"), int(px[lone]) - 178,
+                                                         int(py[lone]) - 178).click().perform()
+        key = f"{int(rows[lone]):010d}"
+        wait_for(chrome, lambda d: d.find_elements("css selector", "#detail .dkey")
+                 and text_of(d, "#detail .dkey") == key, "the clicked point's sample")
+        by_testid(chrome, "close").click()
         by_testid(chrome, "lasso").click()
         poly = [(-120, -120), (40, -150), (130, -20), (60, 120), (-80, 90), (-140, 0)]
         drag(chrome, by_testid(chrome, "map"), poly)

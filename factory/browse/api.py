@@ -127,6 +127,7 @@ class Browser:
             "columns": kinds, "image": fmt.image_member(m), "resolution": m.get("resolution"),
             "relabelled": "teacher_iou" in self.columns, "views_dir": self.views_dir,
             "view_filters": list(self.view_passed), "map_methods": lmap.methods(),
+            "key_width": len(fmt.sample_key(0)),
         })
 
     def _view_verdicts(self) -> dict[str, np.ndarray]:

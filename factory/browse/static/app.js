@@ -520,8 +520,14 @@
   async function finishSelection() {
     const p = map.path;
     map.path = null;
+    if (!p || p.length < 2 || (Math.abs(p[p.length - 1][0] - p[0][0]) < 3 && Math.abs(p[p.length - 1][1] - p[0][1]) < 3
+        && p.length < 4)) {  // a click, not a drag: open the point's sample
+      const i = p ? nearest(...p[0]) : -1;
+      if (i >= 0) showSample(keyOf(map.rows[i]));
+      drawMap();
+      return;
+    }
     map.lastPath = p;
-    if (!p || p.length < 2) { drawMap(); return; }
     const n = map.px.length, rows = [];
     map.selected.fill(0);
     let test;
@@ -546,11 +552,27 @@
     e.preventDefault();
     map.path = [canvasXY(e)];
   });
+  function nearest(x, y) {  // the drawn point within 5 px of (x, y), else -1
+    let best = -1, bd = 26;
+    for (let i = 0; i < map.px.length; i++) {
+      const dx = map.px[i] - x, dy = map.py[i] - y, dd = dx * dx + dy * dy;
+      if (dd < bd) { bd = dd; best = i; }
+    }
+    return best;
+  }
+  function keyOf(row) { return String(row).padStart(meta.key_width || 10, "0"); }
   mapCanvas.addEventListener("mousemove", (e) => {
-    if (!map.path) return;
+    if (!map.path) {  // hovering a point: its key; t tags it, a click opens it
+      if (!map.px) return;
+      const i = nearest(...canvasXY(e));
+      state.hover = i < 0 ? null : { key: keyOf(map.rows[i]), row: map.rows[i] };
+      mapCanvas.title = i < 0 ? "" : "sample " + state.hover.key;
+      return;
+    }
     map.path.push(canvasXY(e));
     strokePath();
   });
+  mapCanvas.addEventListener("mouseleave", () => { if (!map.path) state.hover = null; });
   window.addEventListener("mouseup", () => { if (map.path) finishSelection(); });
 
   // ------------------------------------------------------------------ tags and views
@@ -675,7 +697,8 @@
     if (!page || !state.key) return;
     const i = page.rows.findIndex((r) => r.key === state.key);
     const j = i + d;
-    if (i >= 0 && j >= 0 && j < page.rows.length) return showSample(page.rows[j].key);
+    if (i < 0) return page.rows.length ? showSample(page.rows[0].key) : undefined;  // opened from the map
+    if (j >= 0 && j < page.rows.length) return showSample(page.rows[j].key);
     if (!live || (d > 0 && next.disabled) || (d < 0 && prev.disabled)) return;
     state.offset = Math.max(0, state.offset + d * state.limit);
     await load();
