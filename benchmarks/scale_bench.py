@@ -36,7 +36,8 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
 
 from factory import format as fmt  # noqa: E402
-from factory.dataset.shards import index_table, tar_join, tar_records  # noqa: E402
+from factory.dataset.shards import index_table  # noqa: E402
+from factory.format import tar_join, tar_records  # noqa: E402
 
 FRAGMENT = 1000
 RES = 32

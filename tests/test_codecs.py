@@ -31,10 +31,10 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
 
 
 def _samples(ds: Path) -> dict[str, dict[str, bytes]]:
-    man = json.loads((ds / "manifest.json").read_text())
+    res = fmt.open_dataset(str(ds))
     out = {}
-    for s in man["shards"]:
-        out.update(read_shard_samples(str(ds), s))
+    for s in res.manifest["shards"]:
+        out.update(read_shard_samples(res, s))
     return out
 
 

@@ -360,7 +360,7 @@ def test_encoder_process_pool_gives_the_same_records():
 
 
 def fmt_tar(records: bytes) -> bytes:
-    from factory.dataset.shards import tar_join
+    from factory.format import tar_join
 
     return tar_join([records])
 

@@ -38,10 +38,10 @@ def ds(tmp_path_factory) -> str:
 
 def scanned(root: str) -> dict[str, dict[str, bytes]]:
     """Every sample of a dataset by a full scan of its tars (the reference)."""
-    m = json.load(open(os.path.join(root, fmt.MANIFEST)))
+    res = fmt.open_dataset(root)
     out = {}
-    for e in m["shards"]:
-        out.update(read_shard_samples(root, e))
+    for e in res.manifest["shards"]:
+        out.update(read_shard_samples(res, e))
     return out
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,19 +64,6 @@ def teacher_sha256(model: str) -> str:
     if not f.is_file():
         raise RelabelError(f"--model {model}: no weights file {f} (a run folder or an authors' .pth)")
     return sha256_file(f)
-
-
-def part_tar(members: list[tuple[str, bytes]]) -> bytes:
-    """An uncompressed tar of ``members`` (in order) with fixed metadata, so equal maps give equal bytes."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size, ti.mtime, ti.mode = len(data), fmt.TAR_MTIME, 0o644
-            ti.uid = ti.gid = 0
-            ti.uname = ti.gname = ""
-            tf.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def png_of_probability(p: np.ndarray) -> bytes:
@@ -161,7 +147,7 @@ def write_maps(cfg: RelabelConfig) -> dict:
     line.update(sum(d["samples"] for d in done.values()))
     for k in (s for s in shards if s not in done):
         members = predict_part(net, index, k, device=device, batch_size=cfg.batch_size)
-        tar = part_tar(members)
+        tar = fmt.tar_bytes(members)  # fixed metadata: equal maps give equal bytes
         path = fmt.maps_part_name(k)
         atomic_write(out / path, tar)
         done[k] = {"shard": k, "path": path, "sha256": sha256_bytes(tar), "bytes": len(tar),

@@ -1,16 +1,16 @@
 """One sample's members by key, read lazily for the page, and the pictures made of them (tiles with a mask
 overlay, members as served).
 
-A key is served only when it is a row of the index, its shard is the manifest's and its member names pass
-the contract's member check (`format.check_member`); paths come from the manifest only, never from a request.
-A sample is one range read where the index records its byte range (format 2: `format.read_range`,
-`format.sample_members`); an older dataset's shards are read whole through the checked reader
+A key is served only when it is a row of the index, its shard is the manifest's and the key passes the
+contract's member check (`format.check_key`); paths come from the manifest only, never from a request.
+Samples are read through the contract's reading room: one range read where the index records its byte range
+(format 2: `format.range_members`); an older dataset's shards are read whole through the hashing reader
 (`dataset.reader.read_shard_samples`) and the last few kept, so a page of neighbours reads each shard once.
+Either way a sample holds exactly the members the manifest names, once each.
 """
 from __future__ import annotations
 
 import io
-import tarfile
 import threading
 from collections import OrderedDict
 
@@ -56,13 +56,11 @@ class SampleReader:
         self._shard_locks: dict[int, threading.Lock] = {}
 
     def check(self, key: str, shard: int) -> dict:
-        """The manifest entry of `shard` after the contract's member check of ``KEY.json`` in it."""
+        """The manifest entry of `shard` after the contract's check that `key` is one of its samples."""
         entry = self.entries.get(shard)
         if entry is None:
             raise fmt.FormatError(f"shard {shard} of key {key!r} is not in the manifest")
-        ti = tarfile.TarInfo(f"{key}.{fmt.EXT_META}")
-        fmt.check_member(ti, url=fmt.join(self.res.root, entry["path"]), shard=shard,
-                         first_row=entry["first_row"], samples=entry["samples"])
+        fmt.check_key(fmt.shard_ref(self.res.root, self.res.manifest, entry), key)
         return entry
 
     def members(self, key: str, shard: int, span: tuple[int, int] | None = None) -> dict[str, bytes]:
@@ -70,8 +68,7 @@ class SampleReader:
         (tar offset and size, from an index that records them), else from its shard read whole."""
         entry = self.check(key, shard)
         if span is not None:
-            url = fmt.join(self.res.root, entry["path"])
-            return fmt.sample_members(fmt.read_range(url, *span), key, f"{url}: sample {key}")
+            return fmt.range_members(fmt.shard_ref(self.res.root, self.res.manifest, entry), key, *span)
         with self._lock:
             lock = self._shard_locks.setdefault(shard, threading.Lock())
         with lock:
@@ -80,7 +77,7 @@ class SampleReader:
                 if samples is not None:
                     self._cache.move_to_end(shard)
             if samples is None:
-                samples = read_shard_samples(self.res.root, entry)
+                samples = read_shard_samples(self.res, entry)
                 with self._lock:
                     self._cache[shard] = samples
                     while len(self._cache) > self.keep:

@@ -1,5 +1,7 @@
 """Reading a dataset's index and shards safely: index fragments checked against the manifest's sha256,
-the index schema, shard tars parsed with `format.safe_tar_members`, latent members decoded without pickle."""
+the index schema, samples through the contract's reading room (`format.tar`: whole shards through the
+hashing reader, one range read per sample, exactly the members the manifest names), latent members
+decoded without pickle."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -219,33 +221,15 @@ def decode_npy(data: bytes, where: str) -> np.ndarray:
         raise fmt.FormatError(f"{where}: latent is not a readable .npy ({e})") from None
 
 
-def read_shard_samples(root: str, entry: dict, where: str | None = None) -> dict[str, dict[str, bytes]]:
-    """key -> {ext: bytes} of one shard, read safely; checks the shard's sha256."""
-    url = fmt.join(root, entry["path"])
-    where = where or url
-    try:
-        data = fmt.read_bytes(url)
-    except FileNotFoundError:
-        raise fmt.FormatError(f"shard missing: {url}") from None
-    except OSError as e:
-        raise fmt.FormatError(f"cannot read shard {url}: {e}") from None
-    if fmt.sha256_bytes(data) != entry["sha256"]:
-        raise fmt.FormatError(f"shard {url} does not match the manifest's sha256 (changed or corrupt); run factory verify")
-    samples: dict[str, dict[str, bytes]] = {}
-    for name, body in fmt.safe_tar_members(data, where):
-        key, ext = fmt.split_member(name)
-        samples.setdefault(key, {})[ext] = body
-    return samples
+def read_shard_samples(res: fmt.Resolved, entry: dict) -> dict[str, dict[str, bytes]]:
+    """key -> {ext: bytes} of one shard of ``res``, read whole through the reading room (sha256 and size
+    checked; safe members, exactly those the manifest names)."""
+    return fmt.read_samples_whole(fmt.shard_ref(res.root, res.manifest, entry))
 
 
 # ================================================================ samples by key (one range read each)
 
-def shard_of_row(manifest: dict, row: int) -> dict:
-    """The manifest's shard entry holding global row ``row`` (FormatError when none does)."""
-    for s in manifest["shards"]:
-        if s["first_row"] <= row < s["first_row"] + s["samples"]:
-            return s
-    raise fmt.FormatError(f"dataset {manifest['dataset_id']} has no sample with row {row}")
+shard_of_row = fmt.shard_entry  # the manifest's shard entry holding a global row (the reading room's)
 
 
 def sample_ranges(root: str, manifest: dict, entry: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -266,24 +250,23 @@ def read_samples(res: fmt.Resolved, rows) -> dict[int, dict[str, bytes]]:
     by_shard: dict[int, list[int]] = {}
     entries = {}
     for r in rows:
-        e = shard_of_row(res.manifest, r)
+        e = fmt.shard_entry(res.manifest, r)
         entries[e["shard"]] = e
         by_shard.setdefault(e["shard"], []).append(r)
     out: dict[int, dict[str, bytes]] = {}
     for sid, want in by_shard.items():
         e = entries[sid]
-        url = fmt.join(res.root, e["path"])
         if not fmt.has_offsets(res.manifest):
-            samples = read_shard_samples(res.root, e)
+            samples = read_shard_samples(res, e)
             out.update({r: samples[fmt.sample_key(r)] for r in want if fmt.sample_key(r) in samples})
             continue
+        ref = fmt.shard_ref(res.root, res.manifest, e)
         rcol, off, size = sample_ranges(res.root, res.manifest, e)
         pos = np.searchsorted(rcol, want)
         for r, p in zip(want, pos.tolist()):
             if p >= rcol.shape[0] or rcol[p] != r:
                 raise fmt.FormatError(f"index fragment of shard {sid} has no row {r}")
-            key = fmt.sample_key(r)
-            out[r] = fmt.sample_members(fmt.read_range(url, int(off[p]), int(size[p])), key, f"{url}: sample {key}")
+            out[r] = fmt.range_members(ref, fmt.sample_key(r), int(off[p]), int(size[p]))
     missing = [r for r in rows if r not in out]
     if missing:
         raise fmt.FormatError(f"{res.root}: sample {fmt.sample_key(missing[0])} is missing from its shard")

@@ -1,10 +1,10 @@
 """`factory verify`: recompute every shard's sha256/bytes/samples and cross-check tar, index and latents.
 
 Per shard (in a thread pool; I/O-bound on object stores): the tar is read
-whole, hashed and counted, then parsed with `format.safe_tar_members` (no
-links, no absolute or '..' names, regular members only). Its keys must be
-exactly the rows [first_row, first_row + samples), each with every member the
-manifest lists; the index fragment must hash to its recorded sha256 and hold
+whole through the reading room's hashing reader (`format.read_whole`), then parsed
+(`format.shard_samples`: no links, no absolute or '..' names, regular members only, each
+member one the manifest lists, once). Its keys must be exactly the rows
+[first_row, first_row + samples), each with every member the manifest lists; the index fragment must hash to its recorded sha256 and hold
 the same keys/rows/shard; the latent rows of latents.zarr must equal the
 `KEY.latent.npy` members bit for bit (and hash to the recorded latents_sha256).
 Dataset level: shard ids 0..K-1 complete, first rows contiguous, dataset id and
@@ -70,6 +70,17 @@ def _read_or_report(url: str, what: str, problems: list[str]) -> bytes | None:
     return None
 
 
+def _read_shard_or_report(root: str, entry: dict, problems: list[str]) -> tuple[bytes, str] | None:
+    """(bytes, sha256) of a shard read whole through the hashing reader (not refused when they differ from
+    the manifest: verify reports it), or None with the problem appended."""
+    ref = fmt.ShardRef(entry["shard"], fmt.join(root, entry["path"]), entry["first_row"], entry["samples"])
+    try:
+        return fmt.read_whole(ref, check=False)
+    except fmt.FormatError as e:
+        problems.append(str(e))
+        return None
+
+
 def _check_image_sizes(samples: dict[str, dict[str, bytes]], members: dict, resolution: int | None,
                        problems: list[str]) -> None:
     """Every image and mask member's header against the manifest's resolution (no pixel decoded)."""
@@ -85,25 +96,22 @@ def _check_image_sizes(samples: dict[str, dict[str, bytes]], members: dict, reso
                 return
 
 
-def _check_tar(data: bytes, entry: dict, members: dict, problems: list[str], *,
+def _check_tar(data: bytes, digest: str, entry: dict, members: dict, problems: list[str], *,
                resolution: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict[str, bytes]]]:
-    """Problems of a shard's tar bytes (appended to `problems`); returns its latents (key -> array) and
-    its samples (key -> ext -> bytes)."""
+    """Problems of a shard's tar bytes and sha256 (appended to `problems`); returns its latents (key -> array)
+    and its samples (key -> ext -> bytes)."""
     n, first = entry["samples"], entry["first_row"]
     expected_keys = [fmt.sample_key(r) for r in range(first, first + n)]
     if len(data) != entry["bytes"]:
         problems.append(f"{len(data)} bytes, manifest says {entry['bytes']}")
-    if fmt.sha256_bytes(data) != entry["sha256"]:
+    if digest != entry["sha256"]:
         problems.append("sha256 differs from the manifest")
-    try:
-        parsed = fmt.safe_tar_members(data, entry["path"])
+    try:  # safe members, each named by the manifest, once (an extra KEY.sh or a second KEY.png is named)
+        samples = fmt.shard_samples(data, fmt.ShardRef(entry["shard"], entry["path"], first, n,
+                                                       exts=frozenset(members.values())))
     except fmt.FormatError as e:
-        problems.append(str(e).replace(f"{entry['path']}: ", ""))
+        problems.append(str(e).replace(f"shard {entry['path']}: ", ""))
         return {}, {}
-    samples: dict[str, dict[str, bytes]] = {}
-    for name, body in parsed:
-        key, ext = fmt.split_member(name)
-        samples.setdefault(key, {})[ext] = body
     if len(samples) != n:
         problems.append(f"{len(samples)} samples in the tar, manifest says {n}")
     keys = set(samples)
@@ -233,16 +241,16 @@ def check_shard(root: str, entry: dict, *, members: dict, z, dim_z: int, offsets
     from factory.dataset.statcheck import stat_problems
 
     problems: list[str] = []
-    url = fmt.join(root, entry["path"])
-    data = None if index_only else _read_or_report(url, "shard file", problems)
-    latents_tar, samples = ({}, {}) if data is None else _check_tar(data, entry, members, problems,
+    data = None if index_only else _read_shard_or_report(root, entry, problems)
+    latents_tar, samples = ({}, {}) if data is None else _check_tar(*data, entry, members, problems,
                                                                     resolution=resolution)
+    tar = data[0] if offsets and data else None
     if index_rows is not None:
-        check_index_table(index_rows, entry, problems, tar=data if offsets else None)
+        check_index_table(index_rows, entry, problems, tar=tar)
         if samples:
             problems += stat_problems(samples, index_rows, members=members, spec=spec)
     elif (idata := _read_or_report(fmt.join(root, entry["index"]), "index fragment", problems)) is not None:
-        _check_index(idata, entry, problems, tar=data if offsets else None)
+        _check_index(idata, entry, problems, tar=tar)
         if samples:
             problems += stat_problems(samples, idata, members=members, spec=spec)
     if index_only:

@@ -10,7 +10,8 @@ else of `factory`. This file only gathers the rooms' names (``fmt.X``); each roo
 * `schema`: every manifest, view and maps field, the JSON limits (`read_json`), cross-field problems;
 * `views`: a view's accepted rows; `resolve`: opening a dataset or view (`open_dataset`);
 * `index`: the compacted index of format version 3 (parts of whole shards, footers hashed, page checksums);
-* `tar`: the tar reading; `hashing`: the streamed sha256 check; `lock`: the one-writer locks.
+* `tar`: the reading room for tar shards (every reader of samples reads through it); `records`: the tar
+  records a writer makes; `hashing`: the streamed sha256 check; `lock`: the one-writer locks.
 
 The prose version of this contract is docs/format.md; bump FORMAT_VERSION on
 any incompatible change.
@@ -91,6 +92,11 @@ from factory.format.paths import (  # noqa: F401
     manifest_url,
     parent_url_for,
 )
+from factory.format.records import (  # noqa: F401
+    tar_bytes,
+    tar_join,
+    tar_records,
+)
 from factory.format.resolve import (  # noqa: F401
     Resolved,
     open_dataset,
@@ -123,15 +129,30 @@ from factory.format.store import (  # noqa: F401
 )
 from factory.format.tar import (  # noqa: F401
     MAX_SAMPLE_BYTES,
+    SampleMembers,
+    ShardRef,
+    check_key,
     check_member,
     check_member_size,
+    hash_shard,
     image_member,
+    member_exts,
     member_ranges,
     open_image_checked,
+    open_shard,
+    range_members,
+    read_errors,
     read_range,
+    read_samples_whole,
+    read_whole,
+    record_members,
     safe_tar_members,
     sample_members,
+    shard_entry,
+    shard_ref,
+    shard_samples,
     split_member,
+    stream_members,
 )
 from factory.format.views import (  # noqa: F401
     AcceptedRows,

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from factory import format as fmt
-from factory.dataset.shards import tar_records
 from factory.settings import settings
 
 _POOL: dict = {}  # encoder pools by (workers, processes), one per process
@@ -29,7 +28,7 @@ def encode_chunk(args) -> bytes:
         if raws is not None:
             sample.append((f"{key}.{fmt.EXT_RAW_MASK}", encode_mask_png(raws[j])))
         members += sorted(sample)
-    return tar_records(members)
+    return fmt.tar_records(members)
 
 
 def encoder_processes(cpus: int, gpus: int) -> int:

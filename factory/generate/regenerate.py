@@ -22,7 +22,6 @@ import io
 import math
 import re
 import secrets
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -296,8 +295,7 @@ def recompute(job, manifest: dict, rows: list[int], latents) -> dict[int, dict[s
                 (fut,) = submit_encoding(pool, one, shard=r // S, row0=r, latents=z[j:j + 1],
                                          codec=job.spec["image_codec"],
                                          labels=None if labels is None else labels[j:j + 1])
-                tar = tarfile.open(fileobj=io.BytesIO(fut.result() + b"\0" * 1024))
-                sample = {fmt.split_member(m.name)[1]: tar.extractfile(m).read() for m in tar.getmembers()}
+                sample = fmt.record_members(fut.result(), f"regenerated sample {r}")
                 sample.update({f"stat:{k[2:]}": one[k][0] for k in one if k.startswith("s_")})
                 out[r] = sample
     return out

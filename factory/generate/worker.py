@@ -16,7 +16,7 @@ from functools import partial
 import numpy as np
 
 from factory import format as fmt
-from factory.dataset.shards import commit_shard, tar_join
+from factory.dataset.shards import commit_shard
 from factory.device import pick_device
 from factory.format import FactoryError
 from factory.generate.compute import (
@@ -239,7 +239,7 @@ def commit_encoded(job: ShardJob, shard: int, *, futures: list, rows: dict, late
                    timers: Timers | None, t_start: float, platform: dict | None = None) -> dict:
     """Join the shard's encoded records and commit it; the status row of a made shard."""
     t0 = time.perf_counter()
-    tar = tar_join([f.result() for f in futures])
+    tar = fmt.tar_join([f.result() for f in futures])
     t1 = time.perf_counter()
     first = shard * job.spec["shard_size"]
     res = commit_shard(job.root, shard, first_row=first, tar=tar, index_rows=rows, latents=latents,

@@ -16,7 +16,7 @@ import numpy as np
 from factory import __version__
 from factory import format as fmt
 from factory.dataset.reader import decode_npy, load_index, read_samples, read_shard_samples
-from factory.dataset.shards import commit_shard, table_rows, tar_bytes
+from factory.dataset.shards import commit_shard, table_rows
 from factory.dataset.writer import DatasetWriter
 from factory.format import FactoryError, parent_url_for
 
@@ -62,7 +62,7 @@ class ParentShards:
             return samples, load_index(self.parent.root, self.parent.manifest, shards=[pid])
         if pid not in self.cache:
             self.cache.clear()
-            samples = read_shard_samples(self.parent.root, self.entries[pid])
+            samples = read_shard_samples(self.parent, self.entries[pid])
             idx = load_index(self.parent.root, self.parent.manifest, shards=[pid])
             self.cache[pid] = (samples, idx)
         return self.cache[pid]
@@ -160,7 +160,7 @@ def write_derived(root: str, *, spec: dict, parent_rows: np.ndarray, dim_z: int,
         for k in todo:
             new_rows = np.arange(k * S, min((k + 1) * S, len(parent_rows)), dtype=np.int64)
             members, latents, rows = make_shard(k, new_rows, parent_rows[new_rows])
-            res = commit_shard(root, k, first_row=k * S, tar=tar_bytes(members), index_rows=rows, latents=latents,
+            res = commit_shard(root, k, first_row=k * S, tar=fmt.tar_bytes(members), index_rows=rows, latents=latents,
                                spec_hash=spec_hash)
             done[k] = res.to_json()
         manifest = make_manifest(spec_hash, writer.shard_entries(done))

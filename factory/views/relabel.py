@@ -71,12 +71,12 @@ class TeacherMaps:
             entry = self.parts.get(pid)
             if entry is None:
                 raise FactoryError(f"{self.url} has no part for parent shard {pid}; rerun trainers relabel")
-            url = fmt.join(self.url, entry["path"])
-            data = fmt.read_bytes(url)
-            if fmt.sha256_bytes(data) != entry["sha256"]:
-                raise FactoryError(f"{url} does not match the sha256 in {fmt.MAPS_MANIFEST} (changed or corrupt)")
-            self.cache[pid] = {fmt.split_member(n)[0]: b for n, b in fmt.safe_tar_members(data, url)
-                               if fmt.split_member(n)[1] == fmt.EXT_TEACHER}
+            part = fmt.ShardRef(pid, fmt.join(self.url, entry["path"]), 0, 0, entry["sha256"],
+                                exts=frozenset({fmt.EXT_TEACHER}))  # a part holds KEY.teacher.png only
+            data, digest = fmt.read_whole(part, check=False)
+            if digest != entry["sha256"]:
+                raise FactoryError(f"{part.url} does not match the sha256 in {fmt.MAPS_MANIFEST} (changed or corrupt)")
+            self.cache[pid] = {key: m[fmt.EXT_TEACHER] for key, m in fmt.shard_samples(data, part).items()}
         got = self.cache[pid].get(key)
         if got is None:
             raise FactoryError(f"{self.url}: no teacher map for key {key} of parent shard {pid}")

@@ -272,7 +272,7 @@ def test_random_access_hashes_each_shard_once_per_process(clean, monkeypatch):
             checked.append(kw["where"])
             super().__init__(f, **kw)
 
-    monkeypatch.setattr(fmt, "HashingReader", Counting)
+    monkeypatch.setattr(fmt.tar, "HashingReader", Counting)  # the reading room's
     monkeypatch.setattr(reader, "VERIFIED_SHARDS", set())
     res = fmt.open_dataset(str(clean))
     idx = data.open_index(str(clean), split="all")
@@ -304,7 +304,7 @@ def test_each_shard_hashed_once_per_process_while_read(clean, monkeypatch):
             opened.append(kw["where"])
             super().__init__(f, **kw)
 
-    monkeypatch.setattr(fmt, "HashingReader", Counting)
+    monkeypatch.setattr(fmt.tar, "HashingReader", Counting)  # the reading room's
     monkeypatch.setattr(reader, "VERIFIED_SHARDS", set())
     idx = data.open_index(str(clean), split="all")
     for _ in range(3):  # three epochs

@@ -189,7 +189,7 @@ class ShardCache:
         try:
             with open(p, "rb") as f:
                 fcntl.flock(f.fileno(), fcntl.LOCK_SH)
-                fmt.HashingReader(f, sha256=shard.sha256, size=shard.bytes, where=str(p)).finish()
+                fmt.hash_shard(shard, f)  # the local copy p against the manifest
             return True
         except fmt.FormatError:
             return False

@@ -16,13 +16,10 @@ MASK_SOURCES = ("mask", "teacher", "intersection")  # --mask-source: the GAN mas
 
 
 @dataclass(frozen=True)
-class ShardInfo:
-    shard: int
-    url: str
-    first_row: int
-    samples: int
-    sha256: str | None = None  # the manifest's digest and size: the shard cache's key and its check
-    bytes: int | None = None
+class ShardInfo(fmt.ShardRef):
+    """A shard as the reading room reads it (id, URL, rows; the manifest's sha256 and size: the shard cache's
+    key and its check; the members every sample holds), and whether its sha256 is checked."""
+
     verify: bool = True  # sha256 checked while the shard is streamed (False: --no-verify)
 
 
@@ -77,11 +74,12 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
         raise DataError(f"dataset {manifest['dataset_id']} has no raw masks (it was generated without "
                         f"--keep-raw-mask); train with --mask clean")
     urls = dict(resolved.shard_urls())
+    exts = fmt.member_exts(manifest)
     info = {}
     rows_l, shards_l = [], []
     for s in manifest["shards"]:
         sid = s["shard"]
-        si = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"], verify)
+        si = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"], exts, verify=verify)
         info[sid] = si
         if resolved.accepted is None:
             r = np.arange(si.first_row, si.first_row + si.samples, dtype=np.int64)

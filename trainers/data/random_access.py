@@ -14,8 +14,8 @@ all accepted samples:
   sha256 is checked once per process, by a pass over the whole shard before its first sample is used
   (``--no-verify`` skips it; with ``--cache-dir`` the cached copy was checked as it was fetched). A sample's
   byte range comes from its shard's index fragment (read once per shard and loader worker, sha256
-  checked, 12 bytes a sample kept), its members from `format.sample_members` (safe tar rules, the key
-  checked); members are decoded as the stream decodes them, flips are the same pure function of
+  checked, 12 bytes a sample kept), its members from the reading room's `format.range_members` (safe tar rules, the key
+  checked, exactly the members the manifest names); members are decoded as the stream decodes them, flips are the same pure function of
   (seed, epoch, row).
 
 A dataset written before format version 2 has no offsets: refused in one line naming `factory upgrade`.
@@ -30,7 +30,7 @@ import torch
 from factory import format as fmt
 from trainers.data.index import SampleIndex
 from trainers.data.planner import LoaderState, epoch_order, flip_bit, rank_steps, steps_in_epoch
-from trainers.data.reader import check_whole_shard, decode_sample
+from trainers.data.reader import check_whole_shard, decode_sample, shard_errors
 from trainers.errors import DataError
 
 ACCESS_MODES = ("stream", "random")  # trainers train --access
@@ -99,20 +99,14 @@ class RandomAccessDataset(torch.utils.data.Dataset):
     def members(self, pos: int) -> dict[str, bytes]:
         """Encoded members of the sample at position ``pos`` (one range read)."""
         row, sid = int(self.index.rows[pos]), int(self.index.shards[pos])
-        url = self.index.shard_info[sid].url
-        key = fmt.sample_key(row)
+        shard = self.index.shard_info[sid]
         off, size = self.offsets.range_of(sid, row)
-        try:
+        with shard_errors(shard):
             if self.index.cache is None:
-                check_whole_shard(self.index.shard_info[sid])  # once per shard and process (a cached copy
-                data = fmt.read_range(url, off, size)           # was checked as it was fetched)
-            else:  # the shard's copy in the node's cache (fetched whole, once per node)
-                with self.index.cache.open(self.index.shard_info[sid]) as f:
-                    f.seek(off)
-                    data = f.read(size)
-            return fmt.sample_members(data, key, f"shard {url}: key {key}")
-        except fmt.FormatError as e:
-            raise DataError(str(e)) from None
+                check_whole_shard(shard)  # once per shard and process (a cached copy was checked as it was fetched)
+                return fmt.range_members(shard, fmt.sample_key(row), off, size)
+            with self.index.cache.open(shard) as f:  # the shard's copy in the node's cache (fetched once per node)
+                return fmt.range_members(shard, fmt.sample_key(row), off, size, f)
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         pos, epoch = item

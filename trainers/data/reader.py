@@ -1,8 +1,9 @@
 """The shard reader (the loader worker's side): reads the shards its rows live in, each at most once per
 epoch, sequentially, through fsspec (local folders or any URL) or the node's shard cache.
 
-Tar headers are checked (regular files only, flat names, no ``..``, no absolute paths, keys that are rows
-of that shard); members of rows the worker does not need (rejected by the view, held out, or owned by
+Shards are read through the contract's reading room (`format.tar`): tar headers are checked (regular files
+only, flat names, no ``..``, no absolute paths, keys that are rows of that shard, exactly the members the
+manifest names, once each); members of rows the worker does not need (rejected by the view, held out, or owned by
 another rank or worker) and members it does not use (``.json``, ``.latent.npy``) are skipped without
 reading their data, so nothing rejected is ever decoded. Kept samples wait, still encoded, until their
 step; decoding happens when a batch is assembled (`decode_sample`). Images become float32 CHW in
@@ -12,7 +13,6 @@ sha256 is checked as it streams past, once per process (`VERIFIED_SHARDS`).
 from __future__ import annotations
 
 import contextlib
-import tarfile
 
 import numpy as np
 
@@ -25,21 +25,9 @@ from trainers.model.unet import pixels_to_input
 VERIFIED_SHARDS: set[tuple[str, str]] = set()
 
 
-def check_member(ti: tarfile.TarInfo, shard: ShardInfo) -> tuple[int, str]:
-    """Validate one tar header by the format's rule; return (row, extension)."""
-    try:
-        return fmt.check_member(ti, url=shard.url, shard=shard.shard, first_row=shard.first_row,
-                                samples=shard.samples)
-    except fmt.FormatError as e:
-        raise DataError(str(e)) from None
-
-
 def open_shard(shard: ShardInfo, cache=None):
     """The shard's bytes as a binary file: its copy in ``cache`` (a cache.ShardCache) when given, else the store's."""
-    if cache is not None:
-        return cache.open(shard)
-    fs, path = fmt.get_fs(shard.url)
-    return fs.open(path, "rb")
+    return cache.open(shard) if cache is not None else fmt.open_shard(shard.url)
 
 
 def check_whole_shard(shard: ShardInfo) -> None:
@@ -47,50 +35,39 @@ def check_whole_shard(shard: ShardInfo) -> None:
     first sample is used; DataError naming the shard when it differs from the manifest."""
     if not shard.verify or shard.sha256 is None or (shard.url, shard.sha256) in VERIFIED_SHARDS:
         return
-    with shard_errors(shard), open_shard(shard) as raw:
-        fmt.HashingReader(raw, sha256=shard.sha256, size=shard.bytes, where=f"shard {shard.url}").finish()
+    with shard_errors(shard):
+        fmt.hash_shard(shard)
     VERIFIED_SHARDS.add((shard.url, shard.sha256))
 
 
 @contextlib.contextmanager
 def shard_errors(shard: ShardInfo):
-    """Errors met reading ``shard`` as one DataError line naming it."""
+    """Errors met reading ``shard`` as one DataError line naming it (the reading room's translation)."""
     try:
-        yield
+        with fmt.read_errors(shard.url):
+            yield
     except DataError:
         raise
     except fmt.FormatError as e:
         raise DataError(str(e)) from None
-    except FileNotFoundError:
-        raise DataError(f"shard {shard.url} not found (dataset incomplete or moved?)") from None
-    except OSError as e:
-        raise DataError(f"shard {shard.url}: cannot read: {e}") from None
 
 
 def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...], cache=None) -> dict[int, dict[str, bytes]]:
-    """Encoded members ``exts`` of the ``wanted`` rows of one shard, read in one sequential pass
-    (through ``cache`` when given).
+    """Encoded members ``exts`` of the ``wanted`` rows of one shard, read in one sequential pass through the
+    reading room (`format.stream_members`; through ``cache`` when given).
 
-    Data of other members is skipped (seek), never read nor decoded.
+    Data of other members is skipped (seek), never read nor decoded; every header is checked, and a member
+    the manifest does not name, or one twice, is refused.
     """
-    out: dict[int, dict[str, bytes]] = {}
     if not wanted:
-        return out
+        return {}
     # a cached copy was checked as it was written; a store's bytes are hashed as they stream past
     check = cache is None and shard.verify and shard.sha256 is not None and \
         (shard.url, shard.sha256) not in VERIFIED_SHARDS
-    with shard_errors(shard), open_shard(shard, cache) as raw:
-        f = fmt.HashingReader(raw, sha256=shard.sha256, size=shard.bytes, where=f"shard {shard.url}") \
-            if check else raw
-        try:
-            _read_members(f, shard, wanted, exts, out)
-        except DataError:
-            if check:
-                f.finish()  # a changed shard is named as such, rather than by its first odd member
-            raise
-        if check:
-            f.finish()  # the rest of the file, then size and sha256 against the manifest
-            VERIFIED_SHARDS.add((shard.url, shard.sha256))
+    with shard_errors(shard), (cache.open(shard) if cache is not None else contextlib.nullcontext()) as f:
+        out = fmt.stream_members(shard, wanted=wanted, exts=exts, f=f, check=check)
+    if check:
+        VERIFIED_SHARDS.add((shard.url, shard.sha256))
     missing = [r for r in sorted(wanted) if set(exts) - set(out.get(r, {}))]
     if missing:
         r = missing[0]
@@ -98,31 +75,6 @@ def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...], cache=
         raise DataError(f"shard {shard.url}: key {fmt.sample_key(r)} lacks member(s) {lacks} "
                         f"({len(missing)} sample(s) incomplete)")
     return out
-
-
-def _read_members(f, shard: ShardInfo, wanted: set[int], exts: tuple[str, ...],
-                  out: dict[int, dict[str, bytes]]) -> None:
-    """The wanted members of the tar stream ``f`` into ``out``, in one sequential pass."""
-    name = "?"
-    try:
-        with tarfile.open(fileobj=f, mode="r:") as tf:
-            while True:
-                ti = tf.next()
-                if ti is None:
-                    break
-                name = ti.name
-                row, ext = check_member(ti, shard)
-                if row not in wanted or ext not in exts:
-                    continue
-                fh = tf.extractfile(ti)
-                data = fh.read()
-                if len(data) != ti.size:
-                    raise DataError(f"shard {shard.url}: member {name!r} is truncated")
-                out.setdefault(row, {})[ext] = data
-    except fmt.FormatError as e:
-        raise DataError(str(e)) from None
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"shard {shard.url}: cannot read after member {name!r}: {e}") from None
 
 
 def decode_image(data: bytes, mode: str, where: str, expect: str = "PNG", side: int | None = None) -> np.ndarray:

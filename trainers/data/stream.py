@@ -40,7 +40,6 @@ from trainers.data.planner import (  # noqa: F401
 from trainers.data.reader import (  # noqa: F401
     VERIFIED_SHARDS,
     ShardReader,
-    check_member,
     check_whole_shard,
     decode_image,
     decode_sample,
