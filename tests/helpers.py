@@ -107,7 +107,6 @@ def forge_samples(root: Path, edit) -> dict:
     import pyarrow.parquet as pq
 
     from factory import format as fmt
-    from factory.dataset.shards import tar_bytes
 
     m = json.loads((root / "manifest.json").read_text())
     for e in m["shards"]:
@@ -119,7 +118,7 @@ def forge_samples(root: Path, edit) -> dict:
         rows = table.to_pylist()
         for row in rows:
             edit(samples[row["key"]], row)
-        tar = tar_bytes([(f"{k}.{x}", b) for k in sorted(samples) for x, b in sorted(samples[k].items())])
+        tar = fmt.tar_bytes([(f"{k}.{x}", b) for k in sorted(samples) for x, b in sorted(samples[k].items())])
         ranges = fmt.member_ranges(tar, e["path"])
         for row in rows:
             row["tar_offset"], row["tar_size"] = ranges[row["key"]]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from factory import format as fmt
+from factory.format.records import tar_bytes, tar_join, tar_records  # noqa: F401 (their room is format.records)
 from factory.fsio import atomic_write
 
 # ---------------------------------------------------------------- index
