@@ -106,6 +106,15 @@ LATENT_KINDS = {  # kind -> its fields besides kind, seed, dim_z: (types, what)
                    "rows": ((int,), "an integer")},
     "file": {"sha256": ((str,), "a digest"), "rows": ((int,), "an integer")},
 }
+_INT, _NUM, _STR, _LIST = ((int,), "an integer"), ((int, float), "a number"), ((str,), "a string"), ((list,), "a list")
+CODEC_FIELDS = {"png": {"png_level": _INT}, "webp": {"lossless": ((bool,), "true or false"), "method": _INT,
+                                                      "effort": _INT},
+                "jpeg": {"quality": _INT, "subsampling": _STR}}  # each codec's fields besides image and mask
+SPEC_OBJECTS = {  # spec object -> {field: (types, what)}; sha256 fields are 64-digit digests
+    "direction": {"name": _STR, "file": _STR, "sha256": _STR},
+    "labels": {"seed": _INT},
+    "operators": {"file": _STR, "sha256": _STR, "values": _LIST},
+}
 DERIVED_KINDS = ("materialized-view", "relabelled")  # provenance.kind of a dataset copied from a parent
 
 
@@ -123,11 +132,18 @@ def _check_spec(spec: Any, where: str) -> None:
     for key, lo, hi in (("cc_ratio", 0.0, 1.0), ("max_fg", 0.0, 1.0)):
         if spec.get(key) is not None and not lo <= spec[key] <= hi:
             raise FormatError(f"{where}: spec.{key} must be in [{lo:g}, {hi:g}], got {spec[key]!r}")
-    codec = spec.get("image_codec") or {}
-    if codec and codec.get("image") not in IMAGE_CODECS:
-        raise FormatError(f"{where}: spec.image_codec.image {str(codec.get('image'))[:40]!r} is not one of "
-                          f"{', '.join(IMAGE_CODECS)}")
+    _check_codec(spec.get("image_codec"), where)
     _check_spec_latents(spec.get("latents"), where)
+    for name, fields in SPEC_OBJECTS.items():
+        obj = spec.get(name)
+        if obj is None:
+            continue
+        for key, (types, what) in fields.items():
+            if obj.get(key) is None and (key == "sha256" or name == "labels"):
+                raise FormatError(f"{where}: spec.{name}.{key} is missing")
+            _typed(obj, key, types, where, what, f"spec.{name}.")
+        if "sha256" in obj and not _HEX64.match(obj["sha256"]):
+            raise FormatError(f"{where}: spec.{name}.sha256 is not a 64-digit lowercase hex digest")
     if spec.get("mask_rule") is not None and spec["mask_rule"] not in MASK_RULES:
         raise FormatError(f"{where}: spec.mask_rule {spec['mask_rule'][:40]!r} is not one of {', '.join(MASK_RULES)}")
     if spec.get("shard_size") is not None and spec["shard_size"] < 1:
@@ -137,12 +153,27 @@ def _check_spec(spec: Any, where: str) -> None:
     _int(gen, "resolution", where, 1, MAX_RESOLUTION, optional=True, prefix="spec.generator.")
 
 
+def _check_codec(codec: dict | None, where: str) -> None:
+    """spec.image_codec: a known image codec with its fields typed; masks are PNG."""
+    if codec is None:
+        return
+    if not isinstance(codec.get("image"), str) or codec["image"] not in IMAGE_CODECS:
+        raise FormatError(f"{where}: spec.image_codec.image {str(codec.get('image'))[:40]!r} is not one of "
+                          f"{', '.join(IMAGE_CODECS)}")
+    if codec.get("mask", "png") != "png":
+        raise FormatError(f"{where}: spec.image_codec.mask must be 'png'")
+    for key, (types, what) in CODEC_FIELDS.get(codec["image"], {}).items():
+        if codec.get(key) is None:
+            raise FormatError(f"{where}: spec.image_codec.{key} is missing (codec {codec['image']!r} needs it)")
+        _typed(codec, key, types, where, what, "spec.image_codec.")
+
+
 def _check_spec_latents(lat: dict | None, where: str) -> None:
     """spec.latents: a known kind with the fields that kind needs (a file or embeddings by sha256)."""
     if lat is None:
         return
     kind = lat.get("kind")
-    if kind not in LATENT_KINDS:
+    if not isinstance(kind, str) or kind not in LATENT_KINDS:
         raise FormatError(f"{where}: spec.latents.kind {str(kind)[:40]!r} is not one of {', '.join(LATENT_KINDS)}")
     _int(lat, "seed", where, 0, 2**63 - 1, prefix="spec.latents.")
     for key, (types, what) in LATENT_KINDS[kind].items():

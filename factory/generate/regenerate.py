@@ -123,7 +123,11 @@ def direction_vector(manifest: dict, gen, direction: str | None) -> np.ndarray:
 
         vec = np.asarray(load_direction_file(direction, gen.dim_z), np.float32)
     elif "name" in spec_dir:
-        vec = np.asarray(gen.named_directions()[spec_dir["name"]], np.float32)
+        named = gen.named_directions() if hasattr(gen, "named_directions") else {}
+        if spec_dir["name"] not in named:
+            raise FactoryError(f"the spec's direction {spec_dir['name'][:40]!r} is not one the generator names "
+                               f"({', '.join(sorted(named)) or 'none'}): pass --direction FILE")
+        vec = np.asarray(named[spec_dir["name"]], np.float32)
     elif isinstance(manifest.get("direction"), dict) and "values" in manifest["direction"]:
         vec = np.asarray(manifest["direction"]["values"], np.float32)
     else:

@@ -126,9 +126,11 @@ def test_identity_inverse_belongs_to_the_registry():
         options_from_identity("helpers:run", {})
 
 
-@pytest.mark.parametrize("case", ["no-latents", "no-generator", "file-latents-without-sha256", "latent-kind"])
+@pytest.mark.parametrize("case", ["no-latents", "no-generator", "file-latents-without-sha256", "latent-kind",
+                                  "direction-name"])
 def test_unregenerable_specs_are_one_line(ds, case):
     edits = {
+        "direction-name": lambda s: s["direction"].update(name="__class__"),
         "no-latents": lambda s: s.pop("latents"),
         "no-generator": lambda s: s.pop("generator"),
         "file-latents-without-sha256": lambda s: s.update(latents={"kind": "file", "seed": 0, "dim_z": 120}),
@@ -144,3 +146,37 @@ def test_embeddings_name_is_never_a_path(ds, tmp_path):
     respec(ds, lambda s: s.update(latents={"kind": "embeddings", "name": "s3://elsewhere/z.npy", "seed": 0,
                                            "dim_z": 120, "z_noise": 0.0, "sha256": "0" * 64, "rows": 1}))
     one_line_error(cli("verify", ds, "--regenerate", 2), "are not in this machine's store: pass --latents FILE")
+
+
+def _paths(spec: dict) -> list[tuple[str, ...]]:
+    out = []
+    for k, v in spec.items():
+        out.append((k,))
+        if isinstance(v, dict):
+            out += [(k, kk) for kk in v]
+    return out
+
+
+def test_every_spec_field_removed_or_mistyped_is_at_most_one_line(made, tmp_path):
+    """Each field of the spec (and of its objects) removed, or replaced by a list: `verify --regenerate 1`
+    passes, or fails in one line, never with a traceback."""
+    spec = json.loads((made / "manifest.json").read_text())["spec"]
+    for path in _paths(spec):
+        for how in ("remove", "list"):
+            ds = tmp_path / f"{'.'.join(path)}-{how}"
+            shutil.copytree(made, ds)
+
+            def change(s, path=path, how=how):
+                d = s
+                for k in path[:-1]:
+                    d = d[k]
+                if how == "remove":
+                    d.pop(path[-1])
+                else:
+                    d[path[-1]] = [1]
+
+            respec(ds, change)
+            r = cli("verify", ds, "--regenerate", 1, "--seed", 0)
+            lines = [x for x in r.output.strip().splitlines() if not x.startswith("coverage:")]
+            assert r.exit_code in (0, 1) and len(lines) == 1, (path, how, r.output)
+            shutil.rmtree(ds)
