@@ -197,3 +197,38 @@ def test_caches_stay_bounded_whatever_is_clicked(ds, tmp_path, monkeypatch):
     assert len(b._maps) == 1
     b.tag("t0", [999])  # a tag rewritten: its rows are read again, not served stale
     assert b.counts("#t0")["samples"] == 3
+
+
+def test_umap_when_installed_is_seeded_and_cached(ds, tmp_path, monkeypatch):
+    """The UMAP path's plumbing (umap-learn itself is not a test dependency): offered only when the package
+    is found, fitted on every input row's latent with a fixed seed, cached beside the PCA."""
+    import importlib.machinery
+    import sys
+    import types
+
+    monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "home"))
+    b = Browser(ds, views_dir=str(tmp_path))
+    if "umap" not in latentmap.methods():
+        with pytest.raises(FactoryError, match="pip install umap-learn"):
+            b.latent_map("umap")
+    calls = []
+
+    class UMAP:
+        def __init__(self, n_components, random_state):
+            calls.append((n_components, random_state))
+
+        def fit_transform(self, x):
+            calls.append(x.shape)
+            return x[:, :2] * 2
+
+    fake = types.ModuleType("umap")
+    fake.UMAP = UMAP
+    fake.__spec__ = importlib.machinery.ModuleSpec("umap", None)
+    monkeypatch.setitem(sys.modules, "umap", fake)
+    assert latentmap.methods() == ["pca", "umap"] and b.meta()["map_methods"] == ["pca", "umap"]
+    m = b.latent_map("umap")
+    assert calls == [(2, 0), (1000, open_latents(ds).shape[1])]
+    rows = decode(m, "rows", "<i4")
+    z = np.asarray(open_latents(ds)[:], np.float32)[rows]
+    assert np.array_equal(decode(m, "x", "<f4"), z[:, 0] * 2)
+    assert (tmp_path / "home" / "browse-maps" / b.meta()["dataset_id"] / "dataset-umap.npy").exists()

@@ -10,7 +10,7 @@
   const BOOKKEEPING = ["row", "shard", "tar_offset", "tar_size"];
   const state = { where: "", show: "accepted", sort: "row", desc: false, offset: 0, limit: 48, zoom: 132,
                   overlay: "mask", colour: "fg_ratio" in cols ? "fg_ratio" : "row", key: null, seq: 0,
-                  page: null, marked: new Map(), hover: null, tool: "box", opacity: 0.6 };
+                  page: null, marked: new Map(), hover: null, tool: "box", opacity: 0.6, method: "pca" };
   const fmtInt = new Intl.NumberFormat("en-US");
   const SHOWS = ["accepted", "rejected", "all"];
   const LIMITS = [24, 48, 96, 192];
@@ -115,6 +115,8 @@
     "aria-label": "latent map: drag to select" });
   const mapColour = el("select", { id: "map-colour", testid: "map-colour", "aria-label": "colour the map by" },
     ...Object.entries(cols).filter(([c]) => c !== "key").map(([c]) => el("option", { value: c, text: c })));
+  const mapMethod = el("select", { id: "map-method", testid: "map-method", "aria-label": "projection" },
+    ...(meta.map_methods || ["pca"]).map((m) => el("option", { value: m, text: m.toUpperCase() })));
   const toolBox = el("div", { class: "seg", role: "group", "aria-label": "selection tool" },
     el("button", { type: "button", testid: "box", "data-tool": "box", text: "box" }),
     el("button", { type: "button", testid: "lasso", "data-tool": "lasso", text: "lasso" }));
@@ -161,7 +163,7 @@
       live ? el("span", { class: "save" }, viewName, save) : null);
     const side = [];
     if (live) {
-      side.push(panel(["Latent map ", mapColour], mapCanvas,
+      side.push(panel(["Latent map ", (meta.map_methods || []).length > 1 ? mapMethod : null, mapColour], mapCanvas,
         el("div", { class: "maptools" }, toolBox, mapStatus)));
       side.push(panel("Tags", el("div", { class: "tagbar" }, tagName, tagButton, untagButton), tagStatus,
         el("p", { class: "hint", text: "Shift-click tiles to mark them; t tags the marked, hovered or open " +
@@ -419,7 +421,7 @@
     const t0 = performance.now();
     mapStatus.textContent = "projecting latents…";
     try {
-      const m = await api("/api/map", { method: "pca" });
+      const m = await api("/api/map", { method: state.method });
       map.rows = new Int32Array(bytesOf(m.rows));
       map.x = new Float32Array(bytesOf(m.x));
       map.y = new Float32Array(bytesOf(m.y));
@@ -449,7 +451,7 @@
     if (!live || !map.rows) return;
     const where = state.where, colour = state.colour;
     let c;
-    try { c = await api("/api/mapcolour", { column: colour, where: where }); }
+    try { c = await api("/api/mapcolour", { column: colour, where: where, method: state.method }); }
     catch (e) { return; }
     if (where !== state.where || colour !== state.colour) return;
     map.colour = c;
@@ -774,6 +776,7 @@
   prev.addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); load(); });
   next.addEventListener("click", () => { state.offset += state.limit; load(); });
   mapColour.addEventListener("change", () => { state.colour = mapColour.value; saveHash(); loadColours(); });
+  mapMethod.addEventListener("change", () => { state.method = mapMethod.value; map.selected = null; loadMap(); });
   for (const b of toolBox.querySelectorAll("button")) {
     b.addEventListener("click", () => { state.tool = b.dataset.tool; renderOverlayButtons(); });
   }
