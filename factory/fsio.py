@@ -17,6 +17,7 @@ import numpy as np
 
 from factory import format as fmt
 from factory.format import FactoryError
+from factory.format.store import atomic_write, is_local  # noqa: F401 (the contract's, shared with trainers)
 from factory.settings import settings
 
 CHUNK = 1 << 22  # bytes read at a time when hashing a file
@@ -44,40 +45,6 @@ def write_failure_log(command: str, failures: list[dict]) -> str | None:
     return str(path)
 
 
-def is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
-def atomic_write(url: str | os.PathLike, data: bytes) -> None:
-    """Write bytes so that the final name holds either nothing or all of them (a local path or any URL)."""
-    if isinstance(url, os.PathLike):
-        _atomic_write_local(os.fspath(url), data)
-        return
-    fs, path = fmt.get_fs(url)
-    if is_local(fs):
-        _atomic_write_local(path, data)
-    else:
-        fs.pipe_file(path, data)
-
-
-def _atomic_write_local(path: str, data: bytes) -> None:
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(d)
-
-
 def npy_bytes(arr: np.ndarray) -> bytes:
     """An array as the bytes of a .npy file (C order, no pickle)."""
     buf = io.BytesIO()
@@ -95,17 +62,7 @@ def atomic_json(path: str | os.PathLike, obj) -> None:
     atomic_write(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
 
 
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+
 
 
 def exists(url: str) -> bool:

@@ -5,9 +5,7 @@ the problem and the fix; the `trainers` CLI prints it without a traceback (train
 """
 from __future__ import annotations
 
-import re
-
-from factory.format import FactoryError
+from factory.format import FactoryError, one_line  # noqa: F401 (one_line: the contract's, for the CLI)
 
 
 class TrainersError(FactoryError):
@@ -16,18 +14,3 @@ class TrainersError(FactoryError):
 
 class DataError(TrainersError, ValueError):
     """A dataset, view or shard that cannot be read as asked (message names the file)."""
-
-
-_WORKER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback ")
-
-
-def one_line(err: FactoryError) -> str:
-    """The line a CLI prints for ``err``. A FactoryError raised inside a DataLoader worker comes back
-    re-raised by torch as the same type whose message is "Caught X in DataLoader worker process N",
-    then the worker's whole traceback: its line is the original message, the traceback's last line."""
-    text = str(err)
-    m = _WORKER.match(text)
-    if m is None or m.group(1) != type(err).__name__:
-        return text
-    last = re.findall(rf"^(?:[\w.]+\.)?{m.group(1)}: (.*)$", text, re.M)
-    return last[-1] if last else text.splitlines()[0]

@@ -3,7 +3,8 @@
 Everything a consumer needs to read a dataset lives in this package and imports nothing
 else of `factory`. This file only gathers the rooms' names (``fmt.X``); each room owns its part:
 
-* `errors`: the error root `FactoryError` and `FormatError`;
+* `errors`: the error root `FactoryError` and `FormatError`, `one_line` (what a CLI prints for one);
+* `commands`: `ErrorGroup`, the one error wrapper of the `factory` and `trainers` command lines;
 * `names`: format versions, file and tar member names, index columns, sample keys, dataset and view ids;
 * `paths`: remote URLs, shard paths kept inside the dataset, joins, a view's parent URL;
 * `store`: fsspec access (`get_fs`, `read_bytes`), reachability, one-line storage errors;
@@ -17,9 +18,11 @@ The prose version of this contract is docs/format.md; bump FORMAT_VERSION on
 any incompatible change.
 """
 
+from factory.format.commands import ErrorGroup  # noqa: F401
 from factory.format.errors import (  # noqa: F401
     FactoryError,
     FormatError,
+    one_line,
 )
 from factory.format.hashing import (  # noqa: F401
     HashingReader,
@@ -120,8 +123,10 @@ from factory.format.schema import (  # noqa: F401
     validate_view,
 )
 from factory.format.store import (  # noqa: F401
+    atomic_write,
     check_store,
     get_fs,
+    is_local,
     read_bytes,
     silence_orphaned_tasks,
     storage_error,

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sys
+import uuid
 from urllib.parse import urlparse
 
 from factory.format.errors import FactoryError
@@ -175,3 +176,52 @@ def read_bytes(url: str, limit: int | None = None) -> bytes:
     fs, path = get_fs(url)
     with fs.open(path, "rb") as f:
         return f.read() if limit is None else f.read(limit + 1)
+
+
+# ---------------------------------------------------------------- atomic writes (factory and trainers)
+
+def is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def atomic_write(url: str | os.PathLike, data: bytes) -> None:
+    """Write bytes so that the final name holds either nothing or all of them (a local path or any URL)."""
+    if isinstance(url, os.PathLike):
+        _atomic_write_local(os.fspath(url), data)
+        return
+    fs, path = get_fs(url)
+    if is_local(fs):
+        _atomic_write_local(path, data)
+    else:
+        fs.pipe_file(path, data)
+
+
+def _atomic_write_local(path: str, data: bytes) -> None:
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(d)
+
+
+def _fsync_dir(d: str) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -33,7 +33,7 @@ import importlib.util
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,10 @@ import torch
 from torch import nn
 
 from factory.format import FactoryError
-from factory.fsio import file_name
 from factory.generators import register
 from factory.generators.torchcore import (
     check_options,
+    check_z,
     compiled,
     identity_options,
     load_strict,
@@ -53,6 +53,7 @@ from factory.generators.torchcore import (
     read_torch_weights,
     state_dict_digest,
     weights_digest,
+    weights_identity,
 )
 
 CHECKPOINT_KEY = "netG_state_dict"
@@ -249,9 +250,7 @@ class DCGANGenerator:
         self._fn = compiled(module, compile)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.dim_z:
-            shape = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise FactoryError(f"dcgan expects z of shape [B, {self.dim_z}], got {shape}")
+        check_z(self, z)
         x = z.to(device=self.device, dtype=self.dtype).reshape(z.shape[0], self.dim_z, 1, 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -263,15 +262,9 @@ class DCGANGenerator:
         return out.float().contiguous()
 
     def identity(self) -> dict:
-        return {
-            "name": "dcgan",
-            "config": asdict(self.config),
-            "weights_sha256": self.weights_sha256,
-            "weights_source": file_name(self.weights_source),  # name only: the sha256 identifies it
-            "state_dict_key": self.state_dict_key,
-            "precision": {"dtype": str(self.dtype).replace("torch.", ""), "autocast": self.autocast,
-                          "channels_last": self.channels_last, "compile": self.compile},
-        }
+        return weights_identity(self, state_dict_key=self.state_dict_key,
+                                precision={"dtype": str(self.dtype).replace("torch.", ""), "autocast": self.autocast,
+                                           "channels_last": self.channels_last, "compile": self.compile})
 
     def named_directions(self) -> dict:
         return {}

@@ -210,6 +210,24 @@ _RANDOM_SOURCE = re.compile(r"^random\(seed=(\d{1,19})\)$")
 _PRECISION_OPTIONS = ("autocast", "channels_last", "compile", "fused")
 
 
+def check_z(gen: Any, z: Any) -> None:
+    """FactoryError (one line) unless ``z`` is a [B, gen.dim_z] tensor."""
+    if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != gen.dim_z:
+        shape = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise FactoryError(f"{gen.name} expects z of shape [B, {gen.dim_z}], got {shape}")
+
+
+def weights_identity(gen: Any, **more: Any) -> dict:
+    """The identity a weights-backed torch generator writes: its name, config, weights sha256 and the weights
+    file's name only (the sha256 identifies it), then ``more`` (precision, ...), in that order."""
+    from dataclasses import asdict
+
+    from factory.fsio import file_name
+
+    return {"name": gen.name, "config": asdict(gen.config), "weights_sha256": gen.weights_sha256,
+            "weights_source": file_name(gen.weights_source), **more}
+
+
 def random_source(seed: int) -> str:
     """The ``weights_source`` an identity records for seeded random weights (``random(seed=N)``)."""
     return f"random(seed={int(seed)})"

@@ -28,7 +28,6 @@ shared/reference/bigbigan/README.md. Two execution paths share one set of weight
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,7 @@ import torch
 import torch.nn as nn
 
 from factory.format import FactoryError
-from factory.fsio import file_name
-from factory.generators import register
+from factory.generators import register, torchcore
 from factory.generators.bigbigan.checkpoint import (
     match_terms,
     random_state_dict,
@@ -91,22 +89,14 @@ class BigBiGANGenerator:
 
     # protocol ---------------------------------------------------------------------------------
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.dim_z:
-            shape = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise FactoryError(f"bigbigan expects z of shape [B, {self.dim_z}], got {shape}")
+        torchcore.check_z(self, z)
         z = z.to(device=self.device, dtype=self.dtype)
         with precision_scope(self.device, self.autocast):
             out = self._fn(z)
         return out.float().contiguous()
 
     def identity(self) -> dict:
-        return {
-            "name": "bigbigan",
-            "config": asdict(self.config),
-            "weights_sha256": self.weights_sha256,
-            "weights_source": file_name(self.weights_source),  # name only: the sha256 identifies it
-            "precision": self.precision(),
-        }
+        return torchcore.weights_identity(self, precision=self.precision())
 
     def precision(self) -> dict:
         return {

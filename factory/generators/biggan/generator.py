@@ -31,6 +31,7 @@ from factory.generators.biggan.model import BigGAN, BigGANConfig
 from factory.generators.torchcore import (
     TorchOptions,
     check_options,
+    check_z,
     compiled,
     identity_options,
     precision_scope,
@@ -122,9 +123,7 @@ class BigGANGenerator:
         return {"kind": "truncated", "bound": TRUNCATION_BOUND, "scale": self.truncation}
 
     def __call__(self, z: torch.Tensor, labels: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
-        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.dim_z:
-            shape = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise FactoryError(f"biggan expects z of shape [B, {self.dim_z}], got {shape}")
+        check_z(self, z)
         if labels is None:
             first = 0 if self.classes is None else self.classes[0]
             y = torch.full((z.shape[0],), first, dtype=torch.long, device=self.device)
