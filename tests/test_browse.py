@@ -496,3 +496,8 @@ def test_browse_an_s3_dataset(ds, s3_server, tmp_path):
     saved = fs.cat(r["path"])
     filter_line(url, "--where", where, "--out", f"s3://{bucket}/browse/cli.json")
     assert fs.cat(f"s3://{bucket}/browse/cli.json") == saved
+    # tags, the views panel and the latent map over the object store
+    b.tag("bad", [1, 2])
+    assert {v["name"]: v["samples"] for v in b.views()["views"]}["bad"] == 2
+    assert b.counts("#bad or #small")["samples"] == b.counts("row in (1, 2) or fg_ratio < 0.3")["samples"]
+    assert b.latent_map()["points"] == 1000
