@@ -172,3 +172,17 @@ def test_a_view_of_a_view_over_parts_equals_the_one_over_fragments(ds, compacted
     a, b = out["frag"], out["parts"]
     assert a["accepted"] == b["accepted"] and a["counts"] == b["counts"] and a["rejected_in_turn"] == b["rejected_in_turn"]
     assert a["accepted_stats"] == b["accepted_stats"] and 0 < b["samples"] < N
+
+
+def test_trainers_split_off_the_hold_out_from_the_recorded_buckets(ds, compacted, monkeypatch):
+    from trainers.data import index as tindex
+
+    a = tindex.open_index(ds, split="val", holdout_permille=300)
+    hashed = []
+    real = tindex.holdout_buckets
+    monkeypatch.setattr(tindex, "holdout_buckets", lambda rows: hashed.append(len(rows)) or real(rows))
+    b = tindex.open_index(compacted, split="val", holdout_permille=300)
+    c = tindex.open_index(compacted, split="train", holdout_permille=300)
+    assert not hashed  # read from the index, not hashed
+    assert np.array_equal(a.rows, b.rows) and 0 < len(b.rows) < N
+    assert sorted(np.concatenate([b.rows, c.rows]).tolist()) == list(range(N))

@@ -35,6 +35,7 @@ from factory.format.index import (  # noqa: F401
     key_buckets,
     open_part,
     part_name,
+    read_index_column,
     read_row_groups,
     read_shards_index,
 )

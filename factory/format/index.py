@@ -226,3 +226,26 @@ def read_shards_index(root: str, manifest: dict, shards, columns: list[str] | No
     if not tables:
         return None
     return pa.concat_tables(tables)
+
+
+def read_index_column(root: str, manifest: dict, column: str, threads: int = 4) -> np.ndarray:
+    """One column of a compacted index, every row in row order (parts read in threads, footers and pages
+    checked), as a numpy array."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = index_parts(manifest)
+
+    def run(part):
+        pf = open_part(root, part)
+        try:
+            t = read_row_groups(pf, list(range(len(part["row_groups"]))), [column], join(root, part["path"]))
+        finally:
+            pf.close()
+        if t.num_rows != part["rows"]:
+            raise FormatError(f"index part {join(root, part['path'])} has {t.num_rows} rows, the manifest says "
+                              f"{part['rows']}")
+        return t.column(column).to_numpy()
+
+    with ThreadPoolExecutor(max(1, min(threads, len(parts)))) as ex:
+        pieces = list(ex.map(run, parts))
+    return np.concatenate(pieces) if pieces else np.zeros(0)

@@ -102,7 +102,7 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
     order = np.argsort(rows, kind="stable")
     rows, shards = rows[order], shards[order]
     if holdout_permille and split != "all":
-        held = holdout_buckets(rows) < holdout_permille
+        held = key_buckets(resolved, rows) < holdout_permille
         keep = held if split == "val" else ~held
         rows, shards = rows[keep], shards[keep]
     elif split == "val":
@@ -115,6 +115,22 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
         resolution=manifest.get("resolution"),
         image_member=fmt.image_member(manifest), mask_source=mask_source,
     )
+
+
+def key_buckets(resolved: fmt.Resolved, rows: np.ndarray) -> np.ndarray:
+    """The hold-out bucket of every row: recorded in a compacted index (``key_bucket``, one column read, no
+    digest per row), else one sha256 per row (`holdout_buckets`)."""
+    m = resolved.manifest
+    if not fmt.has_parts(m):
+        return holdout_buckets(rows)
+    try:
+        recorded = fmt.read_index_column(resolved.root, m, fmt.KEY_BUCKET)
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    if recorded.shape[0] != m["samples"]:  # rows are 0..N-1 (check_manifest), the parts in row order
+        raise DataError(f"dataset {m['dataset_id']}: its index holds {recorded.shape[0]} key buckets for "
+                        f"{m['samples']} samples")
+    return recorded[rows]
 
 
 def check_mask_source(manifest: dict, mask_source: str) -> None:
