@@ -147,8 +147,7 @@ def build(root: str, rows: int, seed: int = 0, jobs: int = 2) -> None:
     manifest = {"kind": fmt.DATASET_KIND, "format_version": fmt.FORMAT_VERSION,
                 "dataset_id": fmt.dataset_id(entries, lat), "samples": rows,
                 "bytes": sum(e["bytes"] for e in entries), "dim_z": 120, "resolution": RES,
-                "spec": {"note": "synthetic index skeleton (benchmarks/scale_bench.py)", "shard_size": FRAGMENT,
-                         "keep_raw_mask": False, "generator": {"name": "shapes"}},
+                "spec": {"n": rows, "shard_size": FRAGMENT, "keep_raw_mask": False, "generator": {"name": "shapes"}},
                 "latents": {"path": fmt.LATENTS, "sha256_of_shard_hashes": lat},
                 "members": {"image": "png", "mask": "mask.png", "latent": "latent.npy", "meta": "json"},
                 "shards": entries}

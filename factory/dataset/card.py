@@ -36,6 +36,40 @@ def summary_stats(table, mask: np.ndarray | None = None) -> dict:
     return SummaryStats().add(table, mask).result() if table is not None else {"samples": 0}
 
 
+def _order_keys(values: np.ndarray) -> np.ndarray:
+    """uint32 keys of float32 values whose integer order is the values' order."""
+    bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
+    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+
+
+def quantiles(pieces: list[np.ndarray], qs: list[float]) -> np.ndarray:
+    """``np.quantile(np.concatenate(pieces), qs)`` (linear interpolation) of float32 pieces without sorting or
+    joining them: the order statistics needed are found by a histogram of the keys' top 16 bits, then
+    among the few values of their bins (O(n), ~10x less CPU than a partition at 100M values)."""
+    n = sum(len(p) for p in pieces)
+    if n < (1 << 20):
+        return np.quantile(np.concatenate(pieces).astype(np.float32), qs)
+    counts = np.zeros(1 << 16, np.int64)
+    for p in pieces:
+        counts += np.bincount(_order_keys(p) >> 16, minlength=1 << 16)
+    cum = np.cumsum(counts)
+    virtual = [q * (n - 1) for q in qs]
+    ranks = sorted({int(np.floor(v)) for v in virtual} | {min(int(np.floor(v)) + 1, n - 1) for v in virtual})
+    bins = {r: int(np.searchsorted(cum, r, side="right")) for r in ranks}
+    wanted = np.array(sorted(set(bins.values())), np.uint32)
+    found = np.concatenate([p[np.isin(_order_keys(p) >> 16, wanted)] for p in pieces])
+    stat = {}
+    for r, b in bins.items():
+        inside = np.sort(found[(_order_keys(found) >> 16) == b])
+        stat[r] = inside[r - (int(cum[b - 1]) if b else 0)]
+    out = []
+    for v in virtual:
+        lo = int(np.floor(v))
+        a, b = np.float32(stat[lo]), np.float32(stat[min(lo + 1, n - 1)])
+        out.append(np.float32(a + (b - a) * np.float32(v - lo)) if b != a else a)
+    return np.array(out, np.float32)
+
+
 class SummaryStats:
     """`summary_stats` accumulated over pieces of an index (`add` a table and its mask, `merge` another's):
     counts and sums, and the fg ratios of the rows counted (for the quantiles)."""
@@ -50,27 +84,34 @@ class SummaryStats:
         self.iou: list[float] | None = None  # [sum over all, sum over area & hist_reference]
 
     def add(self, table, mask: np.ndarray | None = None) -> "SummaryStats":
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         n = table.num_rows if mask is None else int(np.count_nonzero(mask))
         if n == 0:
             return self
+        keep = None if mask is None else pa.array(mask)  # Arrow's filter and bit operations: no numpy copies
 
-        def column(name: str) -> np.ndarray:
-            values = table.column(name).to_numpy()
-            return values if mask is None else values[mask]
+        def column(name: str):
+            col = table.column(name)
+            return col if keep is None else pc.filter(col, keep)
+
+        def count(arr) -> int:
+            return int(pc.sum(arr).as_py() or 0)
 
         self.n += n
-        self.fg.append(np.asarray(column("fg_ratio"), np.float32))
+        self.fg.append(np.asarray(column("fg_ratio").to_numpy(), np.float32))
         area, ref = column("pass_area"), column("pass_hist_reference")
-        both = area & ref
+        both = pc.and_(area, ref)
         for k, v in zip(self.COUNTS, (area, ref, column("pass_hist_paper"), both)):
-            self.counts[k] += int(np.count_nonzero(v))
-        self.comp["raw"] += int(column("n_components_raw").sum(dtype=np.int64))
-        self.comp["clean"] += int(column("n_components").sum(dtype=np.int64))
+            self.counts[k] += count(pc.cast(v, pa.int64()))
+        self.comp["raw"] += count(pc.cast(column("n_components_raw"), pa.int64()))
+        self.comp["clean"] += count(pc.cast(column("n_components"), pa.int64()))
         if "true_iou" in table.column_names:
-            iou = column("true_iou")
+            iou = pc.cast(column("true_iou"), pa.float64())
             self.iou = self.iou or [0.0, 0.0]
-            self.iou[0] += float(iou.sum(dtype=np.float64))
-            self.iou[1] += float(iou[both].sum(dtype=np.float64))
+            self.iou[0] += float(pc.sum(iou).as_py() or 0.0)
+            self.iou[1] += float(pc.sum(pc.filter(iou, both)).as_py() or 0.0)
         return self
 
     def merge(self, other: "SummaryStats") -> None:
@@ -87,10 +128,9 @@ class SummaryStats:
         n = self.n
         if n == 0:
             return {"samples": 0}
-        fg = np.concatenate(self.fg) if len(self.fg) > 1 else self.fg[0]
         qs = ("0.05", "0.25", "0.5", "0.75", "0.95")
         out: dict = {"samples": n}
-        out["fg_ratio_quantiles"] = {q: round(float(v), 4) for q, v in zip(qs, np.quantile(fg, [float(q) for q in qs]))}
+        out["fg_ratio_quantiles"] = {q: round(float(v), 4) for q, v in zip(qs, quantiles(self.fg, [float(q) for q in qs]))}
         out["pass_rate"] = {k: round(self.counts[k] / n, 4) for k in self.COUNTS}
         out["components_mean"] = {k: round(v / n, 3) for k, v in self.comp.items()}
         if self.iou is not None:

@@ -165,12 +165,12 @@ def open_part(root: str, part: dict):
             fs, path = get_fs(url)
             f = fs.open(path, "rb")
             size = fs.size(path)
-        else:
-            f = open(url, "rb")
-            size = f.seek(0, 2)
+        else:  # Arrow's own file: reads without Python objects or the GIL
+            f = pa.OSFile(url, "rb")
+            size = f.size()
     except FileNotFoundError:
         raise FormatError(f"index part missing: {url}") from None
-    except OSError as e:
+    except (OSError, pa.ArrowException) as e:
         raise FormatError(f"cannot read index part {url}: {e}") from None
     try:
         if size != part["bytes"]:

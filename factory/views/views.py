@@ -130,6 +130,35 @@ def _as_rows_by_shard(shard_col: np.ndarray, row_col: np.ndarray, mask: np.ndarr
     return fmt.encode_accepted(by_shard)
 
 
+def _encoded_segments(shard_col: np.ndarray, row_col: np.ndarray, mask: np.ndarray) -> dict[str, dict]:
+    """`_as_rows_by_shard` of the shards present, when each shard's rows are one run of consecutive rows (a
+    compacted index's part): each bitmap is the mask's slice between its first and last accepted row, packed
+    as `format.encode_rows` packs it, without building row lists."""
+    import base64
+
+    n = len(shard_col)
+    if n == 0:
+        return {}
+    cuts = np.flatnonzero(shard_col[1:] != shard_col[:-1]) + 1
+    starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [n]])
+    step = np.diff(row_col)
+    step[cuts - 1] = 1  # shard boundaries
+    if not (step == 1).all() or len(np.unique(shard_col[starts])) != len(starts):
+        return _as_rows_by_shard(shard_col, row_col, mask, np.unique(shard_col).tolist())
+    idx = np.flatnonzero(mask)
+    lo, hi = np.searchsorted(idx, starts), np.searchsorted(idx, ends) - 1
+    out = {}
+    empty = {"first": 0, "n": 0, "bits": ""}
+    for sid, a, b in zip(shard_col[starts].tolist(), lo.tolist(), hi.tolist()):
+        if a > b:
+            out[str(sid)] = dict(empty)
+            continue
+        f, last = int(idx[a]), int(idx[b])
+        bits = np.packbits(mask[f:last + 1], bitorder="little").tobytes()
+        out[str(sid)] = {"first": int(row_col[f]), "n": last - f + 1, "bits": base64.b64encode(bits).decode()}
+    return out
+
+
 def check_steps(res: fmt.Resolved, steps: list[tuple[str, Any]]):
     """Type-check every step against the index schema; return the schema (PredicateError names the problem)."""
     schema = index_schema(res.root, res.manifest)
@@ -286,7 +315,7 @@ def view_from_parts(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: 
             rows = [res.accepted[k] for k in mine]
             base = np.isin(row_col, np.concatenate(rows)) if rows else np.zeros(len(row_col), bool)
         out = apply_steps(steps, table, base)
-        accepted = _as_rows_by_shard(shard_col, row_col, out.mask, np.unique(shard_col).tolist())
+        accepted = _encoded_segments(shard_col, row_col, out.mask)
         return out.counts(), out.rejected, out.in_turn, accepted, SummaryStats().add(table, out.mask)
 
     pieces = scan_index(res.root, res.manifest, sorted(needed), piece)
