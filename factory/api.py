@@ -16,7 +16,7 @@ import numpy as np
 from factory import format as fmt
 from factory.dataset.reader import decode_npy, index_schema, load_index, read_samples
 from factory.views.materialize import materialize_view
-from factory.views.views import FilterResult, FilterSpec, index_table, view_from_index, write_view
+from factory.views.views import FilterResult, FilterSpec, view_of, write_view
 from factory.views.wids import wids_plan, write_wids
 
 SPLITS = ("train", "holdout", "all")
@@ -127,8 +127,7 @@ class Dataset:
 
     def apply(self, spec: FilterSpec) -> View:
         """`filter` with the flags as one `views.views.FilterSpec`."""
-        table = index_table(self.resolved, spec.steps())
-        view = view_from_index(self.url, self.resolved, spec, table)
+        view = view_of(self.url, self.resolved, spec)
         res = fmt.Resolved(self.root, self.manifest, view,
                            fmt.AcceptedRows(view["accepted"], view["format_version"], self.url))
         return View(self.url, res, allow_remote_shards=self.allow_remote_shards, saved=False)

@@ -16,8 +16,15 @@ def is_remote_url(path: str) -> bool:
     return bool(_REMOTE.match(path))
 
 
+# the plain relative paths writers write (e.g. shards/000001.tar, index/000000-001048.parquet): names of
+# letters, digits, _ - . (never "." or ".." alone) separated by single slashes; normalised already
+_PLAIN = re.compile(r"^(?!\.\.?(?:/|$))[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/(?!\.\.?(?:/|$))[A-Za-z0-9_.-]+)*$")
+
+
 def check_relative_path(path: str, where: str, allow_remote: bool = False) -> str:
     """A shard path from a manifest must stay inside the dataset folder."""
+    if isinstance(path, str) and _PLAIN.match(path):  # the common case, in one match (100k shards: 2 paths each)
+        return path
     if not isinstance(path, str) or not path:
         raise FormatError(f"{where}: shard path must be a non-empty string, got {path!r}")
     if is_remote_url(path):

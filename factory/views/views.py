@@ -343,11 +343,15 @@ def view_from_parts(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: 
 def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
                  view_url: str | None = None) -> dict:
     """Evaluate `spec` on the index of dataset/view `url` and return the view dict (not written)."""
-    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    return view_of(url, fmt.open_dataset(url, allow_remote_shards=allow_remote_shards), spec, view_url=view_url)
+
+
+def view_of(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: str | None = None) -> dict:
+    """The view of `spec` on dataset/view `url` opened as `res`: over a compacted index one part at a time
+    (`view_from_parts`), else over the index's needed columns (`view_from_index`)."""
     if fmt.has_parts(res.manifest):
         return view_from_parts(url, res, spec, view_url=view_url)
-    table = index_table(res, spec.steps())
-    return view_from_index(url, res, spec, table, view_url=view_url)
+    return view_from_index(url, res, spec, index_table(res, spec.steps()), view_url=view_url)
 
 
 def view_bytes(view: dict) -> bytes:
