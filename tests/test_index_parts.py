@@ -96,7 +96,7 @@ def test_views_samples_and_training_reads_are_the_same(ds, compacted, tmp_path):
     a, b = json.load(open(va)), json.load(open(vb))
     assert a["accepted"] == b["accepted"] and a["counts"] == b["counts"] and a["accepted_stats"] == b["accepted_stats"]
     e = manifest(ds)["shards"][3]
-    assert read_sample(compacted, "0000000033") == read_shard_samples(ds, e)["0000000033"]
+    assert read_sample(compacted, "0000000033") == read_shard_samples(fmt.open_dataset(ds), e)["0000000033"]
     sub = load_index(compacted, manifest(compacted), ["row", "tar_offset"], shards=[2, 5])
     assert sub.column("row").to_pylist() == list(range(20, 30)) + list(range(50, 60))
     from trainers.data.random_access import ShardOffsets
