@@ -74,7 +74,7 @@ def stage_split(index, batch_size: int) -> dict:
     members = td.read_shard(info, set(rows.tolist()), (td.fmt.EXT_IMAGE, index.mask_member))
     t1 = time.perf_counter()
     for r in rows.tolist():
-        td.decode_sample(members[r], index.mask_member, "bench", index.image_member)
+        td.decode_sample(members[r], index.mask_member, "bench", image_member=index.image_member)
     t2 = time.perf_counter()
     return {"shard_samples": int(rows.size), "read_us_per_sample": 1e6 * (t1 - t0) / rows.size,
             "decode_us_per_sample": 1e6 * (t2 - t1) / rows.size}

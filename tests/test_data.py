@@ -92,7 +92,7 @@ def test_view_yields_exactly_its_keys_and_never_decodes_rejected_ones(small_data
     accepted = fmt.AcceptedRows(view["accepted"], view["format_version"]).all_rows().tolist()
     decoded = []
     real = td.decode_image
-    monkeypatch.setattr(reader, "decode_image", lambda data, mode, where, *a: decoded.append(where) or real(data, mode, where, *a))
+    monkeypatch.setattr(reader, "decode_image", lambda data, mode, where, **k: decoded.append(where) or real(data, mode, where, **k))
     idx = open_index(str(view_path), split="all")
     assert idx.view_id == view["view_id"] and idx.dataset_id == view["parent"]["dataset_id"]
     rows = [r for b in td.iter_batches(idx, batch_size=16) for r in b["row"].tolist()]

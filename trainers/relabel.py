@@ -86,7 +86,7 @@ def predict_part(net: torch.nn.Module, index: SampleIndex, shard: int, *, device
     for b0 in range(0, rows.shape[0], batch_size):
         batch = rows[b0:b0 + batch_size].tolist()
         images = [decode_image(encoded[r][index.image_member], "RGB",
-                               f"shard {info.url}: key {fmt.sample_key(r)}", expect) for r in batch]
+                               f"shard {info.url}: key {fmt.sample_key(r)}", expect=expect) for r in batch]
         x = torch.from_numpy(pixels_to_input(np.stack(images).transpose(0, 3, 1, 2)))
         probs = foreground_probability(net(x.to(device)), config)[:, 0].to("cpu", torch.float64).numpy()
         out += [(f"{fmt.sample_key(r)}.{fmt.EXT_TEACHER}", png_of_probability(p)) for r, p in zip(batch, probs)]

@@ -308,7 +308,7 @@ class Browser:
         return self.reader.members(key, int(self.shard_col[i]), span)
 
     def tile(self, key: str, show: str = "mask") -> bytes:
-        return smp.tile(self.members(key), self.res.manifest, key, show)
+        return smp.tile(self.members(key), self.res.manifest, key, show=show)
 
     def picture(self, key: str, which: str) -> tuple[bytes, str]:
         """A picture member of sample `key` as stored (bytes, content type)."""

@@ -27,7 +27,7 @@ def preview_config(browser: Browser, n: int = 64) -> dict:
     for r in page["rows"]:
         key = r["key"]
         members = browser.members(key)
-        tiles[key] = {o: data_uri(smp.tile(members, browser.res.manifest, key, o), "image/png") for o in overlays}
+        tiles[key] = {o: data_uri(smp.tile(members, browser.res.manifest, key, show=o), "image/png") for o in overlays}
         pictures[key] = {}
         for which in ("mask", "teacher"):
             ext = smp.picture_ext(browser.res.manifest, which)

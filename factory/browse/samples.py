@@ -100,7 +100,7 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def tile(members: dict[str, bytes], manifest: dict, key: str, show: str = "mask", side: int = TILE_SIDE) -> bytes:
+def tile(members: dict[str, bytes], manifest: dict, key: str, *, show: str = "mask", side: int = TILE_SIDE) -> bytes:
     """PNG of a sample's image, scaled to at most `side` pixels, with its mask (or teacher mask) overlaid."""
     from PIL import Image
 

@@ -1,11 +1,25 @@
-"""`factory filter`, `factory info`, `factory verify`, `factory sign`, `factory preview`: thin commands over
-factory.views and factory.dataset."""
+"""`factory filter`, `factory info`, `factory verify`, `factory sign`, `factory preview`, `factory relabel`,
+`factory upgrade`: thin commands over factory.views, factory.dataset and factory.reports (each parses, calls one
+library function, prints)."""
 from __future__ import annotations
 
 import json
 import sys
 
 import click
+
+
+def show(report) -> None:
+    """Print a library `factory.reports.Report`: its lines, then its one-line error or exit status."""
+    for line in report.err:
+        click.echo(line, err=True)
+    for line in report.out:
+        click.echo(line)
+    if report.error:
+        raise click.ClickException(report.error)
+    if not report.ok:
+        sys.exit(1)
+
 
 _REMOTE_HELP = "Trust shard paths in the manifest that are absolute remote URLs (off: only paths inside the dataset)."
 
@@ -147,45 +161,12 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
       factory verify s3://team/faces --regenerate 8 --weights netG.pth --verbose
       AWS_ENDPOINT_URL=http://minio:9000 factory verify s3://team/bigbigan-imagenet-v1
     """
-    from factory.dataset.signing import check_trust, same_dataset
-    from factory.generate.regenerate import verify_dataset
+    from factory.reports import verify_report
 
-    signed = check_trust(dataset, list(trust)) if trust else None
-    rep, regen = verify_dataset(dataset, allow_remote_shards=allow_remote_shards, workers=workers,
-                                index_only=index_only, samples=regenerate,
-                                options=dict(seed=seed, shards=shards, generator=generator, weights=weights,
-                                             latents=latents, direction=direction, device=device))
-    same_dataset(dataset, signed, rep.dataset_id)
-    if as_json:
-        obj = {"ok": rep.ok, "dataset_id": rep.dataset_id, "view_id": rep.view_id,
-               "samples": rep.samples, "shards": rep.shards, "bytes": rep.bytes,
-               "bad_shards": rep.bad_shards, "problems": rep.problems}
-        if signed is not None:
-            obj["signed_by"] = {"signer": signed["signer"], "fingerprint": signed["fingerprint"]}
-        if regen is not None:
-            obj["ok"] = regen.ok
-            obj["regenerate"] = regen.to_json()
-        click.echo(json.dumps(obj, default=str))
-        if not obj["ok"]:
-            sys.exit(1)
-        return
-    if not rep.ok:
-        for p in rep.problems:
-            click.echo(p, err=True)
-        raise click.ClickException(rep.summary())
-    if signed is not None:
-        click.echo(f"signed by {signed['signer'] or 'an unnamed signer'} (trusted key {signed['fingerprint']})")
-    if regen is None:
-        click.echo(rep.summary())
-        return
-    if verbose:
-        click.echo(rep.summary())
-        for d in regen.details:
-            click.echo("  " + "  ".join(f"{k} {v}" for k, v in d.items()))
-    click.echo(regen.summary())
-    click.echo(f"coverage: {regen.coverage}")
-    if not regen.ok:
-        sys.exit(1)
+    show(verify_report(dataset, trust=trust, as_json=as_json, verbose=verbose, allow_remote_shards=allow_remote_shards,
+                       workers=workers, index_only=index_only, regenerate=regenerate,
+                       options=dict(seed=seed, shards=shards, generator=generator, weights=weights, latents=latents,
+                                    direction=direction, device=device)))
 
 
 @click.command()
@@ -233,15 +214,11 @@ def preview(dataset, out, html_out, n, allow_remote_shards):
       factory preview data/paper.json --out paper.png --n 36
       factory preview data/demo --html demo.html
     """
-    from factory.browse.export import write_preview_html
-    from factory.dataset.preview import write_preview
+    from factory.reports import preview_report
 
     if not out and not html_out:
         raise click.UsageError("give --out PREVIEW.png or --html PREVIEW.html (or both)")
-    for target, write in ((out, write_preview), (html_out, write_preview_html)):
-        if target:
-            r = write(dataset, target, n=n, allow_remote_shards=allow_remote_shards)
-            click.echo(f"{target}: {r['samples_shown']} samples, {r['bytes']:,} bytes")
+    show(preview_report(dataset, out=out, html_out=html_out, n=n, allow_remote_shards=allow_remote_shards))
 
 
 @click.command("relabel")

@@ -96,7 +96,7 @@ def _check_image_sizes(samples: dict[str, dict[str, bytes]], members: dict, reso
                 return
 
 
-def _check_tar(data: bytes, digest: str, entry: dict, members: dict, problems: list[str], *,
+def _check_tar(data: bytes, digest: str, entry: dict, *, members: dict, problems: list[str],
                resolution: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict[str, bytes]]]:
     """Problems of a shard's tar bytes and sha256 (appended to `problems`); returns its latents (key -> array)
     and its samples (key -> ext -> bytes)."""
@@ -242,7 +242,7 @@ def check_shard(root: str, entry: dict, *, members: dict, z, dim_z: int, offsets
 
     problems: list[str] = []
     data = None if index_only else _read_shard_or_report(root, entry, problems)
-    latents_tar, samples = ({}, {}) if data is None else _check_tar(*data, entry, members, problems,
+    latents_tar, samples = ({}, {}) if data is None else _check_tar(*data, entry, members=members, problems=problems,
                                                                     resolution=resolution)
     tar = data[0] if offsets and data else None
     if index_rows is not None:
@@ -304,7 +304,7 @@ def _check_view(rep: VerifyReport, url: str, res: fmt.Resolved, entries: list[di
     rep.samples = v["samples"]
 
 
-def _check_parts(rep: VerifyReport, root: str, m: dict, ex, check, *, index_only: bool) -> list[list[str]]:
+def _check_parts(rep: VerifyReport, root: str, m: dict, *, ex, check, index_only: bool) -> list[list[str]]:
     """Per-shard problems of a dataset with a compacted index: each part read whole and checked
     (`parts_check`), then its shards checked with their slices of it (one part in memory at a time)."""
     problems = parts_check.section_problems(m)
@@ -358,7 +358,7 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
 
     with ThreadPoolExecutor(nthreads) as ex:
         if fidx.has_parts(m):
-            results = _check_parts(rep, res.root, m, ex, check, index_only=index_only)
+            results = _check_parts(rep, res.root, m, ex=ex, check=check, index_only=index_only)
         else:
             results = list(ex.map(check, entries))
     for s, probs in zip(entries, results):

@@ -76,7 +76,7 @@ def loads_json(data: bytes, what: str) -> Any:
         raise FormatError(f"{what} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
 
 
-def _int(obj: dict, key: str, where: str, lo: int, hi: int, *, optional: bool = False, prefix: str = ""):
+def _int(obj: dict, key: str, where: str, *, lo: int, hi: int, optional: bool = False, prefix: str = ""):
     v = obj.get(key)
     if v is None and optional:
         return None
@@ -85,7 +85,7 @@ def _int(obj: dict, key: str, where: str, lo: int, hi: int, *, optional: bool = 
     return v
 
 
-def _typed(obj: dict, key: str, types: tuple, where: str, what: str, prefix: str = ""):
+def _typed(obj: dict, key: str, types: tuple, *, where: str, what: str, prefix: str = ""):
     v = obj.get(key)
     if v is not None and (not isinstance(v, types) or (isinstance(v, bool) and bool not in types)):
         raise FormatError(f"{where}: {prefix}{key} must be {what}, got {type(v).__name__}")
@@ -128,7 +128,7 @@ def _check_spec(spec: Any, where: str) -> None:
         raise FormatError(f"{where}: spec.{str(unknown[0])[:40]} is not a field of a dataset spec (a spec holds only "
                           "what decides the bytes: " + ", ".join(sorted(_SPEC_FIELDS)) + ")")
     for key, (types, what) in _SPEC_FIELDS.items():
-        _typed(spec, key, types, where, what, "spec.")
+        _typed(spec, key, types, where=where, what=what, prefix="spec.")
     for key, lo, hi in (("cc_ratio", 0.0, 1.0), ("max_fg", 0.0, 1.0)):
         if spec.get(key) is not None and not lo <= spec[key] <= hi:
             raise FormatError(f"{where}: spec.{key} must be in [{lo:g}, {hi:g}], got {spec[key]!r}")
@@ -141,7 +141,7 @@ def _check_spec(spec: Any, where: str) -> None:
         for key, (types, what) in fields.items():
             if obj.get(key) is None and (key == "sha256" or name == "labels"):
                 raise FormatError(f"{where}: spec.{name}.{key} is missing")
-            _typed(obj, key, types, where, what, f"spec.{name}.")
+            _typed(obj, key, types, where=where, what=what, prefix=f"spec.{name}.")
         if "sha256" in obj and not _HEX64.match(obj["sha256"]):
             raise FormatError(f"{where}: spec.{name}.sha256 is not a 64-digit lowercase hex digest")
     if spec.get("mask_rule") is not None and spec["mask_rule"] not in MASK_RULES:
@@ -149,8 +149,8 @@ def _check_spec(spec: Any, where: str) -> None:
     if spec.get("shard_size") is not None and spec["shard_size"] < 1:
         raise FormatError(f"{where}: spec.shard_size must be >= 1")
     gen = spec.get("generator") or {}
-    _typed(gen, "name", (str,), where, "a string", "spec.generator.")
-    _int(gen, "resolution", where, 1, MAX_RESOLUTION, optional=True, prefix="spec.generator.")
+    _typed(gen, "name", (str,), where=where, what="a string", prefix="spec.generator.")
+    _int(gen, "resolution", where, lo=1, hi=MAX_RESOLUTION, optional=True, prefix="spec.generator.")
 
 
 def _check_codec(codec: dict | None, where: str) -> None:
@@ -165,7 +165,7 @@ def _check_codec(codec: dict | None, where: str) -> None:
     for key, (types, what) in CODEC_FIELDS.get(codec["image"], {}).items():
         if codec.get(key) is None:
             raise FormatError(f"{where}: spec.image_codec.{key} is missing (codec {codec['image']!r} needs it)")
-        _typed(codec, key, types, where, what, "spec.image_codec.")
+        _typed(codec, key, types, where=where, what=what, prefix="spec.image_codec.")
 
 
 def _check_spec_latents(lat: dict | None, where: str) -> None:
@@ -175,11 +175,11 @@ def _check_spec_latents(lat: dict | None, where: str) -> None:
     kind = lat.get("kind")
     if not isinstance(kind, str) or kind not in LATENT_KINDS:
         raise FormatError(f"{where}: spec.latents.kind {str(kind)[:40]!r} is not one of {', '.join(LATENT_KINDS)}")
-    _int(lat, "seed", where, 0, 2**63 - 1, prefix="spec.latents.")
+    _int(lat, "seed", where, lo=0, hi=2**63 - 1, prefix="spec.latents.")
     for key, (types, what) in LATENT_KINDS[kind].items():
         if lat.get(key) is None:
             raise FormatError(f"{where}: spec.latents.{key} is missing (latents of kind {kind!r} need it)")
-        _typed(lat, key, types, where, what, "spec.latents.")
+        _typed(lat, key, types, where=where, what=what, prefix="spec.latents.")
     if "sha256" in LATENT_KINDS[kind] and not _HEX64.match(lat["sha256"]):
         raise FormatError(f"{where}: spec.latents.sha256 is not a 64-digit lowercase hex digest")
 
@@ -249,12 +249,12 @@ def check_manifest_fields(obj: dict, where: str) -> None:
     """Every manifest field besides the shard list against the schema (types and ranges); FormatError."""
     if obj.get("kind") != DATASET_KIND:
         return
-    _int(obj, "samples", where, 0, MAX_SAMPLES)
-    _int(obj, "dim_z", where, 1, MAX_DIM_Z)
-    _int(obj, "bytes", where, 0, MAX_SAMPLES * (64 << 20), optional=True)
-    _int(obj, "resolution", where, 1, MAX_RESOLUTION, optional=True)
+    _int(obj, "samples", where, lo=0, hi=MAX_SAMPLES)
+    _int(obj, "dim_z", where, lo=1, hi=MAX_DIM_Z)
+    _int(obj, "bytes", where, lo=0, hi=MAX_SAMPLES * (64 << 20), optional=True)
+    _int(obj, "resolution", where, lo=1, hi=MAX_RESOLUTION, optional=True)
     for key in ("spec_hash", "code_version"):
-        _typed(obj, key, (str,), where, "a string")
+        _typed(obj, key, (str,), where=where, what="a string")
     _check_latents(obj.get("latents"), where)
     _check_members(obj.get("members"), where)
     _check_spec(obj.get("spec"), where)

@@ -394,7 +394,7 @@ def _one_pass(f, shard: ShardRef, wanted: set[int], exts: frozenset[str]) -> dic
 
 # ---------------------------------------------------------------- one sample by its byte range
 
-def range_members(shard: ShardRef, key: str, offset: int, size: int, f=None) -> dict[str, bytes]:
+def range_members(shard: ShardRef, key: str, offset: int, size: int, *, f=None) -> dict[str, bytes]:
     """{EXT: bytes} of sample ``key`` of ``shard`` from its byte range (one range read; from the open copy ``f``
     of the shard when given): its members only, each named by the manifest, once."""
     return sample_members(read_range(shard.url, offset, size, f), key, f"shard {shard.url}: key {key}",

@@ -311,7 +311,7 @@ def decode_gray(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
-def compare(row: int, want: dict, got: dict, index_row: dict, exts: dict) -> dict:
+def compare(row: int, want: dict, got: dict, *, index_row: dict, exts: dict) -> dict:
     """One sample: whether latent, members and statistics match, how much pixels, masks and decisions agree."""
     key = fmt.sample_key(row)
     d: dict = {"key": key}
@@ -457,7 +457,7 @@ def regenerate(url: str, n: int | None = 8, *, seed: int | None = None, shards=(
     got = recompute(job, m, rows, src)
     want, index = stored_samples(res, rows)
     exts = m["members"]
-    rep.details = [compare(r, want[r], got[r], index.get(r, {}), exts) for r in rows]
+    rep.details = [compare(r, want[r], got[r], index_row=index.get(r, {}), exts=exts) for r in rows]
     judge(rep, spec)
     return rep
 

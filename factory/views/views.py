@@ -265,12 +265,12 @@ def view_from_index(url: str, res: fmt.Resolved, spec: FilterSpec, table, *, vie
     row_col = table.column("row").to_numpy()
     out = apply_steps(steps, table, input_rows(url, res, row_col))
     accepted = _as_rows_by_shard(shard_col, row_col, out.mask, shard_ids)
-    return _view(res, spec, accepted, out.counts(), out.rejected, out.in_turn, summary_stats(table, out.mask),
-                 view_url=view_url)
+    return _view(res, spec, accepted, counts=out.counts(), rejected=out.rejected, in_turn=out.in_turn,
+                 stats=summary_stats(table, out.mask), view_url=view_url)
 
 
-def _view(res: fmt.Resolved, spec: FilterSpec, accepted: dict, counts: dict, rejected: dict, in_turn: list,
-          stats: dict, *, view_url: str | None) -> dict:
+def _view(res: fmt.Resolved, spec: FilterSpec, accepted: dict, *, counts: dict, rejected: dict, in_turn: list,
+          stats: dict, view_url: str | None) -> dict:
     """The view document from a filter's outcome."""
     own, predicate = view_predicate(res, spec)
     acc_sha = fmt.accepted_sha256(accepted)
@@ -337,7 +337,8 @@ def view_from_parts(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: 
     if res.view is not None and counts["input"] != res.view["samples"]:
         raise fmt.FormatError(f"{url}: view accepts {res.view['samples']} rows but only {counts['input']} exist in "
                               "the parent's index")
-    return _view(res, spec, accepted, counts, rejected, in_turn, stats.result(), view_url=view_url)
+    return _view(res, spec, accepted, counts=counts, rejected=rejected, in_turn=in_turn, stats=stats.result(),
+                 view_url=view_url)
 
 
 def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,

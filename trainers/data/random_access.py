@@ -106,7 +106,7 @@ class RandomAccessDataset(torch.utils.data.Dataset):
                 check_whole_shard(shard)  # once per shard and process (a cached copy was checked as it was fetched)
                 return fmt.range_members(shard, fmt.sample_key(row), off, size)
             with self.index.cache.open(shard) as f:  # the shard's copy in the node's cache (fetched once per node)
-                return fmt.range_members(shard, fmt.sample_key(row), off, size, f)
+                return fmt.range_members(shard, fmt.sample_key(row), off, size, f=f)
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         pos, epoch = item
@@ -116,8 +116,8 @@ class RandomAccessDataset(torch.utils.data.Dataset):
         lacks = [m for m in (self.index.image_member, *self.index.mask_members()) if m not in members]
         if lacks:
             raise DataError(f"{where} lacks member(s) {lacks}")
-        image, mask = decode_sample(members, self.index.mask_members(), where, self.index.image_member,
-                                    self.index.resolution)
+        image, mask = decode_sample(members, self.index.mask_members(), where, image_member=self.index.image_member,
+                                    side=self.index.resolution)
         if self.flip and flip_bit(self.seed, epoch, row):
             image, mask = image[:, :, ::-1], mask[:, :, ::-1]
         return {"image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask), "row": row}

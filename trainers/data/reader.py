@@ -77,7 +77,7 @@ def read_shard(shard: ShardInfo, wanted: set[int], exts: tuple[str, ...], cache=
     return out
 
 
-def decode_image(data: bytes, mode: str, where: str, expect: str = "PNG", side: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, mode: str, where: str, *, expect: str = "PNG", side: int | None = None) -> np.ndarray:
     """Pixels of an encoded member whose container must be ``expect`` (a PIL format name) and, with
     ``side``, whose header declares side x side pixels (checked before decoding)."""
     try:
@@ -93,7 +93,7 @@ def decode_image(data: bytes, mode: str, where: str, expect: str = "PNG", side: 
         raise DataError(f"{where}: cannot decode {expect}: {e}") from None
 
 
-def decode_sample(members: dict[str, bytes], mask_member: str | tuple[str, ...], where: str,
+def decode_sample(members: dict[str, bytes], mask_member: str | tuple[str, ...], where: str, *,
                   image_member: str = fmt.EXT_IMAGE, side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image float32 [3,H,W] in [-1,1], mask float32 [1,H,W] in {0,1}) from encoded members.
 
@@ -101,10 +101,11 @@ def decode_sample(members: dict[str, bytes], mask_member: str | tuple[str, ...],
     ``mask_member``: one mask member, or several whose foregrounds are intersected (``SampleIndex.mask_members``);
     a mask is foreground above 127, a teacher map (KEY.teacher.png) from ``fmt.TEACHER_FG_MIN`` (p >= 0.5).
     """
-    img = decode_image(members[image_member], "RGB", f"{where}.{image_member}", fmt.IMAGE_FORMATS[image_member], side)
+    img = decode_image(members[image_member], "RGB", f"{where}.{image_member}", expect=fmt.IMAGE_FORMATS[image_member],
+                       side=side)
     fg = None
     for name in (mask_member,) if isinstance(mask_member, str) else mask_member:
-        mask = decode_image(members[name], "L", f"{where}.{name}", "PNG", side)
+        mask = decode_image(members[name], "L", f"{where}.{name}", expect="PNG", side=side)
         if img.shape[:2] != mask.shape:
             raise DataError(f"{where}: image {img.shape[:2]} and {name} {mask.shape} differ in size")
         this = mask >= fmt.TEACHER_FG_MIN if name == fmt.EXT_TEACHER else mask > 127

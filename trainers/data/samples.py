@@ -41,7 +41,8 @@ def decode_row(index: SampleIndex, reader: ShardReader, row: int, *, seed: int, 
     `flip_bit` says so."""
     s = reader.shard_of(row)
     where = f"shard {index.shard_info[s].url}: key {fmt.sample_key(row)}"
-    image, mask = decode_sample(reader.take(row), index.mask_members(), where, index.image_member, index.resolution)
+    image, mask = decode_sample(reader.take(row), index.mask_members(), where, image_member=index.image_member,
+                                side=index.resolution)
     if flip and flip_bit(seed, epoch, row):
         image, mask = image[:, :, ::-1], mask[:, :, ::-1]
     return image, mask
