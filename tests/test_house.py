@@ -259,3 +259,20 @@ def test_tests_readme_maps_every_test_file():
     files = {str(p.relative_to(ROOT / "tests")) for p in (ROOT / "tests").rglob("test_*.py")}
     assert files - named == set(), f"tests/README.md's table leaves out {sorted(files - named)}"
     assert {n for n in named if n.startswith(("test_", "security/", "reliability/"))} - files == set()
+
+
+def test_the_contract_is_a_face_and_one_reading_room_reads_tars():
+    """factory/format/__init__.py defines nothing (it re-exports its rooms); only factory/format/ imports
+    tarfile (the reading room and the tar writer); no module of trainers/data/ is over 400 lines."""
+    import ast
+
+    init = ast.parse((ROOT / "factory" / "format" / "__init__.py").read_text())
+    defined = [type(n).__name__ for n in init.body
+               if not isinstance(n, (ast.ImportFrom, ast.Import)) and not (isinstance(n, ast.Expr) and n is init.body[0])]
+    assert not defined, f"factory/format/__init__.py defines {defined}; give it a room"
+    tar_users = sorted(str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+                       if re.search(r"^\s*(import tarfile|from tarfile )", p.read_text(), re.M))
+    assert all(p.startswith("factory/format/") for p in tar_users), tar_users
+    big = [f"{p.name}: {n}" for p in (ROOT / "trainers" / "data").glob("*.py")
+           if (n := len(p.read_text().splitlines())) > 400]
+    assert not big, big
