@@ -22,7 +22,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 # Imported by a benchmark that never runs on the GPU machine (it needs no wheel there).
 CPU_ONLY = {"moto": "benchmarks/cache_bench.py's S3 stand-in (a CPU benchmark)",
-            "duckdb": "benchmarks/scale_bench.py's baseline (a CPU benchmark)"}
+            "duckdb": "benchmarks/scale_bench.py's baseline (a CPU benchmark)",
+            "selenium": "benchmarks/browse_map_bench.py's browser (a CPU benchmark)",
+            # an optional import: browse's map offers UMAP only where umap-learn is installed
+            "umap": "factory/browse/latentmap.py's optional UMAP projection"}
 
 
 # The lent image's Python (fetch_wheels.sh's PYV): requirement markers are read for it.

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from factory import format as fmt
 from factory.cli import main
+from factory.views.predicate import MAX_LENGTH
 
 pytestmark = pytest.mark.reliability
 
@@ -220,7 +221,7 @@ WHERE_CASES = {
     "fullwidth-digit": ("fg_ratio < ０.５", "'０' at position 11 is not ASCII"),
     "arabic-indic-digit": ("n_components <= ٢", "'٢' at position 16 is not ASCII"),
     "fullwidth-name": ("ｆg_ratio < 0.5", "'ｆ' at position 0 is not ASCII"),
-    "too-long": ("pass_area and " * 10_000 + "pass_area", "over the 100000 character limit"),
+    "too-long": ("pass_area and " * (MAX_LENGTH // 14 + 1) + "pass_area", f"over the {MAX_LENGTH} character limit"),
 }
 
 
