@@ -186,3 +186,25 @@ def test_trainers_split_off_the_hold_out_from_the_recorded_buckets(ds, compacted
     assert not hashed  # read from the index, not hashed
     assert np.array_equal(a.rows, b.rows) and 0 < len(b.rows) < N
     assert sorted(np.concatenate([b.rows, c.rows]).tolist()) == list(range(N))
+
+
+def test_many_bitmaps_decode_and_count_as_one_by_one():
+    import base64
+
+    rng = np.random.default_rng(0)
+    objs = []
+    for k in range(200):
+        rows = np.sort(rng.choice(np.arange(k * 100, k * 100 + 60), size=int(rng.integers(0, 50)), replace=False))
+        objs.append(fmt.encode_rows(rows))
+    ref = [fmt.decode_rows(o) for o in objs]
+    rows, pos = fmt.decode_many(objs)
+    assert np.array_equal(rows, np.concatenate(ref))
+    assert np.array_equal(pos, np.concatenate([np.full(len(r), i) for i, r in enumerate(ref)]))
+    padded = next(i for i, o in enumerate(objs) if o["n"] % 8)
+    raw = bytearray(base64.b64decode(objs[padded]["bits"]))
+    raw[-1] |= 0x80  # a bit past the shard's n-th: not a row
+    objs[padded] = dict(objs[padded], bits=base64.b64encode(bytes(raw)).decode())
+    assert fmt.check_accepted({str(i): o for i, o in enumerate(objs)}, 2, "v") == sum(len(r) for r in ref)
+    objs[3] = dict(objs[3], bits="!!")
+    with pytest.raises(fmt.FormatError, match="base64"):
+        fmt.decode_many(objs)

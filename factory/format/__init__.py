@@ -164,6 +164,7 @@ from factory.format.views import (  # noqa: F401
     AcceptedRows,
     accepted_sha256,
     check_accepted,
+    decode_many,
     decode_rows,
     encode_accepted,
     encode_rows,

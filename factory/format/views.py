@@ -58,6 +58,74 @@ def decode_rows(obj: dict, where: str = "view") -> np.ndarray:
     return first + np.flatnonzero(flags).astype(np.int64)
 
 
+def _unpack_many(objs: list, where: str) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """(firsts, ns, every shard's bits unpacked end to end, each shard's first bit position), each form checked
+    as `decode_rows` checks it (structure, base64, length, canonical first and last bit)."""
+    firsts, ns, blobs = [], [], []
+    for obj in objs:
+        if not isinstance(obj, dict) or set(obj) != {"first", "n", "bits"}:
+            raise FormatError(f"{where}: accepted rows of a shard must be {{first, n, bits}}")
+        first, n, bits = obj["first"], obj["n"], obj["bits"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (first, n)) or first < 0 or n < 0 \
+                or not isinstance(bits, str):
+            raise FormatError(f"{where}: accepted rows: first and n must be integers >= 0, bits a string")
+        try:
+            raw = base64.b64decode(bits, validate=True)
+        except (binascii.Error, ValueError):
+            raise FormatError(f"{where}: accepted bits are not base64") from None
+        if len(raw) != (n + 7) // 8:
+            raise FormatError(f"{where}: accepted bits hold {len(raw)} bytes, {n} rows need {(n + 7) // 8}")
+        firsts.append(first)
+        ns.append(n)
+        blobs.append(raw)
+    ns_a = np.array(ns, np.int64)
+    flat = np.unpackbits(np.frombuffer(b"".join(blobs), np.uint8), bitorder="little").view(bool)
+    byte_start = 8 * np.concatenate([[0], np.cumsum((ns_a + 7) // 8)[:-1]]).astype(np.int64)
+    nz = ns_a > 0
+    if nz.any() and not (flat[byte_start[nz]] & flat[byte_start[nz] + ns_a[nz] - 1]).all():
+        raise FormatError(f"{where}: accepted bits must start and end with an accepted row (canonical form)")
+    return firsts, ns_a, flat, byte_start
+
+
+def count_many(objs: list, where: str = "view") -> int:
+    """How many rows many shards' compact forms accept (each checked as `decode_rows` checks it)."""
+    if not objs:
+        return 0
+    _, ns_a, flat, byte_start = _unpack_many(objs, where)
+    total = int(np.count_nonzero(flat))
+    pad = (-ns_a) % 8  # bits after the n-th of each shard's last byte: not rows
+    for k in range(1, 8):
+        ends = (byte_start + 8 * ((ns_a + 7) // 8))[pad == k]
+        for j in range(1, k + 1):
+            total -= int(np.count_nonzero(flat[ends - j]))
+    return total
+
+
+def decode_many(objs: list, where: str = "view") -> tuple[np.ndarray, np.ndarray]:
+    """(rows, position in `objs`) of every accepted row of many shards' compact forms, in order: what
+    `decode_rows` gives each, checked alike, decoded together (a 100k-shard view: one unpacking, not 100k)."""
+    if not objs:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    firsts, ns_a, flat, byte_start = _unpack_many(objs, where)
+    if not ns_a.sum():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows_out, pos_out = [], []
+    step = 4096  # shards at a time: index arrays of a bounded size
+    for a in range(0, len(ns_a), step):
+        n_c = ns_a[a:a + step]
+        total = int(n_c.sum())
+        if not total:
+            continue
+        before = np.concatenate([[0], np.cumsum(n_c)[:-1]])
+        within = np.arange(total, dtype=np.int64) - np.repeat(before, n_c)
+        bitpos = np.repeat(byte_start[a:a + step], n_c) + within
+        keep = flat[bitpos]
+        owner = np.repeat(np.arange(a, a + len(n_c), dtype=np.int64), n_c)[keep]
+        rows_out.append(np.asarray(firsts, np.int64)[owner] + within[keep])
+        pos_out.append(owner)
+    return np.concatenate(rows_out), np.concatenate(pos_out)
+
+
 def encode_accepted(rows_by_shard: Mapping[int, np.ndarray]) -> dict[str, dict]:
     """The version-2 ``accepted`` of a view: shard id (string) -> compact rows."""
     return {str(int(k)): encode_rows(v) for k, v in rows_by_shard.items()}
@@ -134,6 +202,6 @@ def check_accepted(acc: dict, version: int, where: str) -> int:
             if not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
                 raise FormatError(f"{where}: accepted rows of shard {shard} must be integers")
             total += len(rows)
-        else:
-            total += int(decode_rows(rows, f"{where}: shard {shard}").shape[0])
+    if version != 1:
+        total = count_many(list(acc.values()), where)
     return total

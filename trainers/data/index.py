@@ -74,33 +74,43 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
         raise DataError(f"dataset {manifest['dataset_id']} has no raw masks (it was generated without "
                         f"--keep-raw-mask); train with --mask clean")
     urls = dict(resolved.shard_urls())
-    exts = fmt.member_exts(manifest)
     info = {}
-    rows_l, shards_l = [], []
     for s in manifest["shards"]:
         sid = s["shard"]
-        si = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"], exts, verify=verify)
-        info[sid] = si
-        if resolved.accepted is None:
-            r = np.arange(si.first_row, si.first_row + si.samples, dtype=np.int64)
-        else:
-            acc = resolved.accepted.get(sid, ())
-            r = np.asarray(acc, dtype=np.int64)  # sorted
-            bad = r[(r < si.first_row) | (r >= si.first_row + si.samples)]
-            if bad.size:
-                raise DataError(f"view {resolved.view['view_id']}: row {int(bad[0])} is listed under shard "
-                                f"{sid}, which holds rows {si.first_row}..{si.first_row + si.samples - 1}")
-        rows_l.append(r)
-        shards_l.append(np.full(r.shape, sid, np.int64))
-    if resolved.accepted is not None:
+        info[sid] = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"], verify)
+    sids = np.array([s["shard"] for s in manifest["shards"]], np.int64)
+    firsts = np.array([s["first_row"] for s in manifest["shards"]], np.int64)
+    counts = np.array([s["samples"] for s in manifest["shards"]], np.int64)
+    if resolved.accepted is None:
+        rows = np.concatenate([np.arange(f, f + n, dtype=np.int64) for f, n in zip(firsts.tolist(), counts.tolist())]) \
+            if len(sids) else np.zeros(0, np.int64)
+        shards = np.repeat(sids, counts)
+    else:
         unknown = sorted(set(resolved.accepted) - set(info))
         if unknown:
             raise DataError(f"view {resolved.view['view_id']} accepts rows of shard(s) {unknown[:5]} that the "
                             f"parent dataset {manifest['dataset_id']} does not have")
-    rows = np.concatenate(rows_l) if rows_l else np.zeros(0, np.int64)
-    shards = np.concatenate(shards_l) if shards_l else np.zeros(0, np.int64)
-    order = np.argsort(rows, kind="stable")
-    rows, shards = rows[order], shards[order]
+        listed = [k for k in sids.tolist() if k in resolved.accepted]
+        if resolved.accepted.version == 1:
+            parts = [np.asarray(resolved.accepted[k], np.int64) for k in listed]
+            rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            shards = np.repeat(np.array(listed, np.int64), [len(p) for p in parts])
+        else:  # every shard's bitmap decoded at once
+            rows, pos = fmt.decode_many([resolved.accepted.raw[str(k)] for k in listed],
+                                        f"view {resolved.view['view_id']}")
+            shards = np.array(listed, np.int64)[pos] if len(listed) else np.zeros(0, np.int64)
+        where = np.empty(len(sids), np.int64)
+        where[sids] = np.arange(len(sids))  # shard ids are 0..K-1 (check_manifest)
+        where = where[shards]
+        bad = np.flatnonzero((rows < firsts[where]) | (rows >= firsts[where] + counts[where]))
+        if bad.size:
+            i = int(bad[0])
+            s = info[int(shards[i])]
+            raise DataError(f"view {resolved.view['view_id']}: row {int(rows[i])} is listed under shard "
+                            f"{s.shard}, which holds rows {s.first_row}..{s.first_row + s.samples - 1}")
+    if rows.size > 1 and not (rows[1:] > rows[:-1]).all():
+        order = np.argsort(rows, kind="stable")
+        rows, shards = rows[order], shards[order]
     if holdout_permille and split != "all":
         held = key_buckets(resolved, rows) < holdout_permille
         keep = held if split == "val" else ~held
