@@ -74,10 +74,11 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
         raise DataError(f"dataset {manifest['dataset_id']} has no raw masks (it was generated without "
                         f"--keep-raw-mask); train with --mask clean")
     urls = dict(resolved.shard_urls())
+    exts = fmt.member_exts(manifest)
     info = {}
     for s in manifest["shards"]:
         sid = s["shard"]
-        info[sid] = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"], verify)
+        info[sid] = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"], exts, verify=verify)
     sids = np.array([s["shard"] for s in manifest["shards"]], np.int64)
     firsts = np.array([s["first_row"] for s in manifest["shards"]], np.int64)
     counts = np.array([s["samples"] for s in manifest["shards"]], np.int64)
