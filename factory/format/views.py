@@ -38,8 +38,8 @@ def encode_rows(rows: np.ndarray) -> dict:
     return {"first": first, "n": n, "bits": base64.b64encode(np.packbits(flags, bitorder="little").tobytes()).decode()}
 
 
-def decode_rows(obj: dict, where: str = "view") -> np.ndarray:
-    """Sorted int64 rows of one shard's compact form; FormatError if it is malformed."""
+def _checked_form(obj: dict, where: str) -> tuple[int, int, bytes]:
+    """(first, n, the bitmap's bytes) of one shard's compact form, its structure, base64 and length checked."""
     if not isinstance(obj, dict) or set(obj) != {"first", "n", "bits"}:
         raise FormatError(f"{where}: accepted rows of a shard must be {{first, n, bits}}")
     first, n, bits = obj["first"], obj["n"], obj["bits"]
@@ -52,6 +52,12 @@ def decode_rows(obj: dict, where: str = "view") -> np.ndarray:
         raise FormatError(f"{where}: accepted bits are not base64") from None
     if len(raw) != (n + 7) // 8:
         raise FormatError(f"{where}: accepted bits hold {len(raw)} bytes, {n} rows need {(n + 7) // 8}")
+    return first, n, raw
+
+
+def decode_rows(obj: dict, where: str = "view") -> np.ndarray:
+    """Sorted int64 rows of one shard's compact form; FormatError if it is malformed."""
+    first, n, raw = _checked_form(obj, where)
     flags = np.unpackbits(np.frombuffer(raw, np.uint8), count=n, bitorder="little").astype(bool)
     if n and not (flags[0] and flags[-1]):
         raise FormatError(f"{where}: accepted bits must start and end with an accepted row (canonical form)")
@@ -63,18 +69,7 @@ def _unpack_many(objs: list, where: str) -> tuple[list[int], np.ndarray, np.ndar
     as `decode_rows` checks it (structure, base64, length, canonical first and last bit)."""
     firsts, ns, blobs = [], [], []
     for obj in objs:
-        if not isinstance(obj, dict) or set(obj) != {"first", "n", "bits"}:
-            raise FormatError(f"{where}: accepted rows of a shard must be {{first, n, bits}}")
-        first, n, bits = obj["first"], obj["n"], obj["bits"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (first, n)) or first < 0 or n < 0 \
-                or not isinstance(bits, str):
-            raise FormatError(f"{where}: accepted rows: first and n must be integers >= 0, bits a string")
-        try:
-            raw = base64.b64decode(bits, validate=True)
-        except (binascii.Error, ValueError):
-            raise FormatError(f"{where}: accepted bits are not base64") from None
-        if len(raw) != (n + 7) // 8:
-            raise FormatError(f"{where}: accepted bits hold {len(raw)} bytes, {n} rows need {(n + 7) // 8}")
+        first, n, raw = _checked_form(obj, where)
         firsts.append(first)
         ns.append(n)
         blobs.append(raw)
