@@ -216,9 +216,7 @@ def library_calls(source: str) -> dict[str, list[str]]:
 
 
 # commands that choose one of two library functions by a flag (each path still calls one)
-ONE_OF_TWO = {"eval_cmd": {"evaluate_datasets", "evaluate_predictions"},
-              "random_cmd": {"load_generator", "write_random_directions"},
-              "benchmark_cmd": {"benchmark", "model_label"}}
+ONE_OF_TWO = {"eval_cmd": {"evaluate_datasets", "evaluate_predictions"}}
 
 
 def test_cli_commands_call_one_library_function():

@@ -36,11 +36,7 @@ def random_cmd(n, dim, generator, weights, seed, out):
     """
     from factory.directions.common import write_random_directions
 
-    if dim is None:
-        from factory.generators import load_generator
-
-        dim = load_generator(generator, device="cpu", **({"weights": weights} if weights else {})).dim_z
-    arr = write_random_directions(out, n, dim, seed)
+    arr = write_random_directions(out, n, dim=dim, seed=seed, generator=generator, weights=weights)
     click.echo(f"wrote {arr.shape[0]} unit directions of width {arr.shape[1]} to {out}")
 
 

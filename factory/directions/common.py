@@ -44,10 +44,16 @@ def random_directions(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_random_directions(out: str, n: int, dim: int, seed: int = 0) -> np.ndarray:
-    """`random_directions` saved to ``out`` (a .npy path, written atomically); returns the array."""
+def write_random_directions(out: str, n: int, *, dim: int | None = None, seed: int = 0, generator: str = "shapes",
+                            weights: str | None = None) -> np.ndarray:
+    """`random_directions` saved to ``out`` (a .npy path, written atomically); returns the array. ``dim``: the
+    width, by default the latent width of ``generator`` (with its ``weights``)."""
     if not out.endswith(".npy"):
         raise FactoryError(f"--out must end with .npy, got {out!r}")
+    if dim is None:
+        from factory.generators import load_generator
+
+        dim = load_generator(generator, device="cpu", **({"weights": weights} if weights else {})).dim_z
     arr = random_directions(n, dim, seed)
     atomic_save_npy(Path(out), arr)
     return arr

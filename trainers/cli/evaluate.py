@@ -135,9 +135,8 @@ def benchmark_cmd(*, run, root, json_out, label, device, batch_size, pysod):
     """
     from trainers.eval.evaluate import write_json
     from trainers.eval.table import benchmark
-    from trainers.model.checkpoint import model_label
 
-    table = benchmark(run, root, device=device, batch_size=batch_size, pysod=pysod, label=label or model_label(run))
+    table = benchmark(run, root, device=device, batch_size=batch_size, pysod=pysod, label=label)
     click.echo(table["markdown"], nl=False)
     if json_out:
         write_json(json_out, table)

@@ -79,12 +79,17 @@ def benchmark_markdown(results: list[dict], label: str = "Ours") -> str:
 
 
 def benchmark(model: torch.nn.Module | str | os.PathLike, root: str | os.PathLike, *, device="auto",
-              batch_size: int = 16, pysod: bool | None = None, label: str = "Ours", progress: bool = False,
+              batch_size: int = 16, pysod: bool | None = None, label: str | None = None, progress: bool = False,
               limit: int | None = None) -> dict:
     """Evaluate on every benchmark discovered under ``root``; returns {datasets, published, markdown}.
 
-    ``model``: a loaded module or a ``--model`` path (run folder or authors' .pth), loaded first.
+    ``model``: a loaded module or a ``--model`` path (run folder or authors' .pth), loaded first. ``label``: the
+    row's name (default: the run folder's name or the .pth's stem, ``Ours`` for a loaded module).
     """
+    if label is None:
+        from trainers.model.checkpoint import model_label
+
+        label = model_label(model) if isinstance(model, (str, os.PathLike)) else "Ours"
     model, device = model_on(model, device)
     found = discover(root)
     if not found:
