@@ -272,7 +272,7 @@ print(f"first batch {{tuple(b['image'].shape)}} after {{time.perf_counter() - t0
     return [sys.executable, "-c", code, view, access]
 
 
-def bench_size(root: str, rows: int, log, repeats: int = 3) -> dict:
+def bench_size(root: str, rows: int, log, repeats: int = 3, skip: tuple = ()) -> dict:
     t = time.perf_counter()
     build(root, rows)
     seal(root)
@@ -285,11 +285,13 @@ def bench_size(root: str, rows: int, log, repeats: int = 3) -> dict:
     res["view_bytes"] = os.path.getsize(view)
     res["info"] = run_measured(fac + ["info", root], repeats)
     res["info_view"] = run_measured(fac + ["info", view], repeats)
-    res["verify_index"] = run_measured(fac + ["verify", root, "--index-only"], repeats)
+    if "verify_index" not in skip:
+        res["verify_index"] = run_measured(fac + ["verify", root, "--index-only"], repeats)
     for access in ("stream", "random"):
         res[f"first_batch_{access}"] = run_measured(first_batch_cmd(view, access), repeats)
     for name, q in DUCK.items():
-        res[f"duckdb_{name}"] = run_measured(duck(q.format(root=root)), repeats)
+        if not (name == "verify" and "verify_index" in skip):
+            res[f"duckdb_{name}"] = run_measured(duck(q.format(root=root)), repeats)
     for k, v in res.items():
         if isinstance(v, tuple):
             last = v[2].strip().splitlines()[-1][:90] if v[2].strip() else ""
@@ -311,6 +313,8 @@ def table(results: dict[int, dict]) -> str:
         " | duckdb wall / CPU s at each | " f"{sizes[-1] / 1e6:g}M / {sizes[0] / 1e6:g}M wall, CPU |"
     lines = [head, "|" + "---|" * (len(sizes) + 3)]
     for label, key, dk in ROWS_OUT:
+        if any(key not in results[s] for s in sizes):
+            continue
         cells = [f"{results[s][key][0]:.1f} / {results[s][key][3]:.1f} / {results[s][key][1]:.0f}" for s in sizes]
         dcell = " · ".join(f"{results[s][dk][0]:.1f} / {results[s][dk][3]:.1f}" for s in sizes) if dk else "-"
         big, small = results[sizes[-1]][key], results[sizes[0]][key]
@@ -326,6 +330,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000000,4000000,10000000")
     ap.add_argument("--root", default="/tmp/scale-bench")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each command (the median is reported)")
+    ap.add_argument("--skip", default="", help="measurements left out, e.g. verify_index (and its duckdb twin)")
     ap.add_argument("--json", help="also write every measurement here: {rows: {command: {wall_s, cpu_s, peak_mb, "
                                    "stdout}}}")
     args = ap.parse_args()
@@ -338,7 +343,7 @@ def main() -> None:
     results = {}
     for rows in (int(s) for s in args.sizes.split(",")):
         results[rows] = bench_size(os.path.join(args.root, f"{rows // 1_000_000}M" if rows >= 1e6 else str(rows)),
-                                   rows, log, args.repeats)
+                                   rows, log, args.repeats, tuple(args.skip.split(",")))
     log(f"load average at end {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/scale_bench.py at 3,000 rows (3 index fragments): the skeleton builds, every
+"""Smoke test of benchmarks/scale_bench.py at 3,000 rows (3 shards, one index part): the skeleton builds, every
 measured command runs, and `factory filter` accepts exactly the rows duckdb's query selects on the same
 Parquet files (the baseline must answer the same question)."""
 from __future__ import annotations
@@ -32,3 +32,5 @@ def test_scale_bench_smoke(tmp_path):
         assert k == "view_bytes" or (v["wall_s"] > 0 and v["peak_mb"] > 0), k
     assert 0 < res["view_bytes"] < 3000
     assert "| factory filter |" in r.stdout
+    m = json.loads((tmp_path / "skel" / "3000" / "manifest.json").read_text())
+    assert m["format_version"] == 3 and m["index"]["parts"][0]["path"] == "index/000000-000002.parquet"
