@@ -208,3 +208,19 @@ def test_many_bitmaps_decode_and_count_as_one_by_one():
     objs[3] = dict(objs[3], bits="!!")
     with pytest.raises(fmt.FormatError, match="base64"):
         fmt.decode_many(objs)
+
+
+def test_compaction_filter_and_sample_reads_on_s3(ds, s3_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(cp, "PROCESSES", 1)
+    fs, bucket = s3_server["fs"], s3_server["bucket"]
+    url = f"s3://{bucket}/parts"
+    fs.put(ds + "/", f"{bucket}/parts", recursive=True)
+    r = cli("upgrade", url, "--compact")
+    assert r.exit_code == 0 and "compacted into 1 part" in r.output, r.output
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/parts/index")) == ["000000-000005.parquet"]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert cli("filter", ds, "--max-fg", "0.5", "--out", a).exit_code == 0
+    assert cli("filter", url, "--max-fg", "0.5", "--out", b).exit_code == 0
+    assert json.load(open(a))["accepted"] == json.load(open(b))["accepted"]
+    assert read_sample(url, "0000000042") == read_sample(ds, "0000000042")
+    assert cli("verify", url).exit_code == 0
