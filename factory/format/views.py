@@ -104,21 +104,14 @@ def decode_many(objs: list, where: str = "view") -> tuple[np.ndarray, np.ndarray
     firsts, ns_a, flat, byte_start = _unpack_many(objs, where)
     if not ns_a.sum():
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    rows_out, pos_out = [], []
-    step = 4096  # shards at a time: index arrays of a bounded size
-    for a in range(0, len(ns_a), step):
-        n_c = ns_a[a:a + step]
-        total = int(n_c.sum())
-        if not total:
-            continue
-        before = np.concatenate([[0], np.cumsum(n_c)[:-1]])
-        within = np.arange(total, dtype=np.int64) - np.repeat(before, n_c)
-        bitpos = np.repeat(byte_start[a:a + step], n_c) + within
-        keep = flat[bitpos]
-        owner = np.repeat(np.arange(a, a + len(n_c), dtype=np.int64), n_c)[keep]
-        rows_out.append(np.asarray(firsts, np.int64)[owner] + within[keep])
-        pos_out.append(owner)
-    return np.concatenate(rows_out), np.concatenate(pos_out)
+    # set bits only: each one's shard by a binary search over the shards' first bits, padding bits dropped
+    bits = np.flatnonzero(flat)
+    owner = np.searchsorted(byte_start, bits, side="right") - 1
+    within = bits - byte_start[owner]
+    real = within < ns_a[owner]
+    if not real.all():
+        owner, within = owner[real], within[real]
+    return np.asarray(firsts, np.int64)[owner] + within, owner
 
 
 def encode_accepted(rows_by_shard: Mapping[int, np.ndarray]) -> dict[str, dict]:

@@ -96,19 +96,26 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
             parts = [np.asarray(resolved.accepted[k], np.int64) for k in listed]
             rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
             shards = np.repeat(np.array(listed, np.int64), [len(p) for p in parts])
-        else:  # every shard's bitmap decoded at once
-            rows, pos = fmt.decode_many([resolved.accepted.raw[str(k)] for k in listed],
-                                        f"view {resolved.view['view_id']}")
+        else:  # every shard's bitmap decoded at once; its bounds checked per shard (a bitmap spans first..first+n-1)
+            objs = [resolved.accepted.raw[str(k)] for k in listed]
+            rows, pos = fmt.decode_many(objs, f"view {resolved.view['view_id']}")
             shards = np.array(listed, np.int64)[pos] if len(listed) else np.zeros(0, np.int64)
-        where = np.empty(len(sids), np.int64)
-        where[sids] = np.arange(len(sids))  # shard ids are 0..K-1 (check_manifest)
-        where = where[shards]
-        bad = np.flatnonzero((rows < firsts[where]) | (rows >= firsts[where] + counts[where]))
-        if bad.size:
-            i = int(bad[0])
-            s = info[int(shards[i])]
-            raise DataError(f"view {resolved.view['view_id']}: row {int(rows[i])} is listed under shard "
-                            f"{s.shard}, which holds rows {s.first_row}..{s.first_row + s.samples - 1}")
+            for k, o in zip(listed, objs):
+                s = info[k]
+                if o["n"] and (o["first"] < s.first_row or o["first"] + o["n"] > s.first_row + s.samples):
+                    bad = o["first"] if o["first"] < s.first_row else o["first"] + o["n"] - 1
+                    raise DataError(f"view {resolved.view['view_id']}: row {bad} is listed under shard {k}, "
+                                    f"which holds rows {s.first_row}..{s.first_row + s.samples - 1}")
+        if resolved.accepted.version == 1:
+            where = np.empty(len(sids), np.int64)
+            where[sids] = np.arange(len(sids))  # shard ids are 0..K-1 (check_manifest)
+            where = where[shards]
+            bad = np.flatnonzero((rows < firsts[where]) | (rows >= firsts[where] + counts[where]))
+            if bad.size:
+                i = int(bad[0])
+                s = info[int(shards[i])]
+                raise DataError(f"view {resolved.view['view_id']}: row {int(rows[i])} is listed under shard "
+                                f"{s.shard}, which holds rows {s.first_row}..{s.first_row + s.samples - 1}")
     if rows.size > 1 and not (rows[1:] > rows[:-1]).all():
         order = np.argsort(rows, kind="stable")
         rows, shards = rows[order], shards[order]
