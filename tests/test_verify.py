@@ -98,8 +98,12 @@ def test_incomplete_shard_ids(ds):
     m["shards"] = m["shards"][:2] + m["shards"][3:]
     m["samples"] -= 250
     write_manifest(ds, m)
+    r = cli("verify", ds)  # the spec still claims the dropped shard's samples: refused before the shard ids
+    assert r.exit_code == 1 and "spec.n is 1000 but the shards hold 750 samples" in r.output
+    m["spec"]["n"] = 750  # a forger who also edits the spec: the shard ids still give the gap away
+    write_manifest(ds, m)
     r = cli("verify", ds)
-    assert r.exit_code == 1 and "shard ids are not 0..2: missing [2]" in r.output
+    assert r.exit_code == 1 and "shard ids are not 0..2: missing [2]" in r.output, r.output
 
 
 def test_verify_a_view(clean, tmp_path):

@@ -10,7 +10,12 @@ from factory.cli.errors import FactoryGroup
 
 @click.group(cls=FactoryGroup)
 def export():
-    """A dataset's or view's samples described for other readers (no sample copied)."""
+    """A dataset's or view's samples described for other readers (no sample copied).
+
+    \b
+    Example:
+      factory export wids data/shapes-paper.json --out data/paper.wids.json --indices data/paper.npy
+    """
 
 
 @export.command("wids")
