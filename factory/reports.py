@@ -23,8 +23,8 @@ class Report:
 
 
 def verify_report(dataset: str, *, trust: list[str] | tuple = (), as_json: bool = False, verbose: bool = False,
-                  allow_remote_shards: bool = False, workers: int | None = None, index_only: bool = False,
-                  regenerate: int | str | None = None, options: dict | None = None) -> Report:
+                  allow_remote_shards: bool = False, workers: int | None = None, scheduler: str | None = None,
+                  index_only: bool = False, regenerate: int | str | None = None, options: dict | None = None) -> Report:
     """`factory verify DATASET`: every byte and cross-reference (`dataset.verify`), a trusted signature first
     when ``trust`` names keys, then ``regenerate`` samples made again (`generate.regenerate`, ``options``:
     seed, shards, generator, weights, latents, direction, device)."""
@@ -32,7 +32,7 @@ def verify_report(dataset: str, *, trust: list[str] | tuple = (), as_json: bool 
     from factory.generate.regenerate import verify_dataset
 
     signed = check_trust(dataset, list(trust)) if trust else None
-    rep, regen = verify_dataset(dataset, allow_remote_shards=allow_remote_shards, workers=workers,
+    rep, regen = verify_dataset(dataset, allow_remote_shards=allow_remote_shards, workers=workers, scheduler=scheduler,
                                 index_only=index_only, samples=regenerate, options=options or {})
     same_dataset(dataset, signed, rep.dataset_id)
     if as_json:

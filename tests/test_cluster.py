@@ -141,3 +141,79 @@ def test_external_cluster_late_workers_s3_and_a_killed_worker(s3_server, free_po
     # the workers fetched the embeddings from S3 themselves, once per host, checked by sha256
     assert (tmp_path / "worker-home" / "cache" / sha / "imagenet_z.npy").read_bytes() == \
         (tmp_path / "emb" / "imagenet_z.npy").read_bytes()
+
+
+def verify_cmd(url: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "factory.cli", "verify", url, *extra]
+
+
+def same_verdict(a: subprocess.CompletedProcess, b: subprocess.CompletedProcess) -> None:
+    """Same exit code, stdout and problem lines (the cluster's own notes on stderr aside)."""
+    def problems(p):
+        return [x for x in p.stderr.splitlines() if "dask workers" not in x and "lost with a worker" not in x]
+
+    assert (a.returncode, a.stdout, problems(a)) == (b.returncode, b.stdout, problems(b))
+
+
+def test_verify_on_the_dask_cli_cluster_s3_tampered_and_a_killed_worker(s3_server, free_port, tmp_path):
+    """`factory verify --cluster` on S3 datasets (clean, tampered) gives exactly the report and exit code of the
+    run in one process, also when a worker is SIGKILLed while it holds tasks."""
+    from distributed import Client
+
+    fs, bucket = s3_server["fs"], s3_server["bucket"]
+    local = tmp_path / "ds"
+    r = CliRunner().invoke(main, ["generate", "--generator", "shapes", "--resolution", "32", "--n", "300",
+                                  "--shard-size", "10", "--workers", "0", "--quiet", "--out", str(local)])
+    assert r.exit_code == 0, r.output
+    fs.put(str(local), f"{bucket}/clean", recursive=True)
+    fs.put(str(local), f"{bucket}/bad", recursive=True)
+    m = json.loads((local / "manifest.json").read_text())
+    tar = bytearray((local / m["shards"][7]["path"]).read_bytes())
+    tar[700] ^= 1  # one flipped bit inside shard 7
+    fs.pipe(f"{bucket}/bad/{m['shards'][7]['path']}", bytes(tar))
+    fs.rm(f"{bucket}/bad/{m['shards'][21]['index']}")  # and shard 21's index fragment is gone
+    env = {**os.environ, **s3_server["env"], "PYTHONUNBUFFERED": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+
+    urls = {k: f"s3://{bucket}/{k}" for k in ("clean", "bad")}
+    alone = {k: run(*verify_cmd(u)) for k, u in urls.items()}
+    assert alone["clean"].returncode == 0 and alone["clean"].stdout.startswith("OK "), alone["clean"]
+    assert alone["bad"].returncode == 1 and "shard 7 " in alone["bad"].stderr and "shard 21 " in alone["bad"].stderr
+    assert "2 of 30 shards bad" in alone["bad"].stderr
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = []
+    try:
+        sched = start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                      env, tmp_path / "scheduler.log")
+        procs.append(sched)
+        wait_for(lambda: listening(port), 60, "the scheduler", procs)
+        workers = start([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                        {**env, "FACTORY_HOME": str(tmp_path / "worker-home")}, tmp_path / "workers.log")
+        procs.append(workers)
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            for k, u in urls.items():
+                same_verdict(run(*verify_cmd(u, "--cluster", address)), alone[k])
+            # a worker killed while it holds verify tasks: they run again elsewhere, the verdict is unchanged
+            job = subprocess.Popen(verify_cmd(urls["bad"], "--cluster", address), cwd=REPO, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                pids = client.run(os.getpid)
+                busy = []
+                wait_for(lambda: busy.extend(a for a, keys in client.processing().items() if keys) or busy, 120,
+                         "a worker with verify tasks", [job])
+                assert job.poll() is None, "verify ended before a worker was killed"
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                out, err = job.communicate(timeout=240)
+            finally:
+                if job.poll() is None:
+                    job.kill()
+                    job.wait()
+            same_verdict(subprocess.CompletedProcess(job.args, job.returncode, out, err), alone["bad"])
+    finally:
+        for p in reversed(procs):
+            stop(p)

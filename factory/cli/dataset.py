@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from factory.cli.options import SCHEDULER
+
 
 def show(report) -> None:
     """Print a library `factory.reports.Report`: its lines, then its one-line error or exit status."""
@@ -118,6 +120,7 @@ class SampleCount(click.ParamType):
 @click.argument("dataset")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
 @click.option("--workers", type=int, help="Shards checked in parallel (threads; default 2 x CPUs, at most 8).")
+@SCHEDULER
 @click.option("--index-only", is_flag=True,
               help="Check only the manifest and index fragments (sha256, keys, rows, shard ids); read no tar or latent.")
 @click.option("--regenerate", type=SampleCount(), metavar="N|all",
@@ -140,7 +143,7 @@ class SampleCount(click.ParamType):
               help="Fail unless this Ed25519 public key signed exactly this manifest (`factory sign`); repeatable: "
                    "any one of the keys.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, shards, generator, weights, latents,
+def verify(dataset, allow_remote_shards, workers, scheduler, index_only, regenerate, seed, shards, generator, weights, latents,
            direction, device, verbose, trust, as_json):
     """Recompute every shard's sha256, bytes and samples; cross-check tars, index and latents.
 
@@ -155,6 +158,7 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
     Examples:
       factory verify data/demo
       factory verify data/million --index-only
+      factory verify s3://team/faces --cluster tcp://node0:8786
       factory verify data/demo --regenerate 16
       factory verify data/demo --trust team-a.pub.pem
       factory verify data/demo --regenerate all --shard 3
@@ -164,7 +168,7 @@ def verify(dataset, allow_remote_shards, workers, index_only, regenerate, seed, 
     from factory.reports import verify_report
 
     show(verify_report(dataset, trust=trust, as_json=as_json, verbose=verbose, allow_remote_shards=allow_remote_shards,
-                       workers=workers, index_only=index_only, regenerate=regenerate,
+                       workers=workers, scheduler=scheduler, index_only=index_only, regenerate=regenerate,
                        options=dict(seed=seed, shards=shards, generator=generator, weights=weights, latents=latents,
                                     direction=direction, device=device)))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from factory import format as fmt
-from factory.cli.options import GeneratorFlags, generator_flags
+from factory.cli.options import SCHEDULER, GeneratorFlags, generator_flags
 from factory.format import FactoryError
 
 try:  # Python 3.11+
@@ -78,7 +78,7 @@ def _latents_rows(latents: str, n: int | None) -> int | None:
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Candidates per generator batch (two forwards each).")
 @click.option("--device", help="Device for workers (default: one CUDA worker per GPU, else CPU).")
 @click.option("--workers", type=int, help="Local worker processes (default: GPUs, else min(4, CPUs)); 0 = run in this process.")
-@click.option("--scheduler", help="Address of an existing dask scheduler (tcp://host:8786); see docs/cluster.md.")
+@SCHEDULER
 @click.option("--dashboard", is_flag=True, help="Start the local cluster's dask dashboard on a free port (address on stderr).")
 @click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe TOML (manifests/*.toml); flags override it.")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset with another spec at --out.")

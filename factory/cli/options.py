@@ -81,6 +81,12 @@ FLAGS = [
 ]
 
 
+# The cluster option of every command that runs shard tasks on dask (`generate`, `verify`).
+SCHEDULER = click.option("--scheduler", "--cluster", "scheduler", metavar="ADDRESS",
+                         help="Address of an existing dask scheduler (tcp://host:8786): run the shards as tasks on "
+                              "its workers; see docs/cluster.md.")
+
+
 def generator_flags(command):
     """Decorate a click command's function with the generator flags (--generator ... --compile, in this
     order); the function receives them as one `GeneratorFlags`, keyword ``gen``."""

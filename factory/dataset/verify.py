@@ -269,19 +269,19 @@ def _check_dataset(rep: VerifyReport, m: dict) -> None:
             rep.bad_shards.append(shard)
 
 
-def _checked_latents(rep: VerifyReport, root: str, m: dict):
-    """latents.zarr of the dataset when it opens with the manifest's shape, else None (problem reported)."""
+def _checked_latents(problems: list[str], root: str, m: dict):
+    """latents.zarr of the dataset when it opens with the manifest's shape, else None (problem appended)."""
     dim_z = int(m["dim_z"])
     import zarr  # noqa: F401 - missing in a training install: the CLI names the extra (format.user_error)
 
     try:
         z = _open_latents(root)
         if tuple(z.shape) != (m["samples"], dim_z):
-            rep.problems.append(f"{fmt.join(root, fmt.LATENTS)}: shape {tuple(z.shape)}, expected {(m['samples'], dim_z)}")
+            problems.append(f"{fmt.join(root, fmt.LATENTS)}: shape {tuple(z.shape)}, expected {(m['samples'], dim_z)}")
             return None
         return z
     except Exception as e:  # noqa: BLE001 - zarr raises several types for a missing/corrupt array
-        rep.problems.append(f"{fmt.join(root, fmt.LATENTS)} missing or unreadable ({type(e).__name__})")
+        problems.append(f"{fmt.join(root, fmt.LATENTS)} missing or unreadable ({type(e).__name__})")
         return None
 
 
@@ -304,46 +304,40 @@ def _check_view(rep: VerifyReport, url: str, res: fmt.Resolved, entries: list[di
     rep.samples = v["samples"]
 
 
-def _check_parts(rep: VerifyReport, root: str, m: dict, *, ex, check, index_only: bool) -> list[list[str]]:
-    """Per-shard problems of a dataset with a compacted index: each part read whole and checked
-    (`parts_check`), then its shards checked with their slices of it (one part in memory at a time)."""
-    problems = parts_check.section_problems(m)
-    rep.problems += problems
+def _check_parts(problems: list[str], root: str, m: dict, *, ex, check, index_only: bool,
+                 lo: int, hi: int) -> dict[int, list[str]]:
+    """Per-shard problems of the shards lo..hi-1 of a dataset with a compacted index (its index section
+    valid): each part starting in that range read whole and checked (`parts_check`, problems appended to
+    `problems`), then its shards checked with their slices of it (one part in memory at a time)."""
     by_id = {s["shard"]: s for s in m["shards"]}
-    out = {k: [] for k in by_id}
-    if problems:
-        return [out[k] + ["index section invalid"] for k in sorted(out)]
+    out: dict[int, list[str]] = {k: [] for k in by_id if lo <= k < hi}
     # every column when the tars are read too (their statistics are recomputed from the members)
     columns = ["key", "shard", "row", *(fmt.OFFSET_COLUMNS if fmt.has_offsets(m) else ())] if index_only else None
     for part in m["index"]["parts"]:
+        if not lo <= part["first_shard"] < hi:
+            continue
         table, probs = parts_check.read_part(root, part, columns)
-        rep.problems += probs
+        problems += probs
         shards = range(part["first_shard"], part["first_shard"] + part["shards"])
         if table is None:
             for k in shards:
-                out[k].append(f"index part {part['path']} unusable")
+                out.setdefault(k, []).append(f"index part {part['path']} unusable")
             continue
         for k in shards:
             if probs:
-                out[k].append(f"index part {part['path']} differs from the manifest")
+                out.setdefault(k, []).append(f"index part {part['path']} differs from the manifest")
         slices = list(parts_check.shard_slices(table, part, by_id))
         for (e, _), p in zip(slices, ex.map(lambda a: check(*a), slices)):
-            out[e["shard"]] += p
-    return [out[k] for k in sorted(out)]
+            out.setdefault(e["shard"], []).extend(p)
+    return out
 
 
-def verify(url: str, allow_remote_shards: bool = False, workers: int | None = None, *,
-           index_only: bool = False) -> VerifyReport:
-    """Verify a dataset or view; FormatError only for an unreadable/invalid manifest, else a report.
-    ``index_only``: the manifest, view and index fragments only (no tar, no latents)."""
-    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+def _check_shards(res: fmt.Resolved, z, *, index_only: bool, workers: int | None, lo: int,
+                  hi: int) -> tuple[list[str], list[list[str]]]:
+    """(problems of index parts, the problems of each shard) for the shards lo..hi-1 in shard order (without
+    a compacted index: the manifest's shard entries sorted by id, at positions lo..hi-1), checked in a thread
+    pool: the work of one process, or of one cluster task (`check_range`)."""
     m = res.manifest
-    entries = sorted(m["shards"], key=lambda s: s["shard"])
-    rep = VerifyReport(url=url, dataset_id=m["dataset_id"], view_id=res.view["view_id"] if res.view else None,
-                       shards=len(entries), samples=m["samples"], bytes=sum(s["bytes"] for s in entries),
-                       index_only=index_only)
-    _check_dataset(rep, m)
-    z = None if index_only else _checked_latents(rep, res.root, m)
     dim_z = int(m["dim_z"])
     members = m.get("members") or {"image": fmt.EXT_IMAGE, "mask": fmt.EXT_MASK, "latent": fmt.EXT_LATENT,
                                    "meta": fmt.EXT_META}
@@ -351,16 +345,77 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
     # CPU work that more threads than cores only slow down (10M rows on 2 cores: 5.7 s wall with 2, 10.7 with 8)
     cpu_bound = index_only and not fmt.is_remote_url(res.root)
     nthreads = workers or (min(4, os.cpu_count() or 1) if cpu_bound else min(8, max(2, (os.cpu_count() or 1) * 2)))
+
     def check(s, rows=None):
         return check_shard(res.root, s, members=members, z=z, dim_z=dim_z, offsets=fmt.has_offsets(m),
                            index_only=index_only, resolution=m.get("resolution"), spec=m.get("spec"),
                            index_rows=rows)
 
+    part_problems: list[str] = []
     with ThreadPoolExecutor(nthreads) as ex:
         if fidx.has_parts(m):
-            results = _check_parts(rep, res.root, m, ex=ex, check=check, index_only=index_only)
-        else:
-            results = list(ex.map(check, entries))
+            if parts_check.section_problems(m):
+                ids = sorted(s["shard"] for s in m["shards"] if lo <= s["shard"] < hi)
+                return [], [["index section invalid"] for _ in ids]
+            out = _check_parts(part_problems, res.root, m, ex=ex, check=check, index_only=index_only, lo=lo, hi=hi)
+            return part_problems, [out[k] for k in sorted(out)]
+        entries = sorted(m["shards"], key=lambda s: s["shard"])[lo:hi]
+        return part_problems, list(ex.map(check, entries))
+
+
+def check_range(url: str, *, dataset_id: str, lo: int, hi: int, allow_remote_shards: bool = False,
+                index_only: bool = False) -> tuple[list[str], list[list[str]]]:
+    """A cluster task of `verify`: the shards lo..hi-1 of the dataset at `url`, opened by the worker itself
+    (its manifest must still have `dataset_id`); returns what `_check_shards` returns."""
+    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    if res.manifest["dataset_id"] != dataset_id:
+        raise fmt.FactoryError(f"{url} changed during verify (dataset id {res.manifest['dataset_id']}, "
+                               f"was {dataset_id}); run verify again")
+    z = None if index_only else _checked_latents([], res.root, res.manifest)  # its problems: the client's
+    return _check_shards(res, z, index_only=index_only, workers=None, lo=lo, hi=hi)
+
+
+def _cluster_ranges(m: dict) -> list[tuple[int, int]]:
+    """The shard ranges of a dataset's cluster tasks: one per index part (a part is read once), else up to 64."""
+    from factory.cluster import shard_ranges
+
+    if fidx.has_parts(m) and not parts_check.section_problems(m):
+        starts = sorted(p["first_shard"] for p in m["index"]["parts"])[1:]
+        end = max(s["shard"] for s in m["shards"]) + 1
+        return list(zip([0, *starts], [*starts, end]))
+    return shard_ranges(len(m["shards"]))
+
+
+def verify(url: str, allow_remote_shards: bool = False, workers: int | None = None, *,
+           index_only: bool = False, scheduler: str | None = None) -> VerifyReport:
+    """Verify a dataset or view; FormatError only for an unreadable/invalid manifest, else a report.
+    ``index_only``: the manifest, view and index fragments only (no tar, no latents). ``scheduler``: the
+    shards are checked as shard-range tasks on that dask cluster (`factory.cluster`), each worker reading
+    only its shards; the report is the one this process would make."""
+    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    m = res.manifest
+    entries = sorted(m["shards"], key=lambda s: s["shard"])
+    rep = VerifyReport(url=url, dataset_id=m["dataset_id"], view_id=res.view["view_id"] if res.view else None,
+                       shards=len(entries), samples=m["samples"], bytes=sum(s["bytes"] for s in entries),
+                       index_only=index_only)
+    _check_dataset(rep, m)
+    z = None if index_only else _checked_latents(rep.problems, res.root, m)
+    if fidx.has_parts(m):
+        rep.problems += parts_check.section_problems(m)
+    if scheduler:
+        from factory.cluster import run_tasks
+
+        tasks = [dict(url=url, dataset_id=m["dataset_id"], lo=lo, hi=hi, allow_remote_shards=allow_remote_shards,
+                      index_only=index_only) for lo, hi in _cluster_ranges(m)]
+        results: list[list[str]] = []
+        for part_problems, shard_problems in run_tasks(scheduler, check_range, tasks,
+                                                       name=f"verify-{m['dataset_id'][3:15]}"):
+            rep.problems += part_problems
+            results += shard_problems
+    else:
+        end = max((s["shard"] for s in entries), default=0) + len(entries) + 1
+        part_problems, results = _check_shards(res, z, index_only=index_only, workers=workers, lo=0, hi=end)
+        rep.problems += part_problems
     for s, probs in zip(entries, results):
         if probs:
             rep.problems.append(f"shard {s['shard']} ({fmt.join(res.root, s['path'])}): " + "; ".join(probs))

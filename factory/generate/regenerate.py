@@ -353,13 +353,14 @@ def stored_samples(res: fmt.Resolved, rows: list[int]) -> tuple[dict, dict]:
 
 
 def verify_dataset(url: str, *, allow_remote_shards: bool = False, workers: int | None = None,
-                   index_only: bool = False, samples: int | str | None = None, options: dict | None = None):
+                   scheduler: str | None = None, index_only: bool = False, samples: int | str | None = None, options: dict | None = None):
     """`factory verify`: (the verify report, the regenerate report or None). ``samples``: None for no
     regeneration, else `regenerate`'s `n` (``"all"``: every sample); it runs only when verify found
     nothing wrong."""
     from factory.dataset.verify import verify
 
-    rep = verify(url, allow_remote_shards=allow_remote_shards, workers=workers, index_only=index_only)
+    rep = verify(url, allow_remote_shards=allow_remote_shards, workers=workers, index_only=index_only,
+                 scheduler=scheduler)
     if not rep.ok or samples is None:
         return rep, None
     n = None if samples == "all" else samples
