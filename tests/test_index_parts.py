@@ -224,3 +224,26 @@ def test_compaction_filter_and_sample_reads_on_s3(ds, s3_server, tmp_path, monke
     assert json.load(open(a))["accepted"] == json.load(open(b))["accepted"]
     assert read_sample(url, "0000000042") == read_sample(ds, "0000000042")
     assert cli("verify", url).exit_code == 0
+
+
+def test_verify_on_a_cluster_reads_parts_by_shard_range_and_reports_the_same(compacted):
+    """One cluster task per part (a shard range): the report equals the one-process report, clean and with a
+    changed byte in the second part, full and index-only."""
+    from distributed import Client, LocalCluster
+
+    from factory.dataset.verify import _cluster_ranges, verify
+
+    assert _cluster_ranges(manifest(compacted)) == [(0, 4), (4, 6)]
+    path = os.path.join(compacted, fidx.index_parts(manifest(compacted))[1]["path"])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        address = client.scheduler.address
+        for tampered in (False, True):
+            if tampered:
+                data = bytearray(open(path, "rb").read())
+                data[100] ^= 1
+                open(path, "wb").write(bytes(data))
+            for index_only in (False, True):
+                one, many = (verify(compacted, index_only=index_only, scheduler=s) for s in (None, address))
+                assert (many.ok, many.problems, many.bad_shards) == (one.ok, one.problems, one.bad_shards)
+                assert one.ok is not tampered and (one.bad_shards == [4, 5]) is tampered, one.problems
