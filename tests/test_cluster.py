@@ -155,9 +155,9 @@ def same_verdict(a: subprocess.CompletedProcess, b: subprocess.CompletedProcess)
     assert (a.returncode, a.stdout, problems(a)) == (b.returncode, b.stdout, problems(b))
 
 
-def test_verify_on_the_dask_cli_cluster_s3_tampered_and_a_killed_worker(s3_server, free_port, tmp_path):
+def test_verify_and_filter_on_the_dask_cli_cluster_s3_tampered_and_a_killed_worker(s3_server, free_port, tmp_path):
     """`factory verify --cluster` on S3 datasets (clean, tampered) gives exactly the report and exit code of the
-    run in one process, also when a worker is SIGKILLed while it holds tasks."""
+    run in one process, also when a worker is SIGKILLed while it holds tasks; `filter --cluster` the same view."""
     from distributed import Client
 
     fs, bucket = s3_server["fs"], s3_server["bucket"]
@@ -198,6 +198,13 @@ def test_verify_on_the_dask_cli_cluster_s3_tampered_and_a_killed_worker(s3_serve
             client.wait_for_workers(2, timeout=120)
             for k, u in urls.items():
                 same_verdict(run(*verify_cmd(u, "--cluster", address)), alone[k])
+            # filter: the same view bytes as one process
+            for how, extra in (("one", []), ("many", ["--cluster", address])):
+                r = run(sys.executable, "-m", "factory.cli", "filter", urls["clean"], "--max-fg", "0.5",
+                        "--out", f"s3://{bucket}/views/{how}.json", *extra)
+                assert r.returncode == 0, r.stderr
+            fs.invalidate_cache()
+            assert fs.cat(f"{bucket}/views/one.json") == fs.cat(f"{bucket}/views/many.json")
             # a worker killed while it holds verify tasks: they run again elsewhere, the verdict is unchanged
             job = subprocess.Popen(verify_cmd(urls["bad"], "--cluster", address), cwd=REPO, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

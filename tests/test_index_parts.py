@@ -247,3 +247,25 @@ def test_verify_on_a_cluster_reads_parts_by_shard_range_and_reports_the_same(com
                 one, many = (verify(compacted, index_only=index_only, scheduler=s) for s in (None, address))
                 assert (many.ok, many.problems, many.bad_shards) == (one.ok, one.problems, one.bad_shards)
                 assert one.ok is not tampered and (one.bad_shards == [4, 5]) is tampered, one.problems
+
+
+def test_filter_on_a_cluster_writes_the_same_views(ds, compacted, tmp_path):
+    """`filter --cluster`: shard-range tasks (parts, or ranges of fragments) merged into the same view bytes,
+    of a dataset and of a view, over both index layouts."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        address = client.scheduler.address
+        for name, root in (("frag", ds), ("parts", compacted)):
+            views = {}
+            for how, extra in (("one", []), ("many", ["--cluster", address])):
+                first, second = tmp_path / f"{name}-{how}1.json", tmp_path / f"{name}-{how}2.json"
+                r = cli("filter", root, "--max-fg", "0.6", "--out", first, *extra)
+                assert r.exit_code == 0, r.output
+                r = cli("filter", first, "--histogram", "reference", "--where", "n_components >= 1", "--out", second,
+                        *extra)
+                assert r.exit_code == 0, r.output
+                views[how] = (first.read_bytes(), second.read_bytes())
+            assert views["one"] == views["many"], name
+            assert 0 < json.loads(views["many"][1])["samples"] < N

@@ -40,9 +40,10 @@ _REMOTE_HELP = "Trust shard paths in the manifest that are absolute remote URLs 
 @click.option("--shard-size", type=int, help="With --materialize: samples per new shard (default: the parent's).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing view/dataset with other content at --out.")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
+@SCHEDULER
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_components, where, out, materialize,
-               shard_size, overwrite, allow_remote_shards, as_json):
+               shard_size, overwrite, allow_remote_shards, scheduler, as_json):
     """Select candidates by their index statistics; writes a view (no pixel is read).
 
     DATASET is a dataset folder/URL or a view JSON (its accepted rows are
@@ -53,6 +54,7 @@ def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_component
       factory filter data/demo --max-fg 0.5 --histogram reference --out data/paper.json
       factory filter data/paper.json --where "n_components <= 2 and not (fg_ratio < 0.05)" --out data/strict.json
       factory filter data/demo --max-fg 0.5 --histogram reference --materialize --out data/demo-paper
+      factory filter s3://team/faces --max-fg 0.5 --out s3://team/views/faces.json --cluster tcp://node0:8786
     """
     from factory.api import run_filter
     from factory.dataset.info import format_filter_line
@@ -61,7 +63,7 @@ def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_component
     spec = FilterSpec(max_fg=max_fg, min_fg=min_fg, histogram=histogram, min_components=min_components,
                       max_components=max_components, where=where)
     r = run_filter(dataset, spec, out, overwrite=overwrite, allow_remote_shards=allow_remote_shards,
-                   materialize=materialize, shard_size=shard_size)
+                   materialize=materialize, shard_size=shard_size, scheduler=scheduler)
     v = r.view
     c = v["counts"]
     if as_json:

@@ -297,28 +297,31 @@ def _view(res: fmt.Resolved, spec: FilterSpec, accepted: dict, *, counts: dict, 
     }
 
 
-def view_from_parts(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: str | None = None) -> dict:
-    """`view_from_index` over a compacted index, one part at a time (`scan_index`: parts read and filtered in
-    threads, memory holding the parts in flight, not the index): the same view."""
-    steps = spec.steps()
-    check_steps(res, steps)
+def _needed_columns(res: fmt.Resolved, steps: list[tuple[str, Any]]) -> list[str]:
     needed = {"shard", "row", *stats_columns(res.root, res.manifest)}
     for _, node in steps:
         needed |= columns_of(node)
+    return sorted(needed)
 
-    def piece(table):
-        shard_col = table.column("shard").to_numpy()
-        row_col = table.column("row").to_numpy()
-        base = np.ones(len(row_col), bool)
-        if res.accepted is not None:
-            mine = [k for k in np.unique(shard_col).tolist() if k in res.accepted]
-            rows = [res.accepted[k] for k in mine]
-            base = np.isin(row_col, np.concatenate(rows)) if rows else np.zeros(len(row_col), bool)
-        out = apply_steps(steps, table, base)
-        accepted = _encoded_segments(shard_col, row_col, out.mask)
-        return out.counts(), out.rejected, out.in_turn, accepted, SummaryStats().add(table, out.mask)
 
-    pieces = scan_index(res.root, res.manifest, sorted(needed), piece)
+def _piece(res: fmt.Resolved, steps: list[tuple[str, Any]], table) -> tuple:
+    """A filter's outcome over one piece of the index (a part, or a shard range's rows): counts, rejections,
+    steps in turn, accepted rows (encoded) and summary statistics, merged by `_merged_view`."""
+    shard_col = table.column("shard").to_numpy()
+    row_col = table.column("row").to_numpy()
+    base = np.ones(len(row_col), bool)
+    if res.accepted is not None:
+        mine = [k for k in np.unique(shard_col).tolist() if k in res.accepted]
+        rows = [res.accepted[k] for k in mine]
+        base = np.isin(row_col, np.concatenate(rows)) if rows else np.zeros(len(row_col), bool)
+    out = apply_steps(steps, table, base)
+    accepted = _encoded_segments(shard_col, row_col, out.mask)
+    return out.counts(), out.rejected, out.in_turn, accepted, SummaryStats().add(table, out.mask)
+
+
+def _merged_view(url: str, res: fmt.Resolved, spec: FilterSpec, pieces: list, *, view_url: str | None) -> dict:
+    """The view from its pieces' outcomes (`_piece`), merged in shard order."""
+    steps = spec.steps()
     accepted = fmt.encode_accepted({s["shard"]: np.zeros(0, np.int64) for s in res.manifest["shards"]})
     counts = {"candidates": 0, "input": 0, "accepted": 0, "rejected": 0}
     rejected = {name: 0 for name, _ in steps}
@@ -341,15 +344,63 @@ def view_from_parts(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: 
                  view_url=view_url)
 
 
+def view_from_parts(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: str | None = None) -> dict:
+    """`view_from_index` over a compacted index, one part at a time (`scan_index`: parts read and filtered in
+    threads, memory holding the parts in flight, not the index): the same view."""
+    steps = spec.steps()
+    check_steps(res, steps)
+    pieces = scan_index(res.root, res.manifest, _needed_columns(res, steps), lambda t: _piece(res, steps, t))
+    return _merged_view(url, res, spec, pieces, view_url=view_url)
+
+
+def filter_range(url: str, *, spec: FilterSpec, dataset_id: str, lo: int, hi: int,
+                 allow_remote_shards: bool = False) -> tuple:
+    """A cluster task of `filter`: the outcome (`_piece`) of `spec` over the index rows of shards lo..hi-1 of
+    dataset/view `url`, opened by the worker itself (its dataset id must still be `dataset_id`)."""
+    res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    if res.manifest["dataset_id"] != dataset_id:
+        raise fmt.FactoryError(f"{url} changed during filter (dataset id {res.manifest['dataset_id']}, "
+                               f"was {dataset_id}); run filter again")
+    steps = spec.steps()
+    ids = [s["shard"] for s in res.manifest["shards"] if lo <= s["shard"] < hi]
+    table = load_index(res.root, res.manifest, columns=_needed_columns(res, steps), shards=ids)
+    return _piece(res, steps, table)
+
+
+def view_on_cluster(url: str, res: fmt.Resolved, spec: FilterSpec, scheduler: str, *,
+                    view_url: str | None = None, allow_remote_shards: bool = False) -> dict:
+    """The view of `spec` computed as shard-range tasks on the dask cluster at `scheduler` (`factory.cluster`;
+    one task per part of a compacted index): each worker reads only its shards' index rows."""
+    from factory.cluster import run_tasks, shard_ranges
+
+    steps = spec.steps()
+    check_steps(res, steps)
+    m = res.manifest
+    end = max(s["shard"] for s in m["shards"]) + 1
+    if fmt.has_parts(m):
+        starts = sorted(p["first_shard"] for p in m["index"]["parts"])[1:]
+        ranges = list(zip([0, *starts], [*starts, end]))
+    else:
+        ranges = [(lo, hi if hi < len(m["shards"]) else end) for lo, hi in shard_ranges(len(m["shards"]))]
+    tasks = [dict(url=url, spec=spec, dataset_id=m["dataset_id"], lo=lo, hi=hi,
+                  allow_remote_shards=allow_remote_shards) for lo, hi in ranges]
+    pieces = run_tasks(scheduler, filter_range, tasks, name=f"filter-{m['dataset_id'][3:15]}")
+    return _merged_view(url, res, spec, pieces, view_url=view_url)
+
+
 def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
                  view_url: str | None = None) -> dict:
     """Evaluate `spec` on the index of dataset/view `url` and return the view dict (not written)."""
     return view_of(url, fmt.open_dataset(url, allow_remote_shards=allow_remote_shards), spec, view_url=view_url)
 
 
-def view_of(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: str | None = None) -> dict:
-    """The view of `spec` on dataset/view `url` opened as `res`: over a compacted index one part at a time
-    (`view_from_parts`), else over the index's needed columns (`view_from_index`)."""
+def view_of(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: str | None = None,
+            scheduler: str | None = None, allow_remote_shards: bool = False) -> dict:
+    """The view of `spec` on dataset/view `url` opened as `res`: as shard-range tasks on the dask cluster at
+    `scheduler` (`view_on_cluster`), over a compacted index one part at a time (`view_from_parts`), else over
+    the index's needed columns (`view_from_index`)."""
+    if scheduler and res.manifest["shards"]:
+        return view_on_cluster(url, res, spec, scheduler, view_url=view_url, allow_remote_shards=allow_remote_shards)
     if fmt.has_parts(res.manifest):
         return view_from_parts(url, res, spec, view_url=view_url)
     return view_from_index(url, res, spec, index_table(res, spec.steps()), view_url=view_url)
