@@ -56,7 +56,7 @@ def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) ->
             "accept_rate": round(v["samples"] / m["samples"], 4) if m["samples"] else None,
         })
     try:
-        out["signatures"] = describe_signatures(url)
+        out["signatures"] = describe_signatures(url, res)
     except fmt.FormatError as e:
         out["signatures"] = [{"problem": str(e)}]
     if stats:

@@ -160,8 +160,11 @@ def read_signatures(root: str) -> list[dict]:
     return [_check_entry(e, url) for e in entries]
 
 
-def open_signed(url: str) -> Signed:
-    """The dataset at ``url`` (a view: its parent) with its manifest's exact bytes hashed and its signatures."""
+def open_signed(url: str, res: fmt.Resolved | None = None) -> Signed:
+    """The dataset at ``url`` (a view: its parent) with its manifest's exact bytes hashed and its signatures;
+    ``res``: ``url`` already opened, whose manifest bytes were hashed as they were read and checked."""
+    if res is not None and res.manifest_sha256:
+        return Signed(res.root, res.manifest_sha256, res.manifest["dataset_id"], read_signatures(res.root))
     res = fmt.open_dataset(url, allow_remote_shards=True)
     murl = fmt.join(res.root, fmt.MANIFEST)
     try:
@@ -220,7 +223,7 @@ def sign_dataset(url: str, key_path: str | Path, signer: str | None = None) -> d
     if problems:
         raise SignatureError(f"{url} is not signed: its manifest fails its own checks ({problems[0][1]}); "
                              f"run factory verify {url}")
-    s = open_signed(url)
+    s = open_signed(url, res)
     pub = key.public_key()
     entry = {"algorithm": "ed25519", "signer": signer, "fingerprint": fingerprint(pub), "public_key": public_pem(pub),
              "manifest_sha256": s.manifest_sha256, "dataset_id": s.dataset_id,
@@ -265,10 +268,11 @@ def same_dataset(url: str, signed: dict | None, dataset_id: str) -> None:
                              "(the manifest changed while it was checked); verify again")
 
 
-def describe_signatures(url: str) -> list[dict]:
+def describe_signatures(url: str, res: fmt.Resolved | None = None) -> list[dict]:
     """What `factory info` says of each signature: signer, key fingerprint, and whether the signature
-    matches this manifest under the key it carries (who signed; trust is `verify --trust`'s question)."""
-    s = open_signed(url)
+    matches this manifest under the key it carries (who signed; trust is `verify --trust`'s question);
+    ``res``: ``url`` already opened."""
+    s = open_signed(url, res)
     out = []
     for e in s.entries:
         key = _embedded_key(e)

@@ -21,6 +21,12 @@ def is_remote_url(path: str) -> bool:
 _PLAIN = re.compile(r"^(?!\.\.?(?:/|$))[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/(?!\.\.?(?:/|$))[A-Za-z0-9_.-]+)*$")
 
 
+def check_plain_path(path: str) -> bool:
+    """Whether a shard path is plain (letters, digits, ``_.-`` and ``/``, no ``.``/``..`` part): inside
+    the dataset folder, as `check_relative_path` accepts it unchanged."""
+    return _PLAIN.match(path) is not None
+
+
 def check_relative_path(path: str, where: str, allow_remote: bool = False) -> str:
     """A shard path from a manifest must stay inside the dataset folder."""
     if isinstance(path, str) and _PLAIN.match(path):  # the common case, in one match (100k shards: 2 paths each)

@@ -2,14 +2,15 @@
 resolved to its parent dataset (checked by id) and its accepted rows."""
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 from dataclasses import dataclass
 
 from factory.format.errors import FormatError
-from factory.format.names import DATASET_KIND, MANIFEST, VIEW_KIND
+from factory.format.names import DATASET_KIND, MANIFEST, VIEW_KIND, sha256_bytes
 from factory.format.paths import is_remote_url, join, manifest_url
-from factory.format.schema import read_json, validate_manifest, validate_view
+from factory.format.schema import json_object, read_limited, validate_manifest, validate_view
 from factory.format.views import AcceptedRows
 
 
@@ -21,6 +22,7 @@ class Resolved:
     manifest: dict
     view: dict | None
     accepted: AcceptedRows | None  # shard -> sorted accepted global rows (decoded per shard); None = all
+    manifest_sha256: str = ""  # of the bytes of ROOT/manifest.json parsed into `manifest` ("" if not read so)
 
     @property
     def samples(self) -> int:
@@ -41,7 +43,7 @@ def open_dataset(url: str, allow_remote_shards: bool = False) -> Resolved:
             not_ours += f" (a recipe? make its dataset with: factory generate --recipe {url} --out FOLDER)"
         raise FormatError(not_ours)
     try:
-        obj = read_json(murl, "manifest")
+        obj, digest = _read_manifest(murl, allow_remote_shards)
     except FormatError:
         if not is_remote_url(url) and os.path.isfile(url.rstrip("/")) and murl != url.rstrip("/"):
             raise FormatError(not_ours) from None
@@ -62,10 +64,26 @@ def open_dataset(url: str, allow_remote_shards: bool = False) -> Resolved:
                 f"the view was made from {view['parent']['dataset_id']} (parent changed)"
             )
         accepted = AcceptedRows(view["accepted"], view["format_version"], murl)
-        return Resolved(parent.root, parent.manifest, view, accepted)
-    manifest = validate_manifest(obj, murl, allow_remote_shards)
-    root = murl[: -len(MANIFEST) - 1] if murl.endswith("/" + MANIFEST) else _dirname(murl)
-    return Resolved(root, manifest, None, None)
+        return Resolved(parent.root, parent.manifest, view, accepted, parent.manifest_sha256)
+    if digest not in _VALID.get(allow_remote_shards, ()):
+        validate_manifest(obj, murl, allow_remote_shards)
+        _VALID.setdefault(allow_remote_shards, set()).add(digest)
+    if murl.endswith("/" + MANIFEST):
+        return Resolved(murl[: -len(MANIFEST) - 1], obj, None, None, digest)
+    return Resolved(_dirname(murl), obj, None, None)
+
+
+_VALID: dict[bool, set[str]] = {}  # remote shards allowed -> sha256 of the manifest bytes validated so
+
+
+def _read_manifest(murl: str, allow_remote_shards: bool) -> tuple[dict, str]:
+    """The JSON object at ``murl`` and the sha256 of its bytes; bytes already checked in this process
+    (same digest) are parsed again, not checked again."""
+    data = read_limited(murl, "manifest")
+    digest = sha256_bytes(data)
+    if digest in _VALID.get(allow_remote_shards, ()):
+        return json.loads(data), digest
+    return json_object(data, f"manifest {murl}"), digest
 
 
 def parent_ids(manifest: dict) -> tuple[str, ...]:
