@@ -18,13 +18,16 @@ def is_remote_url(path: str) -> bool:
 
 # the plain relative paths writers write (e.g. shards/000001.tar, index/000000-001048.parquet): names of
 # letters, digits, _ - . (never "." or ".." alone) separated by single slashes; normalised already
-_PLAIN = re.compile(r"^(?!\.\.?(?:/|$))[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/(?!\.\.?(?:/|$))[A-Za-z0-9_.-]+)*$")
+_PLAIN_PATH = r"(?!\.\.?(?:/|$))[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/(?!\.\.?(?:/|$))[A-Za-z0-9_.-]+)*"
+_PLAIN = re.compile(rf"^{_PLAIN_PATH}$")
+_PLAIN_LINES = re.compile(rf"(?:{_PLAIN_PATH}\n)*{_PLAIN_PATH}", re.M)  # plain paths, one a line
 
 
-def check_plain_path(path: str) -> bool:
-    """Whether a shard path is plain (letters, digits, ``_.-`` and ``/``, no ``.``/``..`` part): inside
-    the dataset folder, as `check_relative_path` accepts it unchanged."""
-    return _PLAIN.match(path) is not None
+def check_plain_paths(paths: tuple[str, ...]) -> bool:
+    """Whether every shard path is plain (letters, digits, ``_.-`` and ``/``, no ``.``/``..`` part), so
+    inside the dataset folder as `check_relative_path` accepts it unchanged: one match over all of them."""
+    text = "\n".join(paths)
+    return text.count("\n") == len(paths) - 1 and _PLAIN_LINES.fullmatch(text) is not None
 
 
 def check_relative_path(path: str, where: str, allow_remote: bool = False) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import re
 from typing import Any
 
@@ -30,7 +31,7 @@ from factory.format.names import (
     dataset_id,
     sha256_bytes,
 )
-from factory.format.paths import check_plain_path, check_relative_path
+from factory.format.paths import check_plain_paths, check_relative_path
 from factory.format.store import read_bytes
 from factory.format.views import check_accepted
 
@@ -411,34 +412,39 @@ def validate_manifest(obj: Any, where: str = "manifest", allow_remote_shards: bo
 def _shards_total(shards: list, allow_remote_shards: bool) -> int | None:
     """The samples of a shard list that passes every check of `_check_shards` (a column at a time:
     100,000 entries in a fraction of a second), or None when some entry may not (or does not)."""
-    if not all(type(s) is dict for s in shards):
+    if not shards:
+        return 0
+    if set(map(type, shards)) != {dict}:
         return None
     try:
-        cols = list(zip(*[(s["shard"], s["path"], s["index"], s["sha256"], s["index_sha256"], s["samples"],
-                           s["bytes"], s["first_row"]) for s in shards]))
+        cols = list(zip(*map(_SHARD_FIELDS, shards)))
     except KeyError:
         return None
-    if not cols:
-        return 0
     ids, paths, indexes, sha, isha, n, b, first = cols
-    if not {type(v) for c in (ids, n, b, first) for v in c} <= {int} or len(set(ids)) != len(ids):
+    if set(map(type, ids + n + b + first)) != {int} or len(set(ids)) != len(ids):
         return None
     if min(n) < 0 or min(b) < 0 or min(first) < 0 or max(map(int.__add__, first, n)) > MAX_SAMPLES:
         return None
-    if not {type(v) for v in paths + indexes} <= {str} or not all(map(check_plain_path, paths + indexes)):
+    if set(map(type, paths + indexes)) != {str} or not check_plain_paths(paths + indexes):
         return None
-    lat = tuple(h for h in (s.get("latents_sha256") for s in shards) if h is not None)
+    lat = tuple(h for h in map(_LATENTS_OF, shards) if h is not None)
     if not _all_hex64(sha + isha + lat):
         return None
-    platforms = {s.get("platform") for s in shards} - {None}
+    platforms = set(map(_PLATFORM_OF, shards)) - {None}
     if not all(isinstance(p, str) and _PLATFORM_ID.match(p) for p in platforms):
         return None
     return sum(n)
 
 
+_SHARD_FIELDS = operator.itemgetter("shard", "path", "index", "sha256", "index_sha256", "samples", "bytes",
+                                    "first_row")
+_LATENTS_OF = operator.methodcaller("get", "latents_sha256")
+_PLATFORM_OF = operator.methodcaller("get", "platform")
+
+
 def _all_hex64(digests: tuple) -> bool:
     """Whether every value is a string of exactly 64 lowercase hex digits."""
-    if not {type(v) for v in digests} <= {str} or {len(v) for v in digests} - {64}:
+    if set(map(type, digests)) - {str} or set(map(len, digests)) - {64}:
         return False
     try:
         return not "".join(digests).encode("ascii").translate(None, _HEX_DIGITS)

@@ -1,0 +1,98 @@
+"""The shard list of a manifest checked a column at a time, the JSON depth counted in one pass, and a
+manifest's bytes checked once per process: each refuses what the entry-by-entry check refuses."""
+import json
+import random
+
+import pytest
+
+from factory import format as fmt
+from factory.format.schema import json_depth
+
+
+def _manifest(k: int = 3) -> dict:
+    shards = [{"shard": i, "path": fmt.shard_name(i), "index": fmt.index_name(i), "samples": 2, "bytes": 4096,
+               "first_row": 2 * i, "sha256": fmt.sha256_bytes(b"s%d" % i), "index_sha256": fmt.sha256_bytes(b"i%d" % i),
+               "latents_sha256": fmt.sha256_bytes(b"l%d" % i)} for i in range(k)]
+    return {"kind": fmt.DATASET_KIND, "format_version": 2, "dataset_id": "ds-x", "samples": 2 * k, "dim_z": 8,
+            "shards": shards}
+
+
+BAD_ENTRIES = [("shard", True), ("shard", "1"), ("shard", 0), ("path", "../x.tar"), ("path", "/etc/passwd"),
+               ("path", ""), ("path", 7), ("index", "a/../../b"), ("index", "s3://b/x"), ("sha256", "A" * 64),
+               ("sha256", "0" * 63), ("index_sha256", "g" * 64), ("latents_sha256", "é" * 64),
+               ("latents_sha256", 5), ("samples", -1), ("bytes", -5), ("first_row", 1 << 41), ("samples", 2.0),
+               ("platform", "pf-xyz"), ("platform", 3), ("bytes", False)]
+
+
+@pytest.mark.parametrize("key,value", BAD_ENTRIES)
+def test_each_bad_shard_field_is_refused_naming_its_entry(key, value):
+    m = _manifest()
+    assert fmt.validate_manifest(json.loads(json.dumps(m))) is not None
+    m["shards"][1][key] = value
+    with pytest.raises(fmt.FormatError, match=r"shards\[1\]"):
+        fmt.validate_manifest(m)
+
+
+@pytest.mark.parametrize("key", ["shard", "path", "index", "sha256", "index_sha256", "samples", "bytes",
+                                 "first_row"])
+def test_a_missing_shard_field_is_refused(key):
+    m = _manifest()
+    del m["shards"][2][key]
+    with pytest.raises(fmt.FormatError, match=rf"shards\[2\]: missing field '{key}'"):
+        fmt.validate_manifest(m)
+
+
+def test_remote_paths_pass_only_when_allowed_and_totals_are_checked():
+    m = _manifest()
+    m["shards"][0]["path"] = "s3://bucket/0.tar"
+    with pytest.raises(fmt.FormatError, match="remote URL"):
+        fmt.validate_manifest(m)
+    assert fmt.validate_manifest(m, allow_remote_shards=True) is m
+    m["samples"] += 1
+    with pytest.raises(fmt.FormatError, match="but the shards hold 6"):
+        fmt.validate_manifest(m, allow_remote_shards=True)
+
+
+def _depth_by_strings(data: bytes) -> int:
+    """Depth counted by walking the text character by character, skipping strings (escapes included)."""
+    depth = peak = 0
+    inside = escaped = False
+    for ch in data.decode("latin-1"):
+        if inside:
+            escaped, inside = (not escaped and ch == "\\"), inside if (escaped or ch != '"') else False
+        elif ch == '"':
+            inside = True
+        elif ch in "[{":
+            depth += 1
+            peak = max(peak, depth)
+        elif ch in "]}":
+            depth -= 1
+    return peak if not inside else -1  # -1: a string left open (not JSON)
+
+
+def test_json_depth_matches_a_character_walk():
+    rnd = random.Random(4)
+    compared = 0
+    for _ in range(3000):
+        text = bytes(rnd.choice(b'[]{}"a,:\\ ') for _ in range(rnd.randint(0, 40)))
+        walked = _depth_by_strings(text)
+        if walked >= 0:
+            assert json_depth(text) == walked, text
+            compared += 1
+    assert compared > 1000
+    deep = b'{"a": "[[[[", "b": ' + b"[" * 70 + b"]" * 70 + b"}"
+    assert json_depth(deep) == 71 == _depth_by_strings(deep)
+    with pytest.raises(fmt.FormatError, match="nests"):
+        fmt.loads_json(deep, "manifest")
+
+
+def test_a_manifest_changed_on_disk_is_checked_again(tmp_path):
+    m = _manifest()
+    (tmp_path / fmt.MANIFEST).write_text(json.dumps(m))
+    res = fmt.open_dataset(str(tmp_path))
+    assert res.manifest_sha256 == fmt.sha256_bytes((tmp_path / fmt.MANIFEST).read_bytes())
+    assert fmt.open_dataset(str(tmp_path)).manifest == m  # same bytes: parsed again, equal
+    m["shards"][1]["path"] = "../../escape.tar"
+    (tmp_path / fmt.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(fmt.FormatError, match="leaves the dataset folder"):
+        fmt.open_dataset(str(tmp_path))
