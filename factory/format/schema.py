@@ -47,6 +47,7 @@ _PLATFORM_ID = re.compile(r"^pf-[0-9a-f]{12}$")  # provenance.platform_id: a con
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _EXT = re.compile(r"^[a-z0-9]+(?:\.[a-z0-9]+)*$")
 _HEX_DIGITS = b"0123456789abcdef"
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b'[]{}"')  # deleted before the depth is counted
 
 
 def json_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> int:
@@ -55,9 +56,7 @@ def json_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> int:
     import numpy as np
 
     if b"\\" not in data:  # no escapes: strings are the text between quote pairs, found in one pass
-        kind = _bracket_table()[np.frombuffer(data, np.uint8)]
-        at = np.flatnonzero(kind)
-        tok = kind[at]
+        tok = _bracket_table()[np.frombuffer(data.translate(None, _NOT_BRACKETS), np.uint8)]
         quote = tok == 2
         if int(np.count_nonzero(quote)) % 2 == 0:
             outside = (np.cumsum(quote) & 1) == 0
@@ -417,15 +416,14 @@ def _shards_total(shards: list, allow_remote_shards: bool) -> int | None:
     if set(map(type, shards)) != {dict}:
         return None
     try:
-        cols = list(zip(*map(_SHARD_FIELDS, shards)))
+        ids, paths, indexes, sha, isha, n, b, first = (tuple(map(operator.itemgetter(k), shards)) for k in _SHARD_KEYS)
     except KeyError:
         return None
-    ids, paths, indexes, sha, isha, n, b, first = cols
     if set(map(type, ids + n + b + first)) != {int} or len(set(ids)) != len(ids):
         return None
     if min(n) < 0 or min(b) < 0 or min(first) < 0 or max(map(int.__add__, first, n)) > MAX_SAMPLES:
         return None
-    if set(map(type, paths + indexes)) != {str} or not check_plain_paths(paths + indexes):
+    if set(map(type, paths + indexes)) != {str} or not check_plain_paths(tuple(set(paths + indexes))):
         return None
     lat = tuple(h for h in map(_LATENTS_OF, shards) if h is not None)
     if not _all_hex64(sha + isha + lat):
@@ -436,8 +434,7 @@ def _shards_total(shards: list, allow_remote_shards: bool) -> int | None:
     return sum(n)
 
 
-_SHARD_FIELDS = operator.itemgetter("shard", "path", "index", "sha256", "index_sha256", "samples", "bytes",
-                                    "first_row")
+_SHARD_KEYS = ("shard", "path", "index", "sha256", "index_sha256", "samples", "bytes", "first_row")
 _LATENTS_OF = operator.methodcaller("get", "latents_sha256")
 _PLATFORM_OF = operator.methodcaller("get", "platform")
 
