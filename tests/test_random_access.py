@@ -249,3 +249,31 @@ def test_info_reads_the_recorded_statistics_equal_to_computed_ones(ds, tmp_path)
     assert cached["filter_stats"] == computed["filter_stats"] and cached["filter_stats"]["samples"] == N
     assert cached["filter_stats_accepted"] == computed["filter_stats_accepted"]
     assert cached["filter_stats_accepted"]["samples"] == doc["samples"]
+
+
+def test_upgrade_on_a_cluster_writes_what_one_process_writes(ds, tmp_path):
+    """`upgrade --cluster`: the fragments upgraded as shard-range tasks; manifest, fragments and sidecars are
+    byte for byte those of the upgrade in one process."""
+    from distributed import Client, LocalCluster
+
+    roots = {}
+    for how in ("one", "many"):
+        roots[how] = str(tmp_path / how)
+        shutil.copytree(ds, roots[how])
+        downgrade(roots[how])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        r = cli("upgrade", roots["many"], "--cluster", client.scheduler.address)
+    assert r.exit_code == 0 and "tars untouched" in r.output, r.output
+    assert cli("upgrade", roots["one"]).exit_code == 0
+
+    def files(root):
+        return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+                for d, _, fs in os.walk(root) for f in fs if not f.endswith(".lock")}
+
+    one, many = files(roots["one"]), files(roots["many"])
+    # the card names the dataset's folder
+    assert one.pop("README.md").replace(roots["one"].encode(), b"R") == many.pop("README.md").replace(
+        roots["many"].encode(), b"R")
+    assert one == many and len([p for p in one if p.startswith("index")]) == 3
+    assert json.loads(many[fmt.MANIFEST])["dataset_id"] == json.load(open(os.path.join(ds, fmt.MANIFEST)))["dataset_id"]

@@ -259,7 +259,8 @@ def relabel(dataset, maps, out, shard_size, overwrite, allow_remote_shards):
 @click.argument("dataset")
 @click.option("--compact", "compact_index", is_flag=True,
               help="Compact the index into parts even when the dataset has few shards (64 or more always are).")
-def upgrade(dataset, compact_index):
+@SCHEDULER
+def upgrade(dataset, compact_index, scheduler):
     """Bring a dataset written by an older format version to the current one, in place.
 
     Version 1 -> 2 adds each sample's byte range in its tar to the index (random access by key;
@@ -269,9 +270,10 @@ def upgrade(dataset, compact_index):
     Do not read the dataset meanwhile.
 
     \b
-    Example:
+    Examples:
       factory upgrade data/million && factory verify data/million
+      factory upgrade s3://team/faces --cluster tcp://node0:8786
     """
     from factory.dataset.upgrade import upgrade as run_upgrade
 
-    click.echo(run_upgrade(dataset, compact_index=compact_index).summary())
+    click.echo(run_upgrade(dataset, compact_index=compact_index, scheduler=scheduler).summary())

@@ -89,9 +89,21 @@ def upgrade_shard(root: str, entry: dict) -> dict:
     return out
 
 
-def upgrade(url: str, *, compact_index: bool = False, log=None) -> UpgradeResult:
+def upgrade_range(url: str, *, dataset_id: str, lo: int, hi: int) -> list[dict]:
+    """A cluster task of `upgrade`: `upgrade_shard` of the shards at positions lo..hi-1 (by id) of the dataset
+    at `url`, opened by the worker itself (its id must still be `dataset_id`); their new manifest entries."""
+    res = fmt.open_dataset(url)
+    if res.manifest["dataset_id"] != dataset_id:
+        raise FactoryError(f"{url} changed during upgrade (dataset id {res.manifest['dataset_id']}, "
+                           f"was {dataset_id}); run upgrade again")
+    return [upgrade_shard(res.root, e) for e in sorted(res.manifest["shards"], key=lambda s: s["shard"])[lo:hi]]
+
+
+def upgrade(url: str, *, compact_index: bool = False, log=None, scheduler: str | None = None) -> UpgradeResult:
     """`factory upgrade DATASET`: add what the current format records to an older dataset, in place; a
-    dataset of many shards (or any, with ``compact_index``) gets its index compacted into parts."""
+    dataset of many shards (or any, with ``compact_index``) gets its index compacted into parts. ``scheduler``:
+    the fragments are upgraded as shard-range tasks on that dask cluster (`factory.cluster`); the compaction
+    and the manifest stay in this process."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     res = fmt.open_dataset(url)
     if res.view is not None:
@@ -109,12 +121,20 @@ def upgrade(url: str, *, compact_index: bool = False, log=None) -> UpgradeResult
     with DatasetLock(res.root):
         new = dict(m)
         if offsets:
-            shards = []
             entries = sorted(m["shards"], key=lambda s: s["shard"])
-            for i, e in enumerate(entries):
-                shards.append(upgrade_shard(res.root, e))
-                if (i + 1) % 100 == 0 or i + 1 == len(entries):
-                    log(f"upgrade: {i + 1}/{len(entries)} index fragments")
+            if scheduler:
+                from factory.cluster import run_tasks, shard_ranges
+
+                tasks = [dict(url=url, dataset_id=m["dataset_id"], lo=lo, hi=hi) for lo, hi in shard_ranges(len(entries))]
+                name = f"upgrade-{m['dataset_id'][3:15]}"
+                shards = [e for done in run_tasks(scheduler, upgrade_range, tasks, name=name) for e in done]
+                log(f"upgrade: {len(shards)}/{len(entries)} index fragments")
+            else:
+                shards = []
+                for i, e in enumerate(entries):
+                    shards.append(upgrade_shard(res.root, e))
+                    if (i + 1) % 100 == 0 or i + 1 == len(entries):
+                        log(f"upgrade: {i + 1}/{len(entries)} index fragments")
             lat = (m.get("latents") or {}).get("sha256_of_shard_hashes")
             new = dict(m, format_version=fmt.FORMAT_VERSION, shards=shards, dataset_id=fmt.dataset_id(shards, lat))
         if squeeze:
