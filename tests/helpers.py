@@ -154,3 +154,29 @@ def strip_platform_records(root: Path) -> dict:
         s.pop("platform", None)
     (root / "manifest.json").write_text(json.dumps(m))
     return reseal(root)
+
+
+def downgrade(root: str) -> None:
+    """Make `root` what the version-1 writer wrote: no offset columns, format_version 1, its id recomputed."""
+    import json
+    import os
+
+    import pyarrow.parquet as pq
+
+    from factory import format as fmt
+    from factory.dataset.shards import parquet_bytes
+
+    m = json.load(open(os.path.join(root, fmt.MANIFEST)))
+    for e in m["shards"]:
+        p = os.path.join(root, e["index"])
+        t = pq.read_table(p).drop_columns(list(fmt.OFFSET_COLUMNS))
+        data = parquet_bytes(t)
+        open(p, "wb").write(data)
+        e["index_sha256"] = fmt.sha256_bytes(data)
+        side = os.path.join(root, fmt.done_name(e["shard"]))
+        doc = json.load(open(side))
+        doc["index_sha256"] = e["index_sha256"]
+        open(side, "wb").write(fmt.canonical_json(doc))
+    m["format_version"] = 1
+    m["dataset_id"] = fmt.dataset_id(m["shards"], m["latents"]["sha256_of_shard_hashes"], 1)
+    open(os.path.join(root, fmt.MANIFEST), "w").write(json.dumps(m, indent=1, sort_keys=True))

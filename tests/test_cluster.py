@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,9 @@ import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
+from helpers import downgrade
 
+from factory import format as fmt
 from factory.cli import main
 
 pytestmark = pytest.mark.s3
@@ -155,9 +158,29 @@ def same_verdict(a: subprocess.CompletedProcess, b: subprocess.CompletedProcess)
     assert (a.returncode, a.stdout, problems(a)) == (b.returncode, b.stdout, problems(b))
 
 
-def test_verify_and_filter_on_the_dask_cli_cluster_s3_tampered_and_a_killed_worker(s3_server, free_port, tmp_path):
+def with_a_killed_worker(client, cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`cmd` run while one worker of `client`'s cluster is SIGKILLed as soon as it holds a task."""
+    client.wait_for_workers(2, timeout=120)  # a killed worker's nanny starts a new one
+    job = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = client.run(os.getpid)
+        busy = []
+        wait_for(lambda: busy.extend(a for a, keys in client.processing().items() if keys) or busy, 120,
+                 "a worker with tasks", [job])
+        assert job.poll() is None, "the command ended before a worker was killed"
+        os.kill(pids[busy[0]], signal.SIGKILL)
+        out, err = job.communicate(timeout=240)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    return subprocess.CompletedProcess(cmd, job.returncode, out, err)
+
+
+def test_verify_filter_upgrade_on_the_dask_cli_cluster_s3_and_a_killed_worker(s3_server, free_port, tmp_path):
     """`factory verify --cluster` on S3 datasets (clean, tampered) gives exactly the report and exit code of the
-    run in one process, also when a worker is SIGKILLed while it holds tasks; `filter --cluster` the same view."""
+    run in one process, `filter --cluster` the same view and `upgrade --cluster` the same files, also when a
+    worker is SIGKILLed while it holds their tasks."""
     from distributed import Client
 
     fs, bucket = s3_server["fs"], s3_server["bucket"]
@@ -205,22 +228,29 @@ def test_verify_and_filter_on_the_dask_cli_cluster_s3_tampered_and_a_killed_work
                 assert r.returncode == 0, r.stderr
             fs.invalidate_cache()
             assert fs.cat(f"{bucket}/views/one.json") == fs.cat(f"{bucket}/views/many.json")
-            # a worker killed while it holds verify tasks: they run again elsewhere, the verdict is unchanged
-            job = subprocess.Popen(verify_cmd(urls["bad"], "--cluster", address), cwd=REPO, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                pids = client.run(os.getpid)
-                busy = []
-                wait_for(lambda: busy.extend(a for a, keys in client.processing().items() if keys) or busy, 120,
-                         "a worker with verify tasks", [job])
-                assert job.poll() is None, "verify ended before a worker was killed"
-                os.kill(pids[busy[0]], signal.SIGKILL)
-                out, err = job.communicate(timeout=240)
-            finally:
-                if job.poll() is None:
-                    job.kill()
-                    job.wait()
-            same_verdict(subprocess.CompletedProcess(job.args, job.returncode, out, err), alone["bad"])
+            # a worker killed while it holds tasks: they run again elsewhere, the result is unchanged
+            same_verdict(with_a_killed_worker(client, verify_cmd(urls["bad"], "--cluster", address), env),
+                         alone["bad"])
+            r = with_a_killed_worker(client, [sys.executable, "-m", "factory.cli", "filter", urls["clean"], "--max-fg",
+                                              "0.5", "--out", f"s3://{bucket}/views/killed.json", "--cluster", address],
+                                     env)
+            assert r.returncode == 0, r.stderr
+            fs.invalidate_cache()
+            assert fs.cat(f"{bucket}/views/killed.json") == fs.cat(f"{bucket}/views/one.json")
+            # upgrade of a version-1 dataset: the same manifest and fragments as one process
+            old = tmp_path / "v1"
+            shutil.copytree(local, old)
+            downgrade(str(old))
+            for how in ("up-one", "up-many"):
+                fs.put(str(old), f"{bucket}/{how}", recursive=True)
+            assert run(sys.executable, "-m", "factory.cli", "upgrade", f"s3://{bucket}/up-one").returncode == 0
+            r = with_a_killed_worker(client, [sys.executable, "-m", "factory.cli", "upgrade", f"s3://{bucket}/up-many",
+                                              "--cluster", address], env)
+            assert r.returncode == 0 and "tars untouched" in r.stdout, r.stderr
+            fs.invalidate_cache()
+            for path in [fmt.MANIFEST, *(e["index"] for e in m["shards"]), *(fmt.done_name(e["shard"]) for e in m["shards"])]:
+                assert fs.cat(f"{bucket}/up-one/{path}") == fs.cat(f"{bucket}/up-many/{path}"), path
+            assert json.loads(fs.cat(f"{bucket}/up-many/{fmt.MANIFEST}"))["dataset_id"] == m["dataset_id"]
     finally:
         for p in reversed(procs):
             stop(p)

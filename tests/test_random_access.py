@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from helpers import downgrade
 
 from factory import format as fmt
 from factory.cli import main
@@ -43,24 +44,6 @@ def scanned(root: str) -> dict[str, dict[str, bytes]]:
     for e in res.manifest["shards"]:
         out.update(read_shard_samples(res, e))
     return out
-
-
-def downgrade(root: str) -> None:
-    """Make `root` what the version-1 writer wrote: no offset columns, format_version 1, its id recomputed."""
-    m = json.load(open(os.path.join(root, fmt.MANIFEST)))
-    for e in m["shards"]:
-        p = os.path.join(root, e["index"])
-        t = pq.read_table(p).drop_columns(list(fmt.OFFSET_COLUMNS))
-        data = parquet_bytes(t)
-        open(p, "wb").write(data)
-        e["index_sha256"] = fmt.sha256_bytes(data)
-        side = os.path.join(root, fmt.done_name(e["shard"]))
-        doc = json.load(open(side))
-        doc["index_sha256"] = e["index_sha256"]
-        open(side, "wb").write(fmt.canonical_json(doc))
-    m["format_version"] = 1
-    m["dataset_id"] = fmt.dataset_id(m["shards"], m["latents"]["sha256_of_shard_hashes"], 1)
-    open(os.path.join(root, fmt.MANIFEST), "w").write(json.dumps(m, indent=1, sort_keys=True))
 
 
 # ---------------------------------------------------------------- offsets
