@@ -214,11 +214,19 @@ def _check_spec_counts(obj: dict, where: str) -> None:
     derived = isinstance(obj.get("provenance"), dict) and obj["provenance"].get("kind") in DERIVED_KINDS
     if n != obj["samples"] if not derived else n < obj["samples"]:
         raise FormatError(f"{where}: spec.n is {n} but the shards hold {obj['samples']} samples")
-    if not derived and size is not None:
+    if not derived and size is not None and not _all_within(shards, size):
         big = [s for s in shards if isinstance(s, dict) and isinstance(s.get("samples"), int) and s["samples"] > size]
         if big:
             raise FormatError(f"{where}: shard {big[0].get('shard')} holds {big[0]['samples']} samples, more than "
                               f"spec.shard_size {size}")
+
+
+def _all_within(shards: list, size: Any) -> bool:
+    """Whether every entry is an object whose samples are integers of at most ``size`` (one pass in C)."""
+    if not shards or set(map(type, shards)) != {dict}:
+        return not shards
+    counts = list(map(_SAMPLES_OF, shards))
+    return set(map(type, counts)) == {int} and isinstance(size, (int, float)) and max(counts) <= size
 
 
 def _check_members(members: Any, where: str) -> None:
@@ -425,7 +433,9 @@ def _shards_total(shards: list, allow_remote_shards: bool) -> int | None:
         return None
     if set(map(type, paths + indexes)) != {str} or not check_plain_paths(tuple(set(paths + indexes))):
         return None
-    lat = tuple(h for h in map(_LATENTS_OF, shards) if h is not None)
+    lat = tuple(map(_LATENTS_OF, shards))
+    if None in lat:
+        lat = tuple(h for h in lat if h is not None)
     if not _all_hex64(sha + isha + lat):
         return None
     platforms = set(map(_PLATFORM_OF, shards)) - {None}
@@ -436,6 +446,7 @@ def _shards_total(shards: list, allow_remote_shards: bool) -> int | None:
 
 _SHARD_KEYS = ("shard", "path", "index", "sha256", "index_sha256", "samples", "bytes", "first_row")
 _LATENTS_OF = operator.methodcaller("get", "latents_sha256")
+_SAMPLES_OF = operator.methodcaller("get", "samples")
 _PLATFORM_OF = operator.methodcaller("get", "platform")
 
 
