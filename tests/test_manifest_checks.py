@@ -20,8 +20,9 @@ def _manifest(k: int = 3) -> dict:
 BAD_ENTRIES = [("shard", True), ("shard", "1"), ("shard", 0), ("path", "../x.tar"), ("path", "/etc/passwd"),
                ("path", ""), ("path", 7), ("index", "a/../../b"), ("index", "s3://b/x"), ("sha256", "A" * 64),
                ("sha256", "0" * 63), ("index_sha256", "g" * 64), ("latents_sha256", "é" * 64),
-               ("latents_sha256", 5), ("samples", -1), ("bytes", -5), ("first_row", 1 << 41), ("samples", 2.0),
-               ("platform", "pf-xyz"), ("platform", 3), ("bytes", False)]
+               ("latents_sha256", 5), ("latents_sha256", {"a": 1}), ("sha256", ["0" * 64]), ("path", {}),
+               ("index", [1]), ("shard", [0]), ("samples", {}), ("samples", -1), ("bytes", -5), ("first_row", 1 << 41), ("samples", 2.0),
+               ("platform", "pf-xyz"), ("platform", 3), ("platform", {"a": 1}), ("platform", [1]), ("bytes", False)]
 
 
 @pytest.mark.parametrize("key,value", BAD_ENTRIES)

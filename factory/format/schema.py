@@ -438,8 +438,10 @@ def _shards_total(shards: list, allow_remote_shards: bool) -> int | None:
         lat = tuple(h for h in lat if h is not None)
     if not _all_hex64(sha + isha + lat):
         return None
-    platforms = set(map(_PLATFORM_OF, shards)) - {None}
-    if not all(isinstance(p, str) and _PLATFORM_ID.match(p) for p in platforms):
+    platforms = tuple(map(_PLATFORM_OF, shards))
+    if set(map(type, platforms)) - {str, type(None)}:
+        return None
+    if not all(_PLATFORM_ID.match(p) for p in set(platforms) - {None}):
         return None
     return sum(n)
 
