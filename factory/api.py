@@ -125,10 +125,11 @@ class Dataset:
         return self.apply(FilterSpec(max_fg=max_fg, min_fg=min_fg, histogram=histogram, min_components=min_components,
                                      max_components=max_components, where=where))
 
-    def apply(self, spec: FilterSpec, *, scheduler: str | None = None) -> View:
+    def apply(self, spec: FilterSpec, *, scheduler: str | None = None, workers: int = 0) -> View:
         """`filter` with the flags as one `views.views.FilterSpec`; ``scheduler``: as shard-range tasks on that
-        dask cluster (the same view)."""
-        view = view_of(self.url, self.resolved, spec, scheduler=scheduler, allow_remote_shards=self.allow_remote_shards)
+        dask cluster, or ``workers`` local worker processes (the same view)."""
+        view = view_of(self.url, self.resolved, spec, scheduler=scheduler, workers=workers,
+                       allow_remote_shards=self.allow_remote_shards)
         res = fmt.Resolved(self.root, self.manifest, view,
                            fmt.AcceptedRows(view["accepted"], view["format_version"], self.url))
         return View(self.url, res, allow_remote_shards=self.allow_remote_shards, saved=False)
@@ -238,7 +239,7 @@ def decode_members(members: dict[str, bytes], manifest: dict, key: str) -> dict[
 
 def run_filter(url: str, spec: FilterSpec, out: str, *, overwrite: bool = False, allow_remote_shards: bool = False,
                materialize: bool = False, shard_size: int | None = None, log=None,
-               scheduler: str | None = None) -> FilterResult:
+               scheduler: str | None = None, workers: int = 0) -> FilterResult:
     """`factory filter`: `open(url).apply(spec)`, then `View.save(out)` (or the view materialized at ``out``)."""
     if not out:
         raise fmt.FactoryError("--out is required: a VIEW.json path (or a folder with --materialize)")
@@ -247,7 +248,7 @@ def run_filter(url: str, spec: FilterSpec, out: str, *, overwrite: bool = False,
     if not materialize and not out.endswith(".json"):
         raise fmt.FactoryError(f"--out {out}: a view is a JSON file; name it *.json "
                                "(or add --materialize for a dataset folder)")
-    view = open(url, allow_remote_shards=allow_remote_shards).apply(spec, scheduler=scheduler)
+    view = open(url, allow_remote_shards=allow_remote_shards).apply(spec, scheduler=scheduler, workers=workers)
     if materialize:
         man = materialize_view(url, view.view, out, shard_size=shard_size, overwrite=overwrite,
                                allow_remote_shards=allow_remote_shards, log=log)

@@ -19,10 +19,19 @@ def shard_ranges(n_shards: int, tasks: int = 64) -> list[tuple[int, int]]:
     return [(lo, min(n_shards, lo + size)) for lo in range(0, n_shards, size)]
 
 
-def run_tasks(address: str, fn: Callable, tasks: list[dict], *, name: str) -> list:
-    """``fn(**task)`` for every task on the dask scheduler at `address` (waiting for a first worker);
-    the results in the order of `tasks`. A FactoryError raised by a task is raised here; any other failure
-    (its worker died: KilledWorker, a lost connection) resubmits the task under a new key, RESUBMITS times."""
+def run_tasks(address: str | None, fn: Callable, tasks: list[dict], *, name: str, workers: int = 0) -> list:
+    """``fn(**task)`` for every task on the dask scheduler at `address` (waiting for a first worker), or on a
+    local cluster of `workers` processes started for them; the results in the order of `tasks`. A FactoryError
+    raised by a task is raised here; any other failure (its worker died: KilledWorker, a lost connection)
+    resubmits the task under a new key, RESUBMITS times."""
+    if address is None:
+        import dask
+        from distributed import LocalCluster
+
+        with dask.config.set({"distributed.logging.distributed": "error"}), \
+                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=40) as cluster:
+            return run_tasks(cluster.scheduler_address, fn, tasks, name=name)
     from distributed import Client, as_completed
 
     try:

@@ -240,7 +240,7 @@ def test_upgrade_on_a_cluster_writes_what_one_process_writes(ds, tmp_path):
     from distributed import Client, LocalCluster
 
     roots = {}
-    for how in ("one", "many"):
+    for how in ("one", "many", "local"):
         roots[how] = str(tmp_path / how)
         shutil.copytree(ds, roots[how])
         downgrade(roots[how])
@@ -249,14 +249,15 @@ def test_upgrade_on_a_cluster_writes_what_one_process_writes(ds, tmp_path):
         r = cli("upgrade", roots["many"], "--cluster", client.scheduler.address)
     assert r.exit_code == 0 and "tars untouched" in r.output, r.output
     assert cli("upgrade", roots["one"]).exit_code == 0
+    assert cli("upgrade", roots["local"], "--workers", "2").exit_code == 0  # a local cluster of 2 processes
 
     def files(root):
         return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
                 for d, _, fs in os.walk(root) for f in fs if not f.endswith(".lock")}
 
-    one, many = files(roots["one"]), files(roots["many"])
+    one, many, local = files(roots["one"]), files(roots["many"]), files(roots["local"])
     # the card names the dataset's folder
     assert one.pop("README.md").replace(roots["one"].encode(), b"R") == many.pop("README.md").replace(
-        roots["many"].encode(), b"R")
-    assert one == many and len([p for p in one if p.startswith("index")]) == 3
+        roots["many"].encode(), b"R") == local.pop("README.md").replace(roots["local"].encode(), b"R")
+    assert one == many == local and len([p for p in one if p.startswith("index")]) == 3
     assert json.loads(many[fmt.MANIFEST])["dataset_id"] == json.load(open(os.path.join(ds, fmt.MANIFEST)))["dataset_id"]

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from factory.cli.options import SCHEDULER
+from factory.cli.options import LOCAL_WORKERS, SCHEDULER
 
 
 def show(report) -> None:
@@ -41,9 +41,10 @@ _REMOTE_HELP = "Trust shard paths in the manifest that are absolute remote URLs 
 @click.option("--overwrite", is_flag=True, help="Replace an existing view/dataset with other content at --out.")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
 @SCHEDULER
+@LOCAL_WORKERS
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_components, where, out, materialize,
-               shard_size, overwrite, allow_remote_shards, scheduler, as_json):
+               shard_size, overwrite, allow_remote_shards, scheduler, workers, as_json):
     """Select candidates by their index statistics; writes a view (no pixel is read).
 
     DATASET is a dataset folder/URL or a view JSON (its accepted rows are
@@ -63,7 +64,7 @@ def filter_cmd(dataset, max_fg, min_fg, histogram, min_components, max_component
     spec = FilterSpec(max_fg=max_fg, min_fg=min_fg, histogram=histogram, min_components=min_components,
                       max_components=max_components, where=where)
     r = run_filter(dataset, spec, out, overwrite=overwrite, allow_remote_shards=allow_remote_shards,
-                   materialize=materialize, shard_size=shard_size, scheduler=scheduler)
+                   materialize=materialize, shard_size=shard_size, scheduler=scheduler, workers=workers)
     v = r.view
     c = v["counts"]
     if as_json:
@@ -260,7 +261,8 @@ def relabel(dataset, maps, out, shard_size, overwrite, allow_remote_shards):
 @click.option("--compact", "compact_index", is_flag=True,
               help="Compact the index into parts even when the dataset has few shards (64 or more always are).")
 @SCHEDULER
-def upgrade(dataset, compact_index, scheduler):
+@LOCAL_WORKERS
+def upgrade(dataset, compact_index, scheduler, workers):
     """Bring a dataset written by an older format version to the current one, in place.
 
     Version 1 -> 2 adds each sample's byte range in its tar to the index (random access by key;
@@ -276,4 +278,4 @@ def upgrade(dataset, compact_index, scheduler):
     """
     from factory.dataset.upgrade import upgrade as run_upgrade
 
-    click.echo(run_upgrade(dataset, compact_index=compact_index, scheduler=scheduler).summary())
+    click.echo(run_upgrade(dataset, compact_index=compact_index, scheduler=scheduler, workers=workers).summary())

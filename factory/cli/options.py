@@ -87,6 +87,11 @@ SCHEDULER = click.option("--scheduler", "--cluster", "scheduler", metavar="ADDRE
                               "its workers; see docs/cluster.md.")
 
 
+# Local worker processes for the shard tasks of `filter` and `upgrade` (`generate` has its own default).
+LOCAL_WORKERS = click.option("--workers", type=int, default=0, show_default=True,
+                             help="Local dask worker processes to run the shard tasks on (0: in this process).")
+
+
 def generator_flags(command):
     """Decorate a click command's function with the generator flags (--generator ... --compile, in this
     order); the function receives them as one `GeneratorFlags`, keyword ``gen``."""

@@ -99,10 +99,12 @@ def upgrade_range(url: str, *, dataset_id: str, lo: int, hi: int) -> list[dict]:
     return [upgrade_shard(res.root, e) for e in sorted(res.manifest["shards"], key=lambda s: s["shard"])[lo:hi]]
 
 
-def upgrade(url: str, *, compact_index: bool = False, log=None, scheduler: str | None = None) -> UpgradeResult:
+def upgrade(url: str, *, compact_index: bool = False, log=None, scheduler: str | None = None,
+            workers: int = 0) -> UpgradeResult:
     """`factory upgrade DATASET`: add what the current format records to an older dataset, in place; a
     dataset of many shards (or any, with ``compact_index``) gets its index compacted into parts. ``scheduler``:
-    the fragments are upgraded as shard-range tasks on that dask cluster (`factory.cluster`); the compaction
+    the fragments are upgraded as shard-range tasks on that dask cluster (`factory.cluster`; or on ``workers``
+    local worker processes); the compaction
     and the manifest stay in this process."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     res = fmt.open_dataset(url)
@@ -122,12 +124,12 @@ def upgrade(url: str, *, compact_index: bool = False, log=None, scheduler: str |
         new = dict(m)
         if offsets:
             entries = sorted(m["shards"], key=lambda s: s["shard"])
-            if scheduler:
+            if scheduler or workers:
                 from factory.cluster import run_tasks, shard_ranges
 
                 tasks = [dict(url=url, dataset_id=m["dataset_id"], lo=lo, hi=hi) for lo, hi in shard_ranges(len(entries))]
                 name = f"upgrade-{m['dataset_id'][3:15]}"
-                shards = [e for done in run_tasks(scheduler, upgrade_range, tasks, name=name) for e in done]
+                shards = [e for done in run_tasks(scheduler, upgrade_range, tasks, name=name, workers=workers) for e in done]
                 log(f"upgrade: {len(shards)}/{len(entries)} index fragments")
             else:
                 shards = []

@@ -367,8 +367,8 @@ def filter_range(url: str, *, spec: FilterSpec, dataset_id: str, lo: int, hi: in
     return _piece(res, steps, table)
 
 
-def view_on_cluster(url: str, res: fmt.Resolved, spec: FilterSpec, scheduler: str, *,
-                    view_url: str | None = None, allow_remote_shards: bool = False) -> dict:
+def view_on_cluster(url: str, res: fmt.Resolved, spec: FilterSpec, scheduler: str | None, *,
+                    view_url: str | None = None, allow_remote_shards: bool = False, workers: int = 0) -> dict:
     """The view of `spec` computed as shard-range tasks on the dask cluster at `scheduler` (`factory.cluster`;
     one task per part of a compacted index): each worker reads only its shards' index rows."""
     from factory.cluster import run_tasks, shard_ranges
@@ -384,7 +384,7 @@ def view_on_cluster(url: str, res: fmt.Resolved, spec: FilterSpec, scheduler: st
         ranges = [(lo, hi if hi < len(m["shards"]) else end) for lo, hi in shard_ranges(len(m["shards"]))]
     tasks = [dict(url=url, spec=spec, dataset_id=m["dataset_id"], lo=lo, hi=hi,
                   allow_remote_shards=allow_remote_shards) for lo, hi in ranges]
-    pieces = run_tasks(scheduler, filter_range, tasks, name=f"filter-{m['dataset_id'][3:15]}")
+    pieces = run_tasks(scheduler, filter_range, tasks, name=f"filter-{m['dataset_id'][3:15]}", workers=workers)
     return _merged_view(url, res, spec, pieces, view_url=view_url)
 
 
@@ -395,12 +395,13 @@ def compute_view(url: str, spec: FilterSpec, allow_remote_shards: bool = False,
 
 
 def view_of(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: str | None = None,
-            scheduler: str | None = None, allow_remote_shards: bool = False) -> dict:
+            scheduler: str | None = None, allow_remote_shards: bool = False, workers: int = 0) -> dict:
     """The view of `spec` on dataset/view `url` opened as `res`: as shard-range tasks on the dask cluster at
     `scheduler` (`view_on_cluster`), over a compacted index one part at a time (`view_from_parts`), else over
     the index's needed columns (`view_from_index`)."""
-    if scheduler and res.manifest["shards"]:
-        return view_on_cluster(url, res, spec, scheduler, view_url=view_url, allow_remote_shards=allow_remote_shards)
+    if (scheduler or workers) and res.manifest["shards"]:
+        return view_on_cluster(url, res, spec, scheduler, view_url=view_url, allow_remote_shards=allow_remote_shards,
+                               workers=workers)
     if fmt.has_parts(res.manifest):
         return view_from_parts(url, res, spec, view_url=view_url)
     return view_from_index(url, res, spec, index_table(res, spec.steps()), view_url=view_url)
