@@ -28,6 +28,22 @@ def cli(*args):
     return r
 
 
+def shapes_dataset(tmp_path_factory, name: str, *, n: int, shard_size: int) -> Path:
+    """A small shapes dataset (32 px, in this process), made once per module by its `made` fixture."""
+    out = tmp_path_factory.mktemp(name) / "ds"
+    r = cli("generate", "--generator", "shapes", "--resolution", "32", "--n", n, "--shard-size", shard_size,
+            "--workers", "0", "--quiet", "--out", out)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def copy_of(made: Path, tmp_path: Path) -> Path:
+    """A test's own copy of a module's dataset, free to tamper with."""
+    import shutil
+
+    return Path(shutil.copytree(made, tmp_path / "ds"))
+
+
 def one_line_error(res, *fragments) -> None:
     """A CLI result that failed with exit code 1 and one line ``Error: ...`` holding every fragment."""
     assert res.exit_code == 1, res.output

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import PLUGIN_DIR, cli, install_dist, one_line_error
+from helpers import PLUGIN_DIR, cli, copy_of, install_dist, one_line_error, shapes_dataset
 
 from factory import format as fmt
 
-GEN = ["generate", "--generator", "shapes", "--resolution", "32", "--workers", "0", "--quiet"]
 NOT_INSTALLED = "is not installed here; install the plug-in that provides it or pass --generator"
 
 HUBCONF = '''
@@ -30,17 +29,12 @@ def x(**kwargs):
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("code") / "ds"
-    r = cli(*GEN, "--n", 8, "--shard-size", 4, "--out", out)
-    assert r.exit_code == 0, r.output
-    return out
+    return shapes_dataset(tmp_path_factory, "code", n=8, shard_size=4)
 
 
 @pytest.fixture()
 def ds(made, tmp_path) -> Path:
-    out = tmp_path / "ds"
-    shutil.copytree(made, out)
-    return out
+    return copy_of(made, tmp_path)
 
 
 def respec(ds: Path, fn) -> None:

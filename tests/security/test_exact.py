@@ -11,29 +11,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, forge_samples, reseal, strip_platform_records
+from helpers import cli, copy_of, forge_samples, reseal, shapes_dataset, strip_platform_records
 from PIL import Image
 
 from factory.generate.regenerate import regenerate
 
-GEN = ["generate", "--generator", "shapes", "--resolution", "32", "--n", "24", "--shard-size", "12", "--workers", "0",
-       "--quiet"]
 x86 = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                          reason="the shapes world promises the same bytes on x86-64 CPUs")
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("exact") / "ds"
-    assert cli(*GEN, "--out", out).exit_code == 0
-    return out
+    return shapes_dataset(tmp_path_factory, "exact", n=24, shard_size=12)
 
 
 @pytest.fixture()
 def ds(made, tmp_path) -> Path:
-    out = tmp_path / "ds"
-    shutil.copytree(made, out)
-    return out
+    return copy_of(made, tmp_path)
 
 
 def forge_index_rows(parts: dict, row: dict) -> None:

@@ -3,30 +3,22 @@ claims another one fails; unknown fields and impossible values fail the schema i
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from helpers import cli, one_line_error
+from helpers import cli, copy_of, one_line_error, shapes_dataset
 
 from factory import format as fmt
-
-GEN = ["generate", "--generator", "shapes", "--resolution", "32", "--n", "100", "--shard-size", "50", "--workers",
-       "0", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("spec") / "ds"
-    assert cli(*GEN, "--out", out).exit_code == 0
-    return out
+    return shapes_dataset(tmp_path_factory, "spec", n=100, shard_size=50)
 
 
 @pytest.fixture()
 def ds(made, tmp_path) -> Path:
-    out = tmp_path / "ds"
-    shutil.copytree(made, out)
-    return out
+    return copy_of(made, tmp_path)
 
 
 def edit(ds: Path, fn, *, rehash: bool = True) -> None:
