@@ -60,7 +60,8 @@ def smp_importable() -> bool:
 
 
 @pytest.mark.skipif(not smp_importable(), reason="segmentation-models-pytorch is not installed: it needs torchvision "
-                    "(timm imports it), which the test environment does not install (torch stays 2.13.0)")
+                    "(timm imports it), which the test environment does not install (torch stays 2.13.0); "
+                    "docs/python.md gives the venv in which this test runs")
 def test_train_smp(view, tmp_path):
     out = run_example("train_smp.py", "--data", view[0], "--steps", "2", "--batch-size", "4", tmp_path=tmp_path)
     assert "trained smp.Unet(resnet18) 2 steps" in out
