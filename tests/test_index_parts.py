@@ -228,7 +228,7 @@ def test_compaction_filter_and_sample_reads_on_s3(ds, s3_server, tmp_path, monke
 
 def test_verify_on_a_cluster_reads_parts_by_shard_range_and_reports_the_same(compacted):
     """One cluster task per part (a shard range): the report equals the one-process report, clean and with a
-    changed byte in the second part, full and index-only."""
+    changed byte in the second part, full and index-only; also on a local cluster of worker processes."""
     from distributed import Client, LocalCluster
 
     from factory.dataset.verify import _cluster_ranges, verify
@@ -247,6 +247,8 @@ def test_verify_on_a_cluster_reads_parts_by_shard_range_and_reports_the_same(com
                 one, many = (verify(compacted, index_only=index_only, scheduler=s) for s in (None, address))
                 assert (many.ok, many.problems, many.bad_shards) == (one.ok, one.problems, one.bad_shards)
                 assert one.ok is not tampered and (one.bad_shards == [4, 5]) is tampered, one.problems
+    local = verify(compacted, workers=2)  # `verify --workers 2`: the same tasks on a local cluster of 2 processes
+    assert (local.ok, local.problems, local.bad_shards) == (False, verify(compacted).problems, [4, 5])
 
 
 def test_filter_on_a_cluster_writes_the_same_views(ds, compacted, tmp_path):

@@ -122,7 +122,7 @@ class SampleCount(click.ParamType):
 @click.command()
 @click.argument("dataset")
 @click.option("--allow-remote-shards", is_flag=True, help=_REMOTE_HELP)
-@click.option("--workers", type=int, help="Shards checked in parallel (threads; default 2 x CPUs, at most 8).")
+@LOCAL_WORKERS
 @SCHEDULER
 @click.option("--index-only", is_flag=True,
               help="Check only the manifest and index fragments (sha256, keys, rows, shard ids); read no tar or latent.")

@@ -81,13 +81,13 @@ FLAGS = [
 ]
 
 
-# The cluster option of every command that runs shard tasks on dask (`generate`, `verify`).
+# The cluster option of every command that runs shard tasks on dask (`generate`, `verify`, `filter`, `upgrade`).
 SCHEDULER = click.option("--scheduler", "--cluster", "scheduler", metavar="ADDRESS",
                          help="Address of an existing dask scheduler (tcp://host:8786): run the shards as tasks on "
                               "its workers; see docs/cluster.md.")
 
 
-# Local worker processes for the shard tasks of `filter` and `upgrade` (`generate` has its own default).
+# Local worker processes for the shard tasks of `verify`, `filter` and `upgrade` (`generate` has its own default).
 LOCAL_WORKERS = click.option("--workers", type=int, default=0, show_default=True,
                              help="Local dask worker processes to run the shard tasks on (0: in this process).")
 

@@ -332,8 +332,7 @@ def _check_parts(problems: list[str], root: str, m: dict, *, ex, check, index_on
     return out
 
 
-def _check_shards(res: fmt.Resolved, z, *, index_only: bool, workers: int | None, lo: int,
-                  hi: int) -> tuple[list[str], list[list[str]]]:
+def _check_shards(res: fmt.Resolved, z, *, index_only: bool, lo: int, hi: int) -> tuple[list[str], list[list[str]]]:
     """(problems of index parts, the problems of each shard) for the shards lo..hi-1 in shard order (without
     a compacted index: the manifest's shard entries sorted by id, at positions lo..hi-1), checked in a thread
     pool: the work of one process, or of one cluster task (`check_range`)."""
@@ -344,7 +343,7 @@ def _check_shards(res: fmt.Resolved, z, *, index_only: bool, workers: int | None
     # reading tars (or an object store) waits on I/O: twice the cores; checking local index fragments is
     # CPU work that more threads than cores only slow down (10M rows on 2 cores: 5.7 s wall with 2, 10.7 with 8)
     cpu_bound = index_only and not fmt.is_remote_url(res.root)
-    nthreads = workers or (min(4, os.cpu_count() or 1) if cpu_bound else min(8, max(2, (os.cpu_count() or 1) * 2)))
+    nthreads = (min(4, os.cpu_count() or 1) if cpu_bound else min(8, max(2, (os.cpu_count() or 1) * 2)))
 
     def check(s, rows=None):
         return check_shard(res.root, s, members=members, z=z, dim_z=dim_z, offsets=fmt.has_offsets(m),
@@ -372,7 +371,7 @@ def check_range(url: str, *, dataset_id: str, lo: int, hi: int, allow_remote_sha
         raise fmt.FactoryError(f"{url} changed during verify (dataset id {res.manifest['dataset_id']}, "
                                f"was {dataset_id}); run verify again")
     z = None if index_only else _checked_latents([], res.root, res.manifest)  # its problems: the client's
-    return _check_shards(res, z, index_only=index_only, workers=None, lo=lo, hi=hi)
+    return _check_shards(res, z, index_only=index_only, lo=lo, hi=hi)
 
 
 def _cluster_ranges(m: dict) -> list[tuple[int, int]]:
@@ -391,7 +390,8 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
     """Verify a dataset or view; FormatError only for an unreadable/invalid manifest, else a report.
     ``index_only``: the manifest, view and index fragments only (no tar, no latents). ``scheduler``: the
     shards are checked as shard-range tasks on that dask cluster (`factory.cluster`), each worker reading
-    only its shards; the report is the one this process would make."""
+    only its shards; ``workers`` > 0 without a scheduler: the same tasks on a local cluster of that many
+    processes (0 or None: this process, a thread pool). The report is the one this process would make."""
     res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
     m = res.manifest
     entries = sorted(m["shards"], key=lambda s: s["shard"])
@@ -402,19 +402,19 @@ def verify(url: str, allow_remote_shards: bool = False, workers: int | None = No
     z = None if index_only else _checked_latents(rep.problems, res.root, m)
     if fidx.has_parts(m):
         rep.problems += parts_check.section_problems(m)
-    if scheduler:
+    if scheduler or workers:
         from factory.cluster import run_tasks
 
         tasks = [dict(url=url, dataset_id=m["dataset_id"], lo=lo, hi=hi, allow_remote_shards=allow_remote_shards,
                       index_only=index_only) for lo, hi in _cluster_ranges(m)]
         results: list[list[str]] = []
-        for part_problems, shard_problems in run_tasks(scheduler, check_range, tasks,
+        for part_problems, shard_problems in run_tasks(scheduler, check_range, tasks, workers=workers or 0,
                                                        name=f"verify-{m['dataset_id'][3:15]}"):
             rep.problems += part_problems
             results += shard_problems
     else:
         end = max((s["shard"] for s in entries), default=0) + len(entries) + 1
-        part_problems, results = _check_shards(res, z, index_only=index_only, workers=workers, lo=0, hi=end)
+        part_problems, results = _check_shards(res, z, index_only=index_only, lo=0, hi=end)
         rep.problems += part_problems
     for s, probs in zip(entries, results):
         if probs:
