@@ -203,12 +203,12 @@ def seal(root: str) -> None:
 
 def first_batch_shards(view: str, access: str) -> set[int]:
     """Shards the first batch of `trainers train --data VIEW` reads (same planner, default split)."""
-    from trainers.data.stream import epoch_order, open_index, rank_steps
+    from trainers.data.stream import lazy_order, open_index, rank_steps
 
     idx = open_index(view, split="train", holdout_permille=10)
-    order = epoch_order(idx, 0, 0, len(idx) if access == "random" else 2000)
+    order = lazy_order(idx, 0, 0, len(idx) if access == "random" else 2000)
     pos = rank_steps(order, 0, world_size=1, rank=0, batch_size=BATCH)[0]
-    return set(idx.shards[pos].tolist())
+    return set(idx.shards_at(pos).tolist())
 
 
 # ---------------------------------------------------------------- measuring

@@ -247,3 +247,56 @@ def test_trainers_imports_only_factory_format():
     mods = json.loads(out.stdout)
     assert "factory.format" in mods
     assert [m for m in mods if m != "factory" and m != "factory.format" and not m.startswith("factory.format.")] == []
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 17, 1000, 4097])
+def test_shuffle_is_a_permutation_and_inverse_undoes_it(m):
+    from trainers.data.planner import Shuffle
+
+    sh = Shuffle(m, np.array([1, 2, 3, 4], np.uint64))
+    i = np.arange(m, dtype=np.int64)
+    v = sh(i)
+    assert sorted(v.tolist()) == i.tolist()
+    np.testing.assert_array_equal(sh.inverse(v), i)
+    if m >= 17:
+        assert not np.array_equal(v, i) and not np.array_equal(v, Shuffle(m, np.array([5, 6, 7, 8], np.uint64))(i))
+
+
+@pytest.mark.parametrize("window", [1, 7, 40, 10**9])
+def test_lazy_epoch_order_slices_agree_with_the_whole_order(window):
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 30, 23)
+    order = td.lazy_order(type("I", (), {"counts": counts})(), 4, 1, window)
+    whole = order.array()
+    assert sorted(whole.tolist()) == list(range(int(counts.sum())))  # every position once
+    for a, b in [(0, 5), (3, 70), (len(whole) - 9, len(whole) + 4), (50, 50)]:
+        np.testing.assert_array_equal(order[a:b], whole[a:b])
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    for i in range(len(counts)):  # where() is the inverse: the order indices of each shard's positions
+        np.testing.assert_array_equal(whole[order.where(i)], np.arange(starts[i], starts[i + 1]))
+    # windows: consecutive visited shards, each (but the last) at least `window` samples, shuffled inside
+    ws = order.window_starts
+    assert ws[0] == 0 and ws[-1] == len(whole)
+    assert all(int(ws[k + 1] - ws[k]) >= min(window, int(ws[-1] - ws[k])) for k in range(len(ws) - 1))
+    shard_of = np.repeat(np.arange(len(counts)), counts)
+    visited = [int(s) for k, s in enumerate(shard_of[whole]) if k == 0 or s != shard_of[whole][k - 1]]
+    if window >= counts.sum():
+        assert len(ws) == 2
+    if window == 1:  # windows of one shard: the shards are visited whole, in the seeded order
+        assert visited == order.perm.tolist()
+    np.testing.assert_array_equal(td.lazy_order(type("I", (), {"counts": counts})(), 4, 1, window).array(), whole)
+    assert not np.array_equal(td.lazy_order(type("I", (), {"counts": counts})(), 4, 2, window).array(), whole)
+
+
+def test_index_of_a_view_with_hold_out_is_its_accepted_rows_split_by_key_hash(small_dataset, view_of, tmp_path):
+    view_path, view = view_of(small_dataset, tmp_path / "view.json", lambda r: r % 3 != 1)
+    accepted = fmt.AcceptedRows(view["accepted"], view["format_version"]).all_rows()
+    held = np.array([td.holdout_bucket(fmt.sample_key(r)) < 300 for r in accepted.tolist()], bool)
+    for split, want in (("train", accepted[~held]), ("val", accepted[held]), ("all", accepted)):
+        idx = open_index(str(view_path), split=split, holdout_permille=300)
+        np.testing.assert_array_equal(idx.rows, want)
+        assert len(idx) == want.size and idx.rows.dtype == np.int64
+        np.testing.assert_array_equal(idx.shards, idx.shard_of_rows(want))
+        pos = np.arange(len(idx))[::-1]
+        np.testing.assert_array_equal(idx.rows_at(pos), want[pos])
+        np.testing.assert_array_equal(idx.shards_at(pos), idx.shards[pos])

@@ -52,6 +52,7 @@ from trainers.data.stream import (
     holdout_rule,
     iter_batches,
     open_index,
+    other_split,
 )
 from trainers.device import resolve_device
 from trainers.errors import TrainersError
@@ -335,14 +336,13 @@ def _start(cfg: TrainConfig) -> Segment:
         torch.cuda.set_device(device)
     _set_determinism(cfg, device)
     run = Path(cfg.out)
-    index, val_index = (open_index(cfg.data, split=split, holdout_permille=cfg.holdout_permille, mask=cfg.mask,
-                                   mask_source=cfg.mask_source, allow_remote_shards=cfg.allow_remote_shards,
-                                   verify=cfg.verify)
-                        for split in ("train", "val"))
+    index = open_index(cfg.data, split="train", holdout_permille=cfg.holdout_permille, mask=cfg.mask,
+                       mask_source=cfg.mask_source, allow_remote_shards=cfg.allow_remote_shards, verify=cfg.verify)
+    val_index = other_split(index, "val")  # the same opened manifest and view
     index, val_index = (open_cache(i, cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit, enabled=cfg.cache,
                                    announce=emit if d.main and i is index else None) for i in (index, val_index))
     if cfg.access == "random":
-        require_offsets(cfg.data, allow_remote_shards=cfg.allow_remote_shards)
+        require_offsets(cfg.data, allow_remote_shards=cfg.allow_remote_shards, index=index)
     saved = None
     if cfg.resume:
         saved, model_t, optim_t = load_checkpoint(run)

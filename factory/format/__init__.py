@@ -168,4 +168,6 @@ from factory.format.views import (  # noqa: F401
     decode_rows,
     encode_accepted,
     encode_rows,
+    mark_many,
+    unpack_many,
 )

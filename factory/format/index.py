@@ -205,13 +205,15 @@ def read_row_groups(pf, groups: list[int], columns: list[str] | None, where: str
         raise FormatError(f"index part {where} is changed or corrupt ({e}); run factory verify") from None
 
 
-def read_shards_index(root: str, manifest: dict, shards, columns: list[str] | None = None):
+def read_shards_index(root: str, manifest: dict, shards, columns: list[str] | None = None, *,
+                      parts: list[dict] | None = None):
     """The index rows of the given shard ids (shard and row order), only ``columns``, from a compacted
-    index: only the row groups holding them are read."""
+    index: only the row groups holding them are read. ``parts``: the manifest's `index_parts`, when the
+    caller has checked them already (a reader of many shards checks them once)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    parts = index_parts(manifest)
+    parts = index_parts(manifest) if parts is None else parts
     want = sorted(set(int(s) for s in shards))
     cols = None if columns is None else list(dict.fromkeys([*columns, "shard"]))
     tables = []

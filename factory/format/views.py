@@ -64,7 +64,7 @@ def decode_rows(obj: dict, where: str = "view") -> np.ndarray:
     return first + np.flatnonzero(flags).astype(np.int64)
 
 
-def _unpack_many(objs: list, where: str) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+def unpack_many(objs: list, where: str = "view") -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
     """(firsts, ns, every shard's bits unpacked end to end, each shard's first bit position), each form checked
     as `decode_rows` checks it (structure, base64, length, canonical first and last bit)."""
     firsts, ns, blobs = [], [], []
@@ -86,7 +86,7 @@ def count_many(objs: list, where: str = "view") -> int:
     """How many rows many shards' compact forms accept (each checked as `decode_rows` checks it)."""
     if not objs:
         return 0
-    _, ns_a, flat, byte_start = _unpack_many(objs, where)
+    _, ns_a, flat, byte_start = unpack_many(objs, where)
     total = int(np.count_nonzero(flat))
     pad = (-ns_a) % 8  # bits after the n-th of each shard's last byte: not rows
     for k in range(1, 8):
@@ -101,7 +101,7 @@ def decode_many(objs: list, where: str = "view") -> tuple[np.ndarray, np.ndarray
     `decode_rows` gives each, checked alike, decoded together (a 100k-shard view: one unpacking, not 100k)."""
     if not objs:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    firsts, ns_a, flat, byte_start = _unpack_many(objs, where)
+    firsts, ns_a, flat, byte_start = unpack_many(objs, where)
     if not ns_a.sum():
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # set bits only: each one's shard by a binary search over the shards' first bits, padding bits dropped
@@ -112,6 +112,16 @@ def decode_many(objs: list, where: str = "view") -> tuple[np.ndarray, np.ndarray
     if not real.all():
         owner, within = owner[real], within[real]
     return np.asarray(firsts, np.int64)[owner] + within, owner
+
+
+def mark_many(objs: list, flags: np.ndarray, unpacked: tuple) -> None:
+    """Set ``flags[first:first + n]`` (``flags`` indexed by row) to the bits of each of many shards' compact
+    forms, ``unpacked`` being their `unpack_many` (whose bounds the caller checked): a slice copy per shard,
+    no array of rows (a 100M-row view: one byte a row)."""
+    firsts, ns_a, flat, byte_start = unpacked
+    for f, n, b in zip(firsts, ns_a.tolist(), byte_start.tolist()):
+        if n:
+            flags[f:f + n] = flat[b:b + n]
 
 
 def encode_accepted(rows_by_shard: Mapping[int, np.ndarray]) -> dict[str, dict]:

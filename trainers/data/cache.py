@@ -29,6 +29,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from factory import format as fmt
 from trainers.errors import TrainersError
@@ -262,9 +263,10 @@ def _evict(path: Path) -> bool:
 class Prefetcher:
     """Fetches the next ``depth`` shards of a reader's order in ``depth`` threads; ``close()`` stops them."""
 
-    def __init__(self, cache: ShardCache, order: list, depth: int = DEFAULT_PREFETCH):
-        self.cache, self.order, self.depth = cache, order, depth
-        self._pos = {s.shard: i for i, s in enumerate(order)}
+    def __init__(self, cache: ShardCache, order: Iterable, depth: int = DEFAULT_PREFETCH):
+        self.cache, self.order, self.depth = cache, [], depth
+        self._more = iter(order)  # the order is read as far as the reader has come, plus depth
+        self._pos: dict[int, int] = {}
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="shard-prefetch") if depth else None
         self._sent: dict[int, Future] = {}
@@ -273,10 +275,23 @@ class Prefetcher:
         """``shard`` is being read now: fetch the ones after it."""
         if self._pool is None or self._stop.is_set():
             return
+        while shard.shard not in self._pos and self._extend():
+            pass
         i = self._pos.get(shard.shard, -1)
+        while len(self.order) < i + 1 + self.depth and self._extend():
+            pass
         for nxt in self.order[i + 1:i + 1 + self.depth]:
             if nxt.shard not in self._sent:
                 self._sent[nxt.shard] = self._pool.submit(self._fetch, nxt)
+
+    def _extend(self) -> bool:
+        """One more shard of the order (False when it has no more)."""
+        nxt = next(self._more, None)
+        if nxt is None:
+            return False
+        self._pos.setdefault(nxt.shard, len(self.order))
+        self.order.append(nxt)
+        return True
 
     def _fetch(self, shard) -> None:
         try:

@@ -3,7 +3,11 @@ manifest and the view alone (no tar is opened): global rows, their shard, the sh
 hold-out (`trainers.data.holdout`) splits it into ``train`` and ``val``."""
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -23,13 +27,45 @@ class ShardInfo(fmt.ShardRef):
     verify: bool = True  # sha256 checked while the shard is streamed (False: --no-verify)
 
 
+class ShardInfos(Mapping):
+    """Shard id -> `ShardInfo` of a manifest's shards, each made when first asked for (a 100,000-shard
+    manifest makes the few a first batch reads)."""
+
+    def __init__(self, resolved: fmt.Resolved, *, verify: bool):
+        self.root, self.entries, self.verify = resolved.root, resolved.manifest["shards"], verify
+        self.exts = fmt.member_exts(resolved.manifest)
+        self.made: dict[int, ShardInfo] = {}
+
+    def __getitem__(self, sid: int) -> ShardInfo:
+        sid = int(sid)
+        if sid not in self.made:
+            if not 0 <= sid < len(self.entries):  # shard ids are 0..K-1 in order (check_manifest)
+                raise KeyError(sid)
+            s = self.entries[sid]
+            self.made[sid] = ShardInfo(sid, fmt.join(self.root, s["path"]), s["first_row"], s["samples"], s["sha256"],
+                                       s["bytes"], self.exts, verify=self.verify)
+        return self.made[sid]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self.entries)))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
 @dataclass(frozen=True)
 class SampleIndex:
-    """The samples a split may use: global rows (sorted) and their shard ids."""
+    """The samples a split may use, shard by shard: the shards holding any (sorted ids), how many each
+    holds, and which rows (one flag per dataset row, or None: every row of those shards). Position ``p``
+    is the ``p``-th sample in row order; `rows` and `shards` give every position's row and shard (made
+    on first use), `rows_at` those of a few."""
 
-    rows: np.ndarray  # int64 [n], sorted
-    shards: np.ndarray  # int64 [n], shard of each row
-    shard_info: dict  # shard id -> ShardInfo
+    shard_ids: np.ndarray  # int64 [S], sorted: the shards with samples in the split
+    counts: np.ndarray  # int64 [S] > 0: samples of each
+    firsts: np.ndarray  # int64 [S]: each shard's first row in the dataset
+    sizes: np.ndarray  # int64 [S]: each shard's rows in the dataset
+    member: np.ndarray | None  # bool per dataset row (in the split), or None: all rows of the shards
+    shard_info: Mapping  # shard id -> ShardInfo
     dataset_id: str
     view_id: str | None
     split: str
@@ -39,24 +75,191 @@ class SampleIndex:
     image_member: str = fmt.EXT_IMAGE
     mask_source: str = "mask"
     cache: Any = field(default=None, compare=False)  # a cache.ShardCache for remote shards (cache.open_cache)
+    source: Any = field(default=None, compare=False, repr=False)  # (url, remote shards allowed, fmt.Resolved)
 
     def mask_members(self) -> tuple[str, ...]:
         """The members the training mask is made of (``mask_source``)."""
         return {"mask": (self.mask_member,), "teacher": (fmt.EXT_TEACHER,),
                 "intersection": (self.mask_member, fmt.EXT_TEACHER)}[self.mask_source]
 
+    @cached_property
+    def starts(self) -> np.ndarray:
+        """int64 [S + 1]: the first position of each shard (the last: the number of samples)."""
+        return np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
     def __len__(self) -> int:
-        return int(self.rows.shape[0])
+        return int(self.starts[-1])
+
+    def shard_rows(self, i: int) -> np.ndarray:
+        """Rows (int64, sorted) of the ``i``-th shard of the index."""
+        f, n = int(self.firsts[i]), int(self.sizes[i])
+        if self.member is None:
+            return np.arange(f, f + n, dtype=np.int64)
+        return f + np.flatnonzero(self.member[f:f + n])
+
+    def rows_at(self, positions) -> np.ndarray:
+        """The rows (int64) at ``positions``."""
+        pos = np.asarray(positions, np.int64)
+        i = np.searchsorted(self.starts, pos, side="right") - 1
+        within = pos - self.starts[i]
+        if self.member is None:
+            return self.firsts[i] + within
+        out = np.empty(pos.shape[0], np.int64)
+        for k in np.unique(i).tolist():
+            sel = i == k
+            out[sel] = self.shard_rows(k)[within[sel]]
+        return out
+
+    def shards_at(self, positions) -> np.ndarray:
+        """The shard ids (int64) of the samples at ``positions``."""
+        return self.shard_ids[np.searchsorted(self.starts, np.asarray(positions, np.int64), side="right") - 1]
+
+    def shard_of_rows(self, rows) -> np.ndarray:
+        """The shard ids (int64) of the given rows of the index."""
+        return self.shard_ids[np.searchsorted(self.firsts, np.asarray(rows, np.int64), side="right") - 1]
+
+    @cached_property
+    def rows(self) -> np.ndarray:
+        """Every sample's row, sorted (int64, 8 bytes a sample: for small indexes and audits)."""
+        if self.member is None:
+            return np.concatenate([np.arange(f, f + n, dtype=np.int64) for f, n in
+                                   zip(self.firsts.tolist(), self.sizes.tolist())] or [np.zeros(0, np.int64)])
+        return np.flatnonzero(self.member).astype(np.int64)
+
+    @cached_property
+    def shards(self) -> np.ndarray:
+        """Every sample's shard id (int64, in position order)."""
+        return np.repeat(self.shard_ids, self.counts)
+
+
+def _shard_columns(manifest: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, first rows, samples) of the manifest's shards, as int64 columns."""
+    sh = manifest["shards"]
+    return (np.fromiter((s["shard"] for s in sh), np.int64, len(sh)),
+            np.fromiter((s["first_row"] for s in sh), np.int64, len(sh)),
+            np.fromiter((s["samples"] for s in sh), np.int64, len(sh)))
+
+
+def _count_flags(flags: np.ndarray, firsts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """How many of ``flags[f:f + n]`` are set, for each (f, n): popcounts of the packed flags, cumulated per
+    byte, plus the bits of each bound's partial byte."""
+    cum = np.concatenate([[0], np.cumsum(np.bitwise_count(np.packbits(flags, bitorder="little")), dtype=np.int64)])
+
+    def before(r: np.ndarray) -> np.ndarray:
+        out = cum[r // 8].copy()
+        for j in range(7):
+            sel = r % 8 > j
+            out[sel] += flags[(r - r % 8 + j)[sel]]
+        return out
+
+    return before(firsts + sizes) - before(firsts)
+
+
+def _view_flags(resolved: fmt.Resolved, ids: np.ndarray, firsts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """One flag per dataset row: accepted by the view (its bounds checked against each shard's rows)."""
+    manifest, view_id = resolved.manifest, resolved.view["view_id"]
+    known = set(ids.tolist())
+    unknown = sorted(int(k) for k in resolved.accepted if int(k) not in known)
+    if unknown:
+        raise DataError(f"view {view_id} accepts rows of shard(s) {unknown[:5]} that the "
+                        f"parent dataset {manifest['dataset_id']} does not have")
+    listed = np.array([k for k in ids.tolist() if k in resolved.accepted], np.int64)
+    flags = np.zeros(int(manifest["samples"]), bool)
+    if resolved.accepted.version == 1:
+        for k in listed.tolist():
+            rows = np.asarray(resolved.accepted[k], np.int64)
+            bad = rows[(rows < firsts[k]) | (rows >= firsts[k] + counts[k])]
+            if bad.size:
+                raise DataError(f"view {view_id}: row {int(bad[0])} is listed under shard {k}, which holds rows "
+                                f"{firsts[k]}..{firsts[k] + counts[k] - 1}")
+            flags[rows] = True
+        return flags
+    # every shard's bitmap unpacked at once; its bounds checked per shard (a bitmap spans first..first+n-1)
+    objs = [resolved.accepted.raw[str(k)] for k in listed.tolist()]
+    if not objs:
+        return flags
+    try:
+        unpacked = fmt.unpack_many(objs, f"view {view_id}")
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    f, n = np.asarray(unpacked[0], np.int64), unpacked[1]
+    lo, hi = firsts[listed], firsts[listed] + counts[listed]
+    bad = np.flatnonzero((n > 0) & ((f < lo) | (f + n > hi)))
+    if bad.size:
+        b = int(bad[0])
+        row = int(f[b]) if f[b] < lo[b] else int(f[b] + n[b] - 1)
+        raise DataError(f"view {view_id}: row {row} is listed under shard {int(listed[b])}, "
+                        f"which holds rows {int(lo[b])}..{int(hi[b]) - 1}")
+    fmt.mark_many(objs, flags, unpacked)
+    return flags
+
+
+def _holdout(resolved: fmt.Resolved, flags: np.ndarray | None, permille: int, split: str) -> np.ndarray:
+    """``flags`` (None: every row) less the rows on the other side of the key-hash hold-out."""
+    m = resolved.manifest
+    n = int(m["samples"])
+    if flags is None:
+        flags = np.ones(n, bool)
+    keep_val = split == "val"
+    if not fmt.has_parts(m):
+        rows = np.flatnonzero(flags)
+        flags[rows[(holdout_buckets(rows) < permille) != keep_val]] = False
+        return flags
+    parts = index_parts(resolved)
+    ends = np.cumsum([p["rows"] for p in parts]).tolist()
+    if (ends[-1] if ends else 0) != n:
+        raise DataError(f"dataset {m['dataset_id']}: its index holds {ends[-1] if ends else 0} key buckets for "
+                        f"{n} samples")
+
+    def one(k: int) -> None:  # rows are 0..N-1 (check_manifest), the parts in row order
+        part, lo = parts[k], (ends[k - 1] if k else 0)
+        pf = fmt.open_part(resolved.root, part)
+        try:
+            t = fmt.read_row_groups(pf, list(range(len(part["row_groups"]))), [fmt.KEY_BUCKET],
+                                    fmt.join(resolved.root, part["path"]))
+        finally:
+            pf.close()
+        if t.num_rows != part["rows"]:
+            raise fmt.FormatError(f"index part {fmt.join(resolved.root, part['path'])} has {t.num_rows} rows, the "
+                                  f"manifest says {part['rows']}")
+        held = t.column(fmt.KEY_BUCKET).to_numpy() < permille
+        flags[lo:ends[k]] &= held if keep_val else ~held
+
+    try:
+        with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, len(parts)))) as ex:
+            list(ex.map(one, range(len(parts))))
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    return flags
+
+
+_PARTS: dict[str, list[dict]] = {}  # sha256 of manifest bytes -> its index parts, checked once per process
+
+
+def index_parts(resolved: fmt.Resolved) -> list[dict]:
+    """The compacted index's parts of an opened dataset, checked (`fmt.index_parts`) once per manifest."""
+    m, key = resolved.manifest, resolved.manifest_sha256
+    if key and key in _PARTS:
+        return _PARTS[key]
+    try:
+        parts = fmt.index_parts(m, f"dataset {m['dataset_id']}")
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+    if key:
+        _PARTS[key] = parts
+    return parts
 
 
 def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permille: int = 0,
-                mask: str = "clean", mask_source: str = "mask", verify: bool = True) -> SampleIndex:
+                mask: str = "clean", mask_source: str = "mask", verify: bool = True,
+                source: tuple | None = None) -> SampleIndex:
     """Accepted samples of a dataset/view for ``split`` in {"train", "val", "all"}.
 
     ``train`` excludes the hold-out (keys whose bucket < holdout_permille),
     ``val`` is the hold-out only, ``all`` ignores it. ``mask_source``: one of MASK_SOURCES.
     A manifest whose fields disagree (as `factory verify` reports) is refused before anything is
     allocated; with ``verify`` each shard's sha256 is checked as it is read (once per process).
+    ``source``: (url, remote shards allowed) it was opened from, kept with ``resolved`` (`opened`). No array of rows is made: one flag per dataset row and a few numbers per shard.
     """
     if split not in ("train", "val", "all"):
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
@@ -73,82 +276,23 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
     if mask == "raw" and not manifest.get("spec", {}).get("keep_raw_mask", False):
         raise DataError(f"dataset {manifest['dataset_id']} has no raw masks (it was generated without "
                         f"--keep-raw-mask); train with --mask clean")
-    urls = dict(resolved.shard_urls())
-    exts = fmt.member_exts(manifest)
-    info = {}
-    for s in manifest["shards"]:
-        sid = s["shard"]
-        info[sid] = ShardInfo(sid, urls[sid], s["first_row"], s["samples"], s["sha256"], s["bytes"], exts, verify=verify)
-    sids = np.array([s["shard"] for s in manifest["shards"]], np.int64)
-    firsts = np.array([s["first_row"] for s in manifest["shards"]], np.int64)
-    counts = np.array([s["samples"] for s in manifest["shards"]], np.int64)
-    if resolved.accepted is None:
-        rows = np.concatenate([np.arange(f, f + n, dtype=np.int64) for f, n in zip(firsts.tolist(), counts.tolist())]) \
-            if len(sids) else np.zeros(0, np.int64)
-        shards = np.repeat(sids, counts)
-    else:
-        unknown = sorted(set(resolved.accepted) - set(info))
-        if unknown:
-            raise DataError(f"view {resolved.view['view_id']} accepts rows of shard(s) {unknown[:5]} that the "
-                            f"parent dataset {manifest['dataset_id']} does not have")
-        listed = [k for k in sids.tolist() if k in resolved.accepted]
-        if resolved.accepted.version == 1:
-            parts = [np.asarray(resolved.accepted[k], np.int64) for k in listed]
-            rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-            shards = np.repeat(np.array(listed, np.int64), [len(p) for p in parts])
-        else:  # every shard's bitmap decoded at once; its bounds checked per shard (a bitmap spans first..first+n-1)
-            objs = [resolved.accepted.raw[str(k)] for k in listed]
-            rows, pos = fmt.decode_many(objs, f"view {resolved.view['view_id']}")
-            shards = np.array(listed, np.int64)[pos] if len(listed) else np.zeros(0, np.int64)
-            for k, o in zip(listed, objs):
-                s = info[k]
-                if o["n"] and (o["first"] < s.first_row or o["first"] + o["n"] > s.first_row + s.samples):
-                    bad = o["first"] if o["first"] < s.first_row else o["first"] + o["n"] - 1
-                    raise DataError(f"view {resolved.view['view_id']}: row {bad} is listed under shard {k}, "
-                                    f"which holds rows {s.first_row}..{s.first_row + s.samples - 1}")
-        if resolved.accepted.version == 1:
-            where = np.empty(len(sids), np.int64)
-            where[sids] = np.arange(len(sids))  # shard ids are 0..K-1 (check_manifest)
-            where = where[shards]
-            bad = np.flatnonzero((rows < firsts[where]) | (rows >= firsts[where] + counts[where]))
-            if bad.size:
-                i = int(bad[0])
-                s = info[int(shards[i])]
-                raise DataError(f"view {resolved.view['view_id']}: row {int(rows[i])} is listed under shard "
-                                f"{s.shard}, which holds rows {s.first_row}..{s.first_row + s.samples - 1}")
-    if rows.size > 1 and not (rows[1:] > rows[:-1]).all():
-        order = np.argsort(rows, kind="stable")
-        rows, shards = rows[order], shards[order]
-    if holdout_permille and split != "all":
-        held = key_buckets(resolved, rows) < holdout_permille
-        keep = held if split == "val" else ~held
-        rows, shards = rows[keep], shards[keep]
-    elif split == "val":
-        rows, shards = rows[:0], shards[:0]
+    ids, firsts, sizes = _shard_columns(manifest)
+    flags = None if resolved.accepted is None else _view_flags(resolved, ids, firsts, sizes)
+    if split == "val" and not holdout_permille:
+        flags = np.zeros(int(manifest["samples"]), bool)
+    elif holdout_permille and split != "all":
+        flags = _holdout(resolved, flags, holdout_permille, split)
+    counts = sizes if flags is None else _count_flags(flags, firsts, sizes)
+    has = counts > 0
     return SampleIndex(
-        rows=rows, shards=shards, shard_info=info, dataset_id=manifest["dataset_id"],
+        shard_ids=ids[has], counts=counts[has], firsts=firsts[has], sizes=sizes[has], member=flags,
+        shard_info=ShardInfos(resolved, verify=verify), dataset_id=manifest["dataset_id"],
         view_id=resolved.view["view_id"] if resolved.view is not None else None, split=split,
         holdout_permille=holdout_permille,
         mask_member=fmt.EXT_MASK if mask == "clean" else fmt.EXT_RAW_MASK,
         resolution=manifest.get("resolution"),
-        image_member=fmt.image_member(manifest), mask_source=mask_source,
+        image_member=fmt.image_member(manifest), mask_source=mask_source, source=source,
     )
-
-
-def key_buckets(resolved: fmt.Resolved, rows: np.ndarray) -> np.ndarray:
-    """The hold-out bucket of every row: recorded in a compacted index (``key_bucket``, one column read, no
-    digest per row), else one sha256 per row (`holdout_buckets`)."""
-    m = resolved.manifest
-    if not fmt.has_parts(m):
-        return holdout_buckets(rows)
-    try:
-        recorded = fmt.read_index_column(resolved.root, m, fmt.KEY_BUCKET)
-    except fmt.FormatError as e:
-        raise DataError(str(e)) from None
-    if recorded.shape[0] != m["samples"]:  # rows are 0..N-1 (check_manifest), the parts in row order
-        raise DataError(f"dataset {m['dataset_id']}: its index holds {recorded.shape[0]} key buckets for "
-                        f"{m['samples']} samples")
-    return recorded[rows]
 
 
 def check_mask_source(manifest: dict, mask_source: str) -> None:
@@ -167,4 +311,22 @@ def open_index(url: str, *, split: str = "train", holdout_permille: int = 0, mas
     except fmt.FormatError as e:
         raise DataError(str(e)) from None
     return build_index(resolved, split=split, holdout_permille=holdout_permille, mask=mask, mask_source=mask_source,
-                       verify=verify)
+                       verify=verify, source=(url, allow_remote_shards, resolved))
+
+
+def opened(url: str, allow_remote_shards: bool, index: SampleIndex | None = None) -> fmt.Resolved:
+    """The dataset or view ``url``, opened: the one ``index`` was built from when it was opened from the same
+    URL (a 100M-row manifest is parsed once), else opened now."""
+    if index is not None and index.source is not None and index.source[:2] == (url, allow_remote_shards):
+        return index.source[2]
+    try:
+        return fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
+    except fmt.FormatError as e:
+        raise DataError(str(e)) from None
+
+
+def other_split(index: SampleIndex, split: str) -> SampleIndex:
+    """The index of ``split`` of the dataset or view ``index`` was opened from (same hold-out, masks, checks)."""
+    return build_index(index.source[2], split=split, holdout_permille=index.holdout_permille,
+                       mask="clean" if index.mask_member == fmt.EXT_MASK else "raw", mask_source=index.mask_source,
+                       verify=getattr(index.shard_info, "verify", True), source=index.source)

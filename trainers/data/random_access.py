@@ -2,11 +2,12 @@
 
 The streaming reader (`trainers.data.TrainStream`) reads shard after shard and shuffles inside windows
 of consecutive shards. This one reads each sample by key with one range read of its shard
-(the index's ``tar_offset`` / ``tar_size``, format version 2), so an epoch is a uniform permutation of
+(the index's ``tar_offset`` / ``tar_size``, format version 2), so an epoch is a seeded permutation of
 all accepted samples:
 
-* **order** (`RandomBatchSampler`): the same planner as the stream, `epoch_order` with a window as
-  large as the dataset (a uniform, seeded permutation per epoch) cut by `rank_steps`: global step
+* **order** (`RandomBatchSampler`): the same planner as the stream, its order with a window as
+  large as the dataset (a seeded permutation of every sample per epoch, computed a batch at a time) cut by
+  `rank_steps`: global step
   ``j`` takes ``order[c + j*W*B : c + (j+1)*W*B]``, rank ``r`` its ``r``-th slice of ``B``; the
   remainder is dropped. Exact under DDP, and the loader state ``(seed, epoch, consumed)`` resumes it
   with any number of ranks or loader workers (a torch DataLoader returns batches in sampler order).
@@ -28,8 +29,8 @@ import numpy as np
 import torch
 
 from factory import format as fmt
-from trainers.data.index import SampleIndex
-from trainers.data.planner import LoaderState, epoch_order, flip_bit, rank_steps, steps_in_epoch
+from trainers.data.index import SampleIndex, index_parts, opened
+from trainers.data.planner import LoaderState, flip_bit, lazy_order, rank_steps, steps_in_epoch
 from trainers.data.reader import check_whole_shard, decode_sample, shard_errors
 from trainers.errors import DataError
 
@@ -46,7 +47,8 @@ class ShardOffsets:
                             f"offsets for random access; run factory upgrade {resolved.root}")
         self.root = resolved.root
         self.manifest = m
-        self.entries = {s["shard"]: s for s in m["shards"]}
+        self.resolved = resolved
+        self.entries = m["shards"]  # shard ids are 0..K-1 in order (check_manifest)
         self.cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def shard(self, sid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +61,8 @@ class ShardOffsets:
             url = fmt.join(self.root, e["index"])
             if fmt.has_parts(self.manifest):  # a compacted index: the row group holding the shard
                 try:
-                    t = fmt.read_shards_index(self.root, self.manifest, [sid], ["row", *fmt.OFFSET_COLUMNS])
+                    t = fmt.read_shards_index(self.root, self.manifest, [sid], ["row", *fmt.OFFSET_COLUMNS],
+                                              parts=index_parts(self.resolved))
                 except fmt.FormatError as err:
                     raise DataError(str(err)) from None
             else:
@@ -98,7 +101,7 @@ class RandomAccessDataset(torch.utils.data.Dataset):
 
     def members(self, pos: int) -> dict[str, bytes]:
         """Encoded members of the sample at position ``pos`` (one range read)."""
-        row, sid = int(self.index.rows[pos]), int(self.index.shards[pos])
+        row, sid = int(self.index.rows_at([pos])[0]), int(self.index.shards_at([pos])[0])
         shard = self.index.shard_info[sid]
         off, size = self.offsets.range_of(sid, row)
         with shard_errors(shard):
@@ -110,7 +113,7 @@ class RandomAccessDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         pos, epoch = item
-        row, sid = int(self.index.rows[pos]), int(self.index.shards[pos])
+        row, sid = int(self.index.rows_at([pos])[0]), int(self.index.shards_at([pos])[0])
         where = f"shard {self.index.shard_info[sid].url}: key {fmt.sample_key(row)}"
         members = self.members(pos)
         lacks = [m for m in (self.index.image_member, *self.index.mask_members()) if m not in members]
@@ -139,7 +142,7 @@ class RandomBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         st = self.state
-        order = epoch_order(self.index, st.seed, st.epoch, max(1, len(self.index)))
+        order = lazy_order(self.index, st.seed, st.epoch, max(1, len(self.index)))
         for b in rank_steps(order, st.consumed, world_size=self.world_size, rank=self.rank,
                             batch_size=self.batch_size):
             yield [(int(p), st.epoch) for p in b]
@@ -202,19 +205,12 @@ class _Epochs:
             yield batch
 
 
-def require_offsets(url: str, *, allow_remote_shards: bool = False) -> None:
-    """DataError (one line naming `factory upgrade`) unless dataset/view ``url`` can be read by key."""
-    try:
-        resolved = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
-    except fmt.FormatError as e:
-        raise DataError(str(e)) from None
-    ShardOffsets(resolved)
+def require_offsets(url: str, *, allow_remote_shards: bool = False, index: SampleIndex | None = None) -> None:
+    """DataError (one line naming `factory upgrade`) unless dataset/view ``url`` can be read by key (``index``:
+    one opened from ``url``, whose opened manifest is used)."""
+    ShardOffsets(opened(url, allow_remote_shards, index))
 
 
 def open_random_access(url: str, index: SampleIndex, *, allow_remote_shards: bool = False, **kw) -> RandomAccessStream:
     """`RandomAccessStream` of dataset/view ``url`` (whose sample index is ``index``); DataError without offsets."""
-    try:
-        resolved = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
-    except fmt.FormatError as e:
-        raise DataError(str(e)) from None
-    return RandomAccessStream(index, resolved, **kw)
+    return RandomAccessStream(index, opened(url, allow_remote_shards, index), **kw)

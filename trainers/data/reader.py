@@ -13,6 +13,7 @@ sha256 is checked as it streams past, once per process (`VERIFIED_SHARDS`).
 from __future__ import annotations
 
 import contextlib
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -117,27 +118,38 @@ def decode_sample(members: dict[str, bytes], mask_member: str | tuple[str, ...],
 class ShardReader:
     """Serves encoded samples of a fixed set of rows, reading each shard once, when first needed.
 
-    The rows are kept as sorted arrays (16 bytes a row), a shard's wanted set is made when it is read."""
+    The rows come as one array (``rows_needed``: kept sorted, 8 bytes a row) or, for an epoch of any size, as
+    ``wanted(shard id)`` (the rows of that shard, asked for when it is read) with ``order`` (the shard ids in
+    the order they will be needed: what a cache prefetches; an iterable consumed as it goes)."""
 
-    def __init__(self, index: SampleIndex, rows_needed: np.ndarray, prefetch: int = 2):
+    def __init__(self, index: SampleIndex, rows_needed: np.ndarray | None = None, prefetch: int = 2, *,
+                 wanted: Callable[[int], np.ndarray] | None = None, order: Iterable[int] | None = None):
         self.index = index
         self.exts = (index.image_member, *index.mask_members())
+        if wanted is None:
+            rows = np.sort(np.asarray(rows_needed, np.int64))
+            shards = index.shard_of_rows(rows)  # rows sorted -> shards sorted
+
+            def wanted(s: int) -> np.ndarray:
+                lo, hi = np.searchsorted(shards, [s, s + 1])
+                return rows[lo:hi]
+
+            if order is None:
+                need = index.shard_of_rows(np.asarray(rows_needed, np.int64))
+                _, first = np.unique(need, return_index=True)
+                order = need[np.sort(first)].tolist()
+        self.wanted = wanted
         self.prefetcher = None
-        if index.cache is not None:  # the shards in the order they are needed, fetched ahead
+        if index.cache is not None and order is not None:  # the shards in the order they are needed, fetched ahead
             from trainers.data.cache import Prefetcher
 
-            need = index.shards[np.searchsorted(index.rows, np.asarray(rows_needed, np.int64))]
-            _, first = np.unique(need, return_index=True)
-            order = [index.shard_info[int(s)] for s in need[np.sort(first)]]
-            self.prefetcher = Prefetcher(index.cache, order, prefetch)
-        self._rows = np.sort(np.asarray(rows_needed, np.int64))
-        self._shards = index.shards[np.searchsorted(index.rows, self._rows)]  # rows sorted -> shards sorted
+            self.prefetcher = Prefetcher(index.cache, (index.shard_info[int(s)] for s in order), prefetch)
         self._read: set[int] = set()
         self._cache: dict[int, dict[str, bytes]] = {}
         self.shards_read: list[int] = []
 
     def shard_of(self, row: int) -> int:
-        return int(self._shards[np.searchsorted(self._rows, row)])
+        return int(self.index.shard_of_rows([row])[0])
 
     def take(self, row: int) -> dict[str, bytes]:
         if row not in self._cache:
@@ -145,8 +157,7 @@ class ShardReader:
             if s in self._read:
                 raise RuntimeError(f"row {row} of shard {s} requested twice in one epoch")
             self._read.add(s)
-            lo, hi = np.searchsorted(self._shards, [s, s + 1])
-            wanted = set(self._rows[lo:hi].tolist())
+            wanted = set(self.wanted(s).tolist())
             if self.prefetcher is not None:
                 self.prefetcher.reading(self.index.shard_info[s])
             self._cache.update(read_shard(self.index.shard_info[s], wanted, self.exts, self.index.cache))

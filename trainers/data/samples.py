@@ -9,7 +9,7 @@ docs/python.md), and `rank_samples`, the one path by which a rank reads its samp
   same ``batch_size`` as the DataLoader's, its batches are `trainers train`'s batches, in order.
 * ``access="random"`` (`SampleMap`, map-style): item ``i`` is the split's ``i``-th sample (row order), one range
   read each (format version 2), each shard's sha256 checked once per process; ``sampler()`` gives this rank's
-  positions in the planner's uniform order (`trainers train --access random`'s).
+  positions in the planner's whole-dataset order (`trainers train --access random`'s).
 
 Both yield ``(image, mask)``: float32 tensors ``[3, H, W]`` in [-1, 1] and ``[1, H, W]`` in {0, 1}, or what
 ``transform(image, mask)`` returns. An epoch of either over ``split="all"`` with one rank gives every sample
@@ -27,7 +27,7 @@ import torch
 
 from factory import format as fmt
 from trainers.data.index import SampleIndex, build_index
-from trainers.data.planner import DEFAULT_SHUFFLE_WINDOW, LoaderState, epoch_order, flip_bit, rank_steps, steps_in_epoch
+from trainers.data.planner import DEFAULT_SHUFFLE_WINDOW, LoaderState, flip_bit, lazy_order, rank_steps, steps_in_epoch
 from trainers.data.random_access import RandomAccessDataset
 from trainers.data.reader import ShardReader, decode_sample
 from trainers.errors import DataError
@@ -53,15 +53,28 @@ def rank_samples(index: SampleIndex, state: LoaderState, *, world_size: int, ran
                  flip: bool = True) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """``(step, row, image, mask)`` of loader worker ``worker`` of ``workers`` on ``rank``: the rank's steps
     ``j`` with ``j % workers == worker`` of the rest of the epoch, each step's ``batch_size`` samples in order."""
-    order = epoch_order(index, state.seed, state.epoch, shuffle_window)
+    order = lazy_order(index, state.seed, state.epoch, shuffle_window)
     steps = rank_steps(order, state.consumed, world_size=world_size, rank=rank, batch_size=batch_size)
-    mine = list(range(worker, len(steps), workers))
+    mine = range(worker, len(steps), workers)
     if not mine:
         return
-    reader = ShardReader(index, index.rows[np.concatenate([steps[j] for j in mine])])
+
+    def wanted(shard: int) -> np.ndarray:  # rows of a shard this worker takes this epoch (read once)
+        i = int(np.searchsorted(index.shard_ids, shard))
+        return index.rows_at(steps.mine(i, worker, workers))
+
+    def need_order() -> Iterator[int]:  # the worker's shards in the order it first needs them
+        seen: set[int] = set()
+        for j in mine:
+            for s in index.shards_at(steps[j]).tolist():
+                if s not in seen:
+                    seen.add(s)
+                    yield s
+
+    reader = ShardReader(index, wanted=wanted, order=need_order() if index.cache is not None else None)
     try:
         for j in mine:
-            for row in index.rows[steps[j]].tolist():
+            for row in index.rows_at(steps[j]).tolist():
                 image, mask = decode_row(index, reader, row, seed=state.seed, epoch=state.epoch, flip=flip)
                 yield j, row, image, mask
     finally:
@@ -110,10 +123,10 @@ class RankPlan:
 
     def rank_rows(self, shuffle_window: int) -> np.ndarray:
         """This rank's rows in the order of the planner (a DataLoader's order with the same batch_size)."""
-        order = epoch_order(self.index, self.state.seed, self.state.epoch, shuffle_window)
+        order = lazy_order(self.index, self.state.seed, self.state.epoch, shuffle_window)
         steps = rank_steps(order, self.state.consumed, world_size=self.world_size, rank=self.rank,
                            batch_size=self.batch_size)
-        return self.index.rows[np.concatenate(steps)] if steps else np.zeros(0, np.int64)
+        return self.index.rows_at(np.concatenate(list(steps))) if len(steps) else np.zeros(0, np.int64)
 
     def output(self, image: np.ndarray, mask: np.ndarray) -> Any:
         image_t = torch.from_numpy(np.ascontiguousarray(image))
@@ -144,7 +157,7 @@ class SampleStream(RankPlan, torch.utils.data.IterableDataset):
 
 
 class RankOrder(torch.utils.data.Sampler):
-    """This rank's positions of a `SampleMap` in the planner's uniform order of the epoch."""
+    """This rank's positions of a `SampleMap` in the planner's whole-dataset order of the epoch."""
 
     def __init__(self, plan: SampleMap):
         self.plan = plan
@@ -154,7 +167,7 @@ class RankOrder(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[int]:
         p = self.plan
-        order = epoch_order(p.index, p.state.seed, p.state.epoch, max(1, len(p.index)))
+        order = lazy_order(p.index, p.state.seed, p.state.epoch, max(1, len(p.index)))
         for step in rank_steps(order, p.state.consumed, world_size=p.world_size, rank=p.rank,
                                batch_size=p.batch_size):
             yield from step.tolist()

@@ -27,12 +27,18 @@ from trainers.data.index import (  # noqa: F401
     build_index,
     check_mask_source,
     open_index,
+    opened,
+    other_split,
 )
 from trainers.data.planner import (  # noqa: F401
     DEFAULT_SHUFFLE_WINDOW,
+    EpochOrder,
     LoaderState,
+    RankSteps,
+    Shuffle,
     epoch_order,
     flip_bit,
+    lazy_order,
     plan_epoch,
     rank_steps,
     steps_in_epoch,
