@@ -269,7 +269,8 @@ def upgrade(dataset, compact_index, scheduler, workers):
     trainers train --access random), rewriting index fragments and the manifest only, never a tar.
     Version 2 -> 3 (64 shards or more, or --compact) compacts the index fragments into a few large
     Parquet parts, reading only the index. The dataset id changes; views made before still open.
-    Do not read the dataset meanwhile.
+    Signatures over the old manifest no longer apply and are removed: sign again. Do not read the
+    dataset meanwhile.
 
     \b
     Examples:

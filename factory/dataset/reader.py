@@ -233,9 +233,6 @@ def read_shard_samples(res: fmt.Resolved, entry: dict) -> dict[str, dict[str, by
 
 # ================================================================ samples by key (one range read each)
 
-shard_of_row = fmt.shard_entry  # the manifest's shard entry holding a global row (the reading room's)
-
-
 def sample_ranges(root: str, manifest: dict, entry: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, tar_offset, tar_size) of every sample of one shard, from its index fragment (sha256 checked).
     FormatError naming `factory upgrade` for a dataset written before format version 2."""

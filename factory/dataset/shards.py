@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from factory import format as fmt
-from factory.format.records import tar_bytes, tar_join, tar_records  # noqa: F401 (their room is format.records)
 from factory.fsio import atomic_write
 
 # ---------------------------------------------------------------- index
@@ -128,7 +127,7 @@ def commit_shard(
     platform: dict | None = None,
     batch_size: int | None = None,
 ) -> ShardResult:
-    """Write one shard's tar (bytes, see tar_join), index fragment, latent rows, then its sidecar (last),
+    """Write one shard's tar (bytes, see fmt.tar_join), index fragment, latent rows, then its sidecar (last),
     which names the ``platform`` that made the shard (`factory.provenance.platform_record`) and the
     ``batch_size`` it ran (a GPU's kernels may depend on it; `verify --regenerate` remakes whole batches there).
     The index rows gain each sample's byte range in the tar (`with_offsets`)."""

@@ -268,6 +268,30 @@ def same_dataset(url: str, signed: dict | None, dataset_id: str) -> None:
                              "(the manifest changed while it was checked); verify again")
 
 
+def drop_signatures(root: str, dataset_id: str | None = None) -> list[str]:
+    """Remove the signatures that no longer apply after the manifest was rewritten in place (`upgrade`): all of
+    them, or with ``dataset_id`` only the entries over that (old) id (a killed upgrade run again), the file
+    itself once none is left. Returns who signed the signatures removed; [] when none was."""
+    url = _signatures_url(root)
+    fs, path = fmt.get_fs(url)
+    if not fs.exists(path):
+        return []
+    try:
+        entries = read_signatures(root)
+    except fmt.FormatError:
+        if dataset_id is not None:
+            return []  # unreadable: `info` names the problem; nothing says it was over the old id
+        fs.rm(path)
+        return [f"an unreadable {SIGNATURES}"]
+    stale = [e for e in entries if dataset_id is None or e["dataset_id"] == dataset_id]
+    kept = [e for e in entries if e not in stale]
+    if kept and stale:
+        atomic_write(url, fmt.canonical_json({"kind": SIGNATURES_KIND, "version": VERSION, "signatures": kept}) + b"\n")
+    elif stale:
+        fs.rm(path)
+    return [_who(e) for e in stale]
+
+
 def describe_signatures(url: str, res: fmt.Resolved | None = None) -> list[dict]:
     """What `factory info` says of each signature: signer, key fingerprint, and whether the signature
     matches this manifest under the key it carries (who signed; trust is `verify --trust`'s question);

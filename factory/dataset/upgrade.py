@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from factory import format as fmt
 from factory.dataset.card import index_stats, write_card
 from factory.dataset.compact import compact, drop_fragments, should_compact
 from factory.dataset.reader import load_index
 from factory.dataset.shards import index_table, parquet_bytes, table_rows, with_offsets
+from factory.dataset.signing import drop_signatures
 from factory.dataset.writer import DatasetLock
 from factory.format import FactoryError
 from factory.format import index as fidx
@@ -41,8 +42,18 @@ class UpgradeResult:
     shards: int
     to_version: int = fmt.FORMAT_VERSION
     parts: int = 0
+    unsigned: list[str] = field(default_factory=list)  # who signed the signatures removed (over the old manifest)
 
     def summary(self) -> str:
+        if self.unsigned:
+            return f"{self.outcome()}\n{self.unsigned_line()}"
+        return self.outcome()
+
+    def unsigned_line(self) -> str:
+        return (f"old signatures removed ({', '.join(self.unsigned)}): they were over the manifest before the "
+                f"upgrade and no longer apply; sign again: factory sign {self.root} --key KEY.pem")
+
+    def outcome(self) -> str:
         if self.previous_id is None:
             return (f"{self.root}: dataset {self.dataset_id} is already format version {self.to_version} "
                     "with its layout; nothing to do")
@@ -116,10 +127,15 @@ def upgrade(url: str, *, compact_index: bool = False, log=None, scheduler: str |
     parts = fidx.has_parts(m)
     squeeze = not parts and (compact_index or should_compact(m))
     if not offsets and not squeeze:
-        if parts:
-            with DatasetLock(res.root):
-                drop_fragments(res.root, m)  # a run killed after its manifest: the fragments it compacted
-        return UpgradeResult(res.root, version, m["dataset_id"], None, len(m["shards"]), version)
+        old = (m.get("upgraded_from") or {}).get("dataset_id")
+        unsigned = []
+        if parts or old:
+            with DatasetLock(res.root):  # a run killed after its manifest: what it had left to drop
+                if parts:
+                    drop_fragments(res.root, m)
+                if old:
+                    unsigned = drop_signatures(res.root, old)
+        return UpgradeResult(res.root, version, m["dataset_id"], None, len(m["shards"]), version, unsigned=unsigned)
     with DatasetLock(res.root):
         new = dict(m)
         if offsets:
@@ -146,6 +162,7 @@ def upgrade(url: str, *, compact_index: bool = False, log=None, scheduler: str |
         write_card(res.root, new)
         atomic_write(fmt.join(res.root, fmt.MANIFEST), json.dumps(new, indent=1, sort_keys=True).encode())
         drop_fragments(res.root, new)
+        unsigned = drop_signatures(res.root)  # they sign the old manifest's bytes
     n_parts = len(new["index"]["parts"]) if squeeze else 0
     return UpgradeResult(res.root, version, new["dataset_id"], m["dataset_id"], len(new["shards"]),
-                         new["format_version"], n_parts)
+                         new["format_version"], n_parts, unsigned)

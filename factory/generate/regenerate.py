@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from factory import format as fmt
-from factory.dataset.reader import shard_of_row
 from factory.format import FactoryError
 
 # Agreement required where the platform differs (fractions; latents are always exact).
@@ -263,7 +262,7 @@ def batches_of(manifest: dict, rows: list[int], device: str, batch: int = 64) ->
         return [(rows[i:i + batch], rows[i:i + batch]) for i in range(0, len(rows), batch)]
     groups: dict[tuple, list[int]] = {}
     for r in rows:
-        e = shard_of_row(manifest, r)
+        e = fmt.shard_entry(manifest, r)
         bs = int(e.get("batch_size") or batch)
         b0 = e["first_row"] + (r - e["first_row"]) // bs * bs
         groups.setdefault((b0, min(b0 + bs, e["first_row"] + e["samples"])), []).append(r)
@@ -346,7 +345,7 @@ def stored_samples(res: fmt.Resolved, rows: list[int]) -> tuple[dict, dict]:
     from factory.dataset.reader import load_index, read_samples
 
     samples = read_samples(res, rows)
-    shards = sorted({shard_of_row(res.manifest, r)["shard"] for r in rows})
+    shards = sorted({fmt.shard_entry(res.manifest, r)["shard"] for r in rows})
     index = {rec["row"]: rec for rec in load_index(res.root, res.manifest, shards=shards).to_pylist()
              if rec["row"] in samples}
     return samples, index
@@ -402,7 +401,7 @@ def record_problems(m: dict, rows: list[int]) -> list[str]:
     """Shards of `rows` without a usable platform record (reported; never a reason to relax). A dataset
     upgraded from format 1, made before the record existed, is the one honest case."""
     table = m.get("platforms") or {}
-    bad = sorted({e["shard"] for e in (shard_of_row(m, r) for r in rows) if e.get("platform") not in table})
+    bad = sorted({e["shard"] for e in (fmt.shard_entry(m, r) for r in rows) if e.get("platform") not in table})
     if not bad or (m.get("upgraded_from") or {}).get("format_version") == 1:
         return []
     return [f"shard(s) {', '.join(map(str, bad[:5]))} name no platform record the manifest lists (a generate run "
@@ -452,7 +451,7 @@ def regenerate(url: str, n: int | None = 8, *, seed: int | None = None, shards=(
     rep.platform = describe(here)
     rep.problems += record_problems(m, rows)
     promised = bytes_promised(name, spec, dev)
-    rep.exact = promised or all(shard_of_row(m, r).get("platform") == platform_id(here) for r in rows)
+    rep.exact = promised or all(fmt.shard_entry(m, r).get("platform") == platform_id(here) for r in rows)
     rep.why_exact = ("the shapes world promises the same bytes on every x86-64 CPU" if promised
                      else "the platform that made them" if rep.exact else "")
     got = recompute(job, m, rows, src)

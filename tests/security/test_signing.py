@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from helpers import cli, one_line_error
+from helpers import cli, downgrade, one_line_error
 
 from factory.dataset.signing import SIGNATURES, fingerprint
 
@@ -239,3 +239,30 @@ def test_another_dataset_written_over_a_signed_one_drops_the_signature(keys, tmp
     assert r.exit_code == 0, r.output
     assert not (root / SIGNATURES).exists()
     one_line_error(cli("verify", root, "--trust", keys["a"][1]), "is not signed")
+
+
+def test_upgrade_removes_the_signatures_of_the_old_manifest(ds, keys):
+    """`upgrade` rewrites the manifest: the old signatures no longer apply; it says so in one line and removes
+    them (`info` shows no signer that does not sign it); a killed run, run again, removes those left behind."""
+    downgrade(str(ds))
+    cli("sign", ds, "--key", keys["a"][0], "--signer", "team A")
+    old_doc = (ds / SIGNATURES).read_bytes()
+    r = cli("upgrade", ds)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and "tars untouched" in lines[0], r.stdout
+    assert lines[1].startswith("old signatures removed (team A (key ") and "no longer apply; sign again" in lines[1]
+    assert not (ds / SIGNATURES).exists()
+    assert "signed by    nobody" in cli("info", ds, "--no-stats").output
+    one_line_error(cli("verify", ds, "--trust", keys["a"][1]), "is not signed")
+    # a run killed after its manifest left the old signatures beside it, and b signed the new manifest since
+    cli("sign", ds, "--key", keys["b"][0], "--signer", "team B")
+    doc = json.loads((ds / SIGNATURES).read_text())
+    doc["signatures"] += json.loads(old_doc)["signatures"]
+    (ds / SIGNATURES).write_text(json.dumps(doc))
+    r = cli("upgrade", ds)
+    assert r.exit_code == 0 and "nothing to do" in r.output and "old signatures removed (team A (key " in r.output
+    assert [e["signer"] for e in json.loads((ds / SIGNATURES).read_text())["signatures"]] == ["team B"]
+    assert cli("verify", ds, "--trust", keys["b"][1]).exit_code == 0
+    r = cli("upgrade", ds)
+    assert r.exit_code == 0 and "removed" not in r.output, r.output
