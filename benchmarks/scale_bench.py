@@ -124,7 +124,8 @@ def _write_part(args) -> dict:
 
 def build(root: str, rows: int, seed: int = 0, jobs: int = 2) -> None:
     """The skeleton as a finished run of `rows` writes it: shards of FRAGMENT rows, the index compacted into
-    parts (format 3) by the factory's part writer, a manifest with its index section and statistics."""
+    parts by the factory's part writer, a manifest with its index section and statistics, its shard entries in
+    the shard table (format 4, written by `format.write_manifest`)."""
     from factory.dataset.compact import compacted_manifest, plan_parts
 
     if os.path.exists(os.path.join(root, fmt.MANIFEST)):
@@ -155,17 +156,17 @@ def build(root: str, rows: int, seed: int = 0, jobs: int = 2) -> None:
 
 
 def write_manifest(root: str, manifest: dict) -> None:
-    """manifest.json with the index statistics a real dataset's writer records (`factory info` reads them)."""
+    """manifest.json (and, format 4, its shard table) with the index statistics a real dataset's writer records
+    (`factory info` reads them), written by the factory's manifest writer."""
     from factory.dataset.card import index_stats
 
     manifest["index_stats"] = index_stats(root, manifest, check_sha=False)
-    with open(os.path.join(root, fmt.MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
+    fmt.write_manifest(root, manifest)
 
 
 def make_tars(root: str, shards: set[int]) -> None:
     """The real tars of `shards` (the ones a first batch reads), at the index's byte ranges."""
-    m = json.load(open(os.path.join(root, fmt.MANIFEST)))
+    m = fmt.open_dataset(root).manifest
     for e in m["shards"]:
         p = os.path.join(root, e["path"])
         if e["shard"] in shards and not os.path.exists(p):
@@ -190,7 +191,8 @@ def seal(root: str) -> None:
                    stdout=subprocess.DEVNULL)
     shards = first_batch_shards(view, "stream") | first_batch_shards(view, "random")
     make_tars(root, shards)
-    m = json.load(open(os.path.join(root, fmt.MANIFEST)))
+    m = dict(fmt.open_dataset(root).manifest)
+    m["shards"] = list(m["shards"])  # new dicts, changed below (a shard table's entries are read-only)
     for e in m["shards"]:
         if e["shard"] in shards:
             p = os.path.join(root, e["path"])

@@ -116,12 +116,10 @@ def manifest_platforms(shards: list[dict]) -> tuple[list[dict], dict]:
 
 def platform_counts(manifest: dict) -> dict[str, int]:
     """Shards per platform id of a manifest (empty for datasets made before the platform record)."""
-    counts: dict[str, int] = {}
-    for s in manifest.get("shards", []):
-        pid = s.get("platform")
-        if isinstance(pid, str):
-            counts[pid] = counts.get(pid, 0) + 1
-    return counts
+    from collections import Counter
+
+    (pids,) = fmt.columns_of(manifest.get("shards", []), "platform")
+    return {pid: n for pid, n in Counter(pids).items() if isinstance(pid, str)}
 
 
 def platforms_line(manifest: dict) -> str | None:

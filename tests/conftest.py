@@ -59,6 +59,23 @@ def small_dataset(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def table_dataset(tmp_path_factory) -> Path:
+    """A 24-sample, 6-shard, 32 px shapes dataset written as a run of 64 shards or more is (compacted index,
+    format 4: the shard table), made once per session."""
+    from factory.dataset import compact
+    from factory.generate.config import GenerateConfig
+    from factory.generate.engine import generate
+
+    root = tmp_path_factory.mktemp("table-dataset") / "ds"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compact, "COMPACT_MIN_SHARDS", 4)
+        mp.setattr(compact, "PROCESSES", 1)
+        generate(GenerateConfig(n=24, out=str(root), generator="shapes", generator_options={"resolution": 32},
+                                shard_size=4, workers=0, progress=False), log=lambda msg: None)
+    return root
+
+
 def write_view(dataset: Path, path: Path, keep) -> tuple[Path, dict]:
     """A view JSON (format.view_id) accepting the rows r with keep(r); parent given by relative URL."""
     import json

@@ -196,3 +196,46 @@ def downgrade(root: str) -> None:
     m["format_version"] = 1
     m["dataset_id"] = fmt.dataset_id(m["shards"], m["latents"]["sha256_of_shard_hashes"], 1)
     open(os.path.join(root, fmt.MANIFEST), "w").write(json.dumps(m, indent=1, sort_keys=True))
+
+
+def as_format_3(root) -> dict:
+    """The format-4 dataset at `root` as the format-3 writer wrote it: its shard entries listed in the
+    manifest, no shard table, its id recomputed. Returns the manifest written."""
+    import json
+    import os
+
+    from factory import format as fmt
+
+    m = fmt.open_dataset(str(root)).manifest
+    shards = sorted(m["shards"], key=lambda s: s["shard"])
+    out = {k: v for k, v in m.items() if k != fmt.SHARD_TABLE_SECTION}
+    out.update(format_version=3, shards=shards,
+               dataset_id=fmt.dataset_id(shards, m["latents"]["sha256_of_shard_hashes"], 3))
+    os.remove(os.path.join(str(root), fmt.SHARD_TABLE))
+    open(os.path.join(str(root), fmt.MANIFEST), "w").write(json.dumps(out, indent=1, sort_keys=True))
+    return out
+
+
+def rewrite_shard_table(root, edit) -> dict:
+    """The shard table of the format-4 dataset at `root` replaced by ``edit(table)`` (a pyarrow Table, any
+    schema) and its manifest section resealed (sha256, bytes, rows): what a forger or a broken writer
+    leaves, which only the table's column checks can refuse. Returns the manifest written."""
+    import json
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from factory import format as fmt
+
+    path = os.path.join(str(root), fmt.SHARD_TABLE)
+    table = edit(pq.read_table(path))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+    open(path, "wb").write(data)
+    mpath = os.path.join(str(root), fmt.MANIFEST)
+    m = json.load(open(mpath))
+    m[fmt.SHARD_TABLE_SECTION].update(sha256=fmt.sha256_bytes(data), bytes=len(data), rows=table.num_rows)
+    open(mpath, "w").write(json.dumps(m, indent=1, sort_keys=True))
+    return m

@@ -1,4 +1,4 @@
-"""The compacted index (format version 3): parts of whole shards with page checksums and footers hashed
+"""The compacted index (format version 3, and 4 with the shard table): parts of whole shards with page checksums and footers hashed
 in the manifest; generate compacts many shards, upgrade compacts earlier datasets; stock readers count
 every row once; a changed byte in what a reader reads is caught; a killed compaction finishes on rerun."""
 from __future__ import annotations
@@ -28,7 +28,7 @@ def cli(*args):
 
 
 def manifest(root) -> dict:
-    return json.load(open(os.path.join(root, fmt.MANIFEST)))
+    return fmt.open_dataset(root).manifest
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def compacted(ds, tmp_path, monkeypatch) -> str:
 
 def test_upgrade_compacts_the_index_reading_only_the_index(ds, compacted):
     old, new = manifest(ds), manifest(compacted)
-    assert old["format_version"] == 2 and new["format_version"] == 3
+    assert old["format_version"] == 2 and new["format_version"] == 4
     assert sorted(os.listdir(os.path.join(compacted, "index"))) == ["000000-000003.parquet", "000004-000005.parquet"]
     parts = fidx.index_parts(new)
     assert [p["row_groups"] for p in parts] == [[[0, 2, 20], [2, 2, 20]], [[4, 2, 20]]]
@@ -63,7 +63,7 @@ def test_upgrade_compacts_the_index_reading_only_the_index(ds, compacted):
         assert {k: v for k, v in a.items() if not k.startswith("index")} == \
             {k: v for k, v in b.items() if not k.startswith("index")}
     assert new["upgraded_from"] == {"dataset_id": old["dataset_id"], "format_version": 2}
-    assert new["dataset_id"] == fmt.dataset_id(new["shards"], new["latents"]["sha256_of_shard_hashes"], 3)
+    assert new["dataset_id"] == fmt.dataset_id(new["shards"], new["latents"]["sha256_of_shard_hashes"], 4)
     assert not fmt.manifest_problems(new)
     # same rows, same values, plus the key's hold-out bucket
     a, b = load_index(ds, old), load_index(compacted, new)
@@ -151,7 +151,7 @@ def test_generate_compacts_many_shards_and_a_killed_compaction_finishes(tmp_path
     assert not os.path.exists(os.path.join(root, fmt.MANIFEST))  # fragments kept until the manifest
     monkeypatch.setattr(cp, "compact_part", real)
     m = generate(GenerateConfig(**cfg), log=lambda msg: None)
-    assert m["format_version"] == 3 and len(m["index"]["parts"]) == 2
+    assert m["format_version"] == 4 and len(m["index"]["parts"]) == 2
     assert sorted(os.listdir(os.path.join(root, "index"))) == ["000000-000002.parquet", "000003-000005.parquet"]
     # killed after the manifest, before the fragments went: the next run of the command removes them
     stray = os.path.join(root, fmt.index_name(0))

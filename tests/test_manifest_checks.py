@@ -97,3 +97,27 @@ def test_a_manifest_changed_on_disk_is_checked_again(tmp_path):
     (tmp_path / fmt.MANIFEST).write_text(json.dumps(m))
     with pytest.raises(fmt.FormatError, match="leaves the dataset folder"):
         fmt.open_dataset(str(tmp_path))
+
+
+def test_plain_paths_checked_in_one_pass_follow_the_path_rule():
+    """`check_plain_paths` (joined text, byte searches) and `plain_concat` (a shard table's string buffers)
+    accept exactly the paths of the rule: names of letters, digits, ``_.-`` joined by single slashes, the first
+    not starting with a dot, none ``.`` or ``..``."""
+    import re
+
+    import numpy as np
+
+    from factory.format.paths import check_plain_paths, plain_concat
+
+    rule = re.compile(r"(?!\.)[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9_.-]+)*\Z")
+    rng = random.Random(3)
+    seen = {True: 0, False: 0}
+    for _ in range(20000):
+        paths = ["".join(rng.choice("ab./-_\n:é") for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 3))]
+        want = all(rule.match(p) for p in paths)
+        seen[want] += 1
+        assert check_plain_paths(tuple(paths)) == want, paths
+        data = "".join(paths).encode()
+        offsets = np.cumsum([0] + [len(p.encode()) for p in paths]).astype(np.int64)
+        assert plain_concat(data, offsets) == want, paths
+    assert min(seen.values()) > 500

@@ -267,8 +267,9 @@ def upgrade(dataset, compact_index, scheduler, workers):
 
     Version 1 -> 2 adds each sample's byte range in its tar to the index (random access by key;
     trainers train --access random), rewriting index fragments and the manifest only, never a tar.
-    Version 2 -> 3 (64 shards or more, or --compact) compacts the index fragments into a few large
-    Parquet parts, reading only the index. The dataset id changes; views made before still open.
+    Version 2 -> 4 (64 shards or more, or --compact) compacts the index fragments into a few large
+    Parquet parts, reading only the index, and writes the shard entries as shards.parquet beside the
+    manifest; version 3 -> 4 writes only that table. The dataset id changes; views made before still open.
     Signatures over the old manifest no longer apply and are removed: sign again. Do not read the
     dataset meanwhile.
 

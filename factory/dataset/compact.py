@@ -1,4 +1,5 @@
-"""The index of a finished run compacted into parts (format version 3, `factory.format.index`).
+"""The index of a finished run compacted into parts (`factory.format.index`; format version 4 with the shard
+table, `factory.format.shardtable`).
 
 While a run is under way each shard commits its own index fragment (resume stays per shard). When every
 shard is done, a dataset of ``COMPACT_MIN_SHARDS`` shards or more gets its fragments compacted: parts of
@@ -99,7 +100,8 @@ def _compact_part_task(args) -> dict:
 
 
 def compacted_manifest(manifest: dict, parts: list[dict]) -> dict:
-    """The manifest of a dataset whose index is now `parts`: version 3, shard entries naming their part."""
+    """The manifest of a dataset whose index is now `parts`: version 4 (its shard entries, each naming its
+    part, kept in the shard table when written: `format.write_manifest`)."""
     by_shard = {}
     for p in parts:
         for k in range(p["first_shard"], p["first_shard"] + p["shards"]):
@@ -107,10 +109,20 @@ def compacted_manifest(manifest: dict, parts: list[dict]) -> dict:
     shards = [dict(s, index=by_shard[s["shard"]]["path"], index_sha256=by_shard[s["shard"]]["sha256"])
               for s in manifest["shards"]]
     lat = (manifest.get("latents") or {}).get("sha256_of_shard_hashes")
-    out = dict(manifest, format_version=fidx.PARTS_VERSION, shards=shards,
+    out = dict(manifest, format_version=fmt.TABLE_VERSION, shards=shards,
                index={"layout": fidx.LAYOUT_PARTS, "parts": parts})
-    out["dataset_id"] = fmt.dataset_id(sorted(shards, key=lambda s: s["shard"]), lat, fidx.PARTS_VERSION)
+    out["dataset_id"] = fmt.dataset_id(sorted(shards, key=lambda s: s["shard"]), lat, fmt.TABLE_VERSION)
     fidx.index_parts(out)
+    return out
+
+
+def table_manifest(manifest: dict) -> dict:
+    """A version-3 manifest (parts, its shard list in the JSON) as version 4: the same entries, kept in the
+    shard table once written (`format.write_manifest`), the dataset id that of version 4."""
+    shards = sorted(manifest["shards"], key=lambda s: s["shard"])
+    lat = (manifest.get("latents") or {}).get("sha256_of_shard_hashes")
+    out = dict(manifest, format_version=fmt.TABLE_VERSION, shards=shards)
+    out["dataset_id"] = fmt.dataset_id(shards, lat, fmt.TABLE_VERSION)
     return out
 
 

@@ -22,7 +22,7 @@ def describe(url: str, allow_remote_shards: bool = False, stats: bool = True) ->
         "samples": res.samples,
         "candidates": m["samples"],
         "shards": len(m["shards"]),
-        "bytes": sum(s["bytes"] for s in m["shards"]),
+        "bytes": int(fmt.columns_of(m["shards"], "bytes")[0].sum()),
         "root": res.root,
         "provenance": {
             "generator": gen.get("name"),

@@ -2,7 +2,7 @@
 
 A signature is Ed25519 (the `cryptography` library) over a small statement naming the exact manifest:
 the sha256 of `manifest.json`'s bytes, the dataset id and the signer's name. The manifest holds every
-file's sha256 and the spec, so a trusted signature over it vouches for every byte `factory verify`
+file's sha256 (format 4: that of the shard table, `shards.parquet`, which holds the shards') and the spec, so a trusted signature over it vouches for every byte `factory verify`
 checks. Signatures live beside the manifest in `signatures.json` (one entry per key; signing again
 with the same key replaces its entry); the file is not part of the dataset id, and datasets without it
 read and verify as before.
@@ -148,11 +148,14 @@ def _check_entry(e, where: str) -> dict:
 def read_signatures(root: str) -> list[dict]:
     """The entries of ``root``'s signatures.json ([] when there is none); FormatError when malformed."""
     url = _signatures_url(root)
-    fs, path = fmt.get_fs(url)
-    if not fs.exists(path):
+    try:
+        data = fmt.read_bytes(url, fmt.MAX_JSON_BYTES)
+    except FileNotFoundError:
         return []
-    doc = fmt.read_json(url, "signatures")
-    if doc.get("kind") != SIGNATURES_KIND or doc.get("version") != VERSION:
+    except OSError as e:
+        raise fmt.FormatError(f"cannot read signatures {url}: {e}") from None
+    doc = fmt.loads_json(data, f"signatures {url}")
+    if not isinstance(doc, dict) or doc.get("kind") != SIGNATURES_KIND or doc.get("version") != VERSION:
         raise fmt.FormatError(f"{url}: not a factory signatures file (kind {SIGNATURES_KIND!r}, version {VERSION})")
     entries = doc.get("signatures")
     if not isinstance(entries, list) or len(entries) > MAX_SIGNATURES:
@@ -166,13 +169,9 @@ def open_signed(url: str, res: fmt.Resolved | None = None) -> Signed:
     if res is not None and res.manifest_sha256:
         return Signed(res.root, res.manifest_sha256, res.manifest["dataset_id"], read_signatures(res.root))
     res = fmt.open_dataset(url, allow_remote_shards=True)
-    murl = fmt.join(res.root, fmt.MANIFEST)
-    try:
-        data = fmt.read_bytes(murl, fmt.MAX_JSON_BYTES)
-    except OSError as e:
-        raise fmt.FormatError(f"cannot read manifest {murl}: {e}") from None
-    m = fmt.validate_manifest(fmt.loads_json(data, f"manifest {murl}"), murl, allow_remote_shards=True)
-    return Signed(res.root, fmt.sha256_bytes(data), m["dataset_id"], read_signatures(res.root))
+    if not res.manifest_sha256:  # a manifest file of another name, or a view of one: its folder's manifest.json
+        res = fmt.open_dataset(fmt.join(res.root, fmt.MANIFEST), allow_remote_shards=True)
+    return Signed(res.root, res.manifest_sha256, res.manifest["dataset_id"], read_signatures(res.root))
 
 
 def _decoded_signature(e: dict) -> bytes | None:

@@ -9,7 +9,11 @@ manifest records the old one under ``upgraded_from``, so views made before still
 
 Version 2 -> 3 (a dataset of `compact.COMPACT_MIN_SHARDS` shards or more, or any with ``compact``) reads
 only the index: its fragments are compacted into parts (`factory.dataset.compact`); tars, latents and
-sidecars are untouched, the manifest names the parts, and the fragments are deleted after it.
+sidecars are untouched, the manifest names the parts, and the fragments are deleted after it. The result
+is version 4: the shard entries kept in the shard table beside the manifest (`format.shardtable`).
+
+Version 3 -> 4 reads nothing but the manifest: the same shard entries written as the shard table, the
+manifest naming it (the dataset id changes with the format version; ``upgraded_from`` keeps the old one).
 
 A killed upgrade is run again: a fragment already carrying offsets is accepted when its offsets equal
 the tar's and it is exactly what the writer makes of its other columns. Readers should not read the
@@ -17,13 +21,12 @@ dataset while it is being upgraded (fragments and manifest disagree until the ma
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 
 from factory import format as fmt
 from factory.dataset.card import index_stats, write_card
-from factory.dataset.compact import compact, drop_fragments, should_compact
+from factory.dataset.compact import compact, drop_fragments, should_compact, table_manifest
 from factory.dataset.reader import load_index
 from factory.dataset.shards import index_table, parquet_bytes, table_rows, with_offsets
 from factory.dataset.signing import drop_signatures
@@ -62,6 +65,8 @@ class UpgradeResult:
             what.append(f"{self.shards} index fragments gained tar offsets")
         if self.parts:
             what.append(f"the index compacted into {self.parts} part{'s' if self.parts > 1 else ''}")
+        if self.to_version >= fmt.TABLE_VERSION:
+            what.append(f"the shard entries in {fmt.SHARD_TABLE}")
         return (f"{self.root}: upgraded from format version {self.from_version} to {self.to_version} "
                 f"({'; '.join(what)}; tars untouched); dataset id "
                 f"{self.previous_id} -> {self.dataset_id} (views of the old id still open)")
@@ -126,7 +131,8 @@ def upgrade(url: str, *, compact_index: bool = False, log=None, scheduler: str |
     offsets = version < 2
     parts = fidx.has_parts(m)
     squeeze = not parts and (compact_index or should_compact(m))
-    if not offsets and not squeeze:
+    tabled = parts and version < fmt.TABLE_VERSION  # version 3: the shard list moves into the shard table
+    if not offsets and not squeeze and not tabled:
         old = (m.get("upgraded_from") or {}).get("dataset_id")
         unsigned = []
         if parts or old:
@@ -157,10 +163,12 @@ def upgrade(url: str, *, compact_index: bool = False, log=None, scheduler: str |
             new = dict(m, format_version=fmt.FORMAT_VERSION, shards=shards, dataset_id=fmt.dataset_id(shards, lat))
         if squeeze:
             new = compact(res.root, new, log=log)
+        elif tabled:
+            new = table_manifest(m)
         new["upgraded_from"] = {"dataset_id": m["dataset_id"], "format_version": version}
         new["index_stats"] = m.get("index_stats") or index_stats(res.root, new, check_sha=False)
         write_card(res.root, new)
-        atomic_write(fmt.join(res.root, fmt.MANIFEST), json.dumps(new, indent=1, sort_keys=True).encode())
+        fmt.write_manifest(res.root, new)
         drop_fragments(res.root, new)
         unsigned = drop_signatures(res.root)  # they sign the old manifest's bytes
     n_parts = len(new["index"]["parts"]) if squeeze else 0

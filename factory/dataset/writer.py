@@ -70,7 +70,7 @@ def spec_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def wipe(root: str) -> None:
     fs, path = fmt.get_fs(root)
-    for name in (SIGNATURES, fmt.MANIFEST, fmt.SPEC, fmt.CARD, fmt.SHARD_DIR, fmt.INDEX_DIR, fmt.DONE_DIR, fmt.LATENTS,
+    for name in (SIGNATURES, fmt.MANIFEST, fmt.SHARD_TABLE, fmt.SPEC, fmt.CARD, fmt.SHARD_DIR, fmt.INDEX_DIR, fmt.DONE_DIR, fmt.LATENTS,
                  "preview.png"):
         p = path.rstrip("/") + "/" + name
         if fs.exists(p):
@@ -152,7 +152,7 @@ class DatasetWriter:
         todo = [k for k in range(self.n_shards) if k not in done]
         if not todo and exists(self.manifest_url):
             log(f"{self.root}: complete ({self.samples} samples in {self.n_shards} shards); nothing to do")
-            return done, todo, json.loads(fmt.read_bytes(self.manifest_url))
+            return done, todo, fmt.open_dataset(self.root).manifest
         if done:
             log(f"{self.root}: resuming, {len(done)} of {self.n_shards} shards already committed")
         return done, todo, None
@@ -167,4 +167,4 @@ class DatasetWriter:
         manifest["index_stats"] = index_stats(self.root, manifest, check_sha=False)  # `factory info` reads these
         self.lock.check()  # a dataset's manifest is written by the writer holding its lock, only
         write_card(self.root, manifest)
-        atomic_write(self.manifest_url, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        fmt.write_manifest(self.root, manifest)  # version 4: the shard table, then manifest.json

@@ -11,6 +11,7 @@ else of `factory`. This file only gathers the rooms' names (``fmt.X``); each roo
 * `schema`: every manifest, view and maps field, the JSON limits (`read_json`), cross-field problems;
 * `views`: a view's accepted rows; `resolve`: opening a dataset or view (`open_dataset`);
 * `index`: the compacted index of format version 3 (parts of whole shards, footers hashed, page checksums);
+* `shardtable`: the shard entries of format version 4 as a Parquet table beside the manifest (`ShardTable`);
 * `tar`: the reading room for tar shards (every reader of samples reads through it); `records`: the tar
   records a writer makes; `hashing`: the streamed sha256 check; `lock`: the one-writer locks.
 
@@ -73,6 +74,8 @@ from factory.format.names import (  # noqa: F401
     OFFSET_COLUMNS,
     READ_VERSIONS,
     SHARD_DIR,
+    SHARD_TABLE,
+    SHARD_TABLE_SECTION,
     SPEC,
     TAR_MTIME,
     TEACHER_COLUMNS,
@@ -122,6 +125,17 @@ from factory.format.schema import (  # noqa: F401
     validate_manifest,
     validate_maps,
     validate_view,
+)
+from factory.format.shardtable import (  # noqa: F401
+    TABLE_VERSION,
+    ShardTable,
+    columns_of,
+    has_table,
+    read_shard_table,
+    shard_ids,
+    stored_manifest,
+    table_bytes,
+    write_manifest,
 )
 from factory.format.store import (  # noqa: F401
     atomic_write,

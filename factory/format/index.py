@@ -27,6 +27,7 @@ import numpy as np
 from factory.format.errors import FormatError
 from factory.format.names import INDEX_DIR, sha256_bytes
 from factory.format.paths import is_remote_url, join
+from factory.format.shardtable import columns_of
 from factory.format.store import get_fs
 
 PARTS_VERSION = 3  # the format version whose manifests may hold an index section of parts
@@ -81,7 +82,7 @@ def index_parts(manifest: dict, where: str = "manifest") -> list[dict]:
     parts = sec.get("parts")
     if not isinstance(parts, list):
         raise FormatError(f"{where}: index.parts must be a list")
-    entries = {s["shard"]: s for s in manifest["shards"]}
+    cols = _Columns(manifest["shards"])
     next_shard = 0
     for i, p in enumerate(parts):
         w = f"{where}: index.parts[{i}]"
@@ -107,23 +108,54 @@ def index_parts(manifest: dict, where: str = "manifest") -> list[dict]:
             if not (isinstance(g, list) and len(g) == 3 and all(isinstance(x, int) and not isinstance(x, bool)
                                                               and x >= 0 for x in g)) or g[0] != at or g[1] < 1:
                 raise FormatError(f"{w}: row group {g!r} is not [first_shard, shards, rows] following shard {at}")
-            n = 0
-            for k in range(g[0], g[0] + g[1]):
-                e = entries.get(k)
-                if e is None:
-                    raise FormatError(f"{w}: shard {k} is not in the manifest")
-                if e["index"] != path or e["index_sha256"] != p["sha256"]:
-                    raise FormatError(f"{w}: shard {k}'s entry does not name this part and its sha256")
-                n += e["samples"]
-            if n != g[2]:
-                raise FormatError(f"{w}: row group {g!r} holds {n} rows by the shard entries")
             at, total = at + g[1], total + g[2]
+        if not cols.part_matches(p, groups, at):
+            _check_part_shards(p, groups, cols.entries(), w)
         if at != first + shards or total != rows:
             raise FormatError(f"{w}: row groups cover shards {first}..{at - 1} and {total} rows, "
                                   f"the part says {shards} shards and {rows} rows")
-    if next_shard != len(entries):
-        raise FormatError(f"{where}: index parts cover shards 0..{next_shard - 1} of {len(entries)}")
+    if next_shard != cols.count:
+        raise FormatError(f"{where}: index parts cover shards 0..{next_shard - 1} of {cols.count}")
     return parts
+
+
+class _Columns:
+    """The shard entries' columns `index_parts` compares with the parts (shard ids 0..K-1 in order: slices)."""
+
+    def __init__(self, shards):
+        self.shards = shards
+        self.count = len(shards)
+        ids, self.index, self.isha, n = columns_of(shards, "shard", "index", "index_sha256", "samples")
+        self.in_order = bool((ids == np.arange(ids.shape[0])).all())
+        self.ends = np.concatenate([[0], np.cumsum(n)])
+
+    def part_matches(self, p: dict, groups: list, end: int) -> bool:
+        """Whether every shard of part ``p``'s row groups (up to ``end``) is listed, names the part and its
+        sha256, and the groups' rows add up."""
+        a, b = p["first_shard"], end
+        if not self.in_order or b > self.count:
+            return False
+        if self.index[a:b].count(p["path"]) != b - a or self.isha[a:b].count(p["sha256"]) != b - a:
+            return False
+        return all(int(self.ends[g[0] + g[1]] - self.ends[g[0]]) == g[2] for g in groups)
+
+    def entries(self) -> dict:
+        return {s["shard"]: s for s in self.shards}
+
+
+def _check_part_shards(p: dict, groups: list, entries: dict, w: str) -> None:
+    """The first shard of part ``p`` whose entry is missing or disagrees with it, as FormatError."""
+    for g in groups:
+        n = 0
+        for k in range(g[0], g[0] + g[1]):
+            e = entries.get(k)
+            if e is None:
+                raise FormatError(f"{w}: shard {k} is not in the manifest")
+            if e["index"] != p["path"] or e["index_sha256"] != p["sha256"]:
+                raise FormatError(f"{w}: shard {k}'s entry does not name this part and its sha256")
+            n += e["samples"]
+        if n != g[2]:
+            raise FormatError(f"{w}: row group {g!r} holds {n} rows by the shard entries")
 
 
 def part_of_shards(parts: list[dict], shards) -> dict[int, list[int]]:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any, Iterable
 
 FORMAT_VERSION = 2
 # Versions readers accept. 1: no tar offsets in the index (readers scan shards; `factory upgrade` adds
 # them), views list accepted rows. 2: index columns tar_offset / tar_size, compact views. 3: the index
-# compacted into parts (format/index.py), written for datasets of many shards (fewer keep version 2).
-READ_VERSIONS = (1, 2, 3)
+# compacted into parts (format/index.py). 4: parts, and the shard entries as a Parquet table beside the
+# manifest (format/shardtable.py), written for datasets of many shards (fewer keep version 2).
+READ_VERSIONS = (1, 2, 3, 4)
 DATASET_KIND = "factory-dataset"
 VIEW_KIND = "factory-view"
 
 MANIFEST = "manifest.json"
+SHARD_TABLE = "shards.parquet"  # the shard entries of a version-4 manifest (format/shardtable.py)
+SHARD_TABLE_SECTION = "shard_table"  # the version-4 manifest's section naming it
 SPEC = "spec.json"
 CARD = "README.md"
 LATENTS = "latents.zarr"
@@ -41,6 +45,9 @@ IMAGE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 # Foreground rules a spec may record (`factory generate --mask-rule`; factory.masks implements them).
 MASK_RULES = ("luminance", "mean-threshold", "operators")
 TAR_MTIME = 0  # fixed so shards are byte-reproducible
+
+MAX_SAMPLES = 1 << 40  # rows a manifest may declare
+PLATFORM_ID = re.compile(r"^pf-[0-9a-f]{12}$")  # provenance.platform_id: a content id of the record
 
 HIST_BINS = 12  # bins of the index's smoothed histogram (torch.histc over [-1, 1], the authors' filter)
 

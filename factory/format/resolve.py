@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from factory.format.errors import FormatError
 from factory.format.names import DATASET_KIND, MANIFEST, VIEW_KIND, sha256_bytes
 from factory.format.paths import is_remote_url, join, manifest_url
-from factory.format.schema import json_object, read_limited, validate_manifest, validate_view
+from factory.format.schema import check_version, json_object, read_limited, validate_manifest, validate_view
+from factory.format.shardtable import SECTION, TABLE_VERSION, columns_of, has_table, read_shard_table
 from factory.format.views import AcceptedRows
 
 
@@ -31,7 +32,8 @@ class Resolved:
         return self.manifest["samples"]
 
     def shard_urls(self) -> list[tuple[int, str]]:
-        return [(s["shard"], join(self.root, s["path"])) for s in self.manifest["shards"]]
+        ids, paths = columns_of(self.manifest["shards"], "shard", "path")
+        return [(k, join(self.root, p)) for k, p in zip(ids.tolist(), paths)]
 
 
 def open_dataset(url: str, allow_remote_shards: bool = False) -> Resolved:
@@ -65,12 +67,31 @@ def open_dataset(url: str, allow_remote_shards: bool = False) -> Resolved:
             )
         accepted = AcceptedRows(view["accepted"], view["format_version"], murl)
         return Resolved(parent.root, parent.manifest, view, accepted, parent.manifest_sha256)
-    if digest not in _VALID.get(allow_remote_shards, ()):
+    root = murl[: -len(MANIFEST) - 1] if murl.endswith("/" + MANIFEST) else _dirname(murl)
+    known = digest in _VALID.get(allow_remote_shards, ())
+    _load_table(obj, root, murl, checked=known)
+    if not known:
         validate_manifest(obj, murl, allow_remote_shards)
         _VALID.setdefault(allow_remote_shards, set()).add(digest)
-    if murl.endswith("/" + MANIFEST):
-        return Resolved(murl[: -len(MANIFEST) - 1], obj, None, None, digest)
-    return Resolved(_dirname(murl), obj, None, None)
+    return Resolved(root, obj, None, None, digest if murl.endswith("/" + MANIFEST) else "")
+
+
+def _load_table(obj: dict, root: str, murl: str, *, checked: bool) -> None:
+    """A version-4 manifest's shard entries read from its shard table into ``obj["shards"]`` (a
+    `ShardTable`); a manifest that names a table and lists shards, or names one in another version, refused."""
+    if obj.get("kind") != DATASET_KIND:
+        return
+    version = check_version(obj, murl)
+    if not has_table(obj) and version < TABLE_VERSION:
+        return
+    if not has_table(obj):
+        raise FormatError(f"{murl}: format version {version} keeps its shard entries in a shard table, and the "
+                          f"manifest names none ({SECTION!r})")
+    if version < TABLE_VERSION:
+        raise FormatError(f"{murl}: a {SECTION!r} section needs format version {TABLE_VERSION}, not {version}")
+    if "shards" in obj:
+        raise FormatError(f"{murl}: a manifest naming a shard table lists no shards itself (both are here)")
+    obj["shards"] = read_shard_table(root, obj, murl, checked=checked)
 
 
 _VALID: dict[bool, set[str]] = {}  # remote shards allowed -> sha256 of the manifest bytes validated so

@@ -25,13 +25,17 @@ from factory.format.names import (
     LATENTS,
     MAPS_KIND,
     MASK_RULES,
+    MAX_SAMPLES,
+    PLATFORM_ID,
     READ_VERSIONS,
+    SHARD_TABLE,
     VIEW_KIND,
     canonical_json,
     dataset_id,
     sha256_bytes,
 )
 from factory.format.paths import check_plain_paths, check_relative_path
+from factory.format.shardtable import ShardTable, columns_of, schema_problem
 from factory.format.store import read_bytes
 from factory.format.views import check_accepted
 
@@ -39,11 +43,10 @@ MAX_JSON_BYTES = 256 << 20  # a manifest or view; a view of 10M rows is ~100 MB
 MAX_JSON_DEPTH = 64  # our documents nest 5 deep
 MAX_RESOLUTION = 4096  # side of a square sample image (format.MAX_IMAGE_PIXELS = 4096 x 4096)
 MAX_DIM_Z = 1 << 16
-MAX_SAMPLES = 1 << 40
 MIN_SAMPLE_BYTES = 1024  # a sample holds at least an image and a mask member: two 512-byte tar headers
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_PLATFORM_ID = re.compile(r"^pf-[0-9a-f]{12}$")  # provenance.platform_id: a content id of the record
+_PLATFORM_ID = PLATFORM_ID
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _EXT = re.compile(r"^[a-z0-9]+(?:\.[a-z0-9]+)*$")
 _HEX_DIGITS = b"0123456789abcdef"
@@ -209,7 +212,7 @@ def _check_spec_counts(obj: dict, where: str) -> None:
     of at most shard_size (a derived one at most n: a view's copy)."""
     spec = obj.get("spec") or {}
     n, size, shards = spec.get("n"), spec.get("shard_size"), obj.get("shards")
-    if n is None or not isinstance(shards, list):
+    if n is None or not isinstance(shards, (list, ShardTable)):
         return
     derived = isinstance(obj.get("provenance"), dict) and obj["provenance"].get("kind") in DERIVED_KINDS
     if n != obj["samples"] if not derived else n < obj["samples"]:
@@ -223,6 +226,8 @@ def _check_spec_counts(obj: dict, where: str) -> None:
 
 def _all_within(shards: list, size: Any) -> bool:
     """Whether every entry is an object whose samples are integers of at most ``size`` (one pass in C)."""
+    if isinstance(shards, ShardTable) and shards.checked_total is not None:
+        return not len(shards) or (isinstance(size, (int, float)) and shards.column("samples").max() <= size)
     if not shards or set(map(type, shards)) != {dict}:
         return not shards
     counts = list(map(_SAMPLES_OF, shards))
@@ -303,36 +308,55 @@ def check_shard_fields(s: dict, w: str) -> None:
 
 
 def manifest_problems(m: dict) -> list[tuple[int | None, str]]:
-    """What a valid manifest's fields must agree on: (shard or None, problem) for each disagreement."""
+    """What a valid manifest's fields must agree on: (shard or None, problem) for each disagreement
+    (compared a column at a time, in shard order)."""
+    import numpy as np
+
     out: list[tuple[int | None, str]] = []
-    entries = sorted(m["shards"], key=lambda s: s["shard"])
-    ids = [s["shard"] for s in entries]
-    if ids != list(range(len(ids))):
-        missing = sorted(set(range(len(ids))) - set(ids))
-        out.append((None, f"shard ids are not 0..{len(ids) - 1}: missing {missing[:10]}, listed {ids[:10]}"
-                          f"{'...' if len(ids) > 10 else ''}"))
-    row = 0
-    for s in entries:
-        if s["first_row"] != row:
-            out.append((s["shard"], f"shard {s['shard']} ({s['path']}): first_row {s['first_row']}, expected {row}"))
-        row += s["samples"]
-        if s["samples"] * MIN_SAMPLE_BYTES > s["bytes"]:
-            out.append((s["shard"], f"manifest: shard {s['shard']} declares {s['samples']} samples in "
-                                    f"{s['bytes']} bytes (a sample takes at least {MIN_SAMPLE_BYTES})"))
+    ids, firsts, counts, nbytes, paths, lat, pids = columns_of(
+        m["shards"], "shard", "first_row", "samples", "bytes", "path", "latents_sha256", "platform")
+    order = np.argsort(ids, kind="stable")
+    ids, firsts, counts, nbytes = ids[order], firsts[order], counts[order], nbytes[order]
+    listed = ids.tolist()
+    if listed != list(range(len(listed))):
+        missing = sorted(set(range(len(listed))) - set(listed))
+        out.append((None, f"shard ids are not 0..{len(listed) - 1}: missing {missing[:10]}, listed {listed[:10]}"
+                          f"{'...' if len(listed) > 10 else ''}"))
+    expected = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(listed) else counts
+    bad_first, bad_bytes = firsts != expected, counts * MIN_SAMPLE_BYTES > nbytes
+    for i in np.flatnonzero(bad_first | bad_bytes).tolist():
+        k = listed[i]
+        if bad_first[i]:
+            out.append((k, f"shard {k} ({paths[order[i]]}): first_row {firsts[i]}, expected {expected[i]}"))
+        if bad_bytes[i]:
+            out.append((k, f"manifest: shard {k} declares {counts[i]} samples in "
+                           f"{nbytes[i]} bytes (a sample takes at least {MIN_SAMPLE_BYTES})"))
     table = m.get("platforms") or {}
     for pid, rec in table.items():
         if platform_record_id(rec) != pid:
             out.append((None, f"manifest: platforms.{pid} is not the content id of its record (edited?)"))
-    unknown = sorted({s["platform"] for s in entries if s.get("platform") is not None} - set(table))
+    unknown = sorted(set(pids) - {None} - set(table))
     if unknown:
         out.append((None, f"manifest: shards name platform(s) {unknown[:3]} that platforms does not list"))
-    lat = m.get("latents") or {}
-    latents_sha = sha256_bytes("".join(s.get("latents_sha256", "") for s in entries).encode())
-    if lat.get("sha256_of_shard_hashes") not in (None, latents_sha):
+    latents = m.get("latents") or {}
+    latents_sha = sha256_bytes("".join(lat[i] or "" for i in order.tolist()).encode())
+    if latents.get("sha256_of_shard_hashes") not in (None, latents_sha):
         out.append((None, "manifest: latents.sha256_of_shard_hashes does not match the shards' latents_sha256"))
-    if dataset_id(entries, lat.get("sha256_of_shard_hashes"), m["format_version"]) != m["dataset_id"]:
+    if content_id(m, order) != m["dataset_id"]:
         out.append((None, f"manifest: dataset_id {m['dataset_id']} is not the content hash of its shards"))
     return out
+
+
+def content_id(m: dict, order=None) -> str:
+    """The dataset id of a manifest's shard entries (`names.dataset_id`, entries in shard order), from columns."""
+    import numpy as np
+
+    paths, sha, counts, isha, ids = columns_of(m["shards"], "path", "sha256", "samples", "index_sha256", "shard")
+    order = np.argsort(ids, kind="stable") if order is None else order
+    counts = counts.tolist()
+    entries = [{"path": paths[i], "sha256": sha[i], "samples": counts[i], "index_sha256": isha[i]}
+               for i in order.tolist()]
+    return dataset_id(entries, (m.get("latents") or {}).get("sha256_of_shard_hashes"), m["format_version"])
 
 
 def check_manifest(m: dict, where: str) -> None:
@@ -407,10 +431,13 @@ def validate_manifest(obj: Any, where: str = "manifest", allow_remote_shards: bo
     _require(obj, "samples", int, where)
     _require(obj, "dim_z", int, where)
     check_manifest_fields(obj, where)
-    shards = _require(obj, "shards", list, where)
-    total = _shards_total(shards, allow_remote_shards)
-    if total is None:  # some entry fails: the entry-by-entry check names it
-        total = _check_shards(shards, where, allow_remote_shards)
+    if isinstance(obj.get("shards"), ShardTable):
+        total = _table_total(obj["shards"], f"{where} ({SHARD_TABLE})", allow_remote_shards)
+    else:
+        shards = _require(obj, "shards", list, where)
+        total = _shards_total(shards, allow_remote_shards)
+        if total is None:  # some entry fails: the entry-by-entry check names it
+            total = _check_shards(shards, where, allow_remote_shards)
     if total != obj["samples"]:
         raise FormatError(f"{where}: samples is {obj['samples']} but the shards hold {total}")
     return obj
@@ -450,6 +477,19 @@ _SHARD_KEYS = ("shard", "path", "index", "sha256", "index_sha256", "samples", "b
 _LATENTS_OF = operator.methodcaller("get", "latents_sha256")
 _SAMPLES_OF = operator.methodcaller("get", "samples")
 _PLATFORM_OF = operator.methodcaller("get", "platform")
+
+
+def _table_total(table: ShardTable, where: str, allow_remote_shards: bool) -> int:
+    """The samples of a shard table (`format.shardtable`): checked as columns when it was read; otherwise
+    entry by entry (naming the first bad entry), then its column types."""
+    if table.checked_total is not None:
+        return table.checked_total
+    total = _check_shards(table.raw_entries(), where, allow_remote_shards)
+    problem = schema_problem(table)
+    if problem is not None:
+        raise FormatError(f"{where}: {problem}")
+    table.checked_total = total
+    return total
 
 
 def _all_hex64(digests: tuple) -> bool:

@@ -24,10 +24,13 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
+
 from factory.format.errors import FormatError
 from factory.format.hashing import CHUNK, HashingReader
 from factory.format.names import EXT_IMAGE, IMAGE_FORMATS, MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, key_row, sample_key
 from factory.format.paths import join
+from factory.format.shardtable import columns_of
 from factory.format.store import get_fs
 
 
@@ -266,9 +269,10 @@ def shard_ref(root: str, manifest: dict, entry: dict) -> ShardRef:
 
 def shard_entry(manifest: dict, row: int) -> dict:
     """The manifest's shard entry holding global row ``row`` (FormatError when none does)."""
-    for s in manifest["shards"]:
-        if s["first_row"] <= row < s["first_row"] + s["samples"]:
-            return s
+    firsts, counts = columns_of(manifest["shards"], "first_row", "samples")
+    hit = np.flatnonzero((firsts <= row) & (row < firsts + counts)) if 0 <= row < 1 << 62 else ()
+    if len(hit):
+        return manifest["shards"][int(hit[0])]
     raise FormatError(f"dataset {manifest['dataset_id']} has no sample with row {row}")
 
 

@@ -187,7 +187,7 @@ def input_rows(url: str, res: fmt.Resolved, row_col: np.ndarray) -> np.ndarray:
     n = len(row_col)
     if res.accepted is None:
         return np.ones(n, bool)
-    shard_ids = [s["shard"] for s in res.manifest["shards"]]
+    shard_ids = fmt.shard_ids(res.manifest).tolist()
     missing = set(res.accepted) - set(shard_ids)
     if missing:
         raise fmt.FormatError(f"{url}: view lists shards {sorted(missing)} that the parent dataset does not have")
@@ -260,7 +260,7 @@ def view_from_index(url: str, res: fmt.Resolved, spec: FilterSpec, table, *, vie
     `table` holds at least shard, row and every column the spec reads (`index_table`)."""
     steps = spec.steps()
     check_steps(res, steps)
-    shard_ids = [s["shard"] for s in res.manifest["shards"]]
+    shard_ids = fmt.shard_ids(res.manifest).tolist()
     shard_col = table.column("shard").to_numpy()
     row_col = table.column("row").to_numpy()
     out = apply_steps(steps, table, input_rows(url, res, row_col))
@@ -322,7 +322,7 @@ def _piece(res: fmt.Resolved, steps: list[tuple[str, Any]], table) -> tuple:
 def _merged_view(url: str, res: fmt.Resolved, spec: FilterSpec, pieces: list, *, view_url: str | None) -> dict:
     """The view from its pieces' outcomes (`_piece`), merged in shard order."""
     steps = spec.steps()
-    accepted = fmt.encode_accepted({s["shard"]: np.zeros(0, np.int64) for s in res.manifest["shards"]})
+    accepted = fmt.encode_accepted({k: np.zeros(0, np.int64) for k in fmt.shard_ids(res.manifest).tolist()})
     counts = {"candidates": 0, "input": 0, "accepted": 0, "rejected": 0}
     rejected = {name: 0 for name, _ in steps}
     in_turn = [{"filter": name, "rejected": 0, "also_rejected": 0} for name, _ in steps]
@@ -362,7 +362,7 @@ def filter_range(url: str, *, spec: FilterSpec, dataset_id: str, lo: int, hi: in
         raise fmt.FactoryError(f"{url} changed during filter (dataset id {res.manifest['dataset_id']}, "
                                f"was {dataset_id}); run filter again")
     steps = spec.steps()
-    ids = [s["shard"] for s in res.manifest["shards"] if lo <= s["shard"] < hi]
+    ids = [k for k in fmt.shard_ids(res.manifest).tolist() if lo <= k < hi]
     table = load_index(res.root, res.manifest, columns=_needed_columns(res, steps), shards=ids)
     return _piece(res, steps, table)
 
@@ -376,7 +376,7 @@ def view_on_cluster(url: str, res: fmt.Resolved, spec: FilterSpec, scheduler: st
     steps = spec.steps()
     check_steps(res, steps)
     m = res.manifest
-    end = max(s["shard"] for s in m["shards"]) + 1
+    end = int(fmt.shard_ids(m).max()) + 1
     if fmt.has_parts(m):
         starts = sorted(p["first_shard"] for p in m["index"]["parts"])[1:]
         ranges = list(zip([0, *starts], [*starts, end]))

@@ -134,10 +134,8 @@ class SampleIndex:
 
 def _shard_columns(manifest: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, first rows, samples) of the manifest's shards, as int64 columns."""
-    sh = manifest["shards"]
-    return (np.fromiter((s["shard"] for s in sh), np.int64, len(sh)),
-            np.fromiter((s["first_row"] for s in sh), np.int64, len(sh)),
-            np.fromiter((s["samples"] for s in sh), np.int64, len(sh)))
+    ids, firsts, sizes = fmt.columns_of(manifest["shards"], "shard", "first_row", "samples")  # a shard table's own
+    return ids, firsts, sizes
 
 
 def _count_flags(flags: np.ndarray, firsts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
