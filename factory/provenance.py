@@ -116,10 +116,8 @@ def manifest_platforms(shards: list[dict]) -> tuple[list[dict], dict]:
 
 def platform_counts(manifest: dict) -> dict[str, int]:
     """Shards per platform id of a manifest (empty for datasets made before the platform record)."""
-    from collections import Counter
-
-    (pids,) = fmt.columns_of(manifest.get("shards", []), "platform")
-    return {pid: n for pid, n in Counter(pids).items() if isinstance(pid, str)}
+    counts = fmt.value_counts(manifest.get("shards", []), "platform")
+    return {pid: n for pid, n in counts.items() if isinstance(pid, str)}
 
 
 def platforms_line(manifest: dict) -> str | None:

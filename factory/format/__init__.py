@@ -135,6 +135,7 @@ from factory.format.shardtable import (  # noqa: F401
     shard_ids,
     stored_manifest,
     table_bytes,
+    value_counts,
     write_manifest,
 )
 from factory.format.store import (  # noqa: F401

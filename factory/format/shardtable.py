@@ -65,6 +65,7 @@ class ShardTable(Sequence):
         self.arrow = table
         self.checked_total = checked_total  # samples of a table whose every column passed the checks
         self._cols: dict[str, object] = {}
+        self._names = [c for c in COLUMNS if c in table.column_names]
 
     def __len__(self) -> int:
         return self.arrow.num_rows
@@ -73,15 +74,16 @@ class ShardTable(Sequence):
         return f"ShardTable({len(self)} shards)"
 
     def column(self, name: str):
-        """An integer column without nulls as an int64 numpy array; any other column as a list (digests as hex,
-        None where null)."""
+        """An integer column without nulls as a read-only int64 numpy array; any other column as a list
+        (digests as hex, None where null), shared by every caller: not to be changed."""
         if name not in self._cols:
-            if name not in self.arrow.column_names:
+            if name not in self._names:
                 self._cols[name] = [None] * len(self)
             elif name in INT_COLUMNS and not self.arrow.column(name).null_count:
                 self._cols[name] = _int64s(self.arrow.column(name))
+                self._cols[name].flags.writeable = False  # shared by every caller
             elif name in DIGEST_COLUMNS:
-                self._cols[name] = [None if b is None else b.hex() for b in self.arrow.column(name).to_pylist()]
+                self._cols[name] = _hexes(self.arrow.column(name))
             else:
                 self._cols[name] = _texts(self.arrow.column(name))
         return self._cols[name]
@@ -92,11 +94,10 @@ class ShardTable(Sequence):
 
     def _row(self, i: int) -> dict:
         out = {}
-        for c in COLUMNS:
-            if c in self.arrow.column_names:
-                v = self.column(c)[i]
-                if v is not None:
-                    out[c] = int(v) if c in INT_COLUMNS else v  # numpy integers as Python ints
+        for c in self._names:
+            v = self.column(c)[i]
+            if v is not None:
+                out[c] = int(v) if c in INT_COLUMNS else v  # numpy integers as Python ints
         return out
 
     def __getitem__(self, i):
@@ -108,9 +109,12 @@ class ShardTable(Sequence):
         return self._row(i % n)
 
     def __iter__(self):
-        names = [c for c in COLUMNS if c in self.arrow.column_names]
+        names = self._names
         cols = [self.column(c) for c in names]
         cols = [c.tolist() if isinstance(c, np.ndarray) else c for c in cols]
+        if not any(self.arrow.column(c).null_count for c in names):
+            yield from map(dict, map(zip, [names] * len(self), zip(*cols)))
+            return
         for values in zip(*cols):
             yield {c: v for c, v in zip(names, values) if v is not None}
 
@@ -144,17 +148,66 @@ def _int64s(column) -> np.ndarray:
     return parts[-1] if len(parts) == 2 else np.concatenate(parts)
 
 
-def _texts(column) -> list:
-    """A text column as a list (None where null); a dictionary-encoded one through its few distinct values."""
+def _hexes(column) -> list:
+    """A digest column as hex strings (None where null): a fixed-size column without nulls in one hex pass."""
     import pyarrow as pa
 
-    if not pa.types.is_dictionary(column.type) or column.null_count:
+    if column.null_count or not pa.types.is_fixed_size_binary(column.type):
+        return [None if b is None else b.hex() for b in column.to_pylist()]
+    width = 2 * column.type.byte_width
+    out: list = []
+    for chunk in column.chunks:
+        text = chunk.buffers()[1].to_pybytes()[chunk.offset * width // 2:(chunk.offset + len(chunk)) * width // 2].hex()
+        out += [text[i:i + width] for i in range(0, len(text), width)]
+    return out
+
+
+def _codes(chunk) -> np.ndarray:
+    """The value positions of a dictionary-coded chunk, -1 where null (from its buffers)."""
+    ids = chunk.indices
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    width = ids.type.bit_width // 8
+    codes = np.frombuffer(ids.buffers()[1], f"<i{width}")[ids.offset:ids.offset + len(ids)].astype(np.int64)
+    if ids.null_count:
+        bits = np.unpackbits(np.frombuffer(ids.buffers()[0], np.uint8), bitorder="little")
+        codes[bits[ids.offset:ids.offset + len(ids)] == 0] = -1
+    return codes
+
+
+def _texts(column) -> list:
+    """A text column as a list (None where null); a dictionary-coded one through its few distinct values."""
+    import pyarrow as pa
+
+    if not pa.types.is_dictionary(column.type):
         return column.to_pylist()
     out: list = []
     for chunk in column.chunks:
-        values = chunk.dictionary.to_pylist()
-        out += [values[i] for i in _int64s(pa.chunked_array([chunk.indices])).tolist()]
+        values = chunk.dictionary.to_pylist() + [None]  # code -1: null
+        out += list(map(values.__getitem__, _codes(chunk).tolist()))
     return out
+
+
+def value_counts(shards, name: str) -> dict:
+    """How many entries of a shard list or table hold each non-null value of field ``name`` (first seen first;
+    a shard table's dictionary-coded column counted without a string per entry)."""
+    import pyarrow as pa
+
+    if isinstance(shards, ShardTable) and name in shards.arrow.column_names \
+            and pa.types.is_dictionary(shards.arrow.column(name).type):
+        counts: dict = {}
+        for chunk in shards.arrow.column(name).chunks:
+            codes = _codes(chunk)
+            codes = codes[codes >= 0]
+            values = chunk.dictionary.to_pylist()
+            seen, first = np.unique(codes, return_index=True)
+            n = np.bincount(codes, minlength=len(values))
+            for code in seen[np.argsort(first)].tolist():
+                counts[values[code]] = counts.get(values[code], 0) + int(n[code])
+        return counts
+    from collections import Counter
+
+    return {v: n for v, n in Counter(columns_of(shards, name)[0]).items() if v is not None}
 
 
 def _plain_column(column) -> bool:
