@@ -121,3 +121,22 @@ def test_plain_paths_checked_in_one_pass_follow_the_path_rule():
         offsets = np.cumsum([0] + [len(p.encode()) for p in paths]).astype(np.int64)
         assert plain_concat(data, offsets) == want, paths
     assert min(seen.values()) > 500
+
+
+def test_the_dataset_id_from_columns_is_the_canonical_json_one():
+    """`manifest_problems` recomputes the id from columns (`dataset_id_of_columns`): the same digest as
+    `dataset_id` over entry dicts, for any strings (quotes, backslashes, non-ASCII, remote URLs)."""
+    rng = random.Random(5)
+    for k in (0, 1, 7, 300):
+        shards = [{"path": "".join(rng.choice('ab/."\\é\n') for _ in range(rng.randint(1, 9))),
+                   "sha256": fmt.sha256_bytes(b"%d" % i), "samples": rng.randint(0, 1 << 40),
+                   "index_sha256": rng.choice(["x", fmt.sha256_bytes(b"i")])} for i in range(k)]
+        for latents, version in ((None, 2), (fmt.sha256_bytes(b"l"), 4)):
+            cols = [[s[c] for s in shards] for c in ("path", "sha256", "samples", "index_sha256")]
+            assert fmt.dataset_id_of_columns(*cols, latents, version) == fmt.dataset_id(shards, latents, version)
+    m = _manifest(5)
+    m["shards"].reverse()  # listed out of shard order: the id is over shard order
+    m["dataset_id"] = fmt.dataset_id(sorted(m["shards"], key=lambda s: s["shard"]), None, 2)
+    assert not [p for p in fmt.manifest_problems(m) if "content hash" in p[1]]
+    m["dataset_id"] = fmt.dataset_id(m["shards"], None, 2)
+    assert [p for p in fmt.manifest_problems(m) if "content hash" in p[1]]

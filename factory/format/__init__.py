@@ -83,6 +83,7 @@ from factory.format.names import (  # noqa: F401
     VIEW_KIND,
     canonical_json,
     dataset_id,
+    dataset_id_of_columns,
     done_name,
     index_name,
     key_row,

@@ -31,7 +31,7 @@ from factory.format.names import (
     SHARD_TABLE,
     VIEW_KIND,
     canonical_json,
-    dataset_id,
+    dataset_id_of_columns,
     sha256_bytes,
 )
 from factory.format.paths import check_plain_paths, check_relative_path
@@ -353,10 +353,12 @@ def content_id(m: dict, order=None) -> str:
 
     paths, sha, counts, isha, ids = columns_of(m["shards"], "path", "sha256", "samples", "index_sha256", "shard")
     order = np.argsort(ids, kind="stable") if order is None else order
-    counts = counts.tolist()
-    entries = [{"path": paths[i], "sha256": sha[i], "samples": counts[i], "index_sha256": isha[i]}
-               for i in order.tolist()]
-    return dataset_id(entries, (m.get("latents") or {}).get("sha256_of_shard_hashes"), m["format_version"])
+    if (order[1:] < order[:-1]).any():  # entries listed out of shard order
+        pick = order.tolist()
+        paths, sha, isha = ([col[i] for i in pick] for col in (paths, sha, isha))
+        counts = counts[order]
+    return dataset_id_of_columns(paths, sha, counts.tolist(), isha, (m.get("latents") or {}).get("sha256_of_shard_hashes"),
+                                 m["format_version"])
 
 
 def check_manifest(m: dict, where: str) -> None:
