@@ -33,4 +33,5 @@ def test_scale_bench_smoke(tmp_path):
     assert 0 < res["view_bytes"] < 3000
     assert "| factory filter |" in r.stdout
     m = json.loads((tmp_path / "skel" / "3000" / "manifest.json").read_text())
-    assert m["format_version"] == 3 and m["index"]["parts"][0]["path"] == "index/000000-000002.parquet"
+    assert m["format_version"] == 4 and m["index"]["parts"][0]["path"] == "index/000000-000002.parquet"
+    assert "shards" not in m and m["shard_table"]["rows"] == 3  # the factory's own manifest writer: format 4
