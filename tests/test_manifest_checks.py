@@ -133,7 +133,8 @@ def test_the_dataset_id_from_columns_is_the_canonical_json_one():
                    "index_sha256": rng.choice(["x", fmt.sha256_bytes(b"i")])} for i in range(k)]
         for latents, version in ((None, 2), (fmt.sha256_bytes(b"l"), 4)):
             cols = [[s[c] for s in shards] for c in ("path", "sha256", "samples", "index_sha256")]
-            assert fmt.dataset_id_of_columns(*cols, latents, version) == fmt.dataset_id(shards, latents, version)
+            assert fmt.dataset_id_of_columns(*cols, latents_sha256=latents, format_version=version) \
+                == fmt.dataset_id(shards, latents, version)
     m = _manifest(5)
     m["shards"].reverse()  # listed out of shard order: the id is over shard order
     m["dataset_id"] = fmt.dataset_id(sorted(m["shards"], key=lambda s: s["shard"]), None, 2)

@@ -141,7 +141,7 @@ def dataset_id(shards: Iterable[dict], latents_sha256: str | None = None, format
     return "ds-" + sha256_bytes(canonical_json(body))[:32]
 
 
-def dataset_id_of_columns(paths: list, sha256s: list, samples: list, index_sha256s: list,
+def dataset_id_of_columns(paths: list, sha256s: list, samples: list, index_sha256s: list, *,
                           latents_sha256: str | None, format_version: int) -> str:
     """`dataset_id` of shard entries given as columns (shard order; strings and integers, as a checked manifest
     holds them): the same canonical JSON, written directly (100,000 shards in a tenth of the time)."""

@@ -357,8 +357,8 @@ def content_id(m: dict, order=None) -> str:
         pick = order.tolist()
         paths, sha, isha = ([col[i] for i in pick] for col in (paths, sha, isha))
         counts = counts[order]
-    return dataset_id_of_columns(paths, sha, counts.tolist(), isha, (m.get("latents") or {}).get("sha256_of_shard_hashes"),
-                                 m["format_version"])
+    return dataset_id_of_columns(paths, sha, counts.tolist(), isha, format_version=m["format_version"],
+                                 latents_sha256=(m.get("latents") or {}).get("sha256_of_shard_hashes"))
 
 
 def check_manifest(m: dict, where: str) -> None:
