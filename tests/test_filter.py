@@ -284,3 +284,91 @@ def test_render_roundtrip_property():
         assert render(parse_where(text)) == text
 
     check()
+
+
+# ---------------------------------------------------------------- the filter's numpy pass over a piece (views/scan)
+
+def test_one_pass_bitmaps_equal_the_per_shard_ones():
+    """`scan.shard_bitmaps` (one scatter, one packing, one base64 of every shard of a piece) gives what
+    `format.encode_rows` gives each shard alone: mixed shard sizes (1 to 40 rows, so spans of every length
+    mod 3 bytes), empty, full and sparse masks, a first row anywhere; a layout whose rows are not consecutive
+    per shard is refused (None) for the row-list path."""
+    from factory.views.scan import shard_bitmaps
+
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        sizes = rng.integers(1, 41, rng.integers(1, 30))
+        first_row = int(rng.integers(0, 1000))
+        shard = np.repeat(np.arange(len(sizes)) + int(rng.integers(0, 5)), sizes).astype(np.int32)
+        row = np.arange(first_row, first_row + sizes.sum(), dtype=np.int64)
+        mask = rng.random(len(row)) < rng.choice([0.0, 0.05, 0.5, 0.95, 1.0])
+        want = fmt.encode_accepted({int(s): row[mask & (shard == s)] for s in np.unique(shard)})
+        assert shard_bitmaps(shard, row, mask) == want, trial
+    row = np.array([0, 1, 3, 4], np.int64)  # a gap inside shard 0
+    assert shard_bitmaps(np.zeros(4, np.int32), row, np.ones(4, bool)) is None
+    assert shard_bitmaps(np.array([0, 1, 0], np.int32), np.arange(3), np.ones(3, bool)) is None  # shard 0 twice
+
+
+def test_plain_forms_encode_as_the_json_encoder_does():
+    """The view's accepted rows written without the JSON encoder (`format.plain_forms`: the view file and
+    ``accepted_sha256``) are the encoder's bytes; anything not plain falls back to the encoder."""
+    from factory.format.names import canonical_json
+    from factory.views.views import view_bytes
+
+    rng = np.random.default_rng(2)
+    acc = {str(k): fmt.encode_rows(k * 100 + np.flatnonzero(rng.random(int(rng.integers(1, 60))) < 0.5))
+           for k in rng.permutation(300).tolist()}
+    head = {"kind": "view", "samples": 3}
+
+    def encoder_bytes(accepted):
+        text = json.dumps(head, indent=1, sort_keys=True)
+        lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
+                           for k, v in sorted(accepted.items(), key=lambda kv: int(kv[0])))
+        return (text[:-2] + ',\n "accepted": {\n' + lines + "\n }\n}\n").encode()
+
+    assert fmt.plain_forms(acc) is not None
+    for accepted in (acc, {}, {**acc, "7": {"first": 1, "n": 1, "bits": "AQ=="}},
+                     {**acc, "8": {"n": 1, "first": 1, "bits": "AQ=="}}, {**acc, "9": {"first": True, "n": 1, "bits": "AQ=="}},
+                     {**acc, "10": {"first": 1, "n": 1, "bits": "é\n"}}, {**acc, "1\n": {"first": 1, "n": 1, "bits": ""}}):
+        assert fmt.accepted_sha256(accepted) == fmt.sha256_bytes(canonical_json(accepted))
+        if all(k.strip().isdigit() for k in accepted):
+            assert view_bytes({**head, "accepted": accepted}) == encoder_bytes(accepted)
+    assert fmt.plain_forms({**acc, "8": {"n": 1, "first": 1, "bits": "AQ=="}}) is None
+    assert fmt.plain_forms({**acc, "10": {"first": 1, "n": 1, "bits": "é\n"}}) is None
+
+
+def test_arrow_columns_as_numpy_and_scalars_without_conversion():
+    """`scan.column_np` equals Arrow's own conversion (booleans with nulls as false, sliced arrays, several
+    chunks); `predicate.arrow_scalar` equals ``pyarrow.scalar``; a column it cannot view is None."""
+    from factory.views.predicate import arrow_scalar
+    from factory.views.scan import column_np
+
+    b = pa.array([True, None, False, True, True, None, True, False, True, True], pa.bool_())
+    for arr in (b, b.slice(3), pa.chunked_array([b.slice(1, 4), b.slice(6)])):
+        got = column_np(arr)
+        assert got.dtype == bool and got.tolist() == [bool(v) for v in arr.to_pylist()]
+    f = pa.chunked_array([pa.array(np.arange(7, dtype=np.float32)).slice(2), pa.array(np.ones(3, np.float32))])
+    assert column_np(f).tolist() == f.to_numpy().tolist()
+    assert column_np(pa.array([1, None], pa.int32())) is None and column_np(pa.array(["a"])) is None
+    for v, t in ((True, None), (False, None), (3, None), (-(1 << 63), None), (0.1, None), (0.1, pa.float32()),
+                 (2.5, pa.float16()), ("x", None), (7, pa.int8())):
+        want = pa.scalar(v, t)
+        got = arrow_scalar(v, t)
+        assert got.type == want.type and got.equals(want), (v, t)
+
+
+def test_quantiles_from_counted_pieces_equal_numpy():
+    """`card.quantiles` over pieces (with the pieces' `top16_counts` summed, and without) is
+    ``np.quantile`` of their concatenation, negatives, zeros of both signs and ties included."""
+    from factory.dataset.card import quantiles, top16_counts
+
+    rng = np.random.default_rng(3)
+    pieces = [rng.standard_normal(int(rng.integers(1, 400_000))).astype(np.float32) for _ in range(6)]
+    pieces += [np.round(rng.random(300_000), 3).astype(np.float32), np.array([0.0, -0.0, 0.0], np.float32)]
+    qs = [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0]
+    want = np.quantile(np.concatenate(pieces), qs).astype(np.float32)
+    counts = sum(top16_counts(p) for p in pieces)
+    assert quantiles(pieces, qs, counts).tolist() == want.tolist()
+    assert quantiles(pieces, qs).tolist() == want.tolist()
+    assert quantiles(pieces, qs, np.zeros_like(counts)).tolist() == want.tolist()  # wrong counts
+

@@ -272,3 +272,17 @@ def test_filter_on_a_cluster_writes_the_same_views(ds, compacted, tmp_path):
                 views[how] = (first.read_bytes(), second.read_bytes())
             assert views["one"] == views["many"] == views.get("local", views["one"]), name
             assert 0 < json.loads(views["many"][1])["samples"] < N
+
+
+def test_filter_of_parts_converts_nothing_through_pandas(compacted, tmp_path):
+    """The filter of a compacted index reads Arrow's buffers as numpy and builds its scalars from buffers:
+    pandas is never imported (pyarrow's conversions import it: ~0.5 CPU s a process)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from factory.api import run_filter; from factory.views.views import FilterSpec; "
+            f"run_filter({compacted!r}, FilterSpec(max_fg=0.5, histogram='reference', where='n_components <= 3'), "
+            f"{str(tmp_path / 'v.json')!r}); print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]

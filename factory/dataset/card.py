@@ -36,31 +36,38 @@ def summary_stats(table, mask: np.ndarray | None = None) -> dict:
     return SummaryStats().add(table, mask).result() if table is not None else {"samples": 0}
 
 
-def _order_keys(values: np.ndarray) -> np.ndarray:
-    """uint32 keys of float32 values whose integer order is the values' order."""
-    bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
-    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+def top16(values: np.ndarray) -> np.ndarray:
+    """uint16 per float32 value: the top 16 bits of a key whose integer order is the values' order (sign
+    flipped for positives, every bit for negatives), from the values' high halves."""
+    half = np.ascontiguousarray(values, np.float32).view(np.uint16)[1 if np.little_endian else 0::2]
+    return half ^ ((half >> 15) * np.uint16(0x7FFF) + np.uint16(0x8000))
 
 
-def quantiles(pieces: list[np.ndarray], qs: list[float]) -> np.ndarray:
+def top16_counts(values: np.ndarray) -> np.ndarray:
+    """How many float32 values have each `top16` key (65,536 counts), what `quantiles` bins them by."""
+    return np.bincount(top16(values), minlength=1 << 16)
+
+
+def quantiles(pieces: list[np.ndarray], qs: list[float], counts: np.ndarray | None = None) -> np.ndarray:
     """``np.quantile(np.concatenate(pieces), qs)`` (linear interpolation) of float32 pieces without sorting or
-    joining them: the order statistics needed are found by a histogram of the keys' top 16 bits, then
-    among the few values of their bins (O(n), ~10x less CPU than a partition at 100M values)."""
+    joining them: the order statistics needed are found by a histogram of the keys' top 16 bits (`counts`:
+    the pieces' `top16_counts` summed, when known), then among the few values of their bins (O(n), ~10x less
+    CPU than a partition at 100M values)."""
     n = sum(len(p) for p in pieces)
     if n < (1 << 20):
         return np.quantile(np.concatenate(pieces).astype(np.float32), qs)
-    counts = np.zeros(1 << 16, np.int64)
-    for p in pieces:
-        counts += np.bincount(_order_keys(p) >> 16, minlength=1 << 16)
+    if counts is None or int(counts.sum()) != n:
+        counts = sum((top16_counts(p) for p in pieces), np.zeros(1 << 16, np.int64))
     cum = np.cumsum(counts)
     virtual = [q * (n - 1) for q in qs]
     ranks = sorted({int(np.floor(v)) for v in virtual} | {min(int(np.floor(v)) + 1, n - 1) for v in virtual})
     bins = {r: int(np.searchsorted(cum, r, side="right")) for r in ranks}
-    wanted = np.array(sorted(set(bins.values())), np.uint32)
-    found = np.concatenate([p[np.isin(_order_keys(p) >> 16, wanted)] for p in pieces])
+    wanted = np.zeros(1 << 16, bool)
+    wanted[sorted(set(bins.values()))] = True
+    found = np.concatenate([p[wanted[top16(p)]] for p in pieces])
     stat = {}
     for r, b in bins.items():
-        inside = np.sort(found[(_order_keys(found) >> 16) == b])
+        inside = np.sort(found[top16(found) == b])
         stat[r] = inside[r - (int(cum[b - 1]) if b else 0)]
     out = []
     for v in virtual:
@@ -82,6 +89,7 @@ class SummaryStats:
         self.counts = dict.fromkeys(self.COUNTS, 0)
         self.comp = {"raw": 0, "clean": 0}
         self.iou: list[float] | None = None  # [sum over all, sum over area & hist_reference]
+        self.fg_counts: np.ndarray | None = None  # `top16_counts` of the fg ratios, where an `add` counts them
 
     def add(self, table, mask: np.ndarray | None = None) -> "SummaryStats":
         import pyarrow as pa
@@ -123,6 +131,8 @@ class SummaryStats:
             self.comp[k] += other.comp[k]
         if other.iou is not None:
             self.iou = [a + b for a, b in zip(self.iou or [0.0, 0.0], other.iou)]
+        if other.fg_counts is not None:
+            self.fg_counts = other.fg_counts if self.fg_counts is None else self.fg_counts + other.fg_counts
 
     def result(self) -> dict:
         n = self.n
@@ -130,7 +140,7 @@ class SummaryStats:
             return {"samples": 0}
         qs = ("0.05", "0.25", "0.5", "0.75", "0.95")
         out: dict = {"samples": n}
-        out["fg_ratio_quantiles"] = {q: round(float(v), 4) for q, v in zip(qs, quantiles(self.fg, [float(q) for q in qs]))}
+        out["fg_ratio_quantiles"] = {q: round(float(v), 4) for q, v in zip(qs, quantiles(self.fg, [float(q) for q in qs], self.fg_counts))}
         out["pass_rate"] = {k: round(self.counts[k] / n, 4) for k in self.COUNTS}
         out["components_mean"] = {k: round(v / n, 3) for k, v in self.comp.items()}
         if self.iou is not None:

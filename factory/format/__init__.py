@@ -185,5 +185,6 @@ from factory.format.views import (  # noqa: F401
     encode_accepted,
     encode_rows,
     mark_many,
+    plain_forms,
     unpack_many,
 )

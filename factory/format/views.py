@@ -22,6 +22,9 @@ from factory.format.errors import FormatError
 from factory.format.names import canonical_json, sha256_bytes
 
 _SHARD = re.compile(r"^\d+$")
+_PLAIN = re.compile(r"[0-9A-Za-z+/=]*")  # what the JSON encoder writes as is (no escapes)
+_FORM = ("first", "n", "bits")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def encode_rows(rows: np.ndarray) -> dict:
@@ -129,9 +132,33 @@ def encode_accepted(rows_by_shard: Mapping[int, np.ndarray]) -> dict[str, dict]:
     return {str(int(k)): encode_rows(v) for k, v in rows_by_shard.items()}
 
 
+def plain_forms(accepted: Mapping) -> list[tuple[str, int, int, str]] | None:
+    """(shard, first, n, bits) of every entry of a version-2 ``accepted``, in its order, when each is a compact
+    form of plain values (ASCII digit shard, integers, base64 text, keys in the order first, n, bits), whose
+    JSON is then written without an encoder; None when any entry is not."""
+    out = []
+    for k, v in accepted.items():
+        if type(v) is not dict or tuple(v) != _FORM or type(k) is not str:
+            return None
+        f, n, b = v["first"], v["n"], v["bits"]
+        if type(f) is not int or type(n) is not int or type(b) is not str:
+            return None
+        out.append((k, f, n, b))
+    if not (all(e[0] for e in out) and _DIGITS.fullmatch("".join(e[0] for e in out) or "0")
+            and _PLAIN.fullmatch("".join(e[3] for e in out))):
+        return None
+    return out
+
+
 def accepted_sha256(accepted: dict) -> str:
-    """Hash of a view's ``accepted`` as stored (compact form, or version 1's lists), the third input of `view_id`."""
-    return sha256_bytes(canonical_json(accepted))
+    """Hash of a view's ``accepted`` as stored (compact form, or version 1's lists), the third input of `view_id`:
+    of its canonical JSON (a view of plain compact forms, `plain_forms`, written directly: the same bytes)."""
+    forms = plain_forms(accepted)
+    if forms is None:
+        return sha256_bytes(canonical_json(accepted))
+    forms.sort(key=lambda e: e[0])
+    body = ",".join([f'"{k}":{{"bits":"{b}","first":{f},"n":{n}}}' for k, f, n, b in forms])
+    return sha256_bytes(("{" + body + "}").encode())
 
 
 class AcceptedRows(Mapping):

@@ -340,10 +340,36 @@ def check_types(node, schema) -> str:
     raise TypeError(node)  # pragma: no cover
 
 
+_FLOATS = {"float": np.float32, "double": np.float64, "halffloat": np.float16}
+
+
+def arrow_scalar(v, typ=None):
+    """``pyarrow.scalar(v, typ)`` of a bool, an int64 or a float, made from a one-value buffer: pyarrow's
+    conversion of a Python value first looks for pandas (importing it: ~0.5 CPU s for a filter)."""
+    import pyarrow as pa
+
+    if typ is None:
+        if isinstance(v, bool):
+            typ, raw = pa.bool_(), bytes([int(v)])
+        elif isinstance(v, int) and -(1 << 63) <= v < (1 << 63):
+            typ, raw = pa.int64(), np.int64(v).tobytes()
+        elif isinstance(v, float):
+            typ, raw = pa.float64(), np.float64(v).tobytes()
+        else:
+            return pa.scalar(v)
+    elif isinstance(v, float) and str(typ) in _FLOATS:
+        raw = np.array([v], _FLOATS[str(typ)]).tobytes()
+    else:
+        return pa.scalar(v, typ)
+    return pa.Array.from_buffers(typ, 1, [None, pa.py_buffer(raw)])[0]
+
+
 def evaluate(node, table):
     """Evaluate a type-checked AST on an Arrow table -> boolean ChunkedArray/Array (nulls count as false)."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    false = arrow_scalar(False)
 
     def val(n, like=None):
         if isinstance(n, Col):
@@ -353,8 +379,8 @@ def evaluate(node, table):
             if like is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
                 t = table.schema.field(like).type
                 if pa.types.is_floating(t):  # compare in the column's precision, like torch/numpy do
-                    return pa.scalar(float(v), t)
-            return pa.scalar(v)
+                    return arrow_scalar(float(v), t)
+            return arrow_scalar(v)
         return ev(n)
 
     def like_of(n):
@@ -364,7 +390,7 @@ def evaluate(node, table):
         if isinstance(n, Col):
             return table.column(n.name)
         if isinstance(n, Lit):
-            return pa.scalar(bool(n.value))
+            return arrow_scalar(bool(n.value))
         if isinstance(n, Cmp):
             lcol, rcol = like_of(n.left), like_of(n.right)
             a = val(n.left, rcol)
@@ -378,16 +404,16 @@ def evaluate(node, table):
             r = pc.is_in(a, value_set=pa.array(vs, type=a.type if hasattr(a, "type") else None))
             return pc.invert(r) if n.negated else r
         if isinstance(n, Not):
-            return pc.invert(pc.fill_null(ev(n.operand), False))
+            return pc.invert(pc.fill_null(ev(n.operand), false))
         if isinstance(n, BoolOp):
-            out = pc.fill_null(ev(n.operands[0]), False)
+            out = pc.fill_null(ev(n.operands[0]), false)
             f = pc.and_ if n.op == "and" else pc.or_
             for o in n.operands[1:]:
-                out = f(out, pc.fill_null(ev(o), False))
+                out = f(out, pc.fill_null(ev(o), false))
             return out
         raise TypeError(n)  # pragma: no cover
 
     res = ev(node)
     if isinstance(res, pa.Scalar):
         return pa.array(np.full(table.num_rows, bool(res.as_py())))
-    return pc.fill_null(res, False)
+    return pc.fill_null(res, false)

@@ -24,7 +24,7 @@ import numpy as np
 
 from factory import __version__
 from factory import format as fmt
-from factory.dataset.card import SummaryStats, stats_columns, summary_stats
+from factory.dataset.card import stats_columns, summary_stats
 from factory.dataset.reader import accepted_flags, index_schema, load_index, scan_index
 from factory.format import FactoryError, parent_url_for
 from factory.views.predicate import (
@@ -39,6 +39,7 @@ from factory.views.predicate import (
     parse_where,
     render,
 )
+from factory.views.scan import Stats, column_np, shard_bitmaps
 
 # ================================================================ filter specs
 
@@ -130,35 +131,6 @@ def _as_rows_by_shard(shard_col: np.ndarray, row_col: np.ndarray, mask: np.ndarr
     return fmt.encode_accepted(by_shard)
 
 
-def _encoded_segments(shard_col: np.ndarray, row_col: np.ndarray, mask: np.ndarray) -> dict[str, dict]:
-    """`_as_rows_by_shard` of the shards present, when each shard's rows are one run of consecutive rows (a
-    compacted index's part): each bitmap is the mask's slice between its first and last accepted row, packed
-    as `format.encode_rows` packs it, without building row lists."""
-    import base64
-
-    n = len(shard_col)
-    if n == 0:
-        return {}
-    cuts = np.flatnonzero(shard_col[1:] != shard_col[:-1]) + 1
-    starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [n]])
-    step = np.diff(row_col)
-    step[cuts - 1] = 1  # shard boundaries
-    if not (step == 1).all() or len(np.unique(shard_col[starts])) != len(starts):
-        return _as_rows_by_shard(shard_col, row_col, mask, np.unique(shard_col).tolist())
-    idx = np.flatnonzero(mask)
-    lo, hi = np.searchsorted(idx, starts), np.searchsorted(idx, ends) - 1
-    out = {}
-    empty = {"first": 0, "n": 0, "bits": ""}
-    for sid, a, b in zip(shard_col[starts].tolist(), lo.tolist(), hi.tolist()):
-        if a > b:
-            out[str(sid)] = dict(empty)
-            continue
-        f, last = int(idx[a]), int(idx[b])
-        bits = np.packbits(mask[f:last + 1], bitorder="little").tobytes()
-        out[str(sid)] = {"first": int(row_col[f]), "n": last - f + 1, "bits": base64.b64encode(bits).decode()}
-    return out
-
-
 def check_steps(res: fmt.Resolved, steps: list[tuple[str, Any]]):
     """Type-check every step against the index schema; return the schema (PredicateError names the problem)."""
     schema = index_schema(res.root, res.manifest)
@@ -227,9 +199,12 @@ def apply_steps(steps: list[tuple[str, Any]], table, base: np.ndarray) -> Outcom
     in_turn: list[dict] = []
     for name, node in steps:
         try:
-            ok = evaluate(node, table).to_numpy(zero_copy_only=False).astype(bool)
+            verdict = evaluate(node, table)
         except pa.ArrowException as e:
             raise PredicateError(f"--where: cannot evaluate '{render(node)}' on the index: {e}") from None
+        ok = column_np(verdict)
+        if ok is None:
+            ok = verdict.to_numpy(zero_copy_only=False).astype(bool)
         passed[name] = ok
         alone[name] = int((base & ~ok).sum())
         kept = int((mask & ~ok).sum())
@@ -306,27 +281,35 @@ def _needed_columns(res: fmt.Resolved, steps: list[tuple[str, Any]]) -> list[str
 
 def _piece(res: fmt.Resolved, steps: list[tuple[str, Any]], table) -> tuple:
     """A filter's outcome over one piece of the index (a part, or a shard range's rows): counts, rejections,
-    steps in turn, accepted rows (encoded) and summary statistics, merged by `_merged_view`."""
-    shard_col = table.column("shard").to_numpy()
-    row_col = table.column("row").to_numpy()
+    steps in turn, accepted rows (encoded) and summary statistics, merged by `_merged_view`. Columns are
+    read as numpy views of Arrow's buffers (`scan.column_np`), each shard's bitmap cut from one packing
+    (`scan.shard_bitmaps`) and the statistics summed from the same columns (`scan.Stats`)."""
+    shard_col, row_col = _numpy(table.column("shard")), _numpy(table.column("row"))
     base = np.ones(len(row_col), bool)
     if res.accepted is not None:
         mine = [k for k in np.unique(shard_col).tolist() if k in res.accepted]
         rows = [res.accepted[k] for k in mine]
         base = np.isin(row_col, np.concatenate(rows)) if rows else np.zeros(len(row_col), bool)
     out = apply_steps(steps, table, base)
-    accepted = _encoded_segments(shard_col, row_col, out.mask)
-    return out.counts(), out.rejected, out.in_turn, accepted, SummaryStats().add(table, out.mask)
+    accepted = shard_bitmaps(shard_col, row_col, out.mask)
+    if accepted is None:
+        accepted = _as_rows_by_shard(shard_col, row_col, out.mask, np.unique(shard_col).tolist())
+    return out.counts(), out.rejected, out.in_turn, accepted, Stats().add(table, out.mask)
+
+
+def _numpy(col) -> np.ndarray:
+    arr = column_np(col)
+    return col.to_numpy() if arr is None else arr
 
 
 def _merged_view(url: str, res: fmt.Resolved, spec: FilterSpec, pieces: list, *, view_url: str | None) -> dict:
     """The view from its pieces' outcomes (`_piece`), merged in shard order."""
     steps = spec.steps()
-    accepted = fmt.encode_accepted({k: np.zeros(0, np.int64) for k in fmt.shard_ids(res.manifest).tolist()})
+    accepted = {str(k): {"first": 0, "n": 0, "bits": ""} for k in fmt.shard_ids(res.manifest).tolist()}  # none yet
     counts = {"candidates": 0, "input": 0, "accepted": 0, "rejected": 0}
     rejected = {name: 0 for name, _ in steps}
     in_turn = [{"filter": name, "rejected": 0, "also_rejected": 0} for name, _ in steps]
-    stats = SummaryStats()
+    stats = Stats()
     for c, rej, turn, acc, st in pieces:
         for k in counts:
             counts[k] += c[k]
@@ -411,8 +394,13 @@ def view_bytes(view: dict) -> bytes:
     """Serialized view: sorted keys, one accepted shard per line (diffable, deterministic)."""
     head = {k: v for k, v in view.items() if k != "accepted"}
     text = json.dumps(head, indent=1, sort_keys=True)
-    acc = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
-                     for k, v in sorted(view["accepted"].items(), key=lambda kv: int(kv[0])))
+    forms = fmt.plain_forms(view["accepted"])  # plain compact forms: their JSON written directly
+    if forms is None:
+        acc = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
+                         for k, v in sorted(view["accepted"].items(), key=lambda kv: int(kv[0])))
+    else:
+        forms.sort(key=lambda e: int(e[0]))
+        acc = ",\n".join([f'  "{k}": {{"first":{f},"n":{n},"bits":"{b}"}}' for k, f, n, b in forms])
     return (text[:-2] + ',\n "accepted": {\n' + acc + "\n }\n}\n").encode()
 
 
