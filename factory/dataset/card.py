@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -64,7 +65,8 @@ def quantiles(pieces: list[np.ndarray], qs: list[float], counts: np.ndarray | No
     bins = {r: int(np.searchsorted(cum, r, side="right")) for r in ranks}
     wanted = np.zeros(1 << 16, bool)
     wanted[sorted(set(bins.values()))] = True
-    found = np.concatenate([p[wanted[top16(p)]] for p in pieces])
+    with ThreadPoolExecutor(max(1, min(len(pieces), os.cpu_count() or 1))) as ex:  # numpy frees the GIL
+        found = np.concatenate(list(ex.map(lambda p: p[wanted[top16(p)]], pieces)))
     stat = {}
     for r, b in bins.items():
         inside = np.sort(found[top16(found) == b])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from operator import itemgetter
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -22,7 +23,7 @@ from factory.format.errors import FormatError
 from factory.format.names import canonical_json, sha256_bytes
 
 _SHARD = re.compile(r"^\d+$")
-_PLAIN = re.compile(r"[0-9A-Za-z+/=]*")  # what the JSON encoder writes as is (no escapes)
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="  # written as is by the JSON encoder
 _FORM = ("first", "n", "bits")
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -132,22 +133,25 @@ def encode_accepted(rows_by_shard: Mapping[int, np.ndarray]) -> dict[str, dict]:
     return {str(int(k)): encode_rows(v) for k, v in rows_by_shard.items()}
 
 
-def plain_forms(accepted: Mapping) -> list[tuple[str, int, int, str]] | None:
-    """(shard, first, n, bits) of every entry of a version-2 ``accepted``, in its order, when each is a compact
-    form of plain values (ASCII digit shard, integers, base64 text, keys in the order first, n, bits), whose
-    JSON is then written without an encoder; None when any entry is not."""
-    out = []
-    for k, v in accepted.items():
-        if type(v) is not dict or tuple(v) != _FORM or type(k) is not str:
-            return None
-        f, n, b = v["first"], v["n"], v["bits"]
-        if type(f) is not int or type(n) is not int or type(b) is not str:
-            return None
-        out.append((k, f, n, b))
-    if not (all(e[0] for e in out) and _DIGITS.fullmatch("".join(e[0] for e in out) or "0")
-            and _PLAIN.fullmatch("".join(e[3] for e in out))):
+def plain_forms(accepted: Mapping) -> tuple[list[str], list[int], list[int], list[str]] | None:
+    """(shards, firsts, ns, bits) of a version-2 ``accepted``, in its order, when every entry is a compact form
+    of plain values (ASCII digit shard, integers, base64 text, keys in the order first, n, bits), whose JSON
+    is then written without an encoder; None when any entry is not. Checked a column at a time."""
+    keys, vals = list(accepted), list(accepted.values())
+    if not vals:
+        return [], [], [], []
+    if set(map(type, vals)) != {dict} or set(map(tuple, vals)) != {_FORM} or set(map(type, keys)) != {str}:
         return None
-    return out
+    firsts, ns, bits = (list(map(itemgetter(f), vals)) for f in _FORM)
+    if set(map(type, firsts)) | set(map(type, ns)) != {int} or set(map(type, bits)) != {str}:
+        return None
+    try:
+        text = "".join(bits).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if not (all(keys) and _DIGITS.fullmatch("".join(keys))) or text.translate(None, _BASE64):
+        return None
+    return keys, firsts, ns, bits
 
 
 def accepted_sha256(accepted: dict) -> str:
@@ -156,9 +160,10 @@ def accepted_sha256(accepted: dict) -> str:
     forms = plain_forms(accepted)
     if forms is None:
         return sha256_bytes(canonical_json(accepted))
-    forms.sort(key=lambda e: e[0])
-    body = ",".join([f'"{k}":{{"bits":"{b}","first":{f},"n":{n}}}' for k, f, n, b in forms])
-    return sha256_bytes(("{" + body + "}").encode())
+    keys, firsts, ns, bits = forms
+    entries = list(map('"{}":{{"bits":"{}","first":{},"n":{}}}'.format, keys, bits, firsts, ns))
+    order = np.argsort(np.array(keys), kind="stable").tolist() if keys else []  # the keys' string order
+    return sha256_bytes(("{" + ",".join([entries[i] for i in order]) + "}").encode())
 
 
 class AcceptedRows(Mapping):

@@ -24,7 +24,7 @@ import numpy as np
 
 from factory import __version__
 from factory import format as fmt
-from factory.dataset.card import stats_columns, summary_stats
+from factory.dataset.card import STATS_COLUMNS, stats_columns, summary_stats
 from factory.dataset.reader import accepted_flags, index_schema, load_index, scan_index
 from factory.format import FactoryError, parent_url_for
 from factory.views.predicate import (
@@ -39,7 +39,7 @@ from factory.views.predicate import (
     parse_where,
     render,
 )
-from factory.views.scan import Stats, column_np, shard_bitmaps
+from factory.views.scan import Stats, column_np, freed_memory_kept, shard_bitmaps
 
 # ================================================================ filter specs
 
@@ -272,8 +272,11 @@ def _view(res: fmt.Resolved, spec: FilterSpec, accepted: dict, *, counts: dict, 
     }
 
 
-def _needed_columns(res: fmt.Resolved, steps: list[tuple[str, Any]]) -> list[str]:
-    needed = {"shard", "row", *stats_columns(res.root, res.manifest)}
+def _needed_columns(res: fmt.Resolved, steps: list[tuple[str, Any]], schema=None) -> list[str]:
+    """shard, row, the statistics' columns and the steps' (`schema`: the index's, when already read)."""
+    stats = stats_columns(res.root, res.manifest) if schema is None else \
+        [*STATS_COLUMNS, *(["true_iou"] if "true_iou" in schema.names else [])]
+    needed = {"shard", "row", *stats}
     for _, node in steps:
         needed |= columns_of(node)
     return sorted(needed)
@@ -305,7 +308,7 @@ def _numpy(col) -> np.ndarray:
 def _merged_view(url: str, res: fmt.Resolved, spec: FilterSpec, pieces: list, *, view_url: str | None) -> dict:
     """The view from its pieces' outcomes (`_piece`), merged in shard order."""
     steps = spec.steps()
-    accepted = {str(k): {"first": 0, "n": 0, "bits": ""} for k in fmt.shard_ids(res.manifest).tolist()}  # none yet
+    accepted: dict[str, dict] = {}
     counts = {"candidates": 0, "input": 0, "accepted": 0, "rejected": 0}
     rejected = {name: 0 for name, _ in steps}
     in_turn = [{"filter": name, "rejected": 0, "also_rejected": 0} for name, _ in steps]
@@ -320,6 +323,9 @@ def _merged_view(url: str, res: fmt.Resolved, spec: FilterSpec, pieces: list, *,
             a["also_rejected"] += b["also_rejected"]
         accepted.update(acc)
         stats.merge(st)
+    for k in map(str, fmt.shard_ids(res.manifest).tolist()):  # shards without an index row: none accepted
+        if k not in accepted:
+            accepted[k] = {"first": 0, "n": 0, "bits": ""}
     if res.view is not None and counts["input"] != res.view["samples"]:
         raise fmt.FormatError(f"{url}: view accepts {res.view['samples']} rows but only {counts['input']} exist in "
                               "the parent's index")
@@ -331,9 +337,10 @@ def view_from_parts(url: str, res: fmt.Resolved, spec: FilterSpec, *, view_url: 
     """`view_from_index` over a compacted index, one part at a time (`scan_index`: parts read and filtered in
     threads, memory holding the parts in flight, not the index): the same view."""
     steps = spec.steps()
-    check_steps(res, steps)
-    pieces = scan_index(res.root, res.manifest, _needed_columns(res, steps), lambda t: _piece(res, steps, t))
-    return _merged_view(url, res, spec, pieces, view_url=view_url)
+    columns = _needed_columns(res, steps, check_steps(res, steps))
+    with freed_memory_kept():
+        pieces = scan_index(res.root, res.manifest, columns, lambda t: _piece(res, steps, t))
+        return _merged_view(url, res, spec, pieces, view_url=view_url)
 
 
 def filter_range(url: str, *, spec: FilterSpec, dataset_id: str, lo: int, hi: int,
@@ -399,8 +406,12 @@ def view_bytes(view: dict) -> bytes:
         acc = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}"
                          for k, v in sorted(view["accepted"].items(), key=lambda kv: int(kv[0])))
     else:
-        forms.sort(key=lambda e: int(e[0]))
-        acc = ",\n".join([f'  "{k}": {{"first":{f},"n":{n},"bits":"{b}"}}' for k, f, n, b in forms])
+        keys, firsts, ns, bits = forms
+        lines = list(map('  "{}": {{"first":{},"n":{},"bits":"{}"}}'.format, keys, firsts, ns, bits))
+        order = list(map(int, keys))
+        if any(map(int.__gt__, order, order[1:])):  # not in shard order: sorted (stably, as above)
+            lines = [lines[i] for i in sorted(range(len(order)), key=order.__getitem__)]
+        acc = ",\n".join(lines)
     return (text[:-2] + ',\n "accepted": {\n' + acc + "\n }\n}\n").encode()
 
 
