@@ -310,8 +310,8 @@ def test_one_pass_bitmaps_equal_the_per_shard_ones():
 
 
 def test_plain_forms_encode_as_the_json_encoder_does():
-    """The view's accepted rows written without the JSON encoder (`format.plain_forms`: the view file and
-    ``accepted_sha256``) are the encoder's bytes; anything not plain falls back to the encoder."""
+    """The view file's accepted rows written without the JSON encoder (`format.plain_forms`) are the encoder's
+    bytes; anything not plain falls back to the encoder."""
     from factory.format.names import canonical_json
     from factory.views.views import view_bytes
 

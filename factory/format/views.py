@@ -155,15 +155,8 @@ def plain_forms(accepted: Mapping) -> tuple[list[str], list[int], list[int], lis
 
 
 def accepted_sha256(accepted: dict) -> str:
-    """Hash of a view's ``accepted`` as stored (compact form, or version 1's lists), the third input of `view_id`:
-    of its canonical JSON (a view of plain compact forms, `plain_forms`, written directly: the same bytes)."""
-    forms = plain_forms(accepted)
-    if forms is None:
-        return sha256_bytes(canonical_json(accepted))
-    keys, firsts, ns, bits = forms
-    entries = list(map('"{}":{{"bits":"{}","first":{},"n":{}}}'.format, keys, bits, firsts, ns))
-    order = np.argsort(np.array(keys), kind="stable").tolist() if keys else []  # the keys' string order
-    return sha256_bytes(("{" + ",".join([entries[i] for i in order]) + "}").encode())
+    """Hash of a view's ``accepted`` as stored (compact form, or version 1's lists), the third input of `view_id`."""
+    return sha256_bytes(canonical_json(accepted))
 
 
 class AcceptedRows(Mapping):
