@@ -351,7 +351,7 @@ def test_arrow_columns_as_numpy_and_scalars_without_conversion():
     assert column_np(f).tolist() == f.to_numpy().tolist()
     assert column_np(pa.array([1, None], pa.int32())) is None and column_np(pa.array(["a"])) is None
     for v, t in ((True, None), (False, None), (3, None), (-(1 << 63), None), (0.1, None), (0.1, pa.float32()),
-                 (2.5, pa.float16()), ("x", None), (7, pa.int8())):
+                 (2.5, pa.float16()), (1e300, pa.float32()), (-1e300, pa.float16()), ("x", None), (7, pa.int8())):
         want = pa.scalar(v, t)
         got = arrow_scalar(v, t)
         assert got.type == want.type and got.equals(want), (v, t)

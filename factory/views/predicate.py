@@ -358,7 +358,8 @@ def arrow_scalar(v, typ=None):
         else:
             return pa.scalar(v)
     elif isinstance(v, float) and str(typ) in _FLOATS:
-        raw = np.array([v], _FLOATS[str(typ)]).tobytes()
+        with np.errstate(over="ignore"):  # out of the type's range: +-inf, as pyarrow rounds it
+            raw = np.array([v], _FLOATS[str(typ)]).tobytes()
     else:
         return pa.scalar(v, typ)
     return pa.Array.from_buffers(typ, 1, [None, pa.py_buffer(raw)])[0]
