@@ -26,6 +26,7 @@ _SHARD = re.compile(r"^\d+$")
 _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="  # written as is by the JSON encoder
 _FORM = ("first", "n", "bits")
 _DIGITS = re.compile(r"[0-9]+")
+_FORM_KEYS = {"first", "n", "bits"}
 
 
 def encode_rows(rows: np.ndarray) -> dict:
@@ -44,14 +45,14 @@ def encode_rows(rows: np.ndarray) -> dict:
 
 def _checked_form(obj: dict, where: str) -> tuple[int, int, bytes]:
     """(first, n, the bitmap's bytes) of one shard's compact form, its structure, base64 and length checked."""
-    if not isinstance(obj, dict) or set(obj) != {"first", "n", "bits"}:
+    if type(obj) is not dict or obj.keys() != _FORM_KEYS:
         raise FormatError(f"{where}: accepted rows of a shard must be {{first, n, bits}}")
     first, n, bits = obj["first"], obj["n"], obj["bits"]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (first, n)) or first < 0 or n < 0 \
-            or not isinstance(bits, str):
+    # exact types (as JSON makes them; a bool is not an int here), checked without a call per value
+    if type(first) is not int or type(n) is not int or first < 0 or n < 0 or type(bits) is not str:
         raise FormatError(f"{where}: accepted rows: first and n must be integers >= 0, bits a string")
     try:
-        raw = base64.b64decode(bits, validate=True)
+        raw = binascii.a2b_base64(bits, strict_mode=True)  # what base64.b64decode(validate=True) calls
     except (binascii.Error, ValueError):
         raise FormatError(f"{where}: accepted bits are not base64") from None
     if len(raw) != (n + 7) // 8:

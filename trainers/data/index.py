@@ -220,7 +220,7 @@ def _holdout(resolved: fmt.Resolved, flags: np.ndarray | None, permille: int, sp
         if t.num_rows != part["rows"]:
             raise fmt.FormatError(f"index part {fmt.join(resolved.root, part['path'])} has {t.num_rows} rows, the "
                                   f"manifest says {part['rows']}")
-        held = t.column(fmt.KEY_BUCKET).to_numpy() < permille
+        held = column_array(t, fmt.KEY_BUCKET) < permille
         flags[lo:ends[k]] &= held if keep_val else ~held
 
     try:
@@ -231,6 +231,24 @@ def _holdout(resolved: fmt.Resolved, flags: np.ndarray | None, permille: int, sp
     return flags
 
 
+def column_array(table, name: str) -> np.ndarray:
+    """A numeric column of an Arrow table as numpy: its buffers viewed when it has no nulls (no copy, and
+    no pandas import, which ``to_numpy`` makes for a table carrying pandas metadata), else ``to_numpy``."""
+    col = table.column(name)
+    try:
+        dtype = np.dtype(col.type.to_pandas_dtype())
+    except (NotImplementedError, TypeError):
+        dtype = None
+    if dtype is None or dtype.kind not in "iuf" or col.null_count:
+        return col.to_numpy()
+    pieces = [np.frombuffer(c.buffers()[1], dtype, count=len(c), offset=c.offset * dtype.itemsize)
+              for c in col.chunks if len(c)]
+    if not pieces:
+        return np.zeros(0, dtype)
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+_CHECKED: set[str] = set()  # sha256 of manifest bytes whose fields were found to agree (`fmt.check_manifest`)
 _PARTS: dict[str, list[dict]] = {}  # sha256 of manifest bytes -> its index parts, checked once per process
 
 
@@ -266,10 +284,13 @@ def build_index(resolved: fmt.Resolved, *, split: str = "train", holdout_permill
     if mask not in ("clean", "raw"):
         raise DataError(f"mask must be 'clean' or 'raw', got {mask!r}")
     manifest = resolved.manifest
-    try:
-        fmt.check_manifest(manifest, f"dataset {manifest['dataset_id']}")
-    except fmt.FormatError as e:
-        raise DataError(str(e)) from None
+    if not resolved.manifest_sha256 or resolved.manifest_sha256 not in _CHECKED:
+        try:
+            fmt.check_manifest(manifest, f"dataset {manifest['dataset_id']}")
+        except fmt.FormatError as e:
+            raise DataError(str(e)) from None
+        if resolved.manifest_sha256:
+            _CHECKED.add(resolved.manifest_sha256)
     check_mask_source(manifest, mask_source)
     if mask == "raw" and not manifest.get("spec", {}).get("keep_raw_mask", False):
         raise DataError(f"dataset {manifest['dataset_id']} has no raw masks (it was generated without "

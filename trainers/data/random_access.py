@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from factory import format as fmt
-from trainers.data.index import SampleIndex, index_parts, opened
+from trainers.data.index import SampleIndex, column_array, index_parts, opened
 from trainers.data.planner import LoaderState, flip_bit, lazy_order, rank_steps, steps_in_epoch
 from trainers.data.reader import check_whole_shard, decode_sample, shard_errors
 from trainers.errors import DataError
@@ -73,11 +73,11 @@ class ShardOffsets:
                 if fmt.sha256_bytes(data) != e["index_sha256"]:
                     raise DataError(f"index fragment {url} does not match the manifest's sha256 (changed or corrupt)")
                 t = pq.ParquetFile(pa.BufferReader(data)).read(columns=["row", *fmt.OFFSET_COLUMNS])
-            rows = t.column("row").to_numpy()
+            rows = column_array(t, "row")
             if not np.array_equal(rows, np.arange(e["first_row"], e["first_row"] + e["samples"])):
                 raise DataError(f"index fragment {url}: rows are not {e['first_row']}..{e['first_row'] + e['samples'] - 1}")
-            self.cache[sid] = (t.column("tar_offset").to_numpy().astype(np.int64),
-                               t.column("tar_size").to_numpy().astype(np.int32))
+            self.cache[sid] = (column_array(t, "tar_offset").astype(np.int64),
+                               column_array(t, "tar_size").astype(np.int32))
         return self.cache[sid]
 
     def range_of(self, sid: int, row: int) -> tuple[int, int]:
