@@ -1,12 +1,20 @@
-"""Helpers the test modules share (import them: ``from helpers import run, cli, one_line_error, one_thread``)."""
+"""Helpers the test modules share (import them: ``from helpers import run, cli, one_line_error, one_thread``): CLI
+runners, one-line error checks, a forger's tools, processes started as a user starts them (`start_scheduler`)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugin_pkg"  # holds the importable package `tinygen`
+REPO = Path(__file__).resolve().parent.parent
+DASK = str(Path(sys.executable).with_name("dask"))
 
 
 def run(args, expect: int = 0):
@@ -239,3 +247,49 @@ def rewrite_shard_table(root, edit) -> dict:
     m[fmt.SHARD_TABLE_SECTION].update(sha256=fmt.sha256_bytes(data), bytes=len(data), rows=table.num_rows)
     open(mpath, "w").write(json.dumps(m, indent=1, sort_keys=True))
     return m
+
+
+# ------------------------------------------------------------------ processes a user starts (dask's CLI)
+
+def start_process(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """A process in its own session (so the whole group can be stopped), output to `log`."""
+    with open(log, "wb") as f:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process(p: subprocess.Popen) -> None:
+    """Stop a process and everything in its group: SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            p.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # the group's other members (worker processes) may outlive its leader for a moment
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_scheduler(port: int, env: dict, log: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """`dask scheduler` on 127.0.0.1:`port` as a user starts it (its own process, output to `log`), listening
+    when this returns; (the process, its address). A scheduler that exits or does not listen fails the test."""
+    p = start_process([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], env, log)
+    deadline = time.monotonic() + timeout
+    while not listening(port):
+        if p.poll() is not None or time.monotonic() > deadline:
+            stop_process(p)
+            raise AssertionError(f"the dask scheduler did not listen on port {port}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return p, f"tcp://127.0.0.1:{port}"

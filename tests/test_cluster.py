@@ -15,47 +15,20 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
-from helpers import downgrade
+from helpers import DASK, REPO, downgrade, start_process, start_scheduler, stop_process
 
 from factory import format as fmt
 from factory.cli import main
 
 pytestmark = pytest.mark.s3
 
-REPO = Path(__file__).resolve().parent.parent
-DASK = str(Path(sys.executable).with_name("dask"))
 SPEC = ["generate", "--generator", "shapes", "--resolution", "64", "--n", "360", "--shard-size", "40",
         "--seed", "5", "--z-noise", "0.3", "--quiet"]
-
-
-def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    """A process in its own session (so the whole group can be stopped), output to `log`."""
-    with open(log, "wb") as f:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(p: subprocess.Popen) -> None:
-    """Stop a process and everything in its group: SIGTERM, then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            p.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # the group's other members (worker processes) may outlive its leader for a moment
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def wait_for(cond, timeout: float, what: str, procs=()):
@@ -72,13 +45,6 @@ def wait_for(cond, timeout: float, what: str, procs=()):
 def worker_processes(cli: subprocess.Popen) -> list[psutil.Process]:
     """The worker processes of a `dask worker --nworkers N` command (its nannies run inside it)."""
     return [c for c in psutil.Process(cli.pid).children() if "spawn_main" in " ".join(c.cmdline())]
-
-
-def listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_external_cluster_late_workers_s3_and_a_killed_worker(s3_server, free_port, tmp_path, torch_one_thread):
@@ -98,22 +64,19 @@ def test_external_cluster_late_workers_s3_and_a_killed_worker(s3_server, free_po
     env = {**os.environ, **s3_server["env"], "PYTHONUNBUFFERED": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
     client_env = {**env, "FACTORY_HOME": str(tmp_path / "client-home")}
     worker_env = {**env, "FACTORY_HOME": str(tmp_path / "worker-home")}  # another host: nothing shared but S3
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
     root = f"s3://{bucket}/cluster-ds"
     procs = []
     try:
-        sched = start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                      env, tmp_path / "scheduler.log")
+        sched, address = start_scheduler(free_port(), env, tmp_path / "scheduler.log")
         procs.append(sched)
-        wait_for(lambda: listening(port), 60, "the scheduler", procs)
-        job = start([sys.executable, "-m", "factory.cli", *SPEC, "--embeddings", f"s3://{bucket}/emb/imagenet_z.npy",
-                     "--scheduler", address, "--out", root], client_env, tmp_path / "generate.log")
+        job = start_process([sys.executable, "-m", "factory.cli", *SPEC, "--embeddings",
+                             f"s3://{bucket}/emb/imagenet_z.npy", "--scheduler", address, "--out", root],
+                            client_env, tmp_path / "generate.log")
         procs.append(job)
         wait_for(lambda: "waiting for dask workers" in (tmp_path / "generate.log").read_text(), 60,
                  "the job to wait for workers", procs)
-        workers = start([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1", "--resources", "GPU=1",
-                         "--no-dashboard"], worker_env, tmp_path / "workers.log")
+        workers = start_process([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1", "--resources",
+                                 "GPU=1", "--no-dashboard"], worker_env, tmp_path / "workers.log")
         procs.append(workers)
 
         def first_shard() -> bool:
@@ -131,7 +94,7 @@ def test_external_cluster_late_workers_s3_and_a_killed_worker(s3_server, free_po
         assert job.returncode == 0, log[-3000:]
     finally:
         for p in reversed(procs):
-            stop(p)
+            stop_process(p)
 
     fs.invalidate_cache()
     remote = json.loads(fs.cat(f"{bucket}/cluster-ds/manifest.json"))
@@ -197,34 +160,32 @@ def test_verify_filter_upgrade_on_the_dask_cli_cluster_s3_and_a_killed_worker(s3
     fs.rm(f"{bucket}/bad/{m['shards'][21]['index']}")  # and shard 21's index fragment is gone
     env = {**os.environ, **s3_server["env"], "PYTHONUNBUFFERED": "1", "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    def here(*args: str) -> subprocess.CompletedProcess:
+        """`factory ARGS` in this process (the client side of a command is not what is tested here)."""
+        r = CliRunner().invoke(main, list(args))
+        assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+        return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
 
     urls = {k: f"s3://{bucket}/{k}" for k in ("clean", "bad")}
-    alone = {k: run(*verify_cmd(u)) for k, u in urls.items()}
+    alone = {k: here("verify", u) for k, u in urls.items()}
     assert alone["clean"].returncode == 0 and alone["clean"].stdout.startswith("OK "), alone["clean"]
     assert alone["bad"].returncode == 1 and "shard 7 " in alone["bad"].stderr and "shard 21 " in alone["bad"].stderr
     assert "2 of 30 shards bad" in alone["bad"].stderr
 
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
     procs = []
     try:
-        sched = start([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                      env, tmp_path / "scheduler.log")
+        sched, address = start_scheduler(free_port(), env, tmp_path / "scheduler.log")
         procs.append(sched)
-        wait_for(lambda: listening(port), 60, "the scheduler", procs)
-        workers = start([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
-                        {**env, "FACTORY_HOME": str(tmp_path / "worker-home")}, tmp_path / "workers.log")
+        workers = start_process([DASK, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                                {**env, "FACTORY_HOME": str(tmp_path / "worker-home")}, tmp_path / "workers.log")
         procs.append(workers)
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=120)
             for k, u in urls.items():
-                same_verdict(run(*verify_cmd(u, "--cluster", address)), alone[k])
+                same_verdict(here("verify", u, "--cluster", address), alone[k])
             # filter: the same view bytes as one process
             for how, extra in (("one", []), ("many", ["--cluster", address])):
-                r = run(sys.executable, "-m", "factory.cli", "filter", urls["clean"], "--max-fg", "0.5",
-                        "--out", f"s3://{bucket}/views/{how}.json", *extra)
+                r = here("filter", urls["clean"], "--max-fg", "0.5", "--out", f"s3://{bucket}/views/{how}.json", *extra)
                 assert r.returncode == 0, r.stderr
             fs.invalidate_cache()
             assert fs.cat(f"{bucket}/views/one.json") == fs.cat(f"{bucket}/views/many.json")
@@ -243,7 +204,7 @@ def test_verify_filter_upgrade_on_the_dask_cli_cluster_s3_and_a_killed_worker(s3
             downgrade(str(old))
             for how in ("up-one", "up-many"):
                 fs.put(str(old), f"{bucket}/{how}", recursive=True)
-            assert run(sys.executable, "-m", "factory.cli", "upgrade", f"s3://{bucket}/up-one").returncode == 0
+            assert here("upgrade", f"s3://{bucket}/up-one").returncode == 0
             r = with_a_killed_worker(client, [sys.executable, "-m", "factory.cli", "upgrade", f"s3://{bucket}/up-many",
                                               "--cluster", address], env)
             assert r.returncode == 0 and "tars untouched" in r.stdout, r.stderr
@@ -253,4 +214,4 @@ def test_verify_filter_upgrade_on_the_dask_cli_cluster_s3_and_a_killed_worker(s3
             assert json.loads(fs.cat(f"{bucket}/up-many/{fmt.MANIFEST}"))["dataset_id"] == m["dataset_id"]
     finally:
         for p in reversed(procs):
-            stop(p)
+            stop_process(p)

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 from click.testing import CliRunner
+from helpers import run as run_here
 
 pytestmark = pytest.mark.reliability
 
@@ -66,11 +67,12 @@ def temp_files(root: Path) -> list[Path]:
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted in-process run: the bytes every interrupted run must reproduce."""
     out = tmp_path_factory.mktemp("ref") / "ds"
-    run_ok(GEN + SPEC + ["--workers", "0", "--out", str(out)])
+    run_here(GEN + SPEC + ["--workers", "0", "--out", str(out)])
     return out
 
 
-SPEC = ["--n", "1200", "--shard-size", "40", "--seed", "11"]
+N = 600  # in 30 shards: the shard count, not the samples per shard, is what kills and failures meet
+SPEC = ["--n", str(N), "--shard-size", "20", "--seed", "11"]
 
 
 def test_sigkill_dask_worker_mid_shard(reference, tmp_path):
@@ -86,7 +88,7 @@ def test_sigkill_dask_worker_mid_shard(reference, tmp_path):
     finally:
         p.kill()
     assert p.returncode == 0, err[-3000:]
-    run_ok(["verify", str(out)])
+    run_here(["verify", out])
     assert shard_hashes(out) == shard_hashes(reference)
 
 
@@ -108,7 +110,7 @@ def test_sigkill_worker_then_client_then_rerun(reference, tmp_path):
     assert "resuming" in res.stderr
     assert shard_hashes(out) == shard_hashes(reference)
     assert not temp_files(out) and not (out / ".lock").exists()
-    run_ok(["verify", str(out)])
+    run_here(["verify", out])
 
 
 def test_failing_write_names_shard_and_rerun_completes(reference, tmp_path, monkeypatch):
@@ -154,17 +156,17 @@ def test_two_writers_one_refused(tmp_path):
 
 def test_sigkill_materialize_then_rerun(reference, tmp_path):
     clean = tmp_path / "clean"
-    run_ok(["filter", str(reference), "--max-fg", "0.5", "--materialize", "--shard-size", "10", "--out", str(clean)])
+    run_here(["filter", reference, "--max-fg", "0.5", "--materialize", "--shard-size", "10", "--out", clean])
     out = tmp_path / "mat"
     p = subprocess.Popen(cli("filter", str(reference), "--max-fg", "0.5", "--materialize", "--shard-size", "10",
                              "--out", str(out)), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: n_done(out) >= 1 or p.poll() is not None, 60, "a first materialized shard")
     p.send_signal(signal.SIGKILL)
     p.wait()
-    run_ok(["filter", str(reference), "--max-fg", "0.5", "--materialize", "--shard-size", "10", "--out", str(out)])
+    run_here(["filter", reference, "--max-fg", "0.5", "--materialize", "--shard-size", "10", "--out", out])  # the rerun
     assert shard_hashes(out) == shard_hashes(clean)
     assert not temp_files(out)
-    run_ok(["verify", str(out)])
+    run_here(["verify", out])
 
 
 def _weights(run: Path) -> dict:
@@ -229,7 +231,7 @@ def chaos_run(out: Path, seed: int) -> dict:
             retried = int(line.split()[0])
     ok = p.returncode == 0 and (out / "manifest.json").exists()
     samples = json.loads((out / "manifest.json").read_text())["samples"] if ok else 0
-    return {"faults_injected": kills, "shard_attempts_retried": retried, "samples_lost": 1200 - samples,
+    return {"faults_injected": kills, "shard_attempts_retried": retried, "samples_lost": N - samples,
             "failed": not ok, "wall_s": round(time.time() - t0, 1), "stderr": "" if ok else err[-3000:]}
 
 
@@ -245,7 +247,7 @@ def test_chaos_random_worker_kills(reference, tmp_path):
         Path(os.environ["FACTORY_CHAOS_REPORT"]).write_text(json.dumps(report))
     assert fig["samples_lost"] == 0 and fig["faults_injected"] >= 1
     assert shard_hashes(out) == shard_hashes(reference)
-    run_ok(["verify", str(out)])
+    run_here(["verify", out])
 
 
 CHAOS_RUNS = 10
