@@ -1,10 +1,10 @@
 """`factory browse`'s questions as plain functions over a dataset's index (testable without a server).
 
-A `Browser` opens a dataset or view once and keeps its index (every column but the list ones) in memory;
-the page only ever receives one page of rows. A filter is exactly `factory filter --where`: parsed and
-type-checked by `views.predicate`, evaluated by `views.views.apply_steps`, its counts those `factory filter`
-prints (`dataset.info.format_filter_line`), and a saved filter is the view file `factory filter` writes
-(`views.views.view_from_index`, `write_view`).
+A `Browser` opens a dataset or view once and reads its index lazily, a piece at a time, only the columns a
+question needs (`browse.lazy`, `browse.queries`); the page only ever receives one page of rows. A filter is
+exactly `factory filter --where`: parsed and type-checked by `views.predicate`, evaluated by
+`views.views.apply_steps`, its counts those `factory filter` prints (`dataset.info.format_filter_line`), and
+a saved filter is the view file `factory filter` writes (`views.views.view_of`, `write_view`).
 """
 from __future__ import annotations
 
@@ -20,25 +20,21 @@ import numpy as np
 from factory import format as fmt
 from factory.browse import latentmap as lmap
 from factory.browse import named as nm
+from factory.browse import queries as qs
 from factory.browse import samples as smp
+from factory.browse.lazy import LazyIndex
 from factory.dataset.info import format_filter_line
-from factory.dataset.reader import index_schema, load_index
 from factory.format import FactoryError
 from factory.views.predicate import check_types, evaluate, parse_where
-from factory.views.views import (
-    FilterSpec,
-    apply_steps,
-    check_steps,
-    input_rows,
-    view_from_index,
-    view_predicate,
-    write_view,
-)
+from factory.views.views import FilterSpec, check_steps, view_of, view_predicate, write_view
 
 SHOW = ("accepted", "rejected", "all")
 MAX_PAGE = 500
-HIST_BINS = 30
-MAX_CATEGORIES = 50  # values of a string column shown as checkboxes
+HIST_BINS = qs.HIST_BINS
+BOOKKEEPING = ("row", "shard", "tar_offset", "tar_size")  # columns the page draws no histogram of
+FILTER_BYTES = 64 << 20  # filters kept: their accepted rows' bits (12.5 MB at 100M rows)
+ORDER_BYTES = 32 << 20  # sorted orders kept: 8 bytes a row
+MAP_BYTES = 2 << 20  # one map's drawn points (rows and x, y)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
 
@@ -64,18 +60,21 @@ def default_views_dir(url: str) -> str:
 
 
 class Filtered:
-    """One filter evaluated over the index: the outcome, the CLI's counts and the line it prints."""
+    """One filter evaluated over the index: its steps, the CLI's counts and line, its accepted rows as bits."""
 
-    def __init__(self, where: str, outcome, summary: dict, key=None):
+    def __init__(self, where: str, steps: list, refs: dict, summary: dict, *, bits, key=None):
         self.where = where
         self.key = where if key is None else key
-        self.outcome = outcome
+        self.steps, self.refs = steps, refs  # refs: the ``#name`` columns -> their rows
         self.summary = summary
+        self.bits = bits
         self.line = format_filter_line(summary)
+        self.nbytes = bits.nbytes + sum(r.nbytes for r in refs.values())
 
 
 class Browser:
-    """A dataset or view opened for browsing: its index in memory, samples read lazily by key."""
+    """A dataset or view opened for browsing: its index read lazily a piece at a time (`browse.lazy`), samples
+    by key; what is kept (filters, sorted orders, histograms, read columns, maps) is bounded in bytes."""
 
     def __init__(self, url: str, *, allow_remote_shards: bool = False, views_dir: str | None = None):
         import pyarrow as pa
@@ -83,115 +82,111 @@ class Browser:
         self.url = url
         self.res = fmt.open_dataset(url, allow_remote_shards=allow_remote_shards)
         self.views_dir = views_dir or default_views_dir(url)
-        schema = index_schema(self.res.root, self.res.manifest)
+        self.index = LazyIndex(self.res)
+        schema = self.index.schema
         self.columns = [f.name for f in schema if not pa.types.is_nested(f.type)]
-        table = load_index(self.res.root, self.res.manifest, columns=self.columns)
-        if table is None:
-            table = pa.table({c: pa.array([], schema.field(c).type) for c in self.columns})
-        self.table = table
-        self.row_col = table.column("row").to_numpy()
-        self.shard_col = table.column("shard").to_numpy()
-        self.by_row = np.argsort(self.row_col, kind="stable")
-        self.spans = None  # (tar_offset, tar_size) per row where the index records them
+        self.spans = None  # the columns of a sample's byte range where the index records them
         if fmt.has_offsets(self.res.manifest) and set(fmt.OFFSET_COLUMNS) <= set(self.columns):
-            self.spans = tuple(table.column(c).to_numpy() for c in fmt.OFFSET_COLUMNS)
-        self.base = input_rows(url, self.res, self.row_col)
-        self.view_passed = self._view_verdicts()
+            self.spans = fmt.OFFSET_COLUMNS
         self.reader = smp.SampleReader(self.res)
         self._filters: OrderedDict[str, Filtered] = OrderedDict()
         self._orders: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._fragments: OrderedDict[int, object] = OrderedDict()
+        self._hists: OrderedDict[tuple, dict] = OrderedDict()
+        self._ranges: dict[str, tuple] = {}
         self._maps: OrderedDict[str, tuple] = OrderedDict()
         self._lock = threading.Lock()
+        self._scan = threading.Lock()  # one scan of the index at a time: memory holds its pieces in flight
         self.named = nm.Named(self.views_dir, fmt.parent_ids(self.res.manifest))
-        self.kinds = self._kinds()
+        self.kinds = {c: {"bool": "bool", "number": "number"}.get(qs.kind_of(schema.field(c).type), "string")
+                      for c in self.columns}
+        self.view_steps = self._view_steps()
+        self.index.bases()  # a view's rows, checked against its count
 
     # ------------------------------------------------------------ what the page is about
-    def _kinds(self) -> dict[str, str]:
-        import pyarrow as pa
-
-        kinds = {}
-        for name in self.columns:
-            t = self.table.schema.field(name).type
-            kinds[name] = ("bool" if pa.types.is_boolean(t) else "number" if (pa.types.is_integer(t) or
-                           pa.types.is_floating(t)) else "string")
-        return kinds
-
     def meta(self) -> dict:
         m, v = self.res.manifest, self.res.view
-        kinds = self.kinds
         return jsonable({
             "url": self.url, "kind": "view" if v is not None else "dataset", "dataset_id": m["dataset_id"],
             "view_id": v["view_id"] if v is not None else None, "predicate": v.get("predicate") if v else None,
-            "samples": self.res.samples, "candidates": self.table.num_rows, "shards": len(m["shards"]),
-            "columns": kinds, "image": fmt.image_member(m), "resolution": m.get("resolution"),
+            "samples": self.res.samples, "candidates": self.index.n, "shards": len(m["shards"]),
+            "columns": self.kinds, "image": fmt.image_member(m), "resolution": m.get("resolution"),
             "relabelled": "teacher_iou" in self.columns, "views_dir": self.views_dir,
-            "view_filters": list(self.view_passed), "map_methods": lmap.methods(),
-            "key_width": len(fmt.sample_key(0)),
+            "view_filters": [n for n, _ in self.view_steps] if self.view_steps is not None else ["view"],
+            "map_methods": lmap.methods(), "key_width": len(fmt.sample_key(0)),
         })
 
-    def _view_verdicts(self) -> dict[str, np.ndarray]:
-        """For a view: per row, whether each of its filters passes (names as `factory filter` counts them;
-        earlier views of its lineage as ``lineage[i]``), so a tile says which filter rejected it."""
+    def _view_steps(self):
+        """For a view: its filters as steps (names as `factory filter` counts them; earlier views of its lineage
+        as ``lineage[i]``), so a tile says which filter rejected it; None when they cannot be evaluated."""
         v = self.res.view
         if v is None:
-            return {}
+            return []
         lineage = v.get("lineage") or []
-        steps = [(f"lineage[{i}]", parse_where(s["predicate"])) for i, s in enumerate(lineage[:-1])]
         try:
+            steps = [(f"lineage[{i}]", parse_where(s["predicate"])) for i, s in enumerate(lineage[:-1])]
             steps += FilterSpec(**(v.get("filters") or {})).steps()
             for _, node in steps:
-                check_types(node, self.table.schema)
-            out = {name: evaluate(node, self.table).to_numpy(zero_copy_only=False).astype(bool)
-                   for name, node in steps}
+                check_types(node, self.index.schema)
         except (TypeError, FactoryError):  # filters of another version: the view as one filter
-            return {"view": self.base.copy()}
-        if out and not np.array_equal(np.logical_and.reduce(list(out.values())), self.base):
-            return {"view": self.base.copy()}
-        return out
+            return None
+        return steps
+
+    def _remember(self, cache: OrderedDict, key, value, *, budget: int, size: int) -> None:
+        """Keep `value` under `key`: at most 8 entries and `budget` bytes (the newest always kept)."""
+        with self._lock:
+            cache[key] = (value, size)
+            cache.move_to_end(key)
+            while len(cache) > 8 or (len(cache) > 1 and sum(s for _, s in cache.values()) > budget):
+                cache.popitem(last=False)
+
+    def _recall(self, cache: OrderedDict, key):
+        with self._lock:
+            hit = cache.get(key)
+            if hit is not None:
+                cache.move_to_end(key)
+                return hit[0]
+        return None
 
     # ------------------------------------------------------------ filters
     def filtered(self, where: str = "") -> Filtered:
-        """`factory filter URL --where WHERE` evaluated on the resident index (cached; PredicateError when
-        it does not parse or fit the index)."""
+        """`factory filter URL --where WHERE` evaluated over the index a piece at a time (cached; PredicateError
+        when it does not parse or fit the index)."""
+        import pyarrow as pa
+
         where = (where or "").strip()
         parts = nm.split_refs(where)
         refs = sorted({s for k, s in parts if k == "ref"})
         key = (where, self.named.generation) if refs else where
-        with self._lock:
-            hit = self._filters.get(key)
-            if hit is not None:
-                self._filters.move_to_end(key)
-                return hit
+        hit = self._recall(self._filters, key)
+        if hit is not None:
+            return hit
         if refs:
-            out, predicate = self._with_refs(parts, refs), where
+            col = {name: f"__ref{i}" for i, name in enumerate(refs)}
+            node = parse_where("".join(s if k == "text" else col[s] for k, s in parts))
+            schema = self.index.schema
+            for name in refs:
+                schema = schema.append(pa.field(col[name], pa.bool_()))
+            if check_types(node, schema) != "bool":
+                raise FactoryError("--where: the filter is not a condition (compare it, e.g. 'fg_ratio < 0.3')")
+            steps, rows, predicate = [("where", node)], {col[n]: self.named.rows(n) for n in refs}, where
         else:
             spec = FilterSpec(where=where or None)
             steps = spec.steps()
             check_steps(self.res, steps)
-            out, predicate = apply_steps(steps, self.table, self.base), view_predicate(self.res, spec)[1]
-        counts = out.counts()
+            rows, predicate = {}, view_predicate(self.res, spec)[1]
+        with self._scan:
+            hit = self._recall(self._filters, key)
+            if hit is not None:
+                return hit
+            counts, rejected, in_turn, bits = qs.evaluate_filter(self.index, steps, rows, where or "every row")
+        if self.res.view is not None and counts["input"] != self.res.view["samples"]:
+            raise fmt.FormatError(f"{self.url}: view accepts {self.res.view['samples']} rows but only "
+                                  f"{counts['input']} exist in the parent's index")
         summary = {"samples": counts["accepted"], "counts": counts, "predicate": predicate,
-                   "rejected": out.rejected, "rejected_in_turn": out.in_turn}
-        f = Filtered(where, out, summary, key)
-        with self._lock:
-            self._filters[key] = f
-            while len(self._filters) > 8:
-                self._filters.popitem(last=False)
+                   "rejected": rejected, "rejected_in_turn": in_turn}
+        f = Filtered(where, steps, rows, summary, bits=bits, key=key)
+        self._remember(self._filters, key, f, budget=FILTER_BYTES, size=f.nbytes)
         return f
-
-    def _with_refs(self, parts: list, refs: list[str]):
-        """A filter naming views, tags or the selection (``#name``): each evaluated as a bool column."""
-        import pyarrow as pa
-
-        col = {name: f"__ref{i}" for i, name in enumerate(refs)}
-        node = parse_where("".join(s if k == "text" else col[s] for k, s in parts))
-        table = self.table
-        for name in refs:
-            table = table.append_column(col[name], pa.array(np.isin(self.row_col, self.named.rows(name))))
-        if check_types(node, table.schema) != "bool":
-            raise FactoryError("--where: the filter is not a condition (compare it, e.g. 'fg_ratio < 0.3')")
-        return apply_steps([("where", node)], table, self.base)
 
     def expand(self, where: str) -> str:
         """The filter with each ``#name`` written as its explicit rows: the --where `factory filter` runs."""
@@ -204,34 +199,58 @@ class Browser:
         f = self.filtered(where)
         return {"where": f.where, "line": f.line, **jsonable(f.summary)}
 
-    def _order(self, f: Filtered, show: str, sort: str, descending: bool) -> np.ndarray:
-        import pyarrow.compute as pc
-
+    def _page_rows(self, f: Filtered, show: str, sort: str, *, descending: bool, offset: int, limit: int) -> np.ndarray:
+        """The rows of one page: in row order straight from the bits; sorted by a column, from the cached
+        first rows of that order (the pieces' top k merged, computed again deeper when a page needs it)."""
+        if sort == "row" and not descending:
+            if show == "all":
+                return np.arange(offset, min(offset + limit, self.index.n), dtype=np.int64)
+            return f.bits.select(offset, limit, invert=show == "rejected")
+        total = self._total(f, show)
+        if sort == "row":  # descending row order: the same rows counted from the end
+            hi = max(0, total - offset)
+            lo = max(0, hi - limit)
+            rows = (np.arange(lo, hi, dtype=np.int64) if show == "all"
+                    else f.bits.select(lo, hi - lo, invert=show == "rejected"))
+            return rows[::-1].copy()
+        qs.check_depth(offset, limit)
         key = (f.key, show, sort, descending)
-        with self._lock:
-            hit = self._orders.get(key)
-            if hit is not None:
-                self._orders.move_to_end(key)
-                return hit
-        mask = f.outcome.mask
-        sel = mask if show == "accepted" else ~mask if show == "rejected" else np.ones(len(mask), bool)
-        idx = np.flatnonzero(sel)
-        sub = self.table.select([sort] if sort == "row" else [sort, "row"]).take(idx)
-        keys = [(sort, "descending" if descending else "ascending")] + ([] if sort == "row" else [("row", "ascending")])
-        order = idx[pc.sort_indices(sub, sort_keys=keys).to_numpy()]
-        with self._lock:
-            self._orders[key] = order
-            while len(self._orders) > 8:
-                self._orders.popitem(last=False)
-        return order
+        hit = self._recall(self._orders, key)
+        if hit is None or (len(hit) < offset + limit and len(hit) < total):
+            k = min(qs.SORT_DEPTH, max(4 * (offset + limit), 1024))
+            with self._scan:
+                hit = qs.sorted_rows(self.index, qs.selected(f.bits, show), sort, descending=descending, k=k,
+                                     what=f"sort by {sort}")
+            self._remember(self._orders, key, hit, budget=ORDER_BYTES, size=hit.nbytes)
+        return hit[offset: offset + limit]
 
-    def verdict(self, f: Filtered, i: int) -> dict:
-        """Accepted, or which filters rejected index row position `i` (the view's, then the filter box's)."""
-        by_view = [n for n, ok in self.view_passed.items() if not ok[i]]
-        by_where = [n for n, ok in f.outcome.passed.items() if not ok[i]]
-        if not self.base[i] and not by_view:
-            by_view = ["view"]
-        return {"accepted": bool(f.outcome.mask[i]), "rejected_by_view": by_view, "rejected_by": by_where}
+    def _total(self, f: Filtered, show: str) -> int:
+        return f.bits.total if show == "accepted" else self.index.n - f.bits.total if show == "rejected" else \
+            self.index.n
+
+    def verdicts(self, f: Filtered, rows: np.ndarray, table) -> list[dict]:
+        """Accepted, or which filters rejected each of `rows` (the view's, then the filter box's), evaluated on
+        the page's own index rows `table`."""
+        import pyarrow as pa
+
+        acc = f.bits.at(rows)
+        base = np.ones(rows.size, bool) if self.index.bases() is None else self.index.bases().at(rows)
+        t = table
+        for col, refs in f.refs.items():
+            t = t.append_column(col, pa.array(np.isin(rows, refs)))
+        by_where = {name: evaluate(node, t).to_numpy(zero_copy_only=False).astype(bool) for name, node in f.steps}
+        by_view = {"view": base} if self.view_steps is None else \
+            {name: evaluate(node, table).to_numpy(zero_copy_only=False).astype(bool) for name, node in self.view_steps}
+        if by_view and not np.array_equal(np.logical_and.reduce(list(by_view.values())), base):
+            by_view = {"view": base}
+        out = []
+        for j in range(rows.size):
+            v = [n for n, ok in by_view.items() if not ok[j]]
+            if not base[j] and not v:
+                v = ["view"]
+            out.append({"accepted": bool(acc[j]), "rejected_by_view": v,
+                        "rejected_by": [n for n, ok in by_where.items() if not ok[j]]})
+        return out
 
     def rows(self, where: str = "", *, show: str = "accepted", sort: str = "row", descending: bool = False,
              offset: int = 0, limit: int = 48) -> dict:
@@ -243,69 +262,62 @@ class Browser:
         if not (0 <= offset and 1 <= limit <= MAX_PAGE):
             raise FactoryError(f"offset must be >= 0 and limit 1..{MAX_PAGE}, got {offset} and {limit}")
         f = self.filtered(where)
-        order = self._order(f, show, sort, descending)
-        page = order[offset: offset + limit]
-        values = self.table.take(page).to_pylist()
-        rows = [{**jsonable(v), **self.verdict(f, int(i))} for v, i in zip(values, page)]
+        page = self._page_rows(f, show, sort, descending=descending, offset=offset, limit=limit)
+        table = self.index.take(page, self.columns)
+        rows = [{**jsonable(v), **verdict} for v, verdict in zip(table.to_pylist(), self.verdicts(f, page, table))]
         return {"counts": self.counts(where), "show": show, "sort": sort, "descending": descending,
-                "offset": offset, "limit": limit, "total": int(len(order)), "rows": rows}
+                "offset": offset, "limit": limit, "total": self._total(f, show), "rows": rows}
 
     def histogram(self, column: str, where: str = "", bins: int = HIST_BINS) -> dict:
-        """Counts of an index column's values among the accepted and the other candidates of the filter."""
-        import pyarrow as pa
-
+        """Counts of an index column's values among the accepted and the other candidates of the filter: the
+        first asked of a filter counts every column the page shows in one pass over the index."""
         if column not in self.columns:
             raise FactoryError(f"no index column {column!r}: one of {', '.join(self.columns)}")
         f = self.filtered(where)
-        t = self.table.schema.field(column).type
-        acc = f.outcome.mask
-        if pa.types.is_boolean(t):
-            x = self.table.column(column).to_numpy(zero_copy_only=False).astype(bool)
-            return {"column": column, "kind": "bool", "labels": ["false", "true"],
-                    "accepted": [int((acc & ~x).sum()), int((acc & x).sum())],
-                    "rejected": [int((~acc & ~x).sum()), int((~acc & x).sum())]}
-        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
-            x = self.table.column(column).to_numpy(zero_copy_only=False).astype(str)
-            labels, codes = np.unique(x, return_inverse=True)
-            if labels.size > MAX_CATEGORIES:
-                raise FactoryError(f"column {column!r} has {labels.size:,} values: no histogram over more than "
-                                   f"{MAX_CATEGORIES}")
-            return {"column": column, "kind": "category", "labels": labels.tolist(),
-                    "accepted": np.bincount(codes[acc], minlength=labels.size).tolist(),
-                    "rejected": np.bincount(codes[~acc], minlength=labels.size).tolist()}
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
-            raise FactoryError(f"column {column!r} ({t}) has no histogram: choose a number or bool column")
-        x = self.table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
-        ok = np.isfinite(x)
-        lo, hi = (float(x[ok].min()), float(x[ok].max())) if ok.any() else (0.0, 1.0)
-        integer = bool(pa.types.is_integer(t) and hi - lo < bins)
-        if integer:
-            edges = np.arange(lo - 0.5, hi + 1.5)
-        else:
-            edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
-        return {"column": column, "kind": "number", "integer": integer, "edges": [float(e) for e in edges],
-                "accepted": np.histogram(x[ok & acc], edges)[0].tolist(),
-                "rejected": np.histogram(x[ok & ~acc], edges)[0].tolist(),
-                "missing": int((~ok).sum())}
+        key = (f.key, bins)
+        got = self._recall(self._hists, key) or {}
+        if column not in got:
+            cols = [column] if column not in self._page_columns() else self._page_columns()
+            with self._scan:
+                got = self._recall(self._hists, key) or {}
+                if column not in got:
+                    todo = [c for c in cols if c not in self._ranges]
+                    if todo:
+                        self._ranges.update(qs.column_ranges(self.index, todo))
+                    got = {**got, **qs.histograms(self.index, [c for c in cols if c not in got], self._ranges,
+                                                  f.bits, what=f"histograms of {where or 'every row'}", bins=bins)}
+            self._remember(self._hists, key, got, budget=1 << 20, size=len(got))
+        h = got[column]
+        if "error" in h:
+            raise FactoryError(h["error"])
+        return h
+
+    def _page_columns(self) -> list[str]:
+        """The columns the page draws a histogram or checkboxes of (as app.js picks them)."""
+        return [c for c, k in self.kinds.items() if (k == "number" and c not in BOOKKEEPING) or k == "bool"
+                or (k == "string" and c != "key")]
 
     # ------------------------------------------------------------ samples
-    def locate(self, key: str) -> int:
-        """Index position of sample `key`; FactoryError unless it is a row of this dataset's index."""
+    def _index_row(self, key: str, columns: list[str]) -> dict:
+        """The index row of sample `key` (only `columns`); FactoryError unless it is a row of this index."""
         if not isinstance(key, str) or not key.isascii() or not key.isdigit() or len(key) > 20:
             raise FactoryError(f"no sample {key!r}: keys are the index's numeric keys")
         row = fmt.key_row(key)
-        j = int(np.searchsorted(self.row_col, row, sorter=self.by_row))
-        if j >= len(self.by_row) or self.row_col[self.by_row[j]] != row:
+        if not 0 <= row < self.index.n:
             raise FactoryError(f"no sample {key!r} in this dataset's index")
-        i = int(self.by_row[j])
-        if self.table.column("key")[i].as_py() != key:
+        got = self.index.take([row], list(dict.fromkeys(["key", "shard", *columns]))).to_pylist()[0]
+        if got["key"] != key:
             raise FactoryError(f"no sample {key!r} in this dataset's index")
-        return i
+        return got
+
+    def locate(self, key: str) -> int:
+        """Index row of sample `key`; FactoryError unless it is a row of this dataset's index."""
+        return int(self._index_row(key, ["row"])["row"])
 
     def members(self, key: str) -> dict[str, bytes]:
-        i = self.locate(key)
-        span = None if self.spans is None else (int(self.spans[0][i]), int(self.spans[1][i]))
-        return self.reader.members(key, int(self.shard_col[i]), span)
+        r = self._index_row(key, list(self.spans or ()))
+        span = None if self.spans is None else tuple(int(r[c]) for c in self.spans)
+        return self.reader.members(key, int(r["shard"]), span)
 
     def tile(self, key: str, show: str = "mask") -> bytes:
         return smp.tile(self.members(key), self.res.manifest, key, show=show)
@@ -320,30 +332,19 @@ class Browser:
             pass
         return data, smp.content_type(ext)
 
-    def _fragment(self, shard: int):
-        """Every column of one shard's index fragment (the last few kept)."""
-        with self._lock:
-            hit = self._fragments.get(shard)
-        if hit is None:
-            hit = load_index(self.res.root, self.res.manifest, shards=[shard])
-            with self._lock:
-                self._fragments[shard] = hit
-                while len(self._fragments) > 4:
-                    self._fragments.popitem(last=False)
-        return hit
-
     def sample(self, key: str, where: str = "") -> dict:
         """A sample's detail: its index row (every column), JSON member, latent norm, members, verdict."""
-        i = self.locate(key)
+        self._index_row(key, [])
         members = self.members(key)
-        frag = self._fragment(int(self.shard_col[i]))
-        rows = frag.column("row").to_numpy()
-        index_row = frag.slice(int(np.flatnonzero(rows == self.row_col[i])[0]), 1).to_pylist()[0]
+        row = fmt.key_row(key)
+        table = self.index.take([row], self.index.schema.names)
+        index_row = table.to_pylist()[0]
         pictures = [w for w in smp.PICTURES if smp.picture_ext(self.res.manifest, w) in members]
+        f = self.filtered(where)
         return jsonable({"key": key, "index": index_row, "meta": smp.meta_of(members),
                          "latent": smp.latent_summary(members, key), "pictures": pictures,
                          "members": {ext: len(b) for ext, b in sorted(members.items())},
-                         **self.verdict(self.filtered(where), i)})
+                         **self.verdicts(f, np.array([row], np.int64), table)[0]})
 
     # ------------------------------------------------------------ saving the filter
     def view_path(self, name: str) -> str:
@@ -363,7 +364,8 @@ class Browser:
         out = self.view_path(name)
         self.filtered(where)  # the filter box's error, before anything is written
         spec = FilterSpec(where=self.expand(where) or None)
-        view = view_from_index(self.url, self.res, spec, self.table, view_url=out)
+        with self._scan:
+            view = view_of(self.url, self.res, spec, view_url=out)
         try:
             written = write_view(view, out)
         except OSError as e:
@@ -383,7 +385,7 @@ class Browser:
         if name == nm.SELECTION:
             raise FactoryError("'selection' names the map's selection: choose another tag name")
         rows = np.asarray(rows, np.int64)
-        if rows.size and not np.isin(rows, self.row_col[self.base]).all():
+        if rows.size and not self._inputs(rows).all():
             raise FactoryError(f"tag {name}: some rows are not samples of {self.url}")
         old = self.named.view(name)
         if old is not None and not nm.explicit_rows(old):
@@ -393,7 +395,8 @@ class Browser:
         if new.size > nm.MAX_SELECTION:
             raise FactoryError(f"a tag holds at most {nm.MAX_SELECTION:,} samples")
         spec = FilterSpec(where=nm.rows_where(new))
-        view = view_from_index(self.url, self.res, spec, self.table, view_url=out)
+        with self._scan:
+            view = view_of(self.url, self.res, spec, view_url=out)
         try:
             written = write_view(view, out, overwrite=True)
         except OSError as e:
@@ -411,49 +414,69 @@ class Browser:
         return {"views_dir": self.views_dir, "views": self.named.listing(),
                 "selection": int(self.named.selection.size)}
 
+    def _inputs(self, rows) -> np.ndarray:
+        """Whether each of `rows` is a sample of this dataset or view."""
+        rows = np.asarray(rows, np.int64)
+        bases = self.index.bases()
+        return ((rows >= 0) & (rows < self.index.n)) if bases is None else bases.at(rows)
+
     def compare(self, a: str, b: str) -> dict:
         """Samples of this dataset or view in both views, either, only one and neither (``#a``, ``#b``)."""
-        fa = np.isin(self.row_col, self.named.rows(a)) & self.base
-        fb = np.isin(self.row_col, self.named.rows(b)) & self.base
-        return {"a": a, "b": b, "both": int((fa & fb).sum()), "either": int((fa | fb).sum()),
-                "only_a": int((fa & ~fb).sum()), "only_b": int((fb & ~fa).sum()),
-                "neither": int((self.base & ~fa & ~fb).sum())}
+        ra, rb = self.named.rows(a), self.named.rows(b)
+        ra, rb = ra[self._inputs(ra)], rb[self._inputs(rb)]
+        both = int(np.intersect1d(ra, rb, assume_unique=True).size)
+        either = int(ra.size + rb.size - both)
+        return {"a": a, "b": b, "both": both, "either": either, "only_a": int(ra.size) - both,
+                "only_b": int(rb.size) - both, "neither": int(self.res.samples) - either}
 
     # ------------------------------------------------------------ the latent map
     def _map(self, method: str):
-        """(index positions of the drawn points, their x, y) of the input rows' projection (last two kept)."""
-        with self._lock:
-            hit = self._maps.get(method)
-            if hit is not None:
-                self._maps.move_to_end(method)
-                return hit
-        pos = np.flatnonzero(self.base)
-        pos = pos[np.argsort(self.row_col[pos], kind="stable")]
+        """(rows of the drawn points, their x, y): the input rows' deterministic sample (`latentmap.sample`) and
+        its projection (last two kept)."""
+        hit = self._recall(self._maps, method)
+        if hit is not None:
+            return hit
+        n = int(self.res.samples)
+        pick = lmap.sample(n)
+        bases = self.index.bases()
+        if bases is None:
+            rows = pick.astype(np.int64)
+        else:  # the k-th accepted rows of the view, a piece at a time
+            ends = np.cumsum(bases.counts)
+            owner = np.searchsorted(ends, pick, side="right")
+            rows = np.zeros(pick.size, np.int64)
+            for i in np.unique(owner).tolist():
+                sel = owner == i
+                local = np.flatnonzero(bases.piece(i))
+                rows[sel] = local[pick[sel] - (ends[i - 1] if i else 0)] + self.index.starts[i]
         v = self.res.view
-        xy = lmap.projection(self.res.root, self.row_col[pos].astype(np.int64),
-                             dataset_id=self.res.manifest["dataset_id"], view_id=v["view_id"] if v else None,
-                             method=method)
-        pick = lmap.sample(pos.size)
-        hit = (pos[pick], xy[pick])
+        xy = lmap.projection(self.res.root, rows, dataset_id=self.res.manifest["dataset_id"],
+                             view_id=v["view_id"] if v else None, method=method)
+        hit = (rows, xy)
+        self._remember(self._maps, method, hit, budget=2 * MAP_BYTES, size=rows.nbytes + xy.nbytes)
         with self._lock:
-            self._maps[method] = hit
             while len(self._maps) > 2:
                 self._maps.popitem(last=False)
         return hit
 
     def latent_map(self, method: str = "pca") -> dict:
         """The drawn points of the latent map: their rows and x, y (little-endian int32 / float32, base64)."""
-        pos, xy = self._map(method)
-        return {"method": method, "points": int(pos.size), "total": int(self.base.sum()),
-                "rows": lmap.b64(self.row_col[pos].astype("<i4")), "x": lmap.b64(xy[:, 0].astype("<f4")),
+        rows, xy = self._map(method)
+        return {"method": method, "points": int(rows.size), "total": int(self.res.samples),
+                "rows": lmap.b64(rows.astype("<i4")), "x": lmap.b64(xy[:, 0].astype("<f4")),
                 "y": lmap.b64(xy[:, 1].astype("<f4"))}
 
     def map_colours(self, column: str, where: str = "", method: str = "pca") -> dict:
         """Column `column` at the map's points, and which of them the filter accepts (packed bits)."""
         if column not in self.columns:
             raise FactoryError(f"cannot colour by {column!r}: use one of {', '.join(self.columns)}")
-        pos, _ = self._map(method)
-        values = self.table.column(column).take(pos).to_numpy(zero_copy_only=False)
-        acc = self.filtered(where).outcome.mask[pos]
+        rows, _ = self._map(method)
+        key = ("colour", method, column)
+        values = self.index.cache.value(key)
+        if values is None:
+            with self._scan:
+                values = self.index.take(rows, [column]).column(column).to_numpy(zero_copy_only=False)
+            self.index.cache.put(key, values, values.nbytes if values.dtype != object else 64 * values.size)
+        acc = self.filtered(where).bits.at(rows)
         return {**lmap.colours(values, self.kinds[column]), "column": column,
                 "accepted": lmap.b64(np.packbits(acc, bitorder="little"))}
