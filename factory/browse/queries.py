@@ -15,7 +15,7 @@ import numpy as np
 from factory.browse.lazy import LazyIndex, RowBits
 from factory.format import FactoryError
 from factory.views.predicate import columns_of
-from factory.views.views import apply_steps
+from factory.views.views import apply_steps, summed_counts
 
 SORT_DEPTH = 1_000_000  # rows of a sorted order a page may reach (16 bytes a row while merging)
 HIST_BINS = 30
@@ -48,17 +48,7 @@ def evaluate_filter(index: LazyIndex, steps: list, refs: dict[str, np.ndarray], 
         return out.counts(), out.rejected, out.in_turn, np.packbits(out.mask, bitorder="little"), int(out.mask.sum())
 
     pieces = index.scan(cols, piece, what)
-    counts = {"candidates": 0, "input": 0, "accepted": 0, "rejected": 0}
-    rejected = {name: 0 for name, _ in steps}
-    in_turn = [{"filter": name, "rejected": 0, "also_rejected": 0} for name, _ in steps]
-    for c, rej, turn, _, _ in pieces:
-        for k in counts:
-            counts[k] += c[k]
-        for k in rejected:
-            rejected[k] += rej[k]
-        for a, b in zip(in_turn, turn):
-            a["rejected"] += b["rejected"]
-            a["also_rejected"] += b["also_rejected"]
+    counts, rejected, in_turn = summed_counts(steps, [p[:3] for p in pieces])
     bits = RowBits(index, [p[3] for p in pieces], [p[4] for p in pieces])
     return counts, rejected, in_turn, bits
 

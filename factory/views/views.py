@@ -305,15 +305,13 @@ def _numpy(col) -> np.ndarray:
     return col.to_numpy() if arr is None else arr
 
 
-def _merged_view(url: str, res: fmt.Resolved, spec: FilterSpec, pieces: list, *, view_url: str | None) -> dict:
-    """The view from its pieces' outcomes (`_piece`), merged in shard order."""
-    steps = spec.steps()
-    accepted: dict[str, dict] = {}
+def summed_counts(steps: list, outcomes: list) -> tuple[dict, dict, list[dict]]:
+    """The filter's counts, rejections per step and in-turn rejections summed over pieces' outcomes
+    (each ``(counts, rejected, in_turn)`` as one piece's `apply_steps` gives them)."""
     counts = {"candidates": 0, "input": 0, "accepted": 0, "rejected": 0}
     rejected = {name: 0 for name, _ in steps}
     in_turn = [{"filter": name, "rejected": 0, "also_rejected": 0} for name, _ in steps]
-    stats = Stats()
-    for c, rej, turn, acc, st in pieces:
+    for c, rej, turn in outcomes:
         for k in counts:
             counts[k] += c[k]
         for k in rejected:
@@ -321,6 +319,16 @@ def _merged_view(url: str, res: fmt.Resolved, spec: FilterSpec, pieces: list, *,
         for a, b in zip(in_turn, turn):
             a["rejected"] += b["rejected"]
             a["also_rejected"] += b["also_rejected"]
+    return counts, rejected, in_turn
+
+
+def _merged_view(url: str, res: fmt.Resolved, spec: FilterSpec, pieces: list, *, view_url: str | None) -> dict:
+    """The view from its pieces' outcomes (`_piece`), merged in shard order."""
+    steps = spec.steps()
+    accepted: dict[str, dict] = {}
+    counts, rejected, in_turn = summed_counts(steps, [p[:3] for p in pieces])
+    stats = Stats()
+    for _, _, _, acc, st in pieces:
         accepted.update(acc)
         stats.merge(st)
     for k in map(str, fmt.shard_ids(res.manifest).tolist()):  # shards without an index row: none accepted
